@@ -1,0 +1,120 @@
+"""Built-in experiment plugin: ``layer_mi`` (paper Fig. 1).
+
+Per seed and model state (trained / random init): per-channel I(T_c;Y) and I(X;T_c)
+for every site, the layer values (mean over channels, or the joint symbol), and the
+evaluation accuracy of the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from mi_probe.errors import SpecError
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import RANDOM, TRAINED, RunContext
+from mi_probe.tables import aggregate_seeds
+
+SITE_KEYS = ["state", "site", "depth", "site_kind"]
+
+
+class LayerMIParams(BaseModel):
+    """Per-layer I(X;T) and I(T;Y) for trained and randomly initialised models."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["layer_mi"] = "layer_mi"
+    states: list[Literal["trained", "random"]] = Field(
+        [TRAINED, RANDOM], min_length=1, description="model states to measure")
+    reduce: str = Field("mean", description="layer reduction: mean over channels, or joint "
+                        "(the binned channel vector as one symbol); others if the estimator "
+                        "offers them")
+    channel_table: bool = Field(True, description="also write tables/channel_mi.parquet")
+
+
+def seed_units(ctx: RunContext) -> list[str]:
+    return [f"seed={seed}" for seed in ctx.spec.seeds]
+
+
+def unit_seed(unit: str) -> int:
+    return int(unit.split("=", 1)[1])
+
+
+class LayerMIExperiment:
+    name = "layer_mi"
+
+    def __init__(self, params: LayerMIParams):
+        self.params = params
+
+    def units(self, ctx: RunContext) -> list[str]:
+        reductions = {"mean"} | set(ctx.estimator.reductions)
+        if self.params.reduce not in reductions:
+            raise SpecError(f"experiment.reduce: estimator {ctx.estimator.name!r} has no "
+                            f"reduction {self.params.reduce!r}; valid: {sorted(reductions)}")
+        return seed_units(ctx)
+
+    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        est = ctx.estimator
+        layers, channels, evals = [], [], []
+        for state in self.params.states:
+            cap = ctx.capture(seed, state)
+            n = int(cap.labels.numel())
+            bias = est.bias(n, ctx.num_classes)
+            evals.append({"seed": seed, "state": state, "accuracy": cap.accuracy, "n_samples": n})
+            for site in cap.sites:
+                acts = cap.acts[site.name]
+                i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
+                i_xt_c = est.input_mi(acts)
+                if self.params.reduce == "mean":
+                    i_xt, i_ty = i_xt_c.mean().item(), i_ty_c.mean().item()
+                else:
+                    layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
+                    i_xt, i_ty = layer.i_xt, layer.i_ty
+                base = {"seed": seed, "state": state, "site": site.name, "depth": site.depth,
+                        "site_kind": site.kind}
+                layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
+                               "channels": site.channels, "reduce": self.params.reduce})
+                if self.params.channel_table:
+                    count = site.channels
+                    channels.append(pl.DataFrame({
+                        "seed": [seed] * count, "state": [state] * count,
+                        "site": [site.name] * count, "depth": [site.depth] * count,
+                        "site_kind": [site.kind] * count, "channel": list(range(count)),
+                        "i_xt": i_xt_c.cpu().numpy(), "i_ty": i_ty_c.cpu().numpy(),
+                        "i_ty_bias": [bias] * count}))
+        tables = {"layer_mi": pl.DataFrame(layers), "evaluation": pl.DataFrame(evals)}
+        if channels:
+            tables["channel_mi"] = pl.concat(channels)
+        return tables
+
+    def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        out = {"summary_layer_mi": aggregate_seeds(tables["layer_mi"], SITE_KEYS, ["i_xt", "i_ty"])}
+        if "evaluation" in tables:
+            out["summary_evaluation"] = aggregate_seeds(tables["evaluation"], ["state"], ["accuracy"])
+        return out
+
+    def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+        from mi_probe import report
+
+        layer = tables["layer_mi"]
+        figs = {
+            "layer_i_ty": report.by_depth(layer, "i_ty", color="state",
+                                          title="Label information by depth, I(T;Y)",
+                                          y_title="I(T;Y) [nats]"),
+            "layer_i_xt": report.by_depth(layer, "i_xt", color="state",
+                                          title="Input information by depth, I(X;T) = H(T)",
+                                          y_title="I(X;T) [nats]"),
+        }
+        summary = tables.get("summary_layer_mi")
+        if summary is not None:
+            figs["information_plane"] = report.scatter(
+                summary, x="i_xt_mean", y="i_ty_mean", color="state",
+                title="Information plane (mean over seeds)", tooltip=("site", "depth"))
+        return figs
+
+
+@hookimpl
+def mi_probe_register_experiments(register):
+    register("layer_mi", LayerMIExperiment, LayerMIParams)

@@ -1,0 +1,121 @@
+"""Forward hooks that pool activations on the fly, and interventions applied as hooks.
+
+Capture pools each site's output inside the hook (memory O(N·C) per site), stores a
+detached copy that no later in-place op can overwrite, and removes every hook in a
+``finally`` (also when the forward pass raises).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mi_probe.errors import NonFiniteActivationError
+from mi_probe.interfaces import Captured, Intervention, Site
+from mi_probe.sites import get_module, pool
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def pooled_copy(output: torch.Tensor, site: Site) -> torch.Tensor:
+    """(N, C) float32 pooled copy of a site output, never sharing its storage."""
+    pooled = pool(output, site.layout).to(torch.float32)
+    if pooled.data_ptr() == output.data_ptr():
+        pooled = pooled.clone()
+    return pooled
+
+
+@contextmanager
+def removing(handles: list) -> Iterator[list]:
+    """Yield ``handles`` and remove each of them on exit, whatever happens."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+
+def add_intervention_hooks(model: nn.Module, interventions: Iterable[tuple[Site, Intervention, torch.Tensor]],
+                           handles: list) -> None:
+    """Each intervention replaces its site's output (registered before capture hooks, so
+    captured activations are the intervened ones)."""
+    for site, intervention, channels in interventions:
+        def hook(_m, _inp, out, _site=site, _iv=intervention, _ch=channels):
+            first = _first(out)
+            changed = _iv(first, _site, _ch.to(first.device))
+            if isinstance(out, tuple):
+                return (changed, *out[1:])
+            return changed
+
+        handles.append(get_module(model, site.module).register_forward_hook(hook))
+
+
+def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, list],
+                      detach: bool = True) -> list:
+    """Append each site's pooled output per batch to ``store[site.name]``."""
+    handles = []
+    for site in sites:
+        store.setdefault(site.name, [])
+
+        def hook(_m, _inp, out, _site=site):
+            pooled = pooled_copy(_first(out), _site)
+            store[_site.name].append(pooled.detach() if detach else pooled)
+
+        handles.append(get_module(model, site.module).register_forward_hook(hook))
+    return handles
+
+
+def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: torch.device,
+            interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
+            progress: bool = False, desc: str = "capture") -> Captured:
+    """Run the evaluation set once; pooled activations, labels and logits on ``device``."""
+    store: dict[str, list] = {}
+    labels, logits = [], []
+    was_training = model.training
+    model.eval()
+    handles: list = []
+    try:
+        with removing(handles):
+            add_intervention_hooks(model, interventions, handles)
+            handles.extend(add_pooling_hooks(model, sites, store))
+            batches = loader
+            if progress:
+                from tqdm.auto import tqdm
+                batches = tqdm(loader, desc=desc, leave=False, unit="batch")
+            with torch.no_grad():
+                for x, y in batches:
+                    out = model(x.to(device, non_blocking=True))
+                    logits.append(_first(out).float())
+                    labels.append(y.to(device))
+    finally:
+        model.train(was_training)
+    acts = {name: torch.cat(parts) for name, parts in store.items() if parts}
+    return Captured(acts=acts, labels=torch.cat(labels).long(), logits=torch.cat(logits),
+                    sites=list(sites))
+
+
+def check_finite(captured: Captured, on_nonfinite: str, where: str) -> list[str]:
+    """Drop (``skip``) or refuse (``error``) sites holding NaN/Inf; returns warnings."""
+    warnings = []
+    kept = []
+    for site in captured.sites:
+        acts = captured.acts[site.name]
+        bad = int((~torch.isfinite(acts)).sum().item())
+        if bad == 0:
+            kept.append(site)
+            continue
+        message = (f"site {site.name!r} ({where}) has {bad} non-finite pooled values "
+                   f"of {acts.numel()} (NaN/Inf activations: diverged or broken model)")
+        if on_nonfinite == "error":
+            raise NonFiniteActivationError(message + "; set eval.on_nonfinite: skip to leave "
+                                           "such sites out")
+        warnings.append(message + "; left out of the tables")
+        del captured.acts[site.name]
+    captured.sites = kept
+    return warnings

@@ -1,0 +1,166 @@
+"""Command line: mi-probe run | validate | sites | plugins | schema | report.
+
+User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
+and exit non-zero (2 for spec errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from mi_probe.errors import MiProbeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mi-probe", description=(
+        "Measure mutual information in timm backbones from one YAML spec."))
+    parser.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE as an extra plugin (also: MI_PROBE_PLUGINS)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a spec and write a report")
+    run.add_argument("spec")
+    run.add_argument("--out", type=Path, help="run directory (default reports/<name>/<time>/); "
+                     "an unfinished run of the same spec there is resumed")
+    run.add_argument("--resume", action="store_true",
+                     help="resume the latest unfinished run of this spec under reports/")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field, e.g. --set model.train.epochs=3")
+    run.add_argument("--cache-dir", type=Path, help="trained-model cache "
+                     "(default $MI_PROBE_CACHE or reports/.cache)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    val = sub.add_parser("validate", help="validate specs without running them")
+    val.add_argument("specs", nargs="+")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    sites = sub.add_parser("sites", help="list the sites of a timm architecture")
+    sites.add_argument("arch")
+    sites.add_argument("--adapter", default="auto")
+    sites.add_argument("--act", choices=["relu", "tanh"])
+    sites.add_argument("--head", choices=["timm", "paper_vgg"], default="timm")
+    sites.add_argument("--num-classes", type=int, default=10)
+    sites.add_argument("--image-size", type=int, default=64,
+                       help="probe image size (models with a fixed input size use their own)")
+    sites.add_argument("--include", action="append", help="fnmatch pattern (repeatable)")
+
+    sub.add_parser("plugins", help="list plugins and what each registered")
+    sub.add_parser("schema", help="print the JSON Schema of specs")
+    rep = sub.add_parser("report", help="redraw figures and index.html of a run directory")
+    rep.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _cmd_run(args, pm) -> int:
+    from mi_probe.engine import run
+    from mi_probe.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides, pm)
+    outcome = run(spec, pm, out=args.out, cache_dir=args.cache_dir, resume=args.resume,
+                  progress=not args.no_progress,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    for warning in outcome.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {outcome.index}")
+    return 0
+
+
+def _cmd_validate(args, pm) -> int:
+    from mi_probe.errors import SpecError
+    from mi_probe.spec import load_spec
+
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path, args.overrides, pm)
+        except SpecError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(f"ok: {path} ({spec.experiment.kind} on {spec.model.arch})")
+    return 2 if failed else 0
+
+
+def _cmd_sites(args, pm) -> int:
+    import torch
+
+    from mi_probe.models import build_model
+    from mi_probe.sites import resolve_sites, select_adapter
+
+    model = build_model(args.arch, args.num_classes, 0, args.act, args.head)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = args.image_size
+    if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        size = cfg["input_size"][-1]
+    adapter = select_adapter(pm, model, args.arch, args.adapter)
+    probe = torch.zeros(2, 3, size, size)
+    sites = resolve_sites(model, adapter, probe, args.include or ["*"], (), args.arch)
+    print(f"{args.arch}: adapter {adapter.name}, {len(sites)} sites")
+    width = max(len(s.name) for s in sites)
+    print(f"{'depth':>5}  {'site':<{width}}  {'kind':<9} {'channels':>8}  module")
+    for s in sites:
+        print(f"{s.depth:>5}  {s.name:<{width}}  {s.kind:<9} {s.channels:>8}  {s.module}")
+    counts = Counter(s.kind for s in sites)
+    print("per kind: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_plugins(args, pm) -> int:
+    from mi_probe.plugins import KINDS
+
+    versions = pm.plugin_versions()
+    registry = pm.registry
+    by_plugin: dict[str, list[str]] = {name: [] for name in versions}
+    for kind in KINDS:
+        for name, entry in registry.entries(kind).items():
+            by_plugin.setdefault(entry.plugin, []).append(f"{kind[:-1]} {name}")
+    for plugin, things in by_plugin.items():
+        version = versions.get(plugin) or "-"
+        print(f"{plugin} ({version})")
+        for thing in things or ["(hooks only)"]:
+            print(f"  {thing}")
+    return 0
+
+
+def _cmd_schema(args, pm) -> int:
+    from mi_probe.spec import json_schema
+
+    print(json.dumps(json_schema(pm), indent=2))
+    return 0
+
+
+def _cmd_report(args, pm) -> int:
+    from mi_probe.engine import rerender
+
+    print(f"report: {rerender(args.run_dir, pm)}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "sites": _cmd_sites,
+            "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report}
+
+
+def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if pm is None:
+            from mi_probe.plugins import get_plugin_manager
+
+            pm = get_plugin_manager(args.plugin)
+        return COMMANDS[args.command](args, pm)
+    except MiProbeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished units and training checkpoints are kept; run again "
+              "with the same --out (or --resume) to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

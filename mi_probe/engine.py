@@ -1,0 +1,398 @@
+"""run(spec): resolve plugins -> build data and models -> capture -> dispatch the
+experiment unit by unit -> merge tables -> figures -> report.
+
+The :class:`Engine` is the run context experiments receive. Finished units are
+written to ``<run>/units/<unit>/`` as they complete, so an interrupted run re-run with
+the same ``--out`` (or ``--resume``) computes only what is missing; trained models
+live in the shared cache and resume from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import platform
+import re
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import polars as pl
+import torch
+from torch import nn
+
+from mi_probe import capture as capture_mod
+from mi_probe.data import make_loader
+from mi_probe.errors import DataError, MiProbeError, RunError, SpecError
+from mi_probe.interfaces import RANDOM, TRAINED, Captured, Intervention, Site
+from mi_probe.models import build_model, load_weights, model_meta, resolve_device
+from mi_probe.sites import resolve_sites, select_adapter
+from mi_probe.spec import dump_spec
+from mi_probe.tables import (atomic_write_text, check_schema, concat_tables, read_tables,
+                             write_json, write_parquet)
+from mi_probe.train import cached_training, derive_seed
+
+DEFAULT_REPORTS = Path("reports")
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("MI_PROBE_CACHE", DEFAULT_REPORTS / ".cache"))
+
+
+def spec_hash(spec: Any) -> str:
+    return hashlib.sha256(dump_spec(spec).encode()).hexdigest()[:16]
+
+
+def _safe(unit: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", unit)
+
+
+class Engine:
+    """Implements ``interfaces.RunContext`` for one spec."""
+
+    def __init__(self, spec: Any, pm: Any, cache_dir: Path | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True):
+        self.spec = spec
+        self.pm = pm
+        self.registry = pm.registry
+        self.log = log
+        self.show_progress = progress
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.device = resolve_device(spec.device)
+        self.warnings: list[str] = []
+        self.trained_info: dict[int, dict[str, Any]] = {}
+        self._training_rows: list[dict[str, Any]] = []
+        self._models: dict[tuple[int, str], nn.Module] = {}
+        self._captures: dict[tuple[int, str], Captured] = {}
+        self._sites: list[Site] | None = None
+        self._adapter = None
+
+        self.data = self.registry.build("datasets", spec.data).load()
+        if len(self.data.val) < 2:
+            raise DataError(f"the evaluation set has {len(self.data.val)} samples; need at least 2")
+        self.class_names = list(self.data.classes)
+        self.num_classes = spec.model.num_classes or self.data.num_classes
+        if self.num_classes != self.data.num_classes:
+            raise DataError(f"model.num_classes is {spec.model.num_classes} but the data has "
+                            f"{self.data.num_classes} classes ({', '.join(self.class_names[:12])})")
+        self.estimator = self.registry.build("estimators", spec.estimator)
+        self.experiment = self.registry.build("experiments", spec.experiment)
+        self.regularizers = [self.registry.build("regularizers", p)
+                             for p in spec.model.train.regularizers]
+        val = self.data.val
+        if spec.eval.max_samples is not None and spec.eval.max_samples < len(val):
+            val = torch.utils.data.Subset(val, range(spec.eval.max_samples))
+        self.eval_set = val
+
+    # ---------------------------------------------------------------- RunContext
+    def _build(self, seed: int) -> nn.Module:
+        m = self.spec.model
+        return build_model(m.arch, self.num_classes, seed, m.act, m.head, m.zero_init_last)
+
+    def _meta(self) -> dict[str, Any]:
+        m = self.spec.model
+        return model_meta(m.arch, self.num_classes, m.act, m.head, m.zero_init_last)
+
+    def model(self, seed: int, state: str) -> nn.Module:
+        key = (seed, state)
+        if key in self._models:
+            return self._models[key]
+        if state == RANDOM:
+            model = self._build(seed)
+        elif state == TRAINED:
+            model = self._trained(seed)
+        else:
+            raise RunError(f"unknown model state {state!r}; valid: {TRAINED}, {RANDOM}")
+        model = model.to(self.device).eval()
+        self._models[key] = model
+        return model
+
+    def _trained(self, seed: int) -> nn.Module:
+        weights = self.spec.model.weights
+        if weights == "random":
+            raise SpecError("the experiment asks for the trained state but model.weights is "
+                            "'random'; use weights: train, a .safetensors file, or measure "
+                            "only the random state")
+        if weights != "train":
+            model = self._build(seed)
+            load_weights(model, weights, self._meta())
+            self.trained_info[seed] = {"weights": str(Path(weights).expanduser())}
+            return model
+        m = self.spec.model
+        payload = {"model": self._meta(), "data": self.spec.data.model_dump(mode="json"),
+                   "train": m.train.model_dump(mode="json", exclude={"num_workers"}),
+                   "seed": seed}
+        regs = []
+        if self.regularizers:
+            probe_model = self._build(seed)
+            adapter = self._adapter_for(probe_model)
+            for reg in self.regularizers:
+                regs.append((reg, resolve_sites(probe_model, adapter, self._probe_input(),
+                                                reg.site_patterns, (), m.arch)))
+        model, history, folder = cached_training(
+            lambda: self._build(seed), payload, self._meta(), self.data, m.train, seed,
+            self.device, self.cache_dir, regs, self.spec.eval.batch_size,
+            self.show_progress, self.log)
+        self._training_rows.extend(history)
+        best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+        self.trained_info[seed] = {"cache": str(folder), "best_epoch": best["epoch"],
+                                   "best_val_acc": best["val_acc"]}
+        return model
+
+    def _probe_input(self) -> torch.Tensor:
+        first = self.data.val[0][0]
+        return torch.stack([first, self.data.val[1][0]]).to(self.device)
+
+    def _adapter_for(self, model: nn.Module):
+        if self._adapter is None:
+            self._adapter = select_adapter(self.pm, model, self.spec.model.arch,
+                                           self.spec.sites.adapter)
+        return self._adapter
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        if self._sites is None:
+            s = self.spec.sites
+            self._sites = resolve_sites(model, self._adapter_for(model), self._probe_input(),
+                                        s.include, s.exclude, self.spec.model.arch)
+        return list(self._sites)
+
+    def loader(self):
+        return make_loader(self.eval_set, self.spec.eval.batch_size, shuffle=False)
+
+    def capture(self, seed: int, state: str) -> Captured:
+        key = (seed, state)
+        if key not in self._captures:
+            model = self.model(seed, state)
+            self.progress(f"seed {seed}: capturing {state} activations")
+            cap = capture_mod.capture(model, self.sites(model), self.loader(), self.device,
+                                      progress=self.show_progress, desc=f"{state} seed {seed}")
+            self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
+                                                      f"{state} model, seed {seed}")
+            self._captures[key] = cap
+        return self._captures[key]
+
+    def evaluate(self, model: nn.Module,
+                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = ()) -> Captured:
+        return capture_mod.capture(model, [], self.loader(), self.device, interventions)
+
+    def rng(self, seed: int, purpose: str) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(seed, purpose))
+
+    def progress(self, message: str) -> None:
+        self.log(message)
+
+    # ---------------------------------------------------------------- units
+    def end_unit(self) -> list[dict[str, Any]]:
+        """Free per-unit caches; return the training rows recorded during the unit."""
+        rows, self._training_rows = self._training_rows, []
+        self._models.clear()
+        self._captures.clear()
+        return rows
+
+
+# -------------------------------------------------------------------- run directory
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("mi-probe", "torch", "timm", "numpy", "polars", "pydantic", "altair"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def prepare_run_dir(spec: Any, out: Path | None, resume: bool, reports: Path = DEFAULT_REPORTS
+                    ) -> tuple[Path, bool]:
+    """The run directory and whether it resumes an earlier run of the same spec."""
+    digest = spec_hash(spec)
+    if out is None and resume:
+        parent = reports / spec.name
+        candidates = sorted(p for p in parent.glob("*") if (p / "run.json").is_file()) \
+            if parent.is_dir() else []
+        for cand in reversed(candidates):
+            info = json.loads((cand / "run.json").read_text())
+            if info.get("spec_hash") == digest and info.get("status") != "complete":
+                return cand, True
+        raise RunError(f"--resume: no unfinished run of this spec under {parent}")
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = reports / spec.name / stamp
+        suffix = 1
+        while out.exists():
+            out = reports / spec.name / f"{stamp}-{suffix}"
+            suffix += 1
+    out = Path(out)
+    run_json = out / "run.json"
+    if run_json.is_file():
+        info = json.loads(run_json.read_text())
+        if info.get("spec_hash") != digest:
+            raise RunError(f"{out} holds a run of another spec (spec hash {info.get('spec_hash')}"
+                           f", this one {digest}); choose another --out or delete the folder")
+        return out, True
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"--out {out} exists and is not an mi-probe run directory; choose an "
+                       "empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, False
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    index: Path | None
+    status: str
+    warnings: list[str] = field(default_factory=list)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
+    est = engine.estimator.describe()
+    notes = [f"Estimator: {json.dumps(est)}. All MI values are in nats."]
+    n = len(engine.eval_set)
+    bias = engine.estimator.bias(n, engine.num_classes)
+    if bias:
+        notes.append(f"Plug-in bias: a per-channel I(T;Y) of an independent channel is about "
+                     f"{bias:.4f} nats here (N = {n} evaluation samples, K = "
+                     f"{engine.num_classes} classes); values near it are indistinguishable "
+                     "from zero (column i_ty_bias).")
+    cap = est.get("i_xt_cap_per_channel_nats")
+    if cap:
+        notes.append(f"I(X;T) is H(binned T): at most log B = {cap:.3f} nats per channel, and "
+                     f"at most log N = {math.log(n):.3f} nats for a joint layer symbol.")
+    return notes
+
+
+def _render(run_dir: Path, engine_or_none: Engine | None, experiment: Any, tables: dict,
+            meta: dict, notes: list[str], formats: list[str]) -> Path:
+    from mi_probe import report
+
+    figures = dict(experiment.figures(tables))
+    if "training" in tables and tables["training"].height:
+        train = tables["training"].drop_nulls("val_acc")
+        figures["training_val_acc"] = report.line(train, x="epoch", y="val_acc",
+                                                  color="regularizer",
+                                                  title="Validation accuracy while training")
+    return report.render_run(run_dir, figures, tables, meta, notes=notes,
+                             warnings=meta.get("warnings", []), formats=formats)
+
+
+def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | None = None,
+        resume: bool = False, log: Callable[[str], None] = print, progress: bool = True,
+        reports: Path = DEFAULT_REPORTS) -> RunOutcome:
+    """Run a validated spec end to end; returns where the results are."""
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    run_dir, resuming = prepare_run_dir(spec, out, resume, reports)
+    started = time.time()
+    meta: dict[str, Any] = {
+        "name": spec.name, "status": "running", "spec_hash": spec_hash(spec),
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(), "git_commit": _git_commit(), "seeds": list(spec.seeds),
+        "argv": sys.argv, "warnings": []}
+    atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
+    write_json(run_dir / "run.json", meta)
+    log(f"run directory: {run_dir}" + ("  (resuming)" if resuming else ""))
+    engine = None
+    try:
+        engine = Engine(spec, pm, cache_dir, log, progress)
+        meta.update(device=str(engine.device), data={
+            "classes": engine.class_names, "n_train": len(engine.data.train),
+            "n_eval": len(engine.eval_set), **engine.data.info},
+            estimator=engine.estimator.describe())
+        units = engine.experiment.units(engine)
+        parts, timings, reused = [], {}, 0
+        for unit in units:
+            unit_dir = run_dir / "units" / _safe(unit)
+            done = unit_dir / "done.json"
+            if done.is_file():
+                info = json.loads(done.read_text())
+                parts.append({p.stem: pl.read_parquet(p) for p in sorted(unit_dir.glob("*.parquet"))})
+                meta["warnings"] += info.get("warnings", [])
+                timings[unit] = info.get("seconds")
+                reused += 1
+                continue
+            t0 = time.perf_counter()
+            n_warn = len(engine.warnings)
+            result = dict(engine.experiment.run_unit(engine, unit))
+            rows = engine.end_unit()
+            if rows:
+                result["training"] = pl.DataFrame(rows)
+            for name, frame in result.items():
+                write_parquet(unit_dir / f"{name}.parquet", frame)
+            seconds = time.perf_counter() - t0
+            unit_warnings = engine.warnings[n_warn:]
+            write_json(done, {"unit": unit, "seconds": seconds, "warnings": unit_warnings})
+            meta["warnings"] += unit_warnings
+            parts.append(result)
+            timings[unit] = seconds
+            log(f"finished {unit} in {seconds:.1f}s")
+        if reused:
+            log(f"reused {reused} finished unit(s) from {run_dir / 'units'}")
+        tables = concat_tables(parts)
+        tables.update(engine.experiment.finalize(engine, tables))
+        for name, frame in tables.items():
+            check_schema(name, frame)
+            write_parquet(run_dir / "tables" / f"{name}.parquet", frame)
+        meta.update(trained_models={str(k): v for k, v in engine.trained_info.items()},
+                    sites=[vars(s) for s in (engine._sites or [])],
+                    timings={"units_seconds": timings, "total_seconds": time.time() - started},
+                    status="complete",
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        notes = _notes(engine, tables)
+        meta["notes"] = notes
+        write_json(run_dir / "run.json", meta)
+        index = _render(run_dir, engine, engine.experiment, tables, meta, notes,
+                        list(spec.report.formats))
+        return RunOutcome(run_dir, index, "complete", meta["warnings"], tables)
+    except KeyboardInterrupt:
+        meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        write_json(run_dir / "run.json", meta)
+        raise
+    except MiProbeError as exc:
+        meta.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        write_json(run_dir / "run.json", meta)
+        raise
+    except Exception as exc:
+        meta.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc())
+        write_json(run_dir / "run.json", meta)
+        raise
+
+
+def rerender(run_dir: Path, pm: Any = None) -> Path:
+    """Redraw figures and index.html of a finished run from its tables and spec."""
+    from mi_probe.plugins import get_plugin_manager
+    from mi_probe.spec import load_spec
+
+    pm = pm or get_plugin_manager()
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise RunError(f"{run_dir} is not an mi-probe run directory (no run.json)")
+    spec = load_spec(run_dir / "spec.yaml", pm=pm)
+    meta = json.loads((run_dir / "run.json").read_text())
+    tables = read_tables(run_dir / "tables")
+    experiment = pm.registry.build("experiments", spec.experiment)
+    return _render(run_dir, None, experiment, tables, meta, meta.get("notes", []),
+                   list(spec.report.formats))

@@ -1,0 +1,117 @@
+"""Histogram (plug-in) mutual information, batched over channels.
+
+Every function takes an (N, C) matrix (samples x channels) on any device and works on
+all channels at once; memory is bounded by processing channels in chunks. Results are
+float64 tensors in nats on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Upper bound on the number of int64/float64 cells one chunk may allocate.
+DEFAULT_CHUNK_CELLS = 1 << 25  # 32 M cells ≈ 256 MB of float64
+
+
+def _chunks(n_channels: int, cells_per_channel: int, max_cells: int):
+    step = max(1, max_cells // max(1, cells_per_channel))
+    for start in range(0, n_channels, step):
+        yield slice(start, min(n_channels, start + step))
+
+
+def bin_uniform(acts: torch.Tensor, bins: int) -> torch.Tensor:
+    """Cut each column into ``bins`` uniform bins between its own min and max.
+
+    Returns int64 codes in [0, bins) of shape (N, C). The maximum falls in the last bin;
+    a constant column falls entirely in bin 0 (so its MI and entropy are exactly 0).
+    """
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    x = acts.to(torch.float64)
+    lo = x.min(dim=0).values
+    hi = x.max(dim=0).values
+    width = hi - lo
+    constant = width <= 0
+    scaled = (x - lo) / torch.where(constant, torch.ones_like(width), width) * bins
+    codes = scaled.floor().clamp_(0, bins - 1).to(torch.int64)
+    if constant.any():
+        codes[:, constant] = 0
+    return codes
+
+
+def _counts(codes: torch.Tensor, n_symbols: int) -> torch.Tensor:
+    """Per-column symbol counts: (C, n_symbols) float64."""
+    n, c = codes.shape
+    counts = torch.zeros(c, n_symbols, dtype=torch.float64, device=codes.device)
+    counts.scatter_add_(1, codes.T, torch.ones(c, n, dtype=torch.float64, device=codes.device))
+    return counts
+
+
+def _entropy_of_counts(counts: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) along the last dim of a count tensor."""
+    total = counts.sum(dim=-1, keepdim=True)
+    p = counts / total
+    return -(torch.special.xlogy(p, p)).sum(dim=-1)
+
+
+def entropy_from_codes(codes: torch.Tensor, n_symbols: int,
+                       max_cells: int = DEFAULT_CHUNK_CELLS) -> torch.Tensor:
+    """Plug-in entropy H of each column of integer ``codes`` in [0, n_symbols): (C,)."""
+    n, c = codes.shape
+    out = torch.empty(c, dtype=torch.float64, device=codes.device)
+    for sl in _chunks(c, n + n_symbols, max_cells):
+        out[sl] = _entropy_of_counts(_counts(codes[:, sl], n_symbols))
+    return out
+
+
+def label_mi_from_codes(codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
+                        num_classes: int, max_cells: int = DEFAULT_CHUNK_CELLS) -> torch.Tensor:
+    """Plug-in I(T_c;Y) = H(T_c) + H(Y) - H(T_c,Y) for each column of ``codes``: (C,).
+
+    ``labels`` are integers in [0, num_classes). Identical (up to float64 rounding) to
+    ``sklearn.metrics.mutual_info_score(labels, codes[:, c])`` for every column.
+    """
+    n, c = codes.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    labels = labels.to(device=codes.device, dtype=torch.int64)
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}); found "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    h_y = _entropy_of_counts(torch.bincount(labels, minlength=num_classes).to(torch.float64))
+    out = torch.empty(c, dtype=torch.float64, device=codes.device)
+    joint_symbols = n_symbols * num_classes
+    for sl in _chunks(c, n + joint_symbols, max_cells):
+        block = codes[:, sl]
+        h_t = _entropy_of_counts(_counts(block, n_symbols))
+        h_ty = _entropy_of_counts(_counts(block * num_classes + labels[:, None], joint_symbols))
+        out[sl] = (h_t + h_y - h_ty).clamp_(min=0.0)
+    return out
+
+
+def joint_codes(codes: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Treat each row of ``codes`` as one symbol: returns (N, 1) codes and the number of
+    distinct symbols. Used by the ``joint`` layer reduction (Shwartz-Ziv style)."""
+    _, inverse = torch.unique(codes, dim=0, return_inverse=True)
+    n_symbols = int(inverse.max().item()) + 1 if inverse.numel() else 1
+    return inverse.reshape(-1, 1), n_symbols
+
+
+def plugin_bias(bins: int, num_classes: int, n_samples: int) -> float:
+    """First-order upward bias of the plug-in I(T;Y) on independent data:
+    (B - 1)(K - 1) / (2N) nats (Miller 1955; Panzeri & Treves 1996)."""
+    return (bins - 1) * (num_classes - 1) / (2.0 * max(1, n_samples))
+
+
+def miller_madow_bias(occupied_bins: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Miller–Madow entropy bias (m - 1) / (2N) for ``occupied_bins`` non-empty bins."""
+    return (occupied_bins.to(torch.float64) - 1) / (2.0 * max(1, n_samples))
+
+
+def log_cap(bins: int) -> float:
+    """The largest per-channel entropy (hence I(X;T_c)) a B-bin histogram can report."""
+    return math.log(bins)

@@ -1,0 +1,236 @@
+"""Protocols and result types shared by the engine and every plugin.
+
+This module imports nothing from mi_probe, so a third-party plugin can depend on it
+(and on ``errors`` and ``hookspecs``) without pulling in the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+#: Names of the model states every experiment can ask for. ``epoch_<n>`` states are
+#: produced by training-dynamics experiments.
+TRAINED = "trained"
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class SiteRef:
+    """A named activation an adapter offers: the output of ``module`` (dotted path)."""
+
+    name: str
+    module: str
+    kind: str
+    #: channel count if the adapter knows it (else found by a probe forward pass)
+    channels: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """A resolved site: a :class:`SiteRef` plus its channel count, 0-based depth and the
+    layout of the hooked output (``nchw``, ``nhwc``, ``nlc`` tokens, or ``nc``)."""
+
+    name: str
+    module: str
+    kind: str
+    channels: int
+    depth: int
+    layout: str = "nchw"
+
+
+@dataclass
+class DataBundle:
+    """What a data source returns: a training set, the evaluation (validation) set in a
+    fixed order without augmentation, and the class names (index = label)."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    classes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Captured:
+    """Pooled activations of the evaluation set: ``acts[site]`` is (N, C) float32 on the
+    capture device, ``labels`` is (N,) int64, ``logits`` is (N, K) or None."""
+
+    acts: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    logits: torch.Tensor | None = None
+    #: the sites whose activations are in ``acts``, in forward order
+    sites: list[Site] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        if self.logits is None:
+            raise ValueError("no logits were captured")
+        return (self.logits.argmax(1) == self.labels).float().mean().item()
+
+
+@dataclass(frozen=True)
+class LayerMI:
+    """Layer-level values in nats."""
+
+    i_xt: float
+    i_ty: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered thing: ``factory(params)`` builds it; ``params_model`` is the
+    pydantic model (with ``kind: Literal[name]``) that validates its spec section."""
+
+    kind: str
+    name: str
+    factory: Callable[[Any], Any]
+    params_model: type
+    plugin: str
+
+
+class Register(Protocol):
+    """The callback every ``mi_probe_register_*`` hook receives."""
+
+    def __call__(self, name: str, factory: Callable[[Any], Any], params_model: type) -> None: ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Knows where the sites of a family of models are."""
+
+    name: str
+
+    def claims(self, model: nn.Module, arch: str) -> bool:
+        """True when this adapter understands ``model``."""
+
+    def site_refs(self, model: nn.Module) -> list[SiteRef]:
+        """Every site of ``model`` in forward order."""
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Estimates MI between pooled activations and labels / inputs, batched over channels.
+
+    All tensors stay on the device they arrive on; results are float64 tensors in nats.
+    """
+
+    name: str
+    #: layer reductions this estimator implements besides ``mean``
+    reductions: frozenset[str]
+
+    def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Per-channel I(T_c;Y) for ``acts`` (N, C) and integer ``labels`` (N,): shape (C,)."""
+
+    def input_mi(self, acts: torch.Tensor) -> torch.Tensor:
+        """Per-channel I(X;T_c) under the estimator's documented convention: shape (C,)."""
+
+    def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 reduce: str) -> LayerMI:
+        """Layer-level I(X;T) and I(T;Y) with the given reduction."""
+
+    def bias(self, n_samples: int, num_classes: int) -> float:
+        """Expected upward bias of one per-channel I(T_c;Y) value on independent data,
+        in nats (0.0 when the estimator has no known figure)."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts to store with every result (caps, bins, conventions)."""
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """A training-loss term computed from pooled activations of chosen sites."""
+
+    name: str
+    #: fnmatch patterns of the sites whose (non-detached) pooled activations it needs
+    site_patterns: Sequence[str]
+
+    def penalty(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """A scalar added to the cross-entropy loss (negative values reward)."""
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Changes a site's output during evaluation; applied as a forward hook."""
+
+    name: str
+
+    def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor) -> torch.Tensor:
+        """Return the modified output for the chosen ``channels`` (1-D index tensor)."""
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """Summarises a per-channel value vector of one site into named numbers."""
+
+    name: str
+
+    def __call__(self, values: torch.Tensor) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """Builds the train / evaluation data."""
+
+    def load(self) -> DataBundle: ...
+
+
+class TableWriter(Protocol):
+    def __call__(self, name: str, frame: Any) -> None: ...
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """What the engine hands an experiment: everything a built-in experiment uses, so a
+    third-party experiment has exactly the same powers."""
+
+    spec: Any
+    device: torch.device
+    num_classes: int
+    class_names: list[str]
+    estimator: Estimator
+
+    def model(self, seed: int, state: str) -> nn.Module:
+        """The model for ``seed`` in ``state`` (``trained`` or ``random``), in eval mode."""
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        """The spec's sites of ``model`` in forward order."""
+
+    def capture(self, seed: int, state: str) -> Captured:
+        """Pooled evaluation-set activations of every site (cached per seed and state)."""
+
+    def evaluate(self, model: nn.Module,
+                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = ()) -> Captured:
+        """Evaluation-set logits with the given interventions applied as hooks."""
+
+    def rng(self, seed: int, purpose: str) -> torch.Generator:
+        """A CPU generator seeded from the run seed and a purpose string."""
+
+    def progress(self, message: str) -> None:
+        """Report progress to the user."""
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    """An analysis. The engine calls ``units`` once, ``run_unit`` for each unit not
+    already finished (results of finished units survive interruption), then
+    ``finalize`` over the merged tables, then ``figures`` to draw them."""
+
+    name: str
+
+    def units(self, ctx: RunContext) -> list[str]: ...
+
+    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, Any]:
+        """Tables (name -> polars DataFrame) for one unit."""
+
+    def finalize(self, ctx: RunContext | None, tables: dict[str, Any]) -> dict[str, Any]:
+        """Extra tables (e.g. ``summary_*``) computed from the merged per-unit tables."""
+
+    def figures(self, tables: dict[str, Any]) -> dict[str, Any]:
+        """Altair charts by name, drawn from the tables alone (so reports can be re-drawn)."""

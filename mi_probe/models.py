@@ -1,0 +1,210 @@
+"""timm backbones: creation by name, initialisation choices, activation swap, the
+paper's VGG head, and safetensors weights with JSON metadata (nothing is unpickled)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mi_probe.errors import CheckpointError, ModelError, UnknownModelError
+
+#: Bumped when the model construction or training recipe changes in a way that
+#: invalidates cached trained models.
+RECIPE_VERSION = 1
+META_KEY = "mi_probe"
+
+#: Activation modules an activation swap replaces (gates such as Sigmoid are kept).
+SWAPPABLE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
+             nn.Mish, nn.Tanh)
+ACT_FACTORIES = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device: cuda was asked for but no CUDA device is available "
+                         "(use device: auto or cpu)")
+    return torch.device(name)
+
+
+def check_arch(arch: str) -> None:
+    import timm
+
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownModelError(f"unknown model architecture {arch!r}: not a timm model name "
+                            f"(see timm.list_models()){hint}")
+
+
+def model_meta(arch: str, num_classes: int, act: str | None, head: str,
+               zero_init_last: bool) -> dict[str, Any]:
+    """What a weights file must match to be loaded into a model built from a spec."""
+    return {"arch": arch, "num_classes": num_classes, "act": act, "head": head,
+            "zero_init_last": zero_init_last}
+
+
+class PaperVGGHead(nn.Module):
+    """The paper's VGG-16 head: global average pool, Linear(C, 4096), ReLU, Dropout(0.5),
+    Linear(4096, num_classes). Replaces timm's ConvMlp pre-logits + classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 4096, dropout: float = 0.5):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(self.pool(x).flatten(1))))
+        return x if pre_logits else self.fc2(x)
+
+
+def attach_paper_vgg_head(model: nn.Module, num_classes: int) -> None:
+    if type(model).__name__ != "VGG" or not hasattr(model, "pre_logits"):
+        raise ModelError(f"head: paper_vgg needs a timm VGG model; got {type(model).__name__}")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    model.pre_logits = nn.Identity()
+    model.head = PaperVGGHead(convs[-1].out_channels, num_classes)
+
+
+def reset_zero_norm_weights(model: nn.Module) -> int:
+    """Set normalisation weights that were initialised to exactly zero back to one
+    (undoing timm's ``zero_init_last``); returns how many layers changed."""
+    changed = 0
+    norms = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)
+    for module in model.modules():
+        if isinstance(module, norms) and getattr(module, "weight", None) is not None:
+            if torch.count_nonzero(module.weight) == 0:
+                with torch.no_grad():
+                    module.weight.fill_(1.0)
+                changed += 1
+    return changed
+
+
+def swap_activations(model: nn.Module, act: str) -> int:
+    """Replace every activation module with ``act`` (applied to the whole network)."""
+    factory = ACT_FACTORIES[act]
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SWAPPABLE):
+                setattr(parent, name, factory())
+                count += 1
+    if count == 0:
+        raise ModelError(f"act: {act} was asked for but the model has no activation modules "
+                         "to swap (it applies activations functionally)")
+    return count
+
+
+def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
+                head: str = "timm", zero_init_last: bool = False) -> nn.Module:
+    """A randomly initialised timm model, deterministic in ``seed``, in eval mode."""
+    import timm
+
+    check_arch(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        except Exception as exc:  # timm raises many types for unusable configurations
+            raise ModelError(f"timm could not build {arch!r} with num_classes={num_classes}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        if not zero_init_last:
+            reset_zero_norm_weights(model)
+        if head == "paper_vgg":
+            attach_paper_vgg_head(model, num_classes)
+        if act is not None:
+            swap_activations(model, act)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
+    """Atomically write a safetensors file whose header carries ``meta`` as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The mi-probe metadata of a safetensors file (None for foreign files)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupt mi-probe metadata in the header") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, expected: dict[str, Any] | None = None) -> None:
+    """Load a safetensors file into ``model``, refusing another architecture or shape.
+
+    With mi-probe metadata in the file, ``expected`` (see :func:`model_meta`) is
+    compared field by field; without, the parameter names and shapes must match.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    meta = read_meta(path)
+    if meta is not None and expected is not None:
+        diffs = [k for k in expected if k in meta and meta[k] != expected[k]]
+        if diffs:
+            found = ", ".join(f"{k}={meta[k]!r}" for k in diffs)
+            want = ", ".join(f"{k}={expected[k]!r}" for k in diffs)
+            raise CheckpointError(f"{path} holds a model with {found}; the spec asks for {want}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or unexpected or shape:
+        arch = (expected or {}).get("arch", type(model).__name__)
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} with other shapes (e.g. {k}: file "
+                         f"{tuple(tensors[k].shape)}, model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{path} does not fit {arch}: tensors " + "; ".join(parts))
+    model.load_state_dict(tensors)

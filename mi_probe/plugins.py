@@ -1,0 +1,156 @@
+"""The plugin manager factory and the registry of everything plugins registered.
+
+Built-in plugins are registered first, then modules named in ``MI_PROBE_PLUGINS``
+(comma-separated importable modules, like pytest's ``PYTEST_PLUGINS``) or passed as
+``extra_plugins``, then setuptools entry points of group ``mi_probe`` unless
+``MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from functools import cached_property
+from typing import Any, Iterable
+
+import pluggy
+from pydantic import BaseModel
+
+from mi_probe import hookspecs
+from mi_probe.errors import PluginError, UnknownPluginError
+from mi_probe.interfaces import Entry
+
+ENTRY_POINT_GROUP = "mi_probe"
+
+#: The kinds of things plugins register, each with its ``mi_probe_register_<kind>`` hook.
+KINDS = ("estimators", "adapters", "datasets", "experiments", "metrics", "interventions",
+         "regularizers", "reports")
+
+#: Built-in plugin modules, registered before anything else.
+BUILTIN_PLUGINS = (
+    "mi_probe.builtin.estimators",
+    "mi_probe.builtin.adapters",
+    "mi_probe.builtin.datasets",
+    "mi_probe.builtin.experiments",
+)
+
+
+class Registry:
+    """Named entries per kind, with the plugin that registered each."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: str, name: str, factory: Any, params_model: Any, plugin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} with name {name!r}; "
+                              "expected a non-empty string")
+        if not callable(factory):
+            raise PluginError(f"plugin {plugin!r} registered {kind[:-1]} {name!r} with a "
+                              f"factory that is not callable: {factory!r}")
+        if not (isinstance(params_model, type) and issubclass(params_model, BaseModel)):
+            raise PluginError(f"plugin {plugin!r} registered {kind[:-1]} {name!r} with params "
+                              f"{params_model!r}; expected a pydantic BaseModel subclass")
+        kind_field = params_model.model_fields.get("kind")
+        if kind_field is None or kind_field.default != name:
+            raise PluginError(f"plugin {plugin!r}: params model {params_model.__name__} of "
+                              f"{kind[:-1]} {name!r} must declare kind: Literal[{name!r}] = "
+                              f"{name!r}; found {kind_field and kind_field.default!r}")
+        existing = self._entries[kind].get(name)
+        if existing is not None:
+            raise PluginError(f"{kind[:-1]} {name!r} is registered twice: by plugin "
+                              f"{existing.plugin!r} and by plugin {plugin!r}")
+        self._entries[kind][name] = Entry(kind, name, factory, params_model, plugin)
+
+    def entries(self, kind: str) -> dict[str, Entry]:
+        return dict(self._entries[kind])
+
+    def get(self, kind: str, name: str) -> Entry:
+        entries = self._entries[kind]
+        if name not in entries:
+            raise UnknownPluginError(unknown_name_message(kind[:-1], name, entries))
+        return entries[name]
+
+    def build(self, kind: str, params: BaseModel) -> Any:
+        """Instantiate the entry named by ``params.kind`` from validated params."""
+        return self.get(kind, params.kind).factory(params)
+
+
+def unknown_name_message(what: str, name: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    msg = f"unknown {what} {name!r}; valid: {', '.join(choices) if choices else '(none registered)'}"
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    return msg
+
+
+class MiProbePluginManager(pluggy.PluginManager):
+    """A pluggy manager with the mi-probe registry built lazily from the register hooks."""
+
+    @cached_property
+    def registry(self) -> Registry:
+        registry = Registry()
+        for kind in KINDS:
+            hook = getattr(self.hook, f"mi_probe_register_{kind}")
+            # Call each implementation on its own, so every entry knows its plugin.
+            for impl in hook.get_hookimpls():  # registration order
+                def register(name, factory, params_model, _plugin=impl.plugin_name, _kind=kind):
+                    registry.add(_kind, name, factory, params_model, _plugin)
+                impl.function(register=register)
+        return registry
+
+    def plugin_versions(self) -> dict[str, str | None]:
+        """Plugin name -> distribution version (None for modules outside a distribution)."""
+        dists = {name: dist for name, dist in self.list_name_plugin()}
+        versions: dict[str, str | None] = {}
+        by_plugin = {id(p): d for p, d in self.list_plugin_distinfo()}
+        for name, plugin in dists.items():
+            dist = by_plugin.get(id(plugin))
+            versions[name] = dist.version if dist is not None else None
+        return versions
+
+    def check_pending(self) -> None:  # noqa: D102 - documented on pluggy
+        try:
+            super().check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {exc.plugin!r} implements a hook that mi-probe does "
+                              f"not define: {exc}") from None
+
+
+def _import_plugin(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(f"cannot import plugin module {module_name!r} "
+                          f"(from MI_PROBE_PLUGINS or --plugin): {exc}") from None
+
+
+def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | None = None
+                       ) -> MiProbePluginManager:
+    """Build a fresh plugin manager: built-ins, then extra plugins, then entry points.
+
+    ``extra_plugins`` may hold modules/objects or importable module names.
+    ``autoload=None`` reads ``MI_PROBE_DISABLE_PLUGIN_AUTOLOAD``.
+    """
+    pm = MiProbePluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    extras = list(extra_plugins)
+    env_plugins = os.environ.get("MI_PROBE_PLUGINS", "")
+    extras += [m.strip() for m in env_plugins.split(",") if m.strip()]
+    for plugin in extras:
+        if isinstance(plugin, str):
+            if pm.get_plugin(plugin) is not None:
+                continue
+            pm.register(_import_plugin(plugin), name=plugin)
+        else:
+            pm.register(plugin)
+    if autoload is None:
+        autoload = os.environ.get("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+    if autoload:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.check_pending()
+    return pm

@@ -1,0 +1,29 @@
+"""VGG adapter: the output of every activation that follows a conv (post-ReLU in the
+paper's networks; post-tanh after an activation swap)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mi_probe.interfaces import SiteRef
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+
+
+class VGGAdapter:
+    name = "vgg"
+
+    def claims(self, model: nn.Module, arch: str) -> bool:
+        return type(model).__name__ == "VGG" and isinstance(getattr(model, "features", None),
+                                                            nn.Sequential)
+
+    def site_refs(self, model: nn.Module) -> list[SiteRef]:
+        refs = []
+        seen_conv = False
+        for idx, module in enumerate(model.features):
+            if isinstance(module, nn.Conv2d):
+                seen_conv = True
+            elif isinstance(module, ACTIVATIONS) and seen_conv:
+                refs.append(SiteRef(f"features.{idx}", f"features.{idx}", "post_act"))
+                seen_conv = False
+        return refs

@@ -1,0 +1,393 @@
+"""Experiment specs: pydantic models whose plugin unions are assembled from the
+registry, loaded from YAML with ``yaml.safe_load`` semantics and located errors.
+
+``load_spec(path, overrides)`` returns a validated spec or raises ``SpecError`` whose
+problems read ``file:line: field.path: message (got value); valid: ...; did you mean``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Sequence, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+                      field_validator)
+
+from mi_probe.errors import SpecError
+
+# --------------------------------------------------------------------------- models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainSpecBase(_Strict):
+    """The paper's recipe: SGD + momentum + weight decay, ReduceLROnPlateau on validation
+    accuracy, early stopping on validation accuracy; the best-accuracy epoch is kept."""
+
+    epochs: int = Field(15, ge=0, description="maximum training epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0, description="initial SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5.0e-4, ge=0)
+    plateau_patience: int = Field(10, ge=0, description="ReduceLROnPlateau patience (epochs)")
+    plateau_factor: float = Field(0.1, gt=0, lt=1, description="LR multiplier on a plateau")
+    early_stop_patience: int = Field(25, ge=1, description="stop after this many epochs "
+                                     "without a new best validation accuracy")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class ModelSpecBase(_Strict):
+    arch: str = Field(description="any timm architecture name, e.g. resnet18, vgg16")
+    num_classes: int | None = Field(None, ge=2, description="defaults to the data's classes")
+    weights: str = Field("train", description="random | train | path/to/model.safetensors")
+    act: Literal["relu", "tanh"] | None = Field(
+        None, description="swap every activation of the network to this one (None: as built)")
+    head: Literal["timm", "paper_vgg"] = Field(
+        "timm", description="paper_vgg: global average pool, Linear(4096), ReLU, "
+        "Dropout(0.5), Linear(num_classes) (VGG models only)")
+    zero_init_last: bool = Field(
+        False, description="keep timm's zero init of each residual block's last norm weight. "
+        "False (default, like torchvision) resets such zero norm weights to one, so a "
+        "freshly initialised ResNet's pre_add sites are not constant zero")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_kind(cls, value: str) -> str:
+        if value in ("random", "train") or value.endswith(".safetensors"):
+            return value
+        raise ValueError(f"expected 'random', 'train' or a path to a .safetensors file, got "
+                         f"{value!r} (pickled checkpoints such as .pt/.pth are never loaded)")
+
+
+class SitesSpecBase(_Strict):
+    include: list[str] = Field(["*"], min_length=1,
+                               description="fnmatch patterns over site names or '*.<kind>'")
+    exclude: list[str] = Field([], description="patterns removed after include")
+
+
+class EvalSpec(_Strict):
+    batch_size: int = Field(256, ge=1)
+    max_samples: int | None = Field(None, ge=2, description="use only the first n "
+                                    "evaluation samples (None: all)")
+    on_nonfinite: Literal["error", "skip"] = Field(
+        "error", description="a site with NaN/Inf activations stops the run (error) or is "
+        "left out of the tables with a warning (skip)")
+
+
+class ReportSpec(_Strict):
+    formats: list[Literal["png", "html", "svg"]] = Field(["png", "html"], min_length=1)
+
+
+class SpecBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="run name; reports go to reports/<name>/<timestamp>/")
+    description: str = ""
+    seeds: list[int] = Field([0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval: EvalSpec = EvalSpec()
+    report: ReportSpec = ReportSpec()
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+
+def _union(entries: dict, what: str) -> Any:
+    models = [e.params_model for e in entries.values()]
+    if not models:
+        def _refuse(value: Any) -> Any:
+            raise ValueError(f"no plugin provides {what}")
+        from pydantic import BeforeValidator
+        return Annotated[dict, BeforeValidator(_refuse)]
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]
+
+
+def build_spec_model(registry: Any) -> type[SpecBase]:
+    """The Spec model for this registry: plugin unions for data, estimator, experiment,
+    regularizers and a Literal of the registered adapter names."""
+    regs = _union(registry.entries("regularizers"), "regularizers")
+    train_cls = create_model("TrainSpec", __base__=TrainSpecBase,
+                             regularizers=(list[regs], Field([], description=(
+                                 "loss terms added to cross-entropy, e.g. HSIC"))))
+    model_cls = create_model("ModelSpec", __base__=ModelSpecBase,
+                             train=(train_cls, Field(default_factory=train_cls)))
+    adapter_names = tuple(["auto", *registry.entries("adapters")])
+    sites_cls = create_model("SitesSpec", __base__=SitesSpecBase,
+                             adapter=(Literal[adapter_names], Field(
+                                 "auto", description="auto: first adapter that claims the model")))
+    estimators = registry.entries("estimators")
+    est_default: Any = ...
+    if "histogram" in estimators:
+        est_default = Field(default_factory=lambda: estimators["histogram"].params_model())
+    return create_model(
+        "Spec", __base__=SpecBase,
+        data=(_union(registry.entries("datasets"), "datasets"), ...),
+        model=(model_cls, ...),
+        sites=(sites_cls, Field(default_factory=sites_cls)),
+        estimator=(_union(estimators, "estimators"), est_default),
+        experiment=(_union(registry.entries("experiments"), "experiments"), ...),
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last silently."""
+
+
+def _check_duplicates(node: yaml.Node, source: str, problems: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(f"{source}:{line}: duplicate key {key!r} (first at line {seen[key]})")
+            seen.setdefault(key, line)
+            _check_duplicates(value_node, source, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicates(item, source, problems)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise SpecError(f"--set {item!r}: empty component in key path {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> set[tuple[str, ...]]:
+    """Apply ``--set`` overrides in place; returns the overridden key paths."""
+    touched = set()
+    for item in overrides:
+        parts, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"--set {item!r}: {'.'.join(parts[:i])} is a list of "
+                                    f"{len(node)}; {part!r} is not a valid index")
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {item!r}: {'.'.join(parts[:i])} is not a mapping")
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise SpecError(f"--set {item!r}: {last!r} is not a valid index of a list of "
+                                f"{len(node)}")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a mapping")
+        touched.add(tuple(parts))
+    return touched
+
+
+def _walk(data: Any, node: yaml.Node | None, loc: Sequence[Any]) -> tuple[list[str], int | None]:
+    """Map a pydantic error location to a display path (union tags dropped) and the
+    YAML line of the deepest node found."""
+    path: list[str] = []
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+            path.append(str(part))
+            if isinstance(node, yaml.MappingNode):
+                found = None
+                for k, v in node.value:
+                    if k.value == part:
+                        found = (k, v)
+                if found is not None:
+                    line = found[1].start_mark.line + 1 if not isinstance(
+                        found[1], (yaml.MappingNode, yaml.SequenceNode)) else found[0].start_mark.line + 1
+                    node = found[1]
+                else:
+                    node = None
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+            path.append(str(part))
+            if isinstance(node, yaml.SequenceNode) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                node = None
+        elif isinstance(data, dict) and data.get("kind") == part:
+            continue  # a discriminated-union tag, not a field
+        else:
+            path.append(str(part))
+    return path, line
+
+
+def _model_at(spec_cls: type[BaseModel], data: Any, loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the fields at ``loc`` (for 'valid fields')."""
+    current: Any = spec_cls
+    for part in loc:
+        if isinstance(data, dict) and data.get("kind") == part and part not in data:
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        data = data.get(part) if isinstance(data, dict) else None
+        current = _concrete(field.annotation, data)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _concrete(annotation: Any, data: Any) -> Any:
+    from typing import get_args, get_origin
+
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _concrete(get_args(annotation)[0], data)
+    if origin is Union or (origin is not None and str(origin) == "types.UnionType"):
+        kind = data.get("kind") if isinstance(data, dict) else None
+        for arg in get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                field = arg.model_fields.get("kind")
+                if field is not None and field.default == kind:
+                    return arg
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return _concrete(members[0], data) if len(members) == 1 else None
+    return annotation
+
+
+def _did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[str]) -> str:
+    etype = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    field = ".".join(path) or "(top level)"
+    if etype == "union_tag_invalid":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        what = path[-1] if path else "kind"
+        return (f"{field}.kind: unknown {what} kind {ctx.get('tag')!r}; valid: "
+                f"{', '.join(expected)}{_did_you_mean(ctx.get('tag'), expected)}")
+    if etype == "union_tag_not_found":
+        owner = _model_at(spec_cls, data, [p for p in path])
+        return f"{field}: missing 'kind' (which plugin to use)"
+    if etype == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        head = f"{field}: unknown {path[-2] if len(path) > 1 and path[-1] == 'kind' else 'value'}"
+        return (f"{head} {value!r}; valid: {', '.join(expected)}"
+                f"{_did_you_mean(value, expected)}")
+    if etype == "extra_forbidden":
+        owner = _model_at(spec_cls, data, err["loc"][:-1])
+        valid = sorted(owner.model_fields) if owner is not None else []
+        hint = f"; valid fields: {', '.join(valid)}" if valid else ""
+        return f"{field}: unknown field{hint}{_did_you_mean(path[-1], valid)}"
+    if etype == "missing":
+        return f"{field}: required field is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{field}: {msg} (got {value!r})"
+
+
+def validate_data(spec_cls: type[BaseModel], data: Any, source: str,
+                  root: yaml.Node | None = None, overridden: set | None = None) -> Any:
+    """Validate a spec mapping; raise SpecError with one located line per problem."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping with name, data, model and "
+                        f"experiment; found {type(data).__name__}")
+    try:
+        return spec_cls.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path, line = _walk(data, root, err["loc"])
+            where = source
+            if overridden and any(tuple(path[:len(o)]) == o for o in overridden):
+                where = "--set"
+            elif line is not None:
+                where = f"{source}:{line}"
+            problems.append(f"{where}: {_describe_error(err, spec_cls, data, path)}")
+        raise SpecError(f"{source}: invalid spec ({len(problems)} problem"
+                        f"{'s' if len(problems) != 1 else ''})", problems) from None
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None) -> Any:
+    """Read, override and validate a YAML spec file."""
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {source} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file {source}: {exc}") from None
+    return load_spec_text(text, source, overrides, pm)
+
+
+def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: Any = None) -> Any:
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        raise SpecError(f"{source}: the spec is empty; expected a mapping with name, data, "
+                        "model and experiment")
+    problems: list[str] = []
+    if root is not None:
+        _check_duplicates(root, source, problems)
+    if problems:
+        raise SpecError(f"{source}: invalid spec", problems)
+    overridden = apply_overrides(data, overrides) if isinstance(data, dict) else set()
+    return validate_data(spec_model(pm), data, source, root, overridden)
+
+
+def spec_model(pm: Any) -> type[SpecBase]:
+    """The Spec model of a plugin manager (built once per manager)."""
+    cached = getattr(pm, "_mi_probe_spec_model", None)
+    if cached is None:
+        cached = build_spec_model(pm.registry)
+        pm._mi_probe_spec_model = cached
+    return cached
+
+
+def json_schema(pm: Any) -> dict:
+    return spec_model(pm).model_json_schema()
+
+
+def dump_spec(spec: BaseModel) -> str:
+    """The fully resolved spec (defaults filled in) as YAML."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

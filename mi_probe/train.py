@@ -1,0 +1,262 @@
+"""The paper's training recipe, resumable per epoch, and the trained-model cache.
+
+SGD (momentum, weight decay), ReduceLROnPlateau on validation accuracy, early stopping
+after ``early_stop_patience`` epochs without a new best; the best-accuracy weights are
+the trained model. Every epoch writes an atomic checkpoint (weights, momentum buffers,
+scheduler state, history), so an interrupted run resumes where it stopped and gives the
+same weights as an uninterrupted one: each epoch reseeds the RNG from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mi_probe.capture import add_pooling_hooks, removing
+from mi_probe.data import make_loader
+from mi_probe.errors import CheckpointError, MiProbeError
+from mi_probe.interfaces import DataBundle, Regularizer, Site
+from mi_probe.models import RECIPE_VERSION, load_weights, save_weights
+from mi_probe.tables import atomic_write_text
+
+
+class TrainingDivergedError(MiProbeError):
+    """The training loss became NaN/Inf."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_acc: float
+    stopped_early: bool = False
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def evaluate_loss_acc(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on ``loader`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    total, loss_sum, correct = 0, 0.0, 0
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                total += y.numel()
+    finally:
+        model.train(was_training)
+    return loss_sum / max(1, total), correct / max(1, total)
+
+
+def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"momentum.{names[id(p)]}"] = buf.detach().to("cpu").contiguous()
+    return out
+
+
+def _save_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer, scheduler, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model, ckpt_dir / "last.safetensors", {"epoch": state["epoch"]})
+    tensors = _optimizer_tensors(model, optimizer)
+    tmp = ckpt_dir / ".optimizer.safetensors.tmp"
+    save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp))
+    tmp.replace(ckpt_dir / "optimizer.safetensors")
+    sched = {k: v for k, v in scheduler.state_dict().items()}
+    state = dict(state, scheduler=sched, lrs=[g["lr"] for g in optimizer.param_groups])
+    # state.json is written last: it is the commit point of the checkpoint.
+    atomic_write_text(ckpt_dir / "state.json", json.dumps(state, indent=1))
+
+
+def _load_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer, scheduler,
+                     device: torch.device) -> dict | None:
+    from safetensors.torch import load_file
+
+    state_path = ckpt_dir / "state.json"
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        load_weights(model, ckpt_dir / "last.safetensors")
+        tensors = load_file(str(ckpt_dir / "optimizer.safetensors"))
+    except (json.JSONDecodeError, OSError, CheckpointError) as exc:
+        raise CheckpointError(f"training checkpoint in {ckpt_dir} is unreadable ({exc}); "
+                              "delete that folder to train from scratch") from None
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("momentum."):
+            optimizer.state[params[key[len("momentum."):]]]["momentum_buffer"] = value.to(device)
+    scheduler.load_state_dict(state["scheduler"])
+    for group, lr in zip(optimizer.param_groups, state["lrs"]):
+        group["lr"] = lr
+    return state
+
+
+def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device: torch.device,
+                ckpt_dir: Path | None = None,
+                regularizers: Sequence[tuple[Regularizer, Sequence[Site]]] = (),
+                eval_batch_size: int = 256, progress: bool = True,
+                log: Callable[[str], None] = print,
+                on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place with the recipe in ``cfg`` (a TrainSpec); on return the
+    model holds the best-validation-accuracy weights. ``regularizers`` pairs each
+    regulariser with the sites whose pooled (non-detached) activations it receives."""
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    val_loader = make_loader(data.val, eval_batch_size, shuffle=False)
+    reg_name = "+".join(r.name for r, _ in regularizers) or "none"
+    best_path = ckpt_dir / "best.safetensors" if ckpt_dir else None
+
+    state = _load_checkpoint(ckpt_dir, model, optimizer, scheduler, device) if ckpt_dir else None
+    if state is None:
+        val_loss, val_acc = evaluate_loss_acc(model, val_loader, device)
+        state = {"epoch": 0, "best_epoch": 0, "best_val_acc": val_acc, "since_best": 0,
+                 "stopped_early": False, "history": [{
+                     "seed": seed, "epoch": 0, "train_loss": None, "val_loss": val_loss,
+                     "val_acc": val_acc, "lr": cfg.lr, "seconds": 0.0, "regularizer": reg_name}]}
+        if on_epoch_end is not None:
+            on_epoch_end(model, 0, state["history"][-1])
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckpt_dir:
+            save_weights(model, best_path, {"epoch": 0})
+            _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state)
+        resumed_from = 0
+    else:
+        resumed_from = state["epoch"]
+        log(f"resuming training from epoch {resumed_from} checkpoint in {ckpt_dir}")
+        best_state = None
+
+    epoch = state["epoch"]
+    while epoch < cfg.epochs and not state["stopped_early"]:
+        epoch += 1
+        t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(seed, epoch, "train"))
+        loader = make_loader(data.train, cfg.batch_size, shuffle=True,
+                             seed=derive_seed(seed, epoch, "order"), num_workers=cfg.num_workers)
+        model.train()
+        loss_sum, n_seen = 0.0, 0
+        batches = loader
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(loader, desc=f"seed {seed} epoch {epoch}/{cfg.epochs}", leave=False,
+                           unit="batch")
+        store: dict[str, list] = {}
+        handles: list = []
+        with removing(handles):
+            for reg, sites in regularizers:
+                handles.extend(add_pooling_hooks(model, sites, store, detach=False))
+            for x, y in batches:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                for parts in store.values():
+                    parts.clear()
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                ce = loss.detach()
+                for reg, sites in regularizers:
+                    pooled = {s.name: store[s.name][-1] for s in sites}
+                    loss = loss + reg.penalty(pooled, y)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"training diverged at seed {seed} epoch {epoch}: loss is "
+                        f"{loss.item()} (lower model.train.lr, now {optimizer.param_groups[0]['lr']})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += ce.item() * y.numel()
+                n_seen += y.numel()
+        val_loss, val_acc = evaluate_loss_acc(model, val_loader, device)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(val_acc)
+        row = {"seed": seed, "epoch": epoch, "train_loss": loss_sum / max(1, n_seen),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+               "seconds": time.perf_counter() - t0, "regularizer": reg_name}
+        state["history"].append(row)
+        if val_acc > state["best_val_acc"]:
+            state.update(best_epoch=epoch, best_val_acc=val_acc, since_best=0)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt_dir:
+                save_weights(model, best_path, {"epoch": epoch})
+        else:
+            state["since_best"] += 1
+        if state["since_best"] >= cfg.early_stop_patience:
+            state["stopped_early"] = True
+        state["epoch"] = epoch
+        if on_epoch_end is not None:
+            on_epoch_end(model, epoch, row)
+        if ckpt_dir:
+            _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state)
+        log(f"seed {seed} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
+            f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.3g} ({row['seconds']:.1f}s)"
+            + ("  [early stop]" if state["stopped_early"] else ""))
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif best_path is not None:
+        load_weights(model, best_path)
+    model.eval()
+    return TrainResult(history=state["history"], best_epoch=state["best_epoch"],
+                       best_val_acc=state["best_val_acc"], stopped_early=state["stopped_early"],
+                       resumed_from=resumed_from)
+
+
+def cache_key(payload: Mapping[str, Any]) -> str:
+    """Hash of everything that determines a trained model."""
+    blob = json.dumps({"recipe": RECIPE_VERSION, **payload}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], meta: dict,
+                    data: DataBundle, cfg: Any, seed: int, device: torch.device,
+                    cache_dir: Path, regularizers=(), eval_batch_size: int = 256,
+                    progress: bool = True, log: Callable[[str], None] = print
+                    ) -> tuple[nn.Module, list[dict[str, Any]], Path]:
+    """The trained model for ``payload`` from ``cache_dir/models/<key>/``, training (or
+    resuming) it when absent. Returns (model on device, training history, folder)."""
+    folder = Path(cache_dir) / "models" / cache_key(payload)
+    model = build()
+    final = folder / "model.safetensors"
+    info = folder / "training.json"
+    if final.is_file() and info.is_file():
+        load_weights(model, final, meta)
+        history = json.loads(info.read_text())["history"]
+        log(f"seed {seed}: using cached trained model {folder}")
+        return model.to(device).eval(), history, folder
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "payload.json", json.dumps(payload, indent=1, sort_keys=True,
+                                                          default=str))
+    result = train_model(model, data, cfg, seed, device, folder / "checkpoint", regularizers,
+                         eval_batch_size, progress, log)
+    save_weights(model, final, dict(meta, best_epoch=result.best_epoch,
+                                    best_val_acc=result.best_val_acc))
+    atomic_write_text(info, json.dumps({"history": result.history, "best_epoch": result.best_epoch,
+                                        "best_val_acc": result.best_val_acc,
+                                        "stopped_early": result.stopped_early}, indent=1))
+    return model.eval(), result.history, folder

@@ -1,0 +1,276 @@
+"""Tests of mi_probe.report: figure files, seed-aggregated charts and the index page."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import pytest
+from scipy.stats import t as student_t
+
+from mi_probe import report
+from mi_probe.errors import RunError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SITES = ["stem", "layer1.0", "layer2.0"]
+
+
+def site_frame(n_seeds: int) -> pl.DataFrame:
+    """Per-seed layer_mi-like table: value = depth + seed (+1 when trained)."""
+    rows = [dict(seed=seed, state=state, site=site, depth=depth, site_kind="block",
+                 i_xt=float(depth + seed + (state == "trained")))
+            for seed in range(n_seeds) for state in ("init", "trained")
+            for depth, site in enumerate(SITES)]
+    return pl.DataFrame(rows)
+
+
+def chart_rows(chart: alt.TopLevelMixin) -> list[dict]:
+    """The data rows a chart carries (altair consolidates inline data into ``datasets``)."""
+    spec = chart.to_dict()
+    return spec["datasets"][spec["data"]["name"]]
+
+
+def no_external_resources(text: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert not re.search(r"<script[^>]*\ssrc\s*=", text, re.I)
+    assert "<link" not in text.lower()
+
+
+def strict_json(text: str) -> object:
+    def reject(token: str) -> None:
+        raise AssertionError(f"non-JSON constant {token}")
+    return json.loads(text, parse_constant=reject)
+
+
+# --------------------------------------------------------------------------- save_chart
+
+
+def test_save_chart_writes_png_html_and_svg(tmp_path: Path) -> None:
+    chart = report.by_depth(site_frame(2), "i_xt", title="I(X;T) by depth",
+                            y_title="I(X;T) (nats)")
+    out = report.save_chart(chart, tmp_path / "figures", "mi", formats=("png", "html", "svg"))
+
+    assert out == {fmt: tmp_path / "figures" / f"mi.{fmt}" for fmt in ("png", "html", "svg")}
+    png = out["png"].read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+    page = out["html"].read_text()
+    assert "vegaEmbed(" in page and "layer2.0" in page and "I(X;T) (nats)" in page
+    assert len(page) > 100_000  # the vega / vega-lite / vega-embed bundle is inlined
+    no_external_resources(page)
+
+    svg = out["svg"].read_text().lstrip()
+    assert svg.startswith("<svg") or svg.startswith("<?xml")
+    assert "I(X;T) (nats)" in svg
+    # atomic writes leave no temporary files behind
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["mi.html", "mi.png", "mi.svg"]
+
+
+def test_html_figure_survives_script_tags_in_data(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0], "label": ["</script><b>x", "<!--"]})
+    chart = report.scatter(frame, "x", "y", tooltip=["label"])
+    page = report.save_chart(chart, tmp_path, "s", formats=("html",))["html"].read_text()
+    assert page.count("</script>") == 2  # the bundle's and the embed call's, none from data
+    assert "<!--" not in page
+    spec_text = page[page.index("vegaEmbed('#vis', ") + len("vegaEmbed('#vis', "):]
+    spec, _ = json.JSONDecoder().raw_decode(spec_text)
+    labels = {row["label"] for row in spec["datasets"][spec["data"]["name"]]}
+    assert labels == {"</script><b>x", "<!--"}
+
+
+def test_unknown_format_raises_and_writes_nothing(tmp_path: Path) -> None:
+    chart = report.scatter(site_frame(1), "depth", "i_xt")
+    with pytest.raises(RunError, match=r"unknown figure format.*'jpg'.*valid formats.*png"):
+        report.save_chart(chart, tmp_path / "figures", "x", formats=("png", "jpg"))
+    assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "a\\b"])
+def test_figure_name_must_be_a_plain_file_name(tmp_path: Path, name: str) -> None:
+    chart = report.scatter(site_frame(1), "depth", "i_xt")
+    with pytest.raises(RunError, match="plain file name"):
+        report.save_chart(chart, tmp_path, name, formats=("html",))
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def test_by_depth_three_seeds_draws_mean_and_t_interval() -> None:
+    chart = report.by_depth(site_frame(3), "i_xt", y_title="I(X;T) (nats)")
+    rows = chart_rows(chart)
+    assert len(rows) == 2 * len(SITES)
+
+    # seeds give values base, base+1, base+2: mean base+1, sd 1
+    half = student_t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    for row in rows:
+        base = row["depth"] + (row["state"] == "trained")
+        assert row["site"] == SITES[row["depth"]]
+        assert row["n_seeds"] == 3
+        assert row["i_xt_mean"] == pytest.approx(base + 1)
+        assert row["i_xt_ci_low"] == pytest.approx(base + 1 - half)
+        assert row["i_xt_ci_high"] == pytest.approx(base + 1 + half)
+
+    band, mean_line = chart.to_dict()["layer"]
+    assert band["mark"]["type"] == "area"
+    assert band["encoding"]["y"]["field"] == "i_xt_ci_low"
+    assert band["encoding"]["y2"]["field"] == "i_xt_ci_high"
+    enc = mean_line["encoding"]
+    assert enc["x"]["field"] == "depth" and enc["x"]["type"] == "quantitative"
+    assert enc["y"] == {"field": "i_xt_mean", "type": "quantitative", "title": "I(X;T) (nats)"}
+    assert enc["color"]["field"] == "state"
+    tips = {tip["field"] for tip in enc["tooltip"]}
+    assert {"site", "i_xt_mean", "i_xt_ci_low", "i_xt_ci_high", "n_seeds"} <= tips
+
+
+def test_by_depth_one_seed_is_a_line_without_band(tmp_path: Path) -> None:
+    chart = report.by_depth(site_frame(1), "i_xt", title="one seed")
+    spec = chart.to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line"]
+    for row in chart_rows(chart):
+        assert row["n_seeds"] == 1
+        assert row["i_xt_ci_low"] == row["i_xt_ci_high"] == row["i_xt_mean"]
+    svg = report.save_chart(chart, tmp_path, "one", formats=("svg",))["svg"].read_text()
+    assert "one seed" in svg
+
+
+def test_by_depth_facets_and_rejects_missing_columns() -> None:
+    frame = site_frame(2)
+    spec = report.by_depth(frame, "i_xt", color="site_kind", facet="state", title="t").to_dict()
+    assert spec["facet"]["field"] == "state"
+    assert {(r["state"], r["n_seeds"]) for r in spec["datasets"][spec["data"]["name"]]} == {
+        ("init", 2), ("trained", 2)}
+    with pytest.raises(RunError, match=r"by_depth: frame lacks columns \['i_ty'\]"):
+        report.by_depth(frame, "i_ty")
+
+
+def test_line_aggregates_by_color_and_x() -> None:
+    frame = pl.DataFrame({"seed": [0, 0, 1, 1, 0, 1], "epoch": [1, 2, 1, 2, 1, 1],
+                          "val_acc": [0.1, 0.2, 0.3, 0.4, 0.5, 0.7],
+                          "regularizer": ["none"] * 4 + ["l2"] * 2})
+    chart = report.line(frame, "epoch", "val_acc", "regularizer", y_title="accuracy")
+    got = {(r["regularizer"], r["epoch"]): (r["val_acc_mean"], r["n_seeds"])
+           for r in chart_rows(chart)}
+    assert got == {("none", 1): (pytest.approx(0.2), 2), ("none", 2): (pytest.approx(0.3), 2),
+                   ("l2", 1): (pytest.approx(0.6), 2)}
+    assert [layer["mark"]["type"] for layer in chart.to_dict()["layer"]] == ["area", "line"]
+
+
+def test_heatmap_averages_seeds() -> None:
+    frame = pl.DataFrame({"seed": [0, 1, 0, 1], "site": ["a", "a", "a", "a"],
+                          "site_b": ["a", "a", "b", "b"], "mi": [1.0, 3.0, 0.5, 0.5]})
+    chart = report.heatmap(frame, "site", "site_b", "mi", "layer-layer MI",
+                           value_title="MI (nats)", y_sort=["b", "a"])
+    assert {(r["site_b"], r["mi_mean"]) for r in chart_rows(chart)} == {("a", 2.0), ("b", 0.5)}
+    enc = chart.to_dict()["encoding"]
+    assert enc["color"]["title"] == "MI (nats)" and enc["y"]["sort"] == ["b", "a"]
+
+
+def test_chart_data_is_strict_json_and_not_row_limited() -> None:
+    n = 6000  # over altair's default 5000-row limit
+    frame = pl.DataFrame({"x": [float(i) for i in range(n)],
+                          "y": [float("nan"), float("inf")] + [1.0] * (n - 2),
+                          "channel": list(range(n))})
+    chart = report.scatter(frame, "x", "y", color="channel", tooltip=["channel"])
+    spec = strict_json(chart.to_json())
+    rows = spec["datasets"][spec["data"]["name"]]
+    assert len(rows) == n and rows[0]["y"] is None and rows[1]["y"] is None
+
+
+def test_dotted_column_names_are_escaped() -> None:
+    frame = pl.DataFrame({"a.b": [1.0, 2.0], "y": [1.0, 2.0]})
+    enc = report.scatter(frame, "a.b", "y").to_dict()["encoding"]
+    assert enc["x"]["field"] == "a\\.b" and enc["x"]["title"] == "a.b"
+
+
+# --------------------------------------------------------------------------- index page
+
+
+def test_write_index_lists_everything_escapes_and_truncates(tmp_path: Path) -> None:
+    figures = {"mi_by_depth": {"png": tmp_path / "figures" / "mi_by_depth.png",
+                               "html": tmp_path / "figures" / "mi_by_depth.html"},
+               "vector_only": {"svg": Path("figures/vector_only.svg")}}
+    long = pl.DataFrame({"channel": list(range(5120)), "i_xt": [1.234567] * 5120})
+    evil = pl.DataFrame({"site": ["<script>alert(1)</script>"], "value": [0.000123456],
+                         "missing": [None]}, schema_overrides={"missing": pl.Float64})
+    meta = {"spec": "smoke <test>", "status": "complete",
+            "versions": {"torch": "2.4", "timm": "1.0"}, "seconds": 12.345678}
+    path = report.write_index(
+        tmp_path, "Run <one>", meta, figures, {"channel_mi": long, "layer_mi": evil},
+        notes=["I(X;T) is capped by log B = 3.00 nats per channel"],
+        warnings=["estimator saturated at layer4"],
+        checks=[{"name": "finite", "passed": True, "detail": "all values finite"},
+                {"name": "monotone", "passed": False, "detail": "I(X;T) rose at depth 3"}])
+
+    assert path == tmp_path / "index.html"
+    page = path.read_text()
+    no_external_resources(page)
+    assert "<title>Run &lt;one&gt;</title>" in page and "smoke &lt;test&gt;" in page
+    assert "<pre>" in page and "&quot;torch&quot;: &quot;2.4&quot;" in page
+    for name in ("mi_by_depth", "vector_only", "channel_mi", "layer_mi"):
+        assert name in page
+    assert '<img src="figures/mi_by_depth.png"' in page
+    assert '<a href="figures/mi_by_depth.html"' in page
+    assert '<img src="figures/vector_only.svg"' in page
+    # table cells are escaped; floats keep 4 significant digits
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<td>0.0001235</td>" in page and "<td>1.235</td>" in page
+    assert "showing 200 of 5120 rows; full table: tables/channel_mi.parquet" in page
+    assert page.count("<tr>") == 1 + 200 + 1 + 1  # two header rows, 200 + 1 body rows
+    assert "Warnings" in page and "estimator saturated at layer4" in page
+    assert "log B = 3.00 nats per channel" in page
+    assert "Checks (1/2 passed)" in page
+    assert re.search(r'class="fail">FAIL monotone: I\(X;T\) rose at depth 3', page)
+
+
+def test_write_index_without_warnings_has_no_warning_section(tmp_path: Path) -> None:
+    page = report.write_index(tmp_path, "t", {}, {}, {}).read_text()
+    assert "Warnings" not in page and "<h1>t</h1>" in page
+    with pytest.raises(RunError, match="lacks keys"):
+        report.write_index(tmp_path, "t", {}, {}, {}, checks=[{"name": "x"}])
+
+
+def test_render_run_saves_figures_and_index(tmp_path: Path) -> None:
+    chart = report.by_depth(site_frame(2), "i_xt", title="I(X;T)", y_title="I(X;T) (nats)")
+    tables = {"layer_mi": site_frame(2)}
+    index = report.render_run(tmp_path, {"mi_by_depth": chart}, tables, {"spec": "demo"},
+                              notes=["a note"])
+    assert index == tmp_path / "index.html"
+    assert (tmp_path / "figures" / "mi_by_depth.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (tmp_path / "figures" / "mi_by_depth.html").stat().st_size > 100_000
+    page = index.read_text()
+    assert "<h1>demo</h1>" in page and '<img src="figures/mi_by_depth.png"' in page
+    assert "layer_mi" in page and "a note" in page
+
+
+def test_render_run_reports_failed_figure_after_writing_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(chart, figures_dir, name, formats=("png", "html")):
+        raise RunError(f"figure {name!r}: rendering png failed: boom")
+
+    monkeypatch.setattr(report, "save_chart", broken)
+    chart = report.scatter(site_frame(1), "depth", "i_xt")
+    with pytest.raises(RunError, match=r"figures \['bad'\] could not be rendered"):
+        report.render_run(tmp_path, {"bad": chart}, {}, {"spec": "demo"})
+    page = (tmp_path / "index.html").read_text()
+    assert "Warnings" in page and "rendering png failed: boom" in page
+
+
+def test_render_run_rejects_unknown_format_before_rendering(tmp_path: Path) -> None:
+    chart = report.scatter(site_frame(1), "depth", "i_xt")
+    with pytest.raises(RunError, match="valid formats"):
+        report.render_run(tmp_path, {"x": chart}, {}, {}, formats=("pdf",))
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_report_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mi_probe.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
