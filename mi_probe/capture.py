@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from mi_probe.errors import NonFiniteActivationError
+from mi_probe.errors import DataError, NonFiniteActivationError, SiteError
 from mi_probe.interfaces import Captured, Intervention, Site
 from mi_probe.sites import get_module, pool
 
@@ -58,16 +58,25 @@ def add_intervention_hooks(model: nn.Module, interventions: Iterable[tuple[Site,
 
 def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, list],
                       detach: bool = True) -> list:
-    """Append each site's pooled output per batch to ``store[site.name]``."""
+    """Append each site's pooled output per batch to ``store[site.name]``.
+
+    Returns the hook handles; if a site's module cannot be found, the hooks already
+    registered are removed before the error propagates (nothing is left behind)."""
     handles = []
-    for site in sites:
-        store.setdefault(site.name, [])
+    try:
+        for site in sites:
+            module = get_module(model, site.module)
+            store.setdefault(site.name, [])
 
-        def hook(_m, _inp, out, _site=site):
-            pooled = pooled_copy(_first(out), _site)
-            store[_site.name].append(pooled.detach() if detach else pooled)
+            def hook(_m, _inp, out, _site=site):
+                pooled = pooled_copy(_first(out), _site)
+                store[_site.name].append(pooled.detach() if detach else pooled)
 
-        handles.append(get_module(model, site.module).register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
     return handles
 
 
@@ -95,7 +104,20 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
                     labels.append(y.to(device))
     finally:
         model.train(was_training)
-    acts = {name: torch.cat(parts) for name, parts in store.items() if parts}
+    if not labels:
+        raise DataError("capture: the evaluation data yielded no batches (empty evaluation "
+                        "set)")
+    n = sum(len(y) for y in labels)
+    acts = {}
+    for site in sites:
+        parts = store.get(site.name, [])
+        rows = sum(part.shape[0] for part in parts)
+        if rows != n:
+            raise SiteError(f"site {site.name!r} (module {site.module!r}) gave {rows} pooled rows "
+                            f"for {n} samples: its module ran "
+                            f"{'never' if not parts else f'{len(parts)} times for {len(labels)} batches'}"
+                            " (a site module must run exactly once per forward pass)")
+        acts[site.name] = torch.cat(parts)
     return Captured(acts=acts, labels=torch.cat(labels).long(), logits=torch.cat(logits),
                     sites=list(sites))
 

@@ -24,16 +24,27 @@ META_KEY = "mi_probe"
 SWAPPABLE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
              nn.Mish, nn.Tanh)
 ACT_FACTORIES = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
+#: Classifier heads ``build_model`` can attach (``timm``: the model's own).
+HEADS = ("timm", "paper_vgg")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device: cuda was asked for but no CUDA device is available "
-                         "(use device: auto or cpu)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"device: {name!r} is not a device; expected auto, cpu, cuda or "
+                         "cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device: {name} was asked for but no CUDA device is available "
+                             "(use device: auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"device: {name} was asked for but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def check_arch(arch: str) -> None:
@@ -95,12 +106,20 @@ def reset_zero_norm_weights(model: nn.Module) -> int:
 
 def swap_activations(model: nn.Module, act: str) -> int:
     """Replace every activation module with ``act`` (applied to the whole network)."""
+    if act not in ACT_FACTORIES:
+        raise ModelError(f"act: unknown activation {act!r}; valid: "
+                         f"{', '.join(sorted(ACT_FACTORIES))}")
     factory = ACT_FACTORIES[act]
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SWAPPABLE):
-                setattr(parent, name, factory())
+                new = factory()
+                # Never add an in-place op where the model had none: the replaced
+                # activation's input may still be read afterwards (e.g. x + act(x)).
+                if hasattr(new, "inplace"):
+                    new.inplace = bool(getattr(child, "inplace", False))
+                setattr(parent, name, new)
                 count += 1
     if count == 0:
         raise ModelError(f"act: {act} was asked for but the model has no activation modules "
@@ -114,6 +133,11 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
     import timm
 
     check_arch(arch)
+    if head not in HEADS:
+        raise ModelError(f"head: unknown head {head!r}; valid: {', '.join(HEADS)}")
+    if act is not None and act not in ACT_FACTORIES:
+        raise ModelError(f"act: unknown activation {act!r}; valid: "
+                         f"{', '.join(sorted(ACT_FACTORIES))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -142,10 +142,6 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
 # --------------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last silently."""
-
-
 def _check_duplicates(node: yaml.Node, source: str, problems: list[str]) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -191,8 +187,11 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> set[tuple[str, ...]
                 continue
             if not isinstance(node, dict):
                 raise SpecError(f"--set {item!r}: {'.'.join(parts[:i])} is not a mapping")
-            if not isinstance(node.get(part), (dict, list)):
+            if part not in node or node[part] is None:
                 node[part] = {}
+            elif not isinstance(node[part], (dict, list)):
+                raise SpecError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping "
+                                f"(it holds {node[part]!r})")
             node = node[part]
         last = parts[-1]
         if isinstance(node, list):
@@ -282,6 +281,11 @@ def _did_you_mean(value: Any, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _singular(word: str) -> str:
+    """'regularizers' -> 'regularizer'; list indices and plain words pass through."""
+    return word[:-1] if word.endswith("s") and not word.isdigit() else word
+
+
 def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[str]) -> str:
     etype = err["type"]
     ctx = err.get("ctx") or {}
@@ -289,16 +293,15 @@ def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[
     field = ".".join(path) or "(top level)"
     if etype == "union_tag_invalid":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
-        what = path[-1] if path else "kind"
+        what = _singular(path[-1]) if path else ""
         return (f"{field}.kind: unknown {what} kind {ctx.get('tag')!r}; valid: "
                 f"{', '.join(expected)}{_did_you_mean(ctx.get('tag'), expected)}")
     if etype == "union_tag_not_found":
-        owner = _model_at(spec_cls, data, [p for p in path])
         return f"{field}: missing 'kind' (which plugin to use)"
     if etype == "literal_error":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        head = f"{field}: unknown {path[-2] if len(path) > 1 and path[-1] == 'kind' else 'value'}"
-        return (f"{head} {value!r}; valid: {', '.join(expected)}"
+        what = f"{_singular(path[-2])} kind" if len(path) > 1 and path[-1] == "kind" else "value"
+        return (f"{field}: unknown {what} {value!r}; valid: {', '.join(expected)}"
                 f"{_did_you_mean(value, expected)}")
     if etype == "extra_forbidden":
         owner = _model_at(spec_cls, data, err["loc"][:-1])

@@ -42,9 +42,16 @@ class HistogramEstimator:
                                  f"got shape {tuple(acts.shape)}")
         return F.bin_uniform(acts, self.bins)
 
+    def _label_mi(self, codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
+                  num_classes: int) -> torch.Tensor:
+        try:
+            return F.label_mi_from_codes(codes, labels, n_symbols, num_classes,
+                                         self.params.chunk_cells)
+        except ValueError as exc:  # wrong label shape / range: the estimator's typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        return F.label_mi_from_codes(self._codes(acts), labels, self.bins, num_classes,
-                                     self.params.chunk_cells)
+        return self._label_mi(self._codes(acts), labels, self.bins, num_classes)
 
     def input_mi(self, acts: torch.Tensor) -> torch.Tensor:
         return F.entropy_from_codes(self._codes(acts), self.bins, self.params.chunk_cells)
@@ -56,8 +63,8 @@ class HistogramEstimator:
                            i_ty=self.label_mi(acts, labels, num_classes).mean().item())
         if reduce == "joint":
             symbols, n_symbols = F.joint_codes(self._codes(acts))
-            i_xt = F.entropy_from_codes(symbols, n_symbols)[0].item()
-            i_ty = F.label_mi_from_codes(symbols, labels, n_symbols, num_classes)[0].item()
+            i_xt = F.entropy_from_codes(symbols, n_symbols, self.params.chunk_cells)[0].item()
+            i_ty = self._label_mi(symbols, labels, n_symbols, num_classes)[0].item()
             return LayerMI(i_xt=i_xt, i_ty=i_ty)
         raise EstimatorError(f"histogram estimator has no layer reduction {reduce!r}; "
                              f"valid: {sorted(self.reductions)}")

@@ -55,7 +55,8 @@ def _entropy_of_counts(counts: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) along the last dim of a count tensor."""
     total = counts.sum(dim=-1, keepdim=True)
     p = counts / total
-    return -(torch.special.xlogy(p, p)).sum(dim=-1)
+    # 0.0 - x rather than -x: a one-symbol column gives +0.0, not -0.0 ("-0.0" in tables)
+    return 0.0 - torch.special.xlogy(p, p).sum(dim=-1)
 
 
 def entropy_from_codes(codes: torch.Tensor, n_symbols: int,
@@ -89,7 +90,10 @@ def label_mi_from_codes(codes: torch.Tensor, labels: torch.Tensor, n_symbols: in
         block = codes[:, sl]
         h_t = _entropy_of_counts(_counts(block, n_symbols))
         h_ty = _entropy_of_counts(_counts(block * num_classes + labels[:, None], joint_symbols))
-        out[sl] = (h_t + h_y - h_ty).clamp_(min=0.0)
+        # 0 <= I <= min(H(T), H(Y)): the clamps only remove float64 rounding (~1e-16), and
+        # make a constant column (H(T) == 0) exactly 0 rather than H(Y) - H(T,Y) ~ 4e-16.
+        mi = (h_t + h_y - h_ty).clamp_(min=0.0)
+        out[sl] = torch.minimum(mi, torch.minimum(h_t, h_y))
     return out
 
 

@@ -1,0 +1,47 @@
+"""Shared fixtures: a plugin manager without entry points, tiny specs on synthetic data."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+from mi_probe.plugins import get_plugin_manager  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pm():
+    return get_plugin_manager(autoload=False)
+
+
+TINY_SPEC = """\
+name: tiny
+seeds: [0]
+data: {kind: synthetic, n_classes: 3, n_train: 48, n_val: 60, image_size: 16, noise: 0.5}
+model:
+  arch: test_resnet
+  weights: train
+  train: {epochs: 2, batch_size: 16, lr: 0.05}
+sites: {include: ["*.post_add"]}
+estimator: {kind: histogram, bins: 8}
+experiment: {kind: layer_mi}
+report: {formats: [png]}
+"""
+
+
+@pytest.fixture
+def tiny_spec_file(tmp_path):
+    """Write a tiny layer_mi spec (extra YAML lines appended) and return its path."""
+
+    def make(extra: str = "", text: str = TINY_SPEC, name: str = "tiny.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text + textwrap.dedent(extra))
+        return path
+
+    return make
