@@ -1,0 +1,38 @@
+"""mi-probe: measure how neural networks organise information while they learn.
+
+Histogram mutual information on pooled activations of any timm backbone, per layer and
+per channel, for trained and randomly initialised models, from one YAML spec.
+
+Names are imported lazily, so a plugin importing ``mi_probe.hookspecs`` does not pull
+in the engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "run": "mi_probe.engine", "rerender": "mi_probe.engine", "Engine": "mi_probe.engine",
+    "RunOutcome": "mi_probe.engine",
+    "load_spec": "mi_probe.spec",
+    "get_plugin_manager": "mi_probe.plugins",
+    "hookimpl": "mi_probe.hookspecs",
+    "Captured": "mi_probe.interfaces", "DataBundle": "mi_probe.interfaces",
+    "LayerMI": "mi_probe.interfaces", "Site": "mi_probe.interfaces", "SiteRef": "mi_probe.interfaces",
+    **{name: "mi_probe.errors" for name in (
+        "MiProbeError", "SpecError", "UnknownPluginError", "PluginError", "ModelError",
+        "UnknownModelError", "CheckpointError", "SiteError", "DataError",
+        "NonFiniteActivationError", "EstimatorError", "RunError")},
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mi_probe' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -387,9 +387,10 @@ class SyntheticSource:
 # ----------------------------------------------------------------------------- loaders
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int | None = None,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose shuffle order (and worker seeds) come from a generator seeded
     with ``seed``, so the same seed gives the same batches."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, persistent_workers=False)
+                      num_workers=num_workers, persistent_workers=False,
+                      pin_memory=pin_memory)

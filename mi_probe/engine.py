@@ -165,7 +165,9 @@ class Engine:
         return list(self._sites)
 
     def loader(self):
-        return make_loader(self.eval_set, self.spec.eval.batch_size, shuffle=False)
+        return make_loader(self.eval_set, self.spec.eval.batch_size, shuffle=False,
+                           num_workers=self.spec.model.train.num_workers,
+                           pin_memory=self.device.type == "cuda")
 
     def capture(self, seed: int, state: str) -> Captured:
         key = (seed, state)

@@ -77,9 +77,9 @@ class Captured:
 
 @dataclass(frozen=True)
 class LayerMI:
-    """Layer-level values in nats."""
+    """Layer-level values in nats (``i_xt`` None when not estimated)."""
 
-    i_xt: float
+    i_xt: float | None
     i_ty: float
 
 
@@ -128,8 +128,9 @@ class Estimator(Protocol):
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Per-channel I(T_c;Y) for ``acts`` (N, C) and integer ``labels`` (N,): shape (C,)."""
 
-    def input_mi(self, acts: torch.Tensor) -> torch.Tensor:
-        """Per-channel I(X;T_c) under the estimator's documented convention: shape (C,)."""
+    def input_mi(self, acts: torch.Tensor) -> torch.Tensor | None:
+        """Per-channel I(X;T_c) under the estimator's documented convention: shape (C,).
+        None when the estimator does not estimate it (tables then hold null)."""
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:

@@ -131,7 +131,9 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    val_loader = make_loader(data.val, eval_batch_size, shuffle=False)
+    pin = device.type == "cuda"
+    val_loader = make_loader(data.val, eval_batch_size, shuffle=False,
+                             num_workers=cfg.num_workers, pin_memory=pin)
     reg_name = "+".join(r.name for r, _ in regularizers) or "none"
     best_path = ckpt_dir / "best.safetensors" if ckpt_dir else None
 
@@ -160,7 +162,8 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(seed, epoch, "train"))
         loader = make_loader(data.train, cfg.batch_size, shuffle=True,
-                             seed=derive_seed(seed, epoch, "order"), num_workers=cfg.num_workers)
+                             seed=derive_seed(seed, epoch, "order"), num_workers=cfg.num_workers,
+                             pin_memory=pin)
         model.train()
         loss_sum, n_seen = 0.0, 0
         batches = loader

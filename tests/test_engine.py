@@ -189,3 +189,51 @@ def test_report_command_redraws(run_cli, tiny_spec_file, tmp_path, pm, capsys):
     assert (tmp_path / "r" / "figures" / "layer_i_ty.png").is_file()
     assert cli.main(["report", str(tmp_path)], pm=pm) == 1
     assert "not an mi-probe run directory" in capsys.readouterr().err
+
+
+def _image_folder(root, classes=("cat", "dog", "fish"), n_train=6, n_val=4):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((24, 24, 3), dtype=np.uint8)
+                base[..., k] = 200  # class colour: planted structure
+                noise = rng.integers(0, 55, base.shape, dtype=np.uint8)
+                mode = "L" if i == 0 else "RGB"  # grayscale files are converted to RGB
+                img = Image.fromarray(base + noise).convert(mode)
+                img.save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def _folder_spec(tiny_spec_file, root, name="folder.yaml"):
+    text = open(tiny_spec_file()).read().replace(
+        "data: {kind: synthetic, n_classes: 3, n_train: 48, n_val: 60, image_size: 16, noise: 0.5}",
+        f"data: {{kind: imagefolder, root: {root}, image_size: 16}}").replace(
+        "epochs: 2", "epochs: 1")
+    return tiny_spec_file("", text=text, name=name)
+
+
+def test_imagefolder_runs_through_the_same_path(run_cli, tiny_spec_file, tmp_path):
+    root = _image_folder(tmp_path / "imagenette_like")
+    code, _, err = run_cli(_folder_spec(tiny_spec_file, root), "--out", tmp_path / "r")
+    assert code == 0, err
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["data"]["classes"] == ["cat", "dog", "fish"]
+    assert info["data"]["n_train"] == 18 and info["data"]["n_eval"] == 12
+    layer = pl.read_parquet(tmp_path / "r" / "tables" / "layer_mi.parquet")
+    assert layer.height == 2 * 4 and layer["i_ty"].is_finite().all()
+
+
+def test_corrupt_image_is_named(run_cli, tiny_spec_file, tmp_path):
+    root = _image_folder(tmp_path / "data")
+    bad = root / "val" / "dog" / "3.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    code, _, err = run_cli(_folder_spec(tiny_spec_file, root), "--out", tmp_path / "r")
+    assert code == 1
+    assert "Traceback" not in err
+    assert str(bad) in err.strip().splitlines()[-1]

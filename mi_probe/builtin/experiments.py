@@ -68,7 +68,8 @@ class LayerMIExperiment:
                 i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
                 i_xt_c = est.input_mi(acts)
                 if self.params.reduce == "mean":
-                    i_xt, i_ty = i_xt_c.mean().item(), i_ty_c.mean().item()
+                    i_ty = i_ty_c.mean().item()
+                    i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
                 else:
                     layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
                     i_xt, i_ty = layer.i_xt, layer.i_ty
@@ -82,11 +83,15 @@ class LayerMIExperiment:
                         "seed": [seed] * count, "state": [state] * count,
                         "site": [site.name] * count, "depth": [site.depth] * count,
                         "site_kind": [site.kind] * count, "channel": list(range(count)),
-                        "i_xt": i_xt_c.cpu().numpy(), "i_ty": i_ty_c.cpu().numpy(),
+                        "i_xt": (i_xt_c.cpu().numpy() if i_xt_c is not None
+                                 else [None] * count),
+                        "i_ty": i_ty_c.cpu().numpy(),
                         "i_ty_bias": [bias] * count}))
-        tables = {"layer_mi": pl.DataFrame(layers), "evaluation": pl.DataFrame(evals)}
+        tables = {"layer_mi": pl.DataFrame(layers, schema_overrides={"i_xt": pl.Float64}),
+                  "evaluation": pl.DataFrame(evals)}
         if channels:
-            tables["channel_mi"] = pl.concat(channels)
+            tables["channel_mi"] = pl.concat(
+                [c.with_columns(pl.col("i_xt").cast(pl.Float64)) for c in channels])
         return tables
 
     def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -99,10 +104,18 @@ class LayerMIExperiment:
         from mi_probe import report
 
         layer = tables["layer_mi"]
+        i_ty = report.by_depth(layer, "i_ty", color="state",
+                               title="Label information by depth, I(T;Y) (dashed: plug-in bias)",
+                               y_title="I(T;Y) [nats]")
+        if "i_ty_bias" in layer.columns and layer["i_ty_bias"].max():
+            import altair as alt
+
+            rule = alt.Chart(alt.InlineData(values=[{"bias": float(layer["i_ty_bias"].max())}])
+                             ).mark_rule(strokeDash=[4, 4], color="gray").encode(
+                y=alt.Y("bias", type="quantitative"))
+            i_ty = alt.layer(i_ty, rule)
         figs = {
-            "layer_i_ty": report.by_depth(layer, "i_ty", color="state",
-                                          title="Label information by depth, I(T;Y)",
-                                          y_title="I(T;Y) [nats]"),
+            "layer_i_ty": i_ty,
             "layer_i_xt": report.by_depth(layer, "i_xt", color="state",
                                           title="Input information by depth, I(X;T) = H(T)",
                                           y_title="I(X;T) [nats]"),
