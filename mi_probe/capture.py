@@ -41,14 +41,24 @@ def removing(handles: list) -> Iterator[list]:
         handles.clear()
 
 
-def add_intervention_hooks(model: nn.Module, interventions: Iterable[tuple[Site, Intervention, torch.Tensor]],
-                           handles: list) -> None:
-    """Each intervention replaces its site's output (registered before capture hooks, so
-    captured activations are the intervened ones)."""
+def add_intervention_hooks(model: nn.Module,
+                           interventions: Iterable[tuple[Site, Intervention, torch.Tensor]],
+                           handles: list, position: list[int], calibrate: bool = False) -> None:
+    """Hook each intervention onto its site. With ``calibrate`` the hooks only show the
+    unmodified output to ``intervention.calibrate``; otherwise they replace the output
+    (registered before capture hooks, so captured activations are the intervened ones).
+    ``position[0]`` is the evaluation index of the current batch's first sample."""
     for site, intervention, channels in interventions:
+        if calibrate and not intervention.needs_calibration:
+            continue
+
         def hook(_m, _inp, out, _site=site, _iv=intervention, _ch=channels):
             first = _first(out)
-            changed = _iv(first, _site, _ch.to(first.device))
+            ch = _ch.to(first.device)
+            if calibrate:
+                _iv.calibrate(first, _site, ch, position[0])
+                return None
+            changed = _iv(first, _site, ch, position[0])
             if isinstance(out, tuple):
                 return (changed, *out[1:])
             return changed
@@ -82,16 +92,30 @@ def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, 
 
 def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: torch.device,
             interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
-            progress: bool = False, desc: str = "capture") -> Captured:
-    """Run the evaluation set once; pooled activations, labels and logits on ``device``."""
+            progress: bool = False, desc: str = "capture",
+            generator: torch.Generator | None = None) -> Captured:
+    """Run the evaluation set once (twice when an intervention needs calibration);
+    pooled activations of ``sites``, labels and logits, all on ``device``."""
+    interventions = list(interventions)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    for _, intervention, _ in interventions:
+        intervention.reset(generator)
     store: dict[str, list] = {}
     labels, logits = [], []
+    position = [0]
     was_training = model.training
     model.eval()
     handles: list = []
     try:
+        if any(iv.needs_calibration for _, iv, _ in interventions):
+            with removing(handles), torch.no_grad():
+                add_intervention_hooks(model, interventions, handles, position, calibrate=True)
+                for x, _y in loader:
+                    model(x.to(device, non_blocking=True))
+                    position[0] += len(x)
+            position[0] = 0
         with removing(handles):
-            add_intervention_hooks(model, interventions, handles)
+            add_intervention_hooks(model, interventions, handles, position)
             handles.extend(add_pooling_hooks(model, sites, store))
             batches = loader
             if progress:
@@ -102,6 +126,7 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
                     out = model(x.to(device, non_blocking=True))
                     logits.append(_first(out).float())
                     labels.append(y.to(device))
+                    position[0] += len(x)
     finally:
         model.train(was_training)
     if not labels:

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import polars as pl
 import torch
@@ -32,13 +33,26 @@ from mi_probe.data import make_loader
 from mi_probe.errors import DataError, MiProbeError, RunError, SpecError
 from mi_probe.interfaces import RANDOM, TRAINED, Captured, Intervention, Site
 from mi_probe.models import build_model, load_weights, model_meta, resolve_device
-from mi_probe.sites import resolve_sites, select_adapter
+from mi_probe.sites import get_module, resolve_sites, select_adapter
 from mi_probe.spec import dump_spec
 from mi_probe.tables import (atomic_write_text, check_schema, concat_tables, read_tables,
                              write_json, write_parquet)
 from mi_probe.train import cached_training, derive_seed
 
 DEFAULT_REPORTS = Path("reports")
+
+
+def _model_fingerprint(model: nn.Module) -> tuple:
+    """Changes when any parameter or buffer is modified in place or a hook is added, so
+    cached site outputs are never reused for a changed model."""
+    versions = tuple(t._version for t in model.parameters()) + tuple(
+        t._version for t in model.buffers())
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return versions + (hooks,)
+
+
+class _TooBig(Exception):
+    """A site's full evaluation-set output exceeds eval.site_cache_mb."""
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +87,7 @@ class Engine:
         self._models: dict[tuple[int, str], nn.Module] = {}
         self._captures: dict[tuple[int, str], Captured] = {}
         self._sites: list[Site] | None = None
+        self._site_cache: dict[tuple[int, str], Any] = {}
         self._adapter = None
 
         self.data = self.registry.build("datasets", spec.data).load()
@@ -182,8 +197,105 @@ class Engine:
         return self._captures[key]
 
     def evaluate(self, model: nn.Module,
-                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = ()) -> Captured:
-        return capture_mod.capture(model, [], self.loader(), self.device, interventions)
+                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
+                 subset: torch.Tensor | None = None, sites: Sequence[Site] = (),
+                 generator: torch.Generator | None = None) -> Captured:
+        interventions = list(interventions)
+        targets = {site.name for site, _, _ in interventions}
+        if len(targets) == 1 and not sites:
+            site = interventions[0][0]
+            fast = self._suffix_evaluate(model, site, interventions, subset, generator)
+            if fast is not None:
+                return fast
+        data = self.eval_set if subset is None else torch.utils.data.Subset(
+            self.eval_set, [int(i) for i in subset])
+        loader = make_loader(data, self.spec.eval.batch_size, shuffle=False,
+                             num_workers=self.spec.model.train.num_workers,
+                             pin_memory=self.device.type == "cuda")
+        return capture_mod.capture(model, list(sites), loader, self.device, interventions,
+                                   generator=generator)
+
+    def _site_outputs(self, model: nn.Module, site: Site) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The full (unpooled) evaluation-set output of ``site`` and the labels, cached per
+        model; None when it would exceed ``eval.site_cache_mb``."""
+        key = (id(model), site.name)
+        fingerprint = _model_fingerprint(model)
+        entry = self._site_cache.get(key)
+        if entry is not None and entry[0]() is model and entry[1] == fingerprint:
+            return entry[2]
+        budget = self.spec.eval.site_cache_mb * 2**20
+        parts: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        too_big = [False]
+        n_total = len(self.eval_set)
+
+        def hook(_m, _inp, out):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if out[0].numel() * out.element_size() * n_total > budget:
+                too_big[0] = True
+                raise _TooBig
+            parts.append(out.detach().clone())
+
+        handles = [get_module(model, site.module).register_forward_hook(hook)]
+        result = None
+        try:
+            with capture_mod.removing(handles), torch.no_grad():
+                for x, y in self.loader():
+                    model(x.to(self.device, non_blocking=True))
+                    labels.append(y.to(self.device))
+            result = (torch.cat(parts), torch.cat(labels).long())
+        except _TooBig:
+            result = None
+        self._site_cache[key] = (weakref.ref(model), fingerprint, result)
+        return result
+
+    def _suffix_evaluate(self, model, site, interventions, subset, generator) -> Captured | None:
+        adapter = self._adapter_for(model)
+        make_suffix = getattr(adapter, "suffix", None)
+        suffix = make_suffix(model, site) if make_suffix is not None else None
+        if suffix is None or self.spec.eval.site_cache_mb == 0:
+            return None
+        cached = self._site_outputs(model, site)
+        if cached is None:
+            return None
+        outputs, labels = cached
+        if subset is not None:
+            index = torch.as_tensor(subset, device=outputs.device, dtype=torch.long)
+            outputs, labels = outputs.index_select(0, index), labels.index_select(0, index)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        batch = self.spec.eval.batch_size
+        for _, iv, _ in interventions:
+            iv.reset(generator)
+        was_training = model.training
+        model.eval()
+        logits = []
+        try:
+            with torch.no_grad():
+                for _, iv, channels in interventions:
+                    if iv.needs_calibration:
+                        ch = channels.to(outputs.device)
+                        for start in range(0, outputs.shape[0], batch):
+                            iv.calibrate(outputs[start:start + batch], site, ch, start)
+                for start in range(0, outputs.shape[0], batch):
+                    x = outputs[start:start + batch]
+                    for _, iv, channels in interventions:
+                        x = iv(x, site, channels.to(x.device), start)
+                    logits.append(suffix(x).float())
+        finally:
+            model.train(was_training)
+        return Captured(acts={}, labels=labels, logits=torch.cat(logits), sites=[])
+
+    def plugin(self, kind: str, name: str, **params: Any) -> Any:
+        from pydantic import ValidationError
+
+        entry = self.registry.get(kind, name)
+        try:
+            validated = entry.params_model(kind=name, **params)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                        for e in exc.errors()]
+            raise SpecError(f"invalid parameters for {kind[:-1]} {name!r}", problems) from None
+        return entry.factory(validated)
 
     def rng(self, seed: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(seed, purpose))
@@ -197,6 +309,7 @@ class Engine:
         rows, self._training_rows = self._training_rows, []
         self._models.clear()
         self._captures.clear()
+        self._site_cache.clear()
         return rows
 
 

@@ -113,6 +113,11 @@ class Adapter(Protocol):
     def site_refs(self, model: nn.Module) -> list[SiteRef]:
         """Every site of ``model`` in forward order."""
 
+    # Optional: ``suffix(model, site) -> Callable[[Tensor], Tensor] | None`` returns the
+    # rest of the network as a function of the site's output (logits out). The engine
+    # then evaluates interventions on a cached site output without re-running the
+    # layers before the site; None (or no such method) means full forward passes.
+
 
 @runtime_checkable
 class Estimator(Protocol):
@@ -158,11 +163,28 @@ class Regularizer(Protocol):
 
 @runtime_checkable
 class Intervention(Protocol):
-    """Changes a site's output during evaluation; applied as a forward hook."""
+    """Changes a site's output during evaluation; applied as a forward hook (or to a
+    cached site output) and always removed afterwards.
+
+    The engine calls ``reset(generator)`` before each evaluation; when
+    ``needs_calibration`` is true it first streams the unmodified evaluation set
+    through ``calibrate`` (e.g. to learn channel statistics or the values a shuffle
+    draws from), then applies ``__call__``. ``start`` is the position of the batch's
+    first sample in the evaluation order.
+    """
 
     name: str
+    #: the label written to result tables (``plain`` for a zeroing knockout)
+    variant: str
+    needs_calibration: bool
 
-    def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor) -> torch.Tensor:
+    def reset(self, generator: torch.Generator) -> None: ...
+
+    def calibrate(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
+                  start: int) -> None: ...
+
+    def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
+                 start: int) -> torch.Tensor:
         """Return the modified output for the chosen ``channels`` (1-D index tensor)."""
 
 
@@ -207,8 +229,14 @@ class RunContext(Protocol):
         """Pooled evaluation-set activations of every site (cached per seed and state)."""
 
     def evaluate(self, model: nn.Module,
-                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = ()) -> Captured:
-        """Evaluation-set logits with the given interventions applied as hooks."""
+                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
+                 subset: torch.Tensor | None = None, sites: Sequence[Site] = ()) -> Captured:
+        """Evaluation-set logits (and pooled ``sites``) with the interventions applied;
+        ``subset`` restricts to those evaluation indices (in that order)."""
+
+    def plugin(self, kind: str, name: str, **params: Any) -> Any:
+        """Build the registered ``kind`` entry ``name`` (e.g. an intervention) with
+        ``params`` (validated by its params model; a bad name or value is a SpecError)."""
 
     def rng(self, seed: int, purpose: str) -> torch.Generator:
         """A CPU generator seeded from the run seed and a purpose string."""

@@ -33,6 +33,9 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.adapters",
     "mi_probe.builtin.datasets",
     "mi_probe.builtin.experiments",
+    "mi_probe.builtin.interventions",
+    "mi_probe.builtin.concentration",
+    "mi_probe.builtin.knockout",
 )
 
 

@@ -74,6 +74,10 @@ class EvalSpec(_Strict):
     batch_size: int = Field(256, ge=1)
     max_samples: int | None = Field(None, ge=2, description="use only the first n "
                                     "evaluation samples (None: all)")
+    site_cache_mb: int = Field(
+        2048, ge=0, description="memory (MB, on the model's device) for caching one site's "
+        "full evaluation-set output, so interventions there re-run only the layers after "
+        "the site; 0 always re-runs the whole network")
     on_nonfinite: Literal["error", "skip"] = Field(
         "error", description="a site with NaN/Inf activations stops the run (error) or is "
         "left out of the tables with a warning (skip)")

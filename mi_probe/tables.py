@@ -56,10 +56,12 @@ def t_quantile_975(dof: int) -> float:
     return float(t.ppf(0.975, dof))
 
 
-def aggregate_seeds(frame: pl.DataFrame, by: Iterable[str], values: Iterable[str]) -> pl.DataFrame:
+def aggregate_seeds(frame: pl.DataFrame, by: Iterable[str], values: Iterable[str],
+                    count_name: str = "n_seeds") -> pl.DataFrame:
     """Mean and 95% t-interval over seeds of each value column, grouped by ``by``.
 
-    Adds ``<v>_mean``, ``<v>_ci_low``, ``<v>_ci_high`` and ``n_seeds``. With one seed the
+    Adds ``<v>_mean``, ``<v>_ci_low``, ``<v>_ci_high`` and ``n_seeds`` (``count_name``:
+    the number of rows per group, i.e. of independent observations). With one seed the
     interval collapses to the mean (there is no spread to estimate), which charts show
     as a line without a band. Per-seed rows are never overwritten: this returns a new frame.
     """
@@ -77,7 +79,8 @@ def aggregate_seeds(frame: pl.DataFrame, by: Iterable[str], values: Iterable[str
         half = (pl.col(f"{v}_sd").fill_null(0.0).fill_nan(0.0) * half_factor)
         exprs += [(pl.col(f"{v}_mean") - half).alias(f"{v}_ci_low"),
                   (pl.col(f"{v}_mean") + half).alias(f"{v}_ci_high")]
-    return out.with_columns(exprs).drop([f"{v}_sd" for v in values]).sort(by)
+    out = out.with_columns(exprs).drop([f"{v}_sd" for v in values]).sort(by)
+    return out.rename({"n_seeds": count_name}) if count_name != "n_seeds" else out
 
 
 #: Mode of files written atomically (mkstemp would leave them owner-only).

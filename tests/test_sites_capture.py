@@ -27,6 +27,25 @@ CPU = torch.device("cpu")
 K = 10
 
 
+class FnIntervention:
+    """Wrap a plain function ``fn(output, site, channels)`` as an Intervention."""
+
+    name = variant = "fn"
+    needs_calibration = False
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def reset(self, generator):
+        pass
+
+    def calibrate(self, output, site, channels, start):
+        pass
+
+    def __call__(self, output, site, channels, start):
+        return self.fn(output, site, channels)
+
+
 def _x(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -333,7 +352,7 @@ def test_hooks_removed_and_mode_restored(pm, tiny_resnet):
 
         with pytest.raises(RuntimeError):
             capture(tiny_resnet, sites, bad_loader(), CPU,
-                    interventions=[(sites[1], zero, torch.tensor([0]))])
+                    interventions=[(sites[1], FnIntervention(zero), torch.tensor([0]))])
         assert _all_hooks_empty(tiny_resnet)
         assert tiny_resnet.training
     finally:
@@ -431,7 +450,7 @@ def test_check_finite_on_a_real_capture(pm, tiny_resnet):
         return out
 
     cap = capture(tiny_resnet, sites, _loader(_x(4)), CPU,
-                  interventions=[(target, poison, torch.tensor([1]))])
+                  interventions=[(target, FnIntervention(poison), torch.tensor([1]))])
     with pytest.raises(NonFiniteActivationError, match="layer2.0.post_add"):
         check_finite(cap, "error", "trained")
     warnings = check_finite(cap, "skip", "trained")
@@ -457,7 +476,7 @@ def test_zeroing_intervention(pm, tiny_resnet):
         out[:, ch] = 0
         return out
 
-    got = capture(tiny_resnet, sites, _loader(x), CPU, interventions=[(target, zero, channels)])
+    got = capture(tiny_resnet, sites, _loader(x), CPU, interventions=[(target, FnIntervention(zero), channels)])
     assert calls == [target.name, target.name]  # once per batch
     acts = got.acts[target.name]
     assert torch.count_nonzero(acts[:, channels]) == 0
@@ -485,7 +504,7 @@ def test_in_place_intervention_on_in_place_relu_site(pm, vgg11):
         return out
 
     got = capture(vgg11, sites, _loader(x), CPU,
-                  interventions=[(target, zero_, torch.tensor([1, 2]))])
+                  interventions=[(target, FnIntervention(zero_), torch.tensor([1, 2]))])
     assert torch.count_nonzero(got.acts[target.name][:, [1, 2]]) == 0
     keep = [c for c in range(target.channels) if c not in (1, 2)]
     assert torch.equal(got.acts[target.name][:, keep], base.acts[target.name][:, keep])

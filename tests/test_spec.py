@@ -66,7 +66,7 @@ def test_unknown_experiment_kind_lists_registered(pm):
     text = THREE_ERRORS.replace("  colour: blue\n", "").replace("histgram", "histogram") \
         .replace("layer_mi", "layer_my")
     with pytest.raises(SpecError, match=r"experiment.kind: unknown experiment kind 'layer_my'; "
-                       r"valid: layer_mi \(did you mean 'layer_mi'\?\)"):
+                       r"valid: layer_mi, .*semantic_knockout.* \(did you mean 'layer_mi'\?\)"):
         load_spec_text(text, "x.yaml", pm=pm)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RANDOM, TRAINED, RunContext
+from mi_probe.analysis import seed_units, unit_seed
 from mi_probe.tables import aggregate_seeds
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
@@ -31,14 +32,6 @@ class LayerMIParams(BaseModel):
                         "(the binned channel vector as one symbol); others if the estimator "
                         "offers them")
     channel_table: bool = Field(True, description="also write tables/channel_mi.parquet")
-
-
-def seed_units(ctx: RunContext) -> list[str]:
-    return [f"seed={seed}" for seed in ctx.spec.seeds]
-
-
-def unit_seed(unit: str) -> int:
-    return int(unit.split("=", 1)[1])
 
 
 class LayerMIExperiment:

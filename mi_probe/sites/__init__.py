@@ -138,3 +138,11 @@ def resolve_sites(model: nn.Module, adapter: Adapter, probe_input: torch.Tensor,
     if not refs:
         raise SiteError(f"adapter {adapter.name!r} found no sites in {arch or type(model).__name__}")
     return probe_sites(model, filter_refs(refs, include, exclude, arch), probe_input)
+
+
+def channel_axis(layout: str) -> int:
+    """The channel dimension of an output with the given layout."""
+    axes = {"nchw": 1, "ncl": 1, "nc": 1, "nhwc": -1, "nlc": -1}
+    if layout not in axes:
+        raise SiteError(f"unknown layout {layout!r}")
+    return axes[layout]

@@ -8,6 +8,9 @@ activation is one more site, kind ``stem``.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import nn
 
 from mi_probe.interfaces import SiteRef
@@ -43,3 +46,27 @@ class ResNetAdapter:
                 refs.append(SiteRef(f"{path}.pre_add", f"{path}.{_residual_tail(block)}", "pre_add"))
                 refs.append(SiteRef(f"{path}.post_add", path, "post_add"))
         return refs
+
+    def suffix(self, model: nn.Module, site) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The rest of the network after a ``stem`` or ``post_add`` site, as a function of
+        that site's output (None for ``pre_add``: the skip is still to be added)."""
+        layers = self._layers(model)
+        if site.kind == "stem":
+            blocks = [b for _, layer in layers for b in layer]
+            first = [model.maxpool]
+        elif site.kind == "post_add":
+            layer_name, idx = site.module.split(".")
+            names = [n for n, _ in layers]
+            start = names.index(layer_name)
+            blocks = list(layers[start][1])[int(idx) + 1:] + [
+                b for _, layer in layers[start + 1:] for b in layer]
+            first = []
+        else:
+            return None
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for module in first + blocks:
+                x = module(x)
+            return model.forward_head(x)
+
+        return run

@@ -3,6 +3,9 @@ paper's networks; post-tanh after an activation swap)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import nn
 
 from mi_probe.interfaces import SiteRef
@@ -27,3 +30,17 @@ class VGGAdapter:
                 refs.append(SiteRef(f"features.{idx}", f"features.{idx}", "post_act"))
                 seen_conv = False
         return refs
+
+    def suffix(self, model: nn.Module, site) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The rest of the network after a ``post_act`` site, as a function of its output."""
+        if site.kind != "post_act":
+            return None
+        idx = int(site.module.split(".")[1])
+        rest = list(model.features)[idx + 1:]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for module in rest:
+                x = module(x)
+            return model.forward_head(x)
+
+        return run

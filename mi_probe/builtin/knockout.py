@@ -1,0 +1,291 @@
+"""Built-in intervention experiments (paper Figs. 5–6, App. B, abstract):
+
+* ``knockout``: zero (``plain``) or zero-and-rescale (``energy``) the top-MI channels
+  of each site at MI-mass levels q, against size-matched random and bottom-MI controls;
+* ``shuffle`` and ``perturb``: the same sweep with shuffled or noised channels;
+* ``semantic_knockout``: per class k, knock out the smallest set reaching mass q of the
+  class-conditional MI I(T_c; 1[Y=k]) and measure accuracy on class k (and the change on
+  the other classes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mi_probe.analysis import (channel_label_mi, class_accuracies, mean_over_draws, seed_units,
+                               site_row, unit_seed)
+from mi_probe.functional.concentration import mass
+from mi_probe.functional.selection import mass_set, select
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import TRAINED, RunContext
+
+SELECTIONS = ("top", "random", "bottom")
+
+
+class _SweepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["trained", "random"] = Field(TRAINED, description="model state intervened on")
+    q: list[float] = Field([0.1, 0.2, 0.5], min_length=1,
+                           description="MI-mass levels: the top set is the smallest set of "
+                           "highest-MI channels holding this fraction of the site's label MI")
+    selections: list[Literal["top", "random", "bottom"]] = Field(list(SELECTIONS), min_length=1)
+    random_draws: int = Field(3, ge=1, description="size-matched random sets per (site, q)")
+
+    @field_validator("q")
+    @classmethod
+    def _q_range(cls, value: list[float]) -> list[float]:
+        bad = [q for q in value if not 0 < q <= 1]
+        if bad:
+            raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
+        return value
+
+
+class KnockoutParams(_SweepParams):
+    """Knock out top / random / bottom MI-mass sets; accuracy drop per site and q."""
+
+    kind: Literal["knockout"] = "knockout"
+    variants: list[Literal["plain", "energy"]] = Field(
+        ["plain", "energy"], min_length=1,
+        description="plain: zero; energy: zero, then rescale the remaining channels per "
+        "sample to the pre-ablation L2 norm")
+
+
+class ShuffleExpParams(_SweepParams):
+    """Shuffle the chosen channels across evaluation samples."""
+
+    kind: Literal["shuffle"] = "shuffle"
+
+
+class PerturbExpParams(_SweepParams):
+    """Add Gaussian noise (alpha channel standard deviations) to the chosen channels."""
+
+    kind: Literal["perturb"] = "perturb"
+    alphas: list[float] = Field([0.5, 1.0, 2.0], min_length=1)
+
+
+def _variants(params: BaseModel) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(variant label, intervention name, intervention params, extra row columns)."""
+    if params.kind == "knockout":
+        return [(v, "knockout" if v == "plain" else "energy", {}, {}) for v in params.variants]
+    if params.kind == "shuffle":
+        return [("shuffle", "shuffle", {}, {})]
+    return [("perturb", "perturb", {"alpha": a}, {"alpha": a}) for a in params.alphas]
+
+
+class InterventionSweep:
+    """One experiment class for knockout, shuffle and perturb (the table is named after
+    the experiment kind)."""
+
+    def __init__(self, params: _SweepParams):
+        self.params = params
+        self.name = params.kind
+
+    def units(self, ctx: RunContext) -> list[str]:
+        return seed_units(ctx)
+
+    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        state = self.params.state
+        model = ctx.model(seed, state)
+        cap = ctx.capture(seed, state)
+        baseline = cap.accuracy
+        values = channel_label_mi(ctx, cap)
+        rows = []
+        for site in cap.sites:
+            v = values[site.name]
+            p = mass(v)
+            ctx.progress(f"seed {seed}: {self.name} at {site.name}")
+            for q in self.params.q:
+                top = mass_set(v, q)
+                if top.numel() == 0:
+                    continue  # no label MI at this site: nothing to target
+                for selection in self.params.selections:
+                    draws = range(self.params.random_draws) if selection == "random" else [0]
+                    for draw in draws:
+                        gen = ctx.rng(seed, f"select/{site.name}/{q}/{draw}")
+                        channels = select(v, q, selection, gen, size=top.numel())
+                        for label, iv_name, iv_params, extra in _variants(self.params):
+                            iv = ctx.plugin("interventions", iv_name, **iv_params)
+                            result = ctx.evaluate(model, [(site, iv, channels)], generator=ctx.rng(
+                                seed, f"apply/{site.name}/{q}/{selection}/{draw}/{label}"))
+                            acc = result.accuracy
+                            rows.append({**site_row(seed, state, site), "q": q,
+                                         "selection": selection, "variant": label, **extra,
+                                         "draw": draw, "n_channels": int(channels.numel()),
+                                         "mass": float(p[channels].sum()), "accuracy": acc,
+                                         "baseline_accuracy": baseline, "drop": baseline - acc})
+        return {self.name: pl.DataFrame(rows)}
+
+    def _keys(self) -> list[str]:
+        extra = ["alpha"] if self.params.kind == "perturb" else []
+        return ["site", "depth", "site_kind", "q", "selection", "variant", *extra]
+
+    def finalize(self, ctx, tables):
+        frame = tables.get(self.name)
+        if frame is None or frame.height == 0:
+            return {}
+        per_seed = mean_over_draws(frame, ["seed", *self._keys()], ["drop", "accuracy", "mass"])
+        return {f"summary_{self.name}": aggregate(per_seed, self._keys(), ["drop", "accuracy"])}
+
+    def figures(self, tables):
+        from mi_probe import report
+
+        frame = tables.get(self.name)
+        if frame is None or frame.height == 0:
+            return {}
+        figs = {}
+        group = "alpha" if self.params.kind == "perturb" else "variant"
+        for value in frame[group].unique().sort():
+            part = frame.filter(pl.col(group) == value)
+            per_seed = part.group_by(["seed", "q", "selection"]).agg(pl.col("drop").mean())
+            figs[f"drop_vs_q_{value}"] = report.line(
+                per_seed, x="q", y="drop", color="selection",
+                title=f"{self.name} ({group} {value}): accuracy drop vs MI mass q, mean over sites",
+                y_title="accuracy drop")
+            q_max = part["q"].max()
+            by_site = mean_over_draws(part.filter(pl.col("q") == q_max),
+                                      ["seed", "site", "depth", "site_kind", "selection"], ["drop"])
+            figs[f"drop_by_depth_{value}"] = report.by_depth(
+                by_site, "drop", color="selection",
+                title=f"{self.name} ({group} {value}): drop by depth at q = {q_max:g}",
+                y_title="accuracy drop")
+        return figs
+
+
+def aggregate(frame: pl.DataFrame, keys: list[str], values: list[str]) -> pl.DataFrame:
+    from mi_probe.tables import aggregate_seeds
+
+    return aggregate_seeds(frame, keys, values)
+
+
+class SemanticKnockoutParams(BaseModel):
+    """Class-conditional ("semantic") knockouts (paper Fig. 6, App. B)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["semantic_knockout"] = "semantic_knockout"
+    state: Literal["trained", "random"] = TRAINED
+    q: list[float] = Field([0.1, 0.2, 0.5], min_length=1)
+    controls: list[Literal["random", "bottom"]] = Field(["random", "bottom"])
+    random_draws: int = Field(3, ge=1)
+    variant: Literal["plain", "energy"] = "plain"
+    classes: list[int] | None = Field(None, description="class indices (None: every class)")
+
+    _q_range = field_validator("q")(_SweepParams._q_range.__func__)
+
+
+class SemanticKnockout:
+    name = "semantic_knockout"
+
+    def __init__(self, params: SemanticKnockoutParams):
+        self.params = params
+
+    def units(self, ctx: RunContext) -> list[str]:
+        from mi_probe.errors import SpecError
+
+        bad = [k for k in (self.params.classes or []) if not 0 <= k < ctx.num_classes]
+        if bad:
+            raise SpecError(f"experiment.classes: {bad} are not class indices of the data "
+                            f"(0..{ctx.num_classes - 1})")
+        return seed_units(ctx)
+
+    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        state = self.params.state
+        model = ctx.model(seed, state)
+        cap = ctx.capture(seed, state)
+        labels = cap.labels
+        base_class = class_accuracies(cap.logits, labels, ctx.num_classes)
+        correct0 = (cap.logits.argmax(1) == labels)
+        classes = self.params.classes or list(range(ctx.num_classes))
+        iv_name = "knockout" if self.params.variant == "plain" else "energy"
+        rows = []
+        for site in cap.sites:
+            acts = cap.acts[site.name]
+            ctx.progress(f"seed {seed}: semantic knockouts at {site.name}")
+            for k in classes:
+                in_k = labels == k
+                if not in_k.any():
+                    continue
+                v = ctx.estimator.label_mi(acts, in_k.long(), 2)
+                p = mass(v)
+                other_before = correct0[~in_k].double().mean().item() if (~in_k).any() else float("nan")
+                for q in self.params.q:
+                    top = mass_set(v, q)
+                    if top.numel() == 0:
+                        continue
+                    for selection in ["top", *self.params.controls]:
+                        draws = range(self.params.random_draws) if selection == "random" else [0]
+                        for draw in draws:
+                            gen = ctx.rng(seed, f"semantic/{site.name}/{k}/{q}/{draw}")
+                            channels = select(v, q, selection, gen, size=top.numel())
+                            iv = ctx.plugin("interventions", iv_name)
+                            result = ctx.evaluate(model, [(site, iv, channels)])
+                            correct = result.logits.argmax(1) == result.labels
+                            class_acc = correct[in_k].double().mean().item()
+                            other = (correct[~in_k].double().mean().item() - other_before
+                                     if (~in_k).any() else float("nan"))
+                            rows.append({
+                                **site_row(seed, state, site), "class": k,
+                                "class_name": ctx.class_names[k], "q": q, "selection": selection,
+                                "draw": draw, "n_channels": int(channels.numel()),
+                                "class_mass": float(p[channels].sum()),
+                                "class_accuracy": class_acc,
+                                "baseline_class_accuracy": base_class[k].item(),
+                                "drop": base_class[k].item() - class_acc,
+                                "other_classes_change": other})
+        return {"semantic_knockout": pl.DataFrame(rows)}
+
+    def finalize(self, ctx, tables):
+        from mi_probe.tables import aggregate_seeds
+
+        frame = tables.get("semantic_knockout")
+        if frame is None or frame.height == 0:
+            return {}
+        values = ["drop", "other_classes_change", "class_accuracy"]
+        keys = ["site", "depth", "site_kind", "class", "q", "selection"]
+        per_seed = mean_over_draws(frame, ["seed", *keys], values + ["n_channels"])
+        by_q = aggregate_seeds(per_seed, ["q", "selection"], values,
+                               count_name="n_observations")
+        return {"summary_semantic_knockout": aggregate_seeds(per_seed, keys, values),
+                "summary_semantic_knockout_by_q": by_q}
+
+    def figures(self, tables):
+        import altair as alt
+
+        from mi_probe import report
+
+        frame = tables.get("semantic_knockout")
+        if frame is None or frame.height == 0:
+            return {}
+        keys = ["seed", "site", "class", "q", "selection"]
+        per_obs = mean_over_draws(frame, keys, ["drop", "other_classes_change"])
+        figs = {"semantic_drop_vs_q": report.line(
+            per_obs, x="q", y="drop", color="selection",
+            title="Class-k accuracy drop vs class MI mass q (mean over classes and sites; "
+                  "CI over classes × sites × seeds)", y_title="class-k accuracy drop"),
+            "semantic_other_classes_vs_q": report.line(
+            per_obs, x="q", y="other_classes_change", color="selection",
+            title="Accuracy change on the other classes", y_title="accuracy change")}
+        q_max = frame["q"].max()
+        per_class = per_obs.filter(pl.col("q") == q_max).group_by(
+            ["class", "selection"]).agg(pl.col("drop").mean())
+        figs["semantic_drop_per_class"] = alt.Chart(alt.InlineData(
+            values=per_class.to_dicts())).mark_bar().encode(
+            x=alt.X("class", type="ordinal", title="class"),
+            xOffset=alt.XOffset("selection", type="nominal"),
+            y=alt.Y("drop", type="quantitative", title="class-k accuracy drop"),
+            color=alt.Color("selection", type="nominal")).properties(
+            title=f"Per-class drop at q = {q_max:g} (mean over sites and seeds)", width=600)
+        return figs
+
+
+@hookimpl
+def mi_probe_register_experiments(register):
+    register("knockout", InterventionSweep, KnockoutParams)
+    register("shuffle", InterventionSweep, ShuffleExpParams)
+    register("perturb", InterventionSweep, PerturbExpParams)
+    register("semantic_knockout", SemanticKnockout, SemanticKnockoutParams)

@@ -1,0 +1,53 @@
+"""Concentration of label information over the channels of a site.
+
+For per-channel values v (e.g. I(T_c;Y)), the mass of channel c is p_c = v_c / Σ v.
+A site whose values are all zero has no label mass to concentrate: its mass is taken
+as equal shares (Gini 0, top-k share ⌈kC⌉/C, normalised entropy 1), which keeps every
+metric finite; tables also carry the total so such sites can be told apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def mass(values: torch.Tensor) -> torch.Tensor:
+    """p_c = v_c / Σ v (float64); equal shares when Σ v == 0. Negative values are
+    clipped to 0 (estimators clip MI at 0 already)."""
+    v = values.to(torch.float64).clamp(min=0)
+    total = v.sum()
+    if total <= 0:
+        return torch.full_like(v, 1.0 / max(1, v.numel()))
+    return v / total
+
+
+def gini(values: torch.Tensor) -> float:
+    """Gini coefficient of the mass distribution: 0 = equal, → 1 = one channel."""
+    p = mass(values).sort().values
+    n = p.numel()
+    if n < 2:
+        return 0.0
+    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=p.device)
+    return float(((2 * ranks - n - 1) * p).sum() / (n * p.sum()))
+
+
+def top_k_count(n_channels: int, k: float) -> int:
+    """⌈k·C⌉ channels, at least 1."""
+    return max(1, min(n_channels, math.ceil(k * n_channels - 1e-9)))
+
+
+def top_k_share(values: torch.Tensor, k: float) -> float:
+    """Mass held by the ⌈k·C⌉ channels with the largest values."""
+    p = mass(values)
+    return float(p.topk(top_k_count(p.numel(), k)).values.sum())
+
+
+def normalized_entropy(values: torch.Tensor) -> float:
+    """H(p) / log C in [0, 1]: 1 = mass spread evenly; 1.0 for a single channel."""
+    p = mass(values)
+    n = p.numel()
+    if n < 2:
+        return 1.0
+    return float(-(torch.special.xlogy(p, p)).sum() / math.log(n))
