@@ -4,14 +4,16 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mi-probe-installed
-DEMO_SPEC ?= specs/layer_mi.yaml
+DEMO_SPEC ?= specs/semantic_knockout.yaml
+# Plugin distributions shipped in this repository (installed like third-party ones).
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
 .PHONY: demo test install clean-reports
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGIN_DIRS),-e $(p))
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mi-probe run $(DEMO_SPEC)
 
 test: $(STAMP)
-	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q tests
+	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS))
 
 clean-reports:
 	rm -rf reports

@@ -391,6 +391,24 @@ def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
                      f"{bias:.4f} nats here (N = {n} evaluation samples, K = "
                      f"{engine.num_classes} classes); values near it are indistinguishable "
                      "from zero (column i_ty_bias).")
+    diag = tables.get("diagnostics")
+    if diag is not None and diag.height:
+        near = diag.filter(pl.col("frac_near_cap") > 0.5) if "frac_near_cap" in diag.columns \
+            else diag.head(0)
+        if near.height:
+            notes.append(f"{near.height} of {diag.height} (site, state, seed) rows have most "
+                         "channels within 5% of the log B cap on I(X;T): there H(binned T) "
+                         "saturates and I(X;T) differences are not informative "
+                         "(tables/diagnostics.parquet).")
+        if "n_constant" in diag.columns and diag["n_constant"].sum():
+            worst = diag.sort("n_constant", descending=True).row(0, named=True)
+            notes.append(f"Constant channels (MI exactly 0) occur: {int(diag['n_constant'].sum())}"
+                         f" in total, most at {worst['site']} ({worst['state']}, seed "
+                         f"{worst['seed']}: {worst['n_constant']} of {worst['channels']}).")
+        if "frac_edge_bins" in diag.columns:
+            notes.append(f"On average {diag['frac_edge_bins'].mean():.1%} of samples fall in a "
+                         "channel's first or last bin (high values: saturated or sparse "
+                         "channels, where uniform bins waste resolution).")
     cap = est.get("i_xt_cap_per_channel_nats")
     if cap:
         notes.append(f"I(X;T) is H(binned T): at most log B = {cap:.3f} nats per channel, and "

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.interventions",
     "mi_probe.builtin.concentration",
     "mi_probe.builtin.knockout",
+    "mi_probe.builtin.estimator_studies",
 )
 
 

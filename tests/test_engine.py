@@ -44,8 +44,9 @@ def test_run_writes_the_contract(run_cli, tiny_spec_file, tmp_path):
     import yaml
 
     resolved = yaml.safe_load((run_dir / "spec.yaml").read_text())
-    assert resolved["seeds"] == [0, 1] and resolved["estimator"] == {
-        "kind": "histogram", "bins": 8, "chunk_cells": 1 << 25}  # defaults filled in
+    assert resolved["seeds"] == [0, 1]
+    assert resolved["estimator"]["bins"] == 8  # from the spec
+    assert resolved["estimator"]["correction"] == "none"  # a default, filled in
     for name, columns in CONTRACT.items():
         frame = pl.read_parquet(run_dir / "tables" / f"{name}.parquet")
         assert set(columns) <= set(frame.columns), name
@@ -63,6 +64,11 @@ def test_run_writes_the_contract(run_cli, tiny_spec_file, tmp_path):
     assert (joined["i_ty"] - joined["m"]).abs().max() < 1e-12
     html = (run_dir / "index.html").read_text()
     assert "layer_i_ty" in html and "log B" in html and "Plug-in bias" in html
+    # the shuffled-label null sits beside every value, and diagnostics are stored
+    assert layer["i_ty_null"].is_finite().all() and channel["i_ty_null"].is_finite().all()
+    diag = pl.read_parquet(run_dir / "tables" / "diagnostics.parquet")
+    assert {"n_constant", "frac_edge_bins", "frac_near_cap", "i_xt_cap"} <= set(diag.columns)
+    assert diag.height == layer.height
     train = pl.read_parquet(run_dir / "tables" / "training.parquet")
     assert sorted(train["seed"].unique()) == [0, 1] and train["epoch"].max() == 2
 

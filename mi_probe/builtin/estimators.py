@@ -20,8 +20,16 @@ class HistogramParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["histogram"] = "histogram"
     bins: int = Field(20, gt=1, le=4096, description="uniform bins per channel (B)")
+    correction: Literal["none", "miller_madow"] = Field(
+        "none", description="miller_madow adds (m - 1)/(2N) to every entropy (m occupied "
+        "cells), removing the first-order plug-in bias; corrected MI can be slightly negative")
     chunk_cells: int = Field(F.DEFAULT_CHUNK_CELLS, gt=0,
                              description="max cells per batched chunk (bounds memory)")
+    pair_cells: int = Field(1 << 24, gt=0, description="max joint-count cells per block of "
+                            "channel pairs (bounds the memory of pairwise MI)")
+
+#: A channel counts as near the log B cap when its entropy is at least this share of it.
+NEAR_CAP = 0.95
 
 
 class HistogramEstimator:
@@ -50,11 +58,42 @@ class HistogramEstimator:
         except ValueError as exc:  # wrong label shape / range: the estimator's typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
+    @property
+    def corrected(self) -> bool:
+        return self.params.correction == "miller_madow"
+
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        return self._label_mi(self._codes(acts), labels, self.bins, num_classes)
+        codes = self._codes(acts)
+        mi = self._label_mi(codes, labels, self.bins, num_classes)
+        if self.corrected:
+            mi = mi + F.miller_madow_mi_correction(codes, labels, self.bins, num_classes)
+        return mi
 
     def input_mi(self, acts: torch.Tensor) -> torch.Tensor:
-        return F.entropy_from_codes(self._codes(acts), self.bins, self.params.chunk_cells)
+        codes = self._codes(acts)
+        h = F.entropy_from_codes(codes, self.bins, self.params.chunk_cells)
+        if self.corrected:
+            h = h + F.miller_madow_bias(F.occupied(codes, self.bins), codes.shape[0])
+        return h
+
+    def pair_mi(self, acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
+        """I(A_c;B_d) for every channel pair of two (N, C) matrices: (C1, C2) float64
+        (plug-in, each channel binned on its own range; no correction applied)."""
+        from mi_probe.functional.pairwise import pair_mi_from_codes
+
+        return pair_mi_from_codes(self._codes(acts_a), self._codes(acts_b), self.bins,
+                                  self.params.pair_cells)
+
+    def diagnostics(self, acts: torch.Tensor) -> dict[str, float]:
+        """Facts about one site's binned activations that qualify its MI values."""
+        codes = self._codes(acts)
+        constant = (acts.max(dim=0).values == acts.min(dim=0).values)
+        h = F.entropy_from_codes(codes, self.bins, self.params.chunk_cells)
+        cap = math.log(self.bins)
+        return {"n_constant": int(constant.sum().item()),
+                "frac_edge_bins": float(F.edge_fraction(codes, self.bins).mean().item()),
+                "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
+                "i_xt_cap": cap}
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
@@ -70,10 +109,12 @@ class HistogramEstimator:
                              f"valid: {sorted(self.reductions)}")
 
     def bias(self, n_samples: int, num_classes: int) -> float:
+        if self.corrected:
+            return 0.0  # the first-order term is what Miller–Madow removes
         return F.plugin_bias(self.bins, num_classes, n_samples)
 
     def describe(self) -> dict[str, Any]:
-        return {"estimator": "histogram", "bins": self.bins,
+        return {"estimator": "histogram", "bins": self.bins, "correction": self.params.correction,
                 "i_xt_convention": "H(binned T): deterministic network, distinct inputs",
                 "i_xt_cap_per_channel_nats": math.log(self.bins)}
 

@@ -7,15 +7,17 @@ evaluation accuracy of the model.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import polars as pl
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RANDOM, TRAINED, RunContext
-from mi_probe.analysis import seed_units, unit_seed
+from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.tables import aggregate_seeds
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
@@ -32,6 +34,9 @@ class LayerMIParams(BaseModel):
                         "(the binned channel vector as one symbol); others if the estimator "
                         "offers them")
     channel_table: bool = Field(True, description="also write tables/channel_mi.parquet")
+    null_draws: int = Field(3, ge=0, description="shuffled-label null: the same estimate with "
+                            "labels permuted, this many draws, reported beside every value "
+                            "(i_ty_null, i_ty_null_sd); 0 turns it off")
 
 
 class LayerMIExperiment:
@@ -50,25 +55,36 @@ class LayerMIExperiment:
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         est = ctx.estimator
-        layers, channels, evals = [], [], []
+        layers, channels, evals, diags = [], [], [], []
         for state in self.params.states:
             cap = ctx.capture(seed, state)
             n = int(cap.labels.numel())
             bias = est.bias(n, ctx.num_classes)
             evals.append({"seed": seed, "state": state, "accuracy": cap.accuracy, "n_samples": n})
+            perms = [torch.randperm(n, generator=ctx.rng(seed, f"null/{state}/{d}")).to(
+                cap.labels.device) for d in range(self.params.null_draws)]
             for site in cap.sites:
                 acts = cap.acts[site.name]
                 i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
                 i_xt_c = est.input_mi(acts)
+                nulls = [est.label_mi(acts, cap.labels[perm], ctx.num_classes) for perm in perms]
+                null_c = torch.stack(nulls).mean(0) if nulls else None
+                null_layer = torch.stack([v.mean() for v in nulls]) if nulls else None
+                if hasattr(est, "diagnostics"):
+                    diags.append({**site_row(seed, state, site), "n_samples": n,
+                                  "channels": site.channels, "log_n": math.log(n),
+                                  **est.diagnostics(acts)})
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
                 else:
                     layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
                     i_xt, i_ty = layer.i_xt, layer.i_ty
-                base = {"seed": seed, "state": state, "site": site.name, "depth": site.depth,
-                        "site_kind": site.kind}
+                base = site_row(seed, state, site)
                 layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
+                               "i_ty_null": null_layer.mean().item() if nulls else None,
+                               "i_ty_null_sd": (null_layer.std().item() if len(nulls) > 1
+                                                else None),
                                "channels": site.channels, "reduce": self.params.reduce})
                 if self.params.channel_table:
                     count = site.channels
@@ -79,16 +95,24 @@ class LayerMIExperiment:
                         "i_xt": (i_xt_c.cpu().numpy() if i_xt_c is not None
                                  else [None] * count),
                         "i_ty": i_ty_c.cpu().numpy(),
+                        "i_ty_null": (null_c.cpu().numpy() if null_c is not None
+                                      else [None] * count),
                         "i_ty_bias": [bias] * count}))
-        tables = {"layer_mi": pl.DataFrame(layers, schema_overrides={"i_xt": pl.Float64}),
+        floats = {c: pl.Float64 for c in ("i_xt", "i_ty_null", "i_ty_null_sd")}
+        tables = {"layer_mi": pl.DataFrame(layers, schema_overrides=floats),
                   "evaluation": pl.DataFrame(evals)}
+        if diags:
+            tables["diagnostics"] = pl.DataFrame(diags)
         if channels:
             tables["channel_mi"] = pl.concat(
-                [c.with_columns(pl.col("i_xt").cast(pl.Float64)) for c in channels])
+                [c.with_columns(pl.col("i_xt").cast(pl.Float64),
+                                pl.col("i_ty_null").cast(pl.Float64)) for c in channels])
         return tables
 
     def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-        out = {"summary_layer_mi": aggregate_seeds(tables["layer_mi"], SITE_KEYS, ["i_xt", "i_ty"])}
+        values = ["i_xt", "i_ty"] + (["i_ty_null"] if tables["layer_mi"]["i_ty_null"].drop_nulls().len()
+                                      else [])
+        out = {"summary_layer_mi": aggregate_seeds(tables["layer_mi"], SITE_KEYS, values)}
         if "evaluation" in tables:
             out["summary_evaluation"] = aggregate_seeds(tables["evaluation"], ["state"], ["accuracy"])
         return out
@@ -97,7 +121,13 @@ class LayerMIExperiment:
         from mi_probe import report
 
         layer = tables["layer_mi"]
-        i_ty = report.by_depth(layer, "i_ty", color="state",
+        series = layer.select("seed", "state", "site", "depth", "site_kind", "i_ty")
+        if "i_ty_null" in layer.columns and layer["i_ty_null"].drop_nulls().len():
+            null = layer.select("seed", "state", "site", "depth", "site_kind",
+                                pl.col("i_ty_null").alias("i_ty")).with_columns(
+                state=pl.col("state") + " (shuffled labels)")
+            series = pl.concat([series, null])
+        i_ty = report.by_depth(series, "i_ty", color="state",
                                title="Label information by depth, I(T;Y) (dashed: plug-in bias)",
                                y_title="I(T;Y) [nats]")
         if "i_ty_bias" in layer.columns and layer["i_ty_bias"].max():

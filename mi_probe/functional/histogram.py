@@ -119,3 +119,33 @@ def miller_madow_bias(occupied_bins: torch.Tensor, n_samples: int) -> torch.Tens
 def log_cap(bins: int) -> float:
     """The largest per-channel entropy (hence I(X;T_c)) a B-bin histogram can report."""
     return math.log(bins)
+
+
+def occupied(codes: torch.Tensor, n_symbols: int, max_cells: int = DEFAULT_CHUNK_CELLS
+             ) -> torch.Tensor:
+    """Number of non-empty bins of each column: (C,) int64."""
+    n, c = codes.shape
+    out = torch.empty(c, dtype=torch.int64, device=codes.device)
+    for sl in _chunks(c, n + n_symbols, max_cells):
+        out[sl] = (_counts(codes[:, sl], n_symbols) > 0).sum(dim=1)
+    return out
+
+
+def miller_madow_mi_correction(codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
+                               num_classes: int) -> torch.Tensor:
+    """Miller–Madow correction of the plug-in I(T_c;Y), to be added to it: each entropy
+    gets (m − 1)/(2N) for its m occupied cells, so the MI gets
+    [(m_T − 1) + (m_Y − 1) − (m_TY − 1)] / (2N) (usually negative). (C,) float64."""
+    n = codes.shape[0]
+    labels = labels.to(device=codes.device, dtype=torch.int64)
+    m_t = occupied(codes, n_symbols)
+    m_y = int((torch.bincount(labels, minlength=num_classes) > 0).sum().item())
+    m_ty = occupied(codes * num_classes + labels[:, None], n_symbols * num_classes)
+    return ((m_t - 1) + (m_y - 1) - (m_ty - 1)).to(torch.float64) / (2.0 * max(1, n))
+
+
+def edge_fraction(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """Fraction of samples in the first or last bin, per column: (C,) float64. Values
+    near 1 mean most samples sit at the extremes (e.g. saturated or sparse channels)."""
+    edge = (codes == 0) | (codes == bins - 1)
+    return edge.to(torch.float64).mean(dim=0)
