@@ -34,10 +34,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, help="trained-model cache "
                      "(default $MI_PROBE_CACHE or reports/.cache)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--profile", choices=["tiny"], help="apply a run profile (tiny: small "
+                     "models and data, for smoke tests; see mi_probe/profiles.py)")
+    run.add_argument("--strict", action="store_true",
+                     help="exit with status 3 when a claim in the spec's checks fails")
 
     val = sub.add_parser("validate", help="validate specs without running them")
     val.add_argument("specs", nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--profile", choices=["tiny"])
+
+    chk = sub.add_parser("check", help="validate, resolve sites, run on the tiny profile and "
+                         "check the claims of every spec under PATHS")
+    chk.add_argument("paths", nargs="+", type=Path)
+    chk.add_argument("--profile", default="tiny", choices=["tiny"])
+    chk.add_argument("--stages", default="validate,sites,run-tiny,checks",
+                     help="comma-separated subset of validate,sites,run-tiny,checks")
+    chk.add_argument("--out", type=Path, help="folder for the runs (default: a temporary one)")
+    chk.add_argument("--claims-as-warnings", action="store_true",
+                     help="report failed claims without failing (tiny models need not show "
+                     "paper effects)")
 
     sites = sub.add_parser("sites", help="list the sites of a timm architecture")
     sites.add_argument("arch")
@@ -60,14 +76,17 @@ def _cmd_run(args, pm) -> int:
     from mi_probe.engine import run
     from mi_probe.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides, pm)
+    spec = load_spec(args.spec, args.overrides, pm, profile=args.profile)
     outcome = run(spec, pm, out=args.out, cache_dir=args.cache_dir, resume=args.resume,
                   progress=not args.no_progress,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
     for warning in outcome.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for check in outcome.checks:
+        verdict = "holds" if check["passed"] else "FAILED"
+        print(f"claim {check['name']!r} {verdict}: {check['detail']}", file=sys.stderr)
     print(f"report: {outcome.index}")
-    return 0
+    return 3 if args.strict and outcome.failed_checks else 0
 
 
 def _cmd_validate(args, pm) -> int:
@@ -77,13 +96,49 @@ def _cmd_validate(args, pm) -> int:
     failed = 0
     for path in args.specs:
         try:
-            spec = load_spec(path, args.overrides, pm)
+            spec = load_spec(path, args.overrides, pm, profile=args.profile)
         except SpecError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
         else:
             print(f"ok: {path} ({spec.experiment.kind} on {spec.model.arch})")
     return 2 if failed else 0
+
+
+def _cmd_check(args, pm) -> int:
+    import tempfile
+
+    from mi_probe.testing.stages import STAGES, SpecState, StageFailure, looks_like_spec, run_stage
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"error: unknown stage(s) {unknown}; valid: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    files: list[Path] = []
+    for path in args.paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if looks_like_spec(p))
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+    workdir = args.out or Path(tempfile.mkdtemp(prefix="mi-probe-check-"))
+    failures = 0
+    for path in files:
+        state = SpecState(path)
+        for stage in stages:
+            try:
+                detail = run_stage(stage, state, pm, args.profile, workdir, workdir / ".cache")
+                print(f"PASS {path} [{stage}] {detail}")
+            except StageFailure as exc:
+                warn_only = stage == "checks" and args.claims_as_warnings
+                failures += 0 if warn_only else 1
+                label = "WARN" if warn_only else "FAIL"
+                print(f"{label} {path} [{stage}] " + str(exc).replace("\n", "\n    "))
+    print(f"{len(files)} spec(s), {failures} failure(s); runs in {workdir}")
+    return 1 if failures else 0
 
 
 def _cmd_sites(args, pm) -> int:
@@ -141,7 +196,7 @@ def _cmd_report(args, pm) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "sites": _cmd_sites,
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "sites": _cmd_sites,
             "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report}
 
 

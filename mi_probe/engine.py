@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mi_probe import capture as capture_mod
+from mi_probe.checks import evaluate_checks
 from mi_probe.data import make_loader
 from mi_probe.errors import DataError, MiProbeError, RunError, SpecError
 from mi_probe.interfaces import RANDOM, TRAINED, Captured, Intervention, Site
@@ -108,12 +109,12 @@ class Engine:
         self.eval_set = val
 
     # ---------------------------------------------------------------- RunContext
-    def _build(self, seed: int) -> nn.Module:
-        m = self.spec.model
+    def _build(self, seed: int, m: Any = None) -> nn.Module:
+        m = m or self.spec.model
         return build_model(m.arch, self.num_classes, seed, m.act, m.head, m.zero_init_last)
 
-    def _meta(self) -> dict[str, Any]:
-        m = self.spec.model
+    def _meta(self, m: Any = None) -> dict[str, Any]:
+        m = m or self.spec.model
         return model_meta(m.arch, self.num_classes, m.act, m.head, m.zero_init_last)
 
     def model(self, seed: int, state: str) -> nn.Module:
@@ -141,26 +142,72 @@ class Engine:
             load_weights(model, weights, self._meta())
             self.trained_info[seed] = {"weights": str(Path(weights).expanduser())}
             return model
+        return self.train(seed)[0]
+
+    def train(self, seed: int, *, model_overrides: dict[str, Any] | None = None,
+              regularizers: Sequence[Any] | None = None,
+              track: Callable[[nn.Module, int], dict[str, Any]] | None = None,
+              track_key: str | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+        """Train (or load from the cache) the spec's model for ``seed``.
+
+        ``model_overrides`` changes model fields (e.g. ``{"act": "tanh"}``);
+        ``regularizers`` (params models or dicts with ``kind``) replaces the spec's list;
+        ``track(model, epoch)`` runs at initialisation and after every epoch and its dict
+        is stored in the history row under ``tracked`` (persisted in checkpoints, so a
+        resumed run keeps it); ``track_key`` names what is tracked and is part of the
+        cache key. Returns the best-accuracy model (eval mode, on the device) and the
+        training history (one row per epoch, epoch 0 = initialisation).
+        """
         m = self.spec.model
-        payload = {"model": self._meta(), "data": self.spec.data.model_dump(mode="json"),
-                   "train": m.train.model_dump(mode="json", exclude={"num_workers"}),
+        if model_overrides:
+            m = m.model_copy(update=model_overrides)
+        reg_params = m.train.regularizers if regularizers is None else [
+            self._validate_plugin_params("regularizers", r) for r in regularizers]
+        reg_objects = [self.registry.build("regularizers", p) for p in reg_params]
+        train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
+        payload = {"model": self._meta(m), "data": self.spec.data.model_dump(mode="json"),
+                   "train": train_cfg.model_dump(mode="json", exclude={"num_workers"}),
                    "seed": seed}
+        if track is not None:
+            payload["tracking"] = track_key or getattr(track, "__qualname__", "tracked")
         regs = []
-        if self.regularizers:
-            probe_model = self._build(seed)
+        if reg_objects:
+            probe_model = self._build(seed, m)
             adapter = self._adapter_for(probe_model)
-            for reg in self.regularizers:
+            for reg in reg_objects:
                 regs.append((reg, resolve_sites(probe_model, adapter, self._probe_input(),
                                                 reg.site_patterns, (), m.arch)))
+        on_epoch_end = None
+        if track is not None:
+            def on_epoch_end(model, epoch, row):
+                row["tracked"] = track(model, epoch)
         model, history, folder = cached_training(
-            lambda: self._build(seed), payload, self._meta(), self.data, m.train, seed,
+            lambda: self._build(seed, m), payload, self._meta(m), self.data, m.train, seed,
             self.device, self.cache_dir, regs, self.spec.eval.batch_size,
-            self.show_progress, self.log)
-        self._training_rows.extend(history)
+            self.show_progress, self.log, on_epoch_end=on_epoch_end)
+        self._training_rows.extend({k: v for k, v in row.items() if k != "tracked"}
+                                   | {"act": m.act or "as built"} for row in history)
         best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
-        self.trained_info[seed] = {"cache": str(folder), "best_epoch": best["epoch"],
-                                   "best_val_acc": best["val_acc"]}
-        return model
+        self.trained_info.setdefault(seed, {})[payload["model"]["act"] or "default"] = {
+            "cache": str(folder), "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+            "regularizers": [p.kind for p in reg_params]}
+        return model.to(self.device).eval(), history
+
+    def _validate_plugin_params(self, kind: str, params: Any) -> Any:
+        from pydantic import BaseModel, ValidationError
+
+        if isinstance(params, BaseModel):
+            return params
+        if not isinstance(params, dict) or "kind" not in params:
+            raise SpecError(f"{kind[:-1]} parameters must be a mapping with 'kind'; got {params!r}")
+        entry = self.registry.get(kind, params["kind"])
+        try:
+            return entry.params_model(**params)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                        for e in exc.errors()]
+            raise SpecError(f"invalid parameters for {kind[:-1]} {params['kind']!r}",
+                            problems) from None
 
     def _probe_input(self) -> torch.Tensor:
         first = self.data.val[0][0]
@@ -286,16 +333,8 @@ class Engine:
         return Captured(acts={}, labels=labels, logits=torch.cat(logits), sites=[])
 
     def plugin(self, kind: str, name: str, **params: Any) -> Any:
-        from pydantic import ValidationError
-
-        entry = self.registry.get(kind, name)
-        try:
-            validated = entry.params_model(kind=name, **params)
-        except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                        for e in exc.errors()]
-            raise SpecError(f"invalid parameters for {kind[:-1]} {name!r}", problems) from None
-        return entry.factory(validated)
+        validated = self._validate_plugin_params(kind, {"kind": name, **params})
+        return self.registry.get(kind, name).factory(validated)
 
     def rng(self, seed: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(seed, purpose))
@@ -379,6 +418,12 @@ class RunOutcome:
     status: str
     warnings: list[str] = field(default_factory=list)
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: verdicts of the spec's claims (see checks.py)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["passed"]]
 
 
 def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
@@ -427,7 +472,8 @@ def _render(run_dir: Path, engine_or_none: Engine | None, experiment: Any, table
                                                   color="regularizer",
                                                   title="Validation accuracy while training")
     return report.render_run(run_dir, figures, tables, meta, notes=notes,
-                             warnings=meta.get("warnings", []), formats=formats)
+                             warnings=meta.get("warnings", []), formats=formats,
+                             checks=meta.get("checks", []))
 
 
 def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | None = None,
@@ -495,10 +541,11 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
                     finished=_dt.datetime.now().isoformat(timespec="seconds"))
         notes = _notes(engine, tables)
         meta["notes"] = notes
+        meta["checks"] = evaluate_checks(list(spec.checks), tables)
         write_json(run_dir / "run.json", meta)
         index = _render(run_dir, engine, engine.experiment, tables, meta, notes,
                         list(spec.report.formats))
-        return RunOutcome(run_dir, index, "complete", meta["warnings"], tables)
+        return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
     except KeyboardInterrupt:
         meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
         write_json(run_dir / "run.json", meta)
@@ -527,5 +574,6 @@ def rerender(run_dir: Path, pm: Any = None) -> Path:
     meta = json.loads((run_dir / "run.json").read_text())
     tables = read_tables(run_dir / "tables")
     experiment = pm.registry.build("experiments", spec.experiment)
+    meta["checks"] = evaluate_checks(list(spec.checks), tables)
     return _render(run_dir, None, experiment, tables, meta, meta.get("notes", []),
                    list(spec.report.formats))

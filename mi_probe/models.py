@@ -47,9 +47,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def register_tiny_models() -> None:
+    """Register ``mi_probe_tiny_vgg`` with timm: a VGG with conv widths 8-16-32 and a
+    128-wide pre-logits head, for the tiny test profile (timm's own VGG configurations
+    carry a 4096-wide head of ~120 M parameters)."""
+    import timm
+    from timm.models import register_model
+
+    if timm.is_model("mi_probe_tiny_vgg"):
+        return
+
+    def mi_probe_tiny_vgg(pretrained: bool = False, num_classes: int = 1000, **kwargs: Any):
+        from timm.layers import ClassifierHead
+        from timm.models.vgg import VGG, ConvMlp
+
+        if pretrained:
+            raise ModelError("mi_probe_tiny_vgg has no pretrained weights")
+        model = VGG(cfg=[8, "M", 16, "M", 32, 32, "M"], num_classes=num_classes)
+        model.pre_logits = ConvMlp(32, 128, kernel_size=1, drop_rate=0.0)
+        model.num_features = model.head_hidden_size = 128
+        model.head = ClassifierHead(128, num_classes, pool_type="avg")
+        return model
+
+    mi_probe_tiny_vgg.__module__ = __name__
+    register_model(mi_probe_tiny_vgg)
+
+
 def check_arch(arch: str) -> None:
     import timm
 
+    register_tiny_models()
     if timm.is_model(arch):
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator)
 
+from mi_probe.checks import Check
 from mi_probe.errors import SpecError
 
 # --------------------------------------------------------------------------- models
@@ -95,6 +96,8 @@ class SpecBase(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval: EvalSpec = EvalSpec()
     report: ReportSpec = ReportSpec()
+    checks: list[Check] = Field([], description="declarative claims over the result "
+                                "tables (trend, compare, bound); see mi_probe/checks.py")
 
     @field_validator("seeds")
     @classmethod
@@ -248,9 +251,15 @@ def _walk(data: Any, node: yaml.Node | None, loc: Sequence[Any]) -> tuple[list[s
 
 def _model_at(spec_cls: type[BaseModel], data: Any, loc: Sequence[Any]) -> type[BaseModel] | None:
     """The pydantic model class that owns the fields at ``loc`` (for 'valid fields')."""
+    from typing import get_args, get_origin
+
     current: Any = spec_cls
     for part in loc:
         if isinstance(data, dict) and data.get("kind") == part and part not in data:
+            continue
+        if isinstance(part, int) and get_origin(current) is list:
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+            current = _concrete(get_args(current)[0], data)
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
@@ -297,14 +306,16 @@ def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[
     field = ".".join(path) or "(top level)"
     if etype == "union_tag_invalid":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
-        what = _singular(path[-1]) if path else ""
+        words = [p for p in path if not p.isdigit()]
+        what = _singular(words[-1]) if words else ""
         return (f"{field}.kind: unknown {what} kind {ctx.get('tag')!r}; valid: "
                 f"{', '.join(expected)}{_did_you_mean(ctx.get('tag'), expected)}")
     if etype == "union_tag_not_found":
         return f"{field}: missing 'kind' (which plugin to use)"
     if etype == "literal_error":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        what = f"{_singular(path[-2])} kind" if len(path) > 1 and path[-1] == "kind" else "value"
+        words = [p for p in path[:-1] if not p.isdigit()]
+        what = f"{_singular(words[-1])} kind" if words and path[-1] == "kind" else "value"
         return (f"{field}: unknown {what} {value!r}; valid: {', '.join(expected)}"
                 f"{_did_you_mean(value, expected)}")
     if etype == "extra_forbidden":
@@ -342,8 +353,10 @@ def validate_data(spec_cls: type[BaseModel], data: Any, source: str,
                         f"{'s' if len(problems) != 1 else ''})", problems) from None
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None) -> Any:
-    """Read, override and validate a YAML spec file."""
+def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,
+              profile: str | None = None) -> Any:
+    """Read, override and validate a YAML spec file (``profile``: see profiles.py; it
+    is applied first, so ``--set`` overrides win)."""
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
@@ -355,10 +368,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None) -
         raise SpecError(f"spec file {source} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file {source}: {exc}") from None
-    return load_spec_text(text, source, overrides, pm)
+    return load_spec_text(text, source, overrides, pm, profile)
 
 
-def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: Any = None) -> Any:
+def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: Any = None,
+                   profile: str | None = None) -> Any:
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
@@ -378,6 +392,10 @@ def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: An
         _check_duplicates(root, source, problems)
     if problems:
         raise SpecError(f"{source}: invalid spec", problems)
+    if profile is not None:
+        from mi_probe.profiles import apply_profile
+
+        data = apply_profile(data, profile)
     overridden = apply_overrides(data, overrides) if isinstance(data, dict) else set()
     return validate_data(spec_model(pm), data, source, root, overridden)
 

@@ -125,7 +125,9 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                 on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place with the recipe in ``cfg`` (a TrainSpec); on return the
     model holds the best-validation-accuracy weights. ``regularizers`` pairs each
-    regulariser with the sites whose pooled (non-detached) activations it receives."""
+    regulariser with the sites whose pooled (non-detached) activations it receives.
+    ``on_epoch_end(model, epoch, row)`` runs at initialisation (epoch 0) and after every
+    epoch, before the checkpoint is written; what it adds to ``row`` is persisted."""
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -239,7 +241,8 @@ def cache_key(payload: Mapping[str, Any]) -> str:
 def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], meta: dict,
                     data: DataBundle, cfg: Any, seed: int, device: torch.device,
                     cache_dir: Path, regularizers=(), eval_batch_size: int = 256,
-                    progress: bool = True, log: Callable[[str], None] = print
+                    progress: bool = True, log: Callable[[str], None] = print,
+                    on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None
                     ) -> tuple[nn.Module, list[dict[str, Any]], Path]:
     """The trained model for ``payload`` from ``cache_dir/models/<key>/``, training (or
     resuming) it when absent. Returns (model on device, training history, folder)."""
@@ -256,7 +259,7 @@ def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], 
     atomic_write_text(folder / "payload.json", json.dumps(payload, indent=1, sort_keys=True,
                                                           default=str))
     result = train_model(model, data, cfg, seed, device, folder / "checkpoint", regularizers,
-                         eval_batch_size, progress, log)
+                         eval_batch_size, progress, log, on_epoch_end)
     save_weights(model, final, dict(meta, best_epoch=result.best_epoch,
                                     best_val_acc=result.best_val_acc))
     atomic_write_text(info, json.dumps({"history": result.history, "best_epoch": result.best_epoch,

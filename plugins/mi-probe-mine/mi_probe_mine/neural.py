@@ -1,0 +1,378 @@
+"""Neural variational MI lower bounds, trained for all channels (or channel pairs) at once.
+
+Every channel gets its own small critic; the critics of a chunk of channels are one set
+of batched weights (leading dimension = channel) evaluated with ``torch.bmm``, so there
+is no Python loop over channels except over chunks of ``max_channels_batched``.
+
+Seeding is designed so that a channel's estimate does not depend on which other
+channels are estimated with it, nor on its position or the chunking:
+
+* one CPU ``torch.Generator`` seeded with ``seed`` draws, in a fixed order, one critic
+  initialisation (copied to every channel), the train / hold-out split, the minibatch
+  indices of every step (shared by all channels) and the hold-out permutations;
+* none of these draws depends on the number of channels;
+* inputs are standardised per channel, the per-channel losses are summed (so each
+  channel's gradient is its own) and Adam is element-wise, so each channel follows the
+  trajectory it would follow alone; the kernels used are batch-invariant, so on CPU the
+  values are bitwise equal (tested).
+
+Training: ``steps`` Adam steps on minibatches of ``batch_size`` drawn with replacement
+from the training rows, learning rate decayed from ``lr`` to 0 on a cosine.
+
+Bounds (nats):
+
+* ``dv``: Donsker-Varadhan, I >= E_P[T] - log E_{P_T x P_Y}[e^T], trained as MINE
+  (Belghazi et al. 2018) with the moving-average bias-corrected gradient: the gradient
+  of log E[e^T] is E[∇e^T] / E[e^T] with the denominator replaced by an exponential
+  moving average (rate ``ema``), kept in the log domain for stability.
+* ``infonce``: I >= E[f(x_i, y_i) - log (1/B) Σ_j e^{f(x_i, y_j)}] (van den Oord et al.
+  2018), which can never exceed log B (B = batch size).
+
+The final value is the bound evaluated on a held-out fraction of the samples (not used
+for training), so a critic that memorised its training batches does not inflate it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as Fn
+
+#: rows per block when the trained critics are evaluated on the hold-out set
+EVAL_ROWS = 4096
+#: random pairings of the hold-out set used for the DV product-of-marginals term of pairs
+EVAL_PERMUTATIONS = 8
+#: the fewest samples for a train / hold-out split with at least two rows each
+MIN_SAMPLES = 4
+#: slope of the leaky ReLU between critic layers (a plain ReLU critic can die: all
+#: units off, constant output, a bound of exactly 0)
+LEAKY_SLOPE = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one estimate needs: the bound, the critic width and the training budget."""
+
+    bound: str  # "dv" | "infonce"
+    hidden: int = 64
+    steps: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    ema: float = 0.01
+    eval_fraction: float = 0.25
+    max_channels_batched: int = 64
+
+    def __post_init__(self) -> None:
+        if self.bound not in ("dv", "infonce"):
+            raise ValueError(f"unknown bound {self.bound!r}; valid: dv, infonce")
+
+
+# --------------------------------------------------------------------------- critics
+
+
+def init_mlp(gen: torch.Generator, sizes: list[int]) -> list[torch.Tensor]:
+    """One MLP's weights as [W (1, in, out), b (1, 1, out)] per layer, drawn like
+    ``nn.Linear``'s default (uniform in ±1/sqrt(fan_in)). The leading 1 is the channel
+    dimension; :func:`replicate` copies the same critic to every channel."""
+    params: list[torch.Tensor] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / math.sqrt(fan_in)
+        w = (torch.rand(1, fan_in, fan_out, generator=gen) * 2 - 1) * bound
+        b = (torch.rand(1, 1, fan_out, generator=gen) * 2 - 1) * bound
+        params += [w, b]
+    return params
+
+
+def replicate(params: list[torch.Tensor], channels: int, device: torch.device
+              ) -> list[torch.Tensor]:
+    """Batched trainable copies of one critic: every tensor gets ``channels`` rows."""
+    return [p.to(device).expand(channels, *p.shape[1:]).clone().requires_grad_()
+            for p in params]
+
+
+def mlp(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Batched MLP: ``x`` (C, n, in) -> (C, n, out); leaky ReLU between layers.
+
+    Each channel's result is bitwise the same whatever the number of channels (checked
+    on CPU): ``bmm`` is batch-invariant here except for a single output column, which is
+    computed as a row-wise dot product instead."""
+    h = x
+    last = len(params) // 2 - 1
+    for layer in range(last + 1):
+        w, b = params[2 * layer], params[2 * layer + 1]
+        if w.shape[2] == 1:  # a matrix-vector product: bmm picks a kernel by batch size
+            h = (h * w.transpose(1, 2)).sum(2, keepdim=True) + b
+        else:
+            h = torch.baddbmm(b, h, w)
+        if layer < last:
+            h = Fn.leaky_relu(h, LEAKY_SLOPE)
+    return h
+
+
+def _mlp_blocks(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """:func:`mlp` over row blocks (evaluation without gradients, bounded memory)."""
+    return torch.cat([mlp(params, x[:, i:i + EVAL_ROWS]) for i in range(0, x.shape[1], EVAL_ROWS)],
+                     dim=1)
+
+
+# ---------------------------------------------------------------------------- bounds
+
+
+def _log_mean_exp(v: torch.Tensor, dims: tuple[int, ...], count: int) -> torch.Tensor:
+    return torch.logsumexp(v, dim=dims) - math.log(count)
+
+
+def label_scores_joint(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """scores (C, n, K), labels (n,) -> the critic at the observed pairs, (C, n)."""
+    c, n, _ = scores.shape
+    return scores.gather(2, y.view(1, n, 1).expand(c, n, 1)).squeeze(2)
+
+
+def dv_label(scores: torch.Tensor, y: torch.Tensor, log_p: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DV terms for a discrete Y: (E_P[T], log E_{P_T x P_Y}[e^T]) per channel.
+
+    The product-of-marginals expectation over Y is taken exactly over the K classes
+    with class probabilities ``exp(log_p)`` (a Rao-Blackwellised form of MINE's
+    shuffled pairs: same expectation, less variance)."""
+    joint = label_scores_joint(scores, y).mean(1)
+    log_marg = _log_mean_exp(scores + log_p, (1, 2), scores.shape[1])
+    return joint, log_marg
+
+
+def infonce_label(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """InfoNCE per channel for one batch of a discrete Y.
+
+    The B x B score matrix S_ij = f(t_i, y_j) depends on j only through y_j's class, so
+    log Σ_j e^{S_ij} = log Σ_k n_k e^{f(t_i, k)} with n_k the batch's class counts."""
+    n, k = scores.shape[1], scores.shape[2]
+    log_counts = torch.bincount(y, minlength=k).to(scores.dtype).log()
+    lse = torch.logsumexp(scores + log_counts, dim=2)
+    return (label_scores_joint(scores, y) - lse).mean(1) + math.log(n)
+
+
+def infonce_pair(gx: torch.Tensor, hz: torch.Tensor) -> torch.Tensor:
+    """InfoNCE per pair with a separable critic f(x, z) = g(x)·h(z): (C, n, E) each."""
+    s = torch.bmm(gx, hz.transpose(1, 2))
+    n = s.shape[1]
+    return (s.diagonal(dim1=1, dim2=2) - torch.logsumexp(s, dim=2)).mean(1) + math.log(n)
+
+
+# ------------------------------------------------------------------------ data plans
+
+
+@dataclass
+class Plan:
+    """Everything random about one estimate, drawn once (independent of the channels)."""
+
+    init: list[torch.Tensor]
+    init2: list[torch.Tensor] | None
+    train_idx: torch.Tensor
+    eval_idx: torch.Tensor
+    batches: torch.Tensor            # (steps, B) indices into the training rows
+    marginal_batches: torch.Tensor | None  # (steps, B) for DV pairs: partners of z
+    eval_perms: torch.Tensor | None  # (R, n_eval) for DV pairs: hold-out pairings
+
+    @property
+    def batch(self) -> int:
+        return self.batches.shape[1]
+
+
+def make_plan(n: int, cfg: TrainConfig, sizes: list[int], sizes2: list[int] | None = None,
+              pair_dv: bool = False) -> Plan:
+    if n < MIN_SAMPLES:
+        raise ValueError(f"needs at least {MIN_SAMPLES} samples (a training and a hold-out "
+                         f"part of two or more each), got {n}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    init = init_mlp(gen, sizes)
+    init2 = init_mlp(gen, sizes2) if sizes2 is not None else None
+    n_eval = min(max(2, int(round(n * cfg.eval_fraction))), n - 2)
+    perm = torch.randperm(n, generator=gen)
+    eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
+    n_train = n - n_eval
+    batch = min(cfg.batch_size, n_train)
+    batches = torch.randint(n_train, (cfg.steps, batch), generator=gen)
+    marginal = torch.randint(n_train, (cfg.steps, batch), generator=gen) if pair_dv else None
+    eval_perms = (torch.stack([torch.randperm(n_eval, generator=gen)
+                               for _ in range(EVAL_PERMUTATIONS)]) if pair_dv else None)
+    return Plan(init, init2, train_idx, eval_idx, batches, marginal, eval_perms)
+
+
+def standardize(x: torch.Tensor, train_idx: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (C, N) float32, each channel centred and scaled by its training rows
+    (a constant channel is left at scale 1).
+
+    Statistics are reduced along contiguous rows of the (C, N) float64 transpose, so a
+    channel's values do not depend on how many other channels come with it (a strided
+    reduction over dim 0 of (N, C) sums in a C-dependent order)."""
+    xt = x.to(torch.float64).T.contiguous()
+    ref = xt[:, train_idx]
+    mean = ref.mean(1, keepdim=True)
+    std = ref.std(1, keepdim=True)
+    std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
+    return ((xt - mean) / std).to(torch.float32)
+
+
+def _train(params: list[torch.Tensor], cfg: TrainConfig,
+           step_loss: Callable[[int], torch.Tensor]) -> None:
+    """Adam on the summed per-channel losses (each channel's gradient is its own), the
+    learning rate following a cosine decay from ``lr`` to 0 over ``steps``."""
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        opt.zero_grad(set_to_none=True)
+        step_loss(step).sum().backward()
+        opt.step()
+
+
+def _mine_loss(joint: torch.Tensor, log_marg: torch.Tensor, state: dict[str, torch.Tensor],
+               ema: float) -> torch.Tensor:
+    """MINE's bias-corrected surrogate loss, per channel.
+
+    Its gradient is -(∇E[T] - ∇E[e^T] / ma) with ma the moving average of E[e^T]
+    (log domain: log_ma <- logaddexp(log(1-ema) + log_ma, log(ema) + log E[e^T]))."""
+    lm = log_marg.detach()
+    if "log_ma" not in state:
+        state["log_ma"] = lm
+    elif ema >= 1:
+        state["log_ma"] = lm
+    else:
+        state["log_ma"] = torch.logaddexp(state["log_ma"] + math.log1p(-ema), lm + math.log(ema))
+    return -(joint - torch.exp(log_marg - state["log_ma"]))
+
+
+# -------------------------------------------------------------------- label estimate
+
+
+def label_mi(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             cfg: TrainConfig) -> torch.Tensor:
+    """Per-channel lower bound on I(T_c; Y) for ``acts`` (N, C), ``labels`` (N,) in
+    [0, num_classes): float64 (C,) on the input's device, clipped at 0.
+
+    Critic per channel: T_c(t, ·) = MLP_c(t) in R^K (1 -> hidden -> hidden -> K), i.e.
+    one output per class, which is the general critic for a one-hot Y."""
+    device = acts.device
+    n, channels = acts.shape
+    if channels == 0:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    k = num_classes
+    plan = make_plan(n, cfg, [1, cfg.hidden, cfg.hidden, k])
+    x = standardize(acts, plan.train_idx.to(device))
+    y = labels.to(device=device, dtype=torch.long)
+    y_train, y_eval = y[plan.train_idx.to(device)], y[plan.eval_idx.to(device)]
+    x_train_all, x_eval_all = x[:, plan.train_idx.to(device)], x[:, plan.eval_idx.to(device)]
+    batches = plan.batches.to(device)
+    log_p_train = torch.bincount(y_train, minlength=k).to(torch.float32).div(len(y_train)).log()
+    log_p_eval = torch.bincount(y_eval, minlength=k).to(torch.float32).div(len(y_eval)).log()
+    out = torch.empty(channels, dtype=torch.float64, device=device)
+    for lo in range(0, channels, cfg.max_channels_batched):
+        hi = min(channels, lo + cfg.max_channels_batched)
+        x_train, x_eval = x_train_all[lo:hi], x_eval_all[lo:hi]
+        params = replicate(plan.init, hi - lo, device)
+        state: dict[str, torch.Tensor] = {}
+
+        def step_loss(step: int) -> torch.Tensor:
+            idx = batches[step]
+            scores = mlp(params, x_train[:, idx, None])
+            yb = y_train[idx]
+            if cfg.bound == "dv":
+                joint, log_marg = dv_label(scores, yb, log_p_train)
+                return _mine_loss(joint, log_marg, state, cfg.ema)
+            return -infonce_label(scores, yb)
+
+        _train(params, cfg, step_loss)
+        with torch.no_grad():
+            scores = _mlp_blocks(params, x_eval[:, :, None])
+            if cfg.bound == "dv":
+                joint, log_marg = dv_label(scores, y_eval, log_p_eval)
+                value = joint - log_marg
+            else:
+                value = _blockwise_infonce(
+                    lambda s, e: infonce_label(scores[:, s:e], y_eval[s:e]),
+                    scores.shape[1], plan.batch)
+        out[lo:hi] = value.to(torch.float64)
+    return out.clamp_min(0.0)
+
+
+def _blockwise_infonce(fn: Callable[[int, int], torch.Tensor], n_eval: int, batch: int
+                       ) -> torch.Tensor:
+    """InfoNCE on the hold-out set in consecutive batches of the training batch size
+    (the remainder after the last full batch is dropped), averaged."""
+    size = min(batch, n_eval)
+    blocks = [fn(s, s + size) for s in range(0, n_eval - size + 1, size)]
+    return torch.stack(blocks).mean(0)
+
+
+# --------------------------------------------------------------------- pair estimate
+
+
+def pair_mi(a: torch.Tensor, b: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Lower bound on I(A_i; B_j) for every column pair of ``a`` (N, C1), ``b`` (N, C2):
+    float64 (C1, C2) on ``a``'s device, clipped at 0. Pairs are trained in parallel.
+
+    Critics: ``dv`` uses T(x, z) = MLP([x, z]) (2 -> hidden -> hidden -> 1);
+    ``infonce`` a separable f(x, z) = g(x)·h(z) with g, h: 1 -> hidden -> hidden -> hidden
+    (a B x B score matrix per step at the cost of 2B critic evaluations)."""
+    device = a.device
+    n, c1 = a.shape
+    c2 = b.shape[1]
+    if c1 * c2 == 0:
+        return torch.zeros(c1, c2, dtype=torch.float64, device=device)
+    h = cfg.hidden
+    if cfg.bound == "dv":
+        plan = make_plan(n, cfg, [2, h, h, 1], pair_dv=True)
+    else:
+        plan = make_plan(n, cfg, [1, h, h, h], [1, h, h, h])
+    tr, ev = plan.train_idx.to(device), plan.eval_idx.to(device)
+    xa, xb = standardize(a, tr), standardize(b.to(device), tr)
+    ii = torch.arange(c1, device=device).repeat_interleave(c2)
+    jj = torch.arange(c2, device=device).repeat(c1)
+    batches = plan.batches.to(device)
+    marg = plan.marginal_batches.to(device) if plan.marginal_batches is not None else None
+    perms = plan.eval_perms.to(device) if plan.eval_perms is not None else None
+    pairs = c1 * c2
+    out = torch.empty(pairs, dtype=torch.float64, device=device)
+    for lo in range(0, pairs, cfg.max_channels_batched):
+        hi = min(pairs, lo + cfg.max_channels_batched)
+        x_tr, z_tr = xa[ii[lo:hi]][:, tr], xb[jj[lo:hi]][:, tr]
+        x_ev, z_ev = xa[ii[lo:hi]][:, ev], xb[jj[lo:hi]][:, ev]
+        if cfg.bound == "dv":
+            params = replicate(plan.init, hi - lo, device)
+            state: dict[str, torch.Tensor] = {}
+
+            def step_loss(step: int) -> torch.Tensor:
+                idx, idx2 = batches[step], marg[step]
+                xs = x_tr[:, idx]
+                t_joint = mlp(params, torch.stack([xs, z_tr[:, idx]], 2)).squeeze(2)
+                t_marg = mlp(params, torch.stack([xs, z_tr[:, idx2]], 2)).squeeze(2)
+                log_marg = _log_mean_exp(t_marg, (1,), t_marg.shape[1])
+                return _mine_loss(t_joint.mean(1), log_marg, state, cfg.ema)
+
+            _train(params, cfg, step_loss)
+            with torch.no_grad():
+                joint = _mlp_blocks(params, torch.stack([x_ev, z_ev], 2)).squeeze(2).mean(1)
+                t_marg = torch.cat([_mlp_blocks(params, torch.stack([x_ev, z_ev[:, p]], 2))
+                                    .squeeze(2) for p in perms], dim=1)
+                value = joint - _log_mean_exp(t_marg, (1,), t_marg.shape[1])
+        else:
+            g_params = replicate(plan.init, hi - lo, device)
+            h_params = replicate(plan.init2, hi - lo, device)
+
+            def step_loss(step: int) -> torch.Tensor:
+                idx = batches[step]
+                return -infonce_pair(mlp(g_params, x_tr[:, idx, None]),
+                                     mlp(h_params, z_tr[:, idx, None]))
+
+            _train(g_params + h_params, cfg, step_loss)
+            with torch.no_grad():
+                gx = _mlp_blocks(g_params, x_ev[:, :, None])
+                hz = _mlp_blocks(h_params, z_ev[:, :, None])
+                value = _blockwise_infonce(
+                    lambda s, e: infonce_pair(gx[:, s:e], hz[:, s:e]), gx.shape[1], plan.batch)
+        out[lo:hi] = value.to(torch.float64)
+    return out.clamp_min(0.0).reshape(c1, c2)
