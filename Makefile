@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/mi-probe run $(DEMO_SPEC)
 
 test: $(STAMP)
-	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS))
+	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS)) \
+		specs --mi-probe-claims-as-warnings
 
 clean-reports:
 	rm -rf reports

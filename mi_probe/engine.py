@@ -461,15 +461,19 @@ def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
     return notes
 
 
-def _render(run_dir: Path, engine_or_none: Engine | None, experiment: Any, tables: dict,
+def _render(run_dir: Path, experiment: Any, tables: dict,
             meta: dict, notes: list[str], formats: list[str]) -> Path:
     from mi_probe import report
 
     figures = dict(experiment.figures(tables))
     if "training" in tables and tables["training"].height:
         train = tables["training"].drop_nulls("val_acc")
+        series = pl.col("regularizer")
+        if "act" in train.columns and train["act"].n_unique() > 1:
+            series = pl.concat_str([pl.col("act"), pl.col("regularizer")], separator=" / ")
+        train = train.with_columns(series=series)
         figures["training_val_acc"] = report.line(train, x="epoch", y="val_acc",
-                                                  color="regularizer",
+                                                  color="series",
                                                   title="Validation accuracy while training")
     return report.render_run(run_dir, figures, tables, meta, notes=notes,
                              warnings=meta.get("warnings", []), formats=formats,
@@ -543,7 +547,7 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
         meta["notes"] = notes
         meta["checks"] = evaluate_checks(list(spec.checks), tables)
         write_json(run_dir / "run.json", meta)
-        index = _render(run_dir, engine, engine.experiment, tables, meta, notes,
+        index = _render(run_dir, engine.experiment, tables, meta, notes,
                         list(spec.report.formats))
         return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
     except KeyboardInterrupt:
@@ -575,5 +579,5 @@ def rerender(run_dir: Path, pm: Any = None) -> Path:
     tables = read_tables(run_dir / "tables")
     experiment = pm.registry.build("experiments", spec.experiment)
     meta["checks"] = evaluate_checks(list(spec.checks), tables)
-    return _render(run_dir, None, experiment, tables, meta, meta.get("notes", []),
+    return _render(run_dir, experiment, tables, meta, meta.get("notes", []),
                    list(spec.report.formats))

@@ -230,9 +230,11 @@ class RunContext(Protocol):
 
     def evaluate(self, model: nn.Module,
                  interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
-                 subset: torch.Tensor | None = None, sites: Sequence[Site] = ()) -> Captured:
+                 subset: torch.Tensor | None = None, sites: Sequence[Site] = (),
+                 generator: torch.Generator | None = None) -> Captured:
         """Evaluation-set logits (and pooled ``sites``) with the interventions applied;
-        ``subset`` restricts to those evaluation indices (in that order)."""
+        ``subset`` restricts to those evaluation indices (in that order); ``generator``
+        seeds the interventions' randomness (shuffle order, noise)."""
 
     def plugin(self, kind: str, name: str, **params: Any) -> Any:
         """Build the registered ``kind`` entry ``name`` (e.g. an intervention) with

@@ -5,7 +5,7 @@ deltas. Metrics are registered as plugins too (``gini``, ``norm_entropy``,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,8 +72,9 @@ class ConcentrationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["concentration"] = "concentration"
     states: list[Literal["trained", "random"]] = Field([TRAINED, RANDOM], min_length=1)
-    top_k: list[float] = Field([0.05, 0.1, 0.2], min_length=1,
-                               description="fractions k for the top-k% share (one row each)")
+    top_k: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.05, 0.1, 0.2], min_length=1,
+        description="fractions k in (0, 1] for the top-k% share (one row each)")
     extra_metrics: list[str] = Field([], description="names of registered metric plugins "
                                      "(built with default params) added as columns")
 

@@ -60,6 +60,8 @@ class _Base:
 
     def __init__(self, params: BaseModel):
         self.params = params
+        # usable without the engine: a fixed seed until the first reset(generator)
+        self.reset(torch.Generator().manual_seed(0))
 
     def reset(self, generator: torch.Generator) -> None:
         self._seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
@@ -100,22 +102,36 @@ class Shuffle(_Base):
 
     def reset(self, generator: torch.Generator) -> None:
         super().reset(generator)
-        self._parts: list[torch.Tensor] = []
+        self._parts: list[tuple[int, torch.Tensor]] = []
         self._values: torch.Tensor | None = None
         self._perm: torch.Tensor | None = None
 
     def calibrate(self, output, site, channels, start) -> None:
         axis = channel_axis(site.layout) % output.ndim
-        self._parts.append(output.index_select(axis, channels).detach().clone())
+        self._parts.append((int(start), output.index_select(axis, channels).detach().clone()))
+
+    def _prepare(self, device: torch.device) -> None:
+        if not self._parts:
+            raise EstimatorError("shuffle intervention was applied without calibration")
+        parts = sorted(self._parts, key=lambda part: part[0])
+        expected = 0
+        for start, part in parts:
+            if start != expected:
+                raise EstimatorError(f"shuffle calibration batches do not tile the evaluation "
+                                     f"set: a batch starts at {start}, expected {expected}")
+            expected += part.shape[0]
+        self._values = torch.cat([part for _, part in parts])
+        self._parts = []
+        gen = torch.Generator().manual_seed(self._seed)
+        self._perm = torch.randperm(self._values.shape[0], generator=gen).to(device)
 
     def __call__(self, output, site, channels, start):
         if self._values is None:
-            if not self._parts:
-                raise EstimatorError("shuffle intervention was applied without calibration")
-            self._values = torch.cat(self._parts)
-            self._parts = []
-            gen = torch.Generator().manual_seed(self._seed)
-            self._perm = torch.randperm(self._values.shape[0], generator=gen).to(output.device)
+            self._prepare(output.device)
+        n = self._values.shape[0]
+        if start < 0 or start + output.shape[0] > n:
+            raise EstimatorError(f"shuffle was calibrated on {n} samples but is applied to "
+                                 f"samples {start}..{start + output.shape[0] - 1}")
         axis = channel_axis(site.layout) % output.ndim
         rows = self._perm[start:start + output.shape[0]]
         out = output.clone()

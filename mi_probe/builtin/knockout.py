@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import torch
@@ -64,7 +64,9 @@ class PerturbExpParams(_SweepParams):
     """Add Gaussian noise (alpha channel standard deviations) to the chosen channels."""
 
     kind: Literal["perturb"] = "perturb"
-    alphas: list[float] = Field([0.5, 1.0, 2.0], min_length=1)
+    alphas: list[Annotated[float, Field(gt=0)]] = Field(
+        [0.5, 1.0, 2.0], min_length=1,
+        description="noise scales in channel standard deviations (each > 0)")
 
 
 def _variants(params: BaseModel) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:

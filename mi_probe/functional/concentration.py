@@ -23,14 +23,20 @@ def mass(values: torch.Tensor) -> torch.Tensor:
     return v / total
 
 
+def _no_mass(values: torch.Tensor) -> bool:
+    """True when no channel holds positive mass (equal shares by convention)."""
+    return not bool((values.to(torch.float64).clamp(min=0).sum() > 0).item())
+
+
 def gini(values: torch.Tensor) -> float:
     """Gini coefficient of the mass distribution: 0 = equal, → 1 = one channel."""
     p = mass(values).sort().values
     n = p.numel()
-    if n < 2:
+    if n < 2 or _no_mass(values):
         return 0.0
     ranks = torch.arange(1, n + 1, dtype=torch.float64, device=p.device)
-    return float(((2 * ranks - n - 1) * p).sum() / (n * p.sum()))
+    # clamp: equal shares give 0 up to rounding (e.g. -2e-18), never a negative Gini
+    return min(1.0, max(0.0, float(((2 * ranks - n - 1) * p).sum() / (n * p.sum()))))
 
 
 def top_k_count(n_channels: int, k: float) -> int:
@@ -48,6 +54,6 @@ def normalized_entropy(values: torch.Tensor) -> float:
     """H(p) / log C in [0, 1]: 1 = mass spread evenly; 1.0 for a single channel."""
     p = mass(values)
     n = p.numel()
-    if n < 2:
+    if n < 2 or _no_mass(values):
         return 1.0
-    return float(-(torch.special.xlogy(p, p)).sum() / math.log(n))
+    return min(1.0, max(0.0, float(-(torch.special.xlogy(p, p)).sum() / math.log(n))))

@@ -11,8 +11,18 @@ import torch
 
 from mi_probe.functional.concentration import mass
 
-#: Cumulative mass is compared with q minus this slack (float64 rounding).
+#: Cumulative mass is compared with q minus this slack (float64 rounding). Values that
+#: arrive in a lower precision (float32 MI vectors, hand-written masses such as
+#: [0.5, 0.3, 0.2]) carry their own rounding, so the slack grows to a few units of that
+#: dtype's epsilon (see :func:`mass_slack`).
 MASS_SLACK = 1e-12
+
+
+def mass_slack(dtype: torch.dtype) -> float:
+    """Tolerance for "cumulative mass reaches q" given the dtype the values came in."""
+    if not dtype.is_floating_point:
+        return MASS_SLACK
+    return max(MASS_SLACK, 4 * torch.finfo(dtype).eps)
 
 
 def descending_order(values: torch.Tensor) -> torch.Tensor:
@@ -27,12 +37,17 @@ def mass_set(values: torch.Tensor, q: float) -> torch.Tensor:
     """
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
+    if values.ndim != 1:
+        raise ValueError(f"mass_set expects a 1-D vector of channel values, got shape "
+                         f"{tuple(values.shape)}")
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        raise ValueError("mass_set: channel values contain NaN or Inf")
     v = values.to(torch.float64).clamp(min=0)
     if v.sum() <= 0:
         return torch.empty(0, dtype=torch.int64, device=values.device)
     order = descending_order(v)
     cumulative = mass(v)[order].cumsum(0)
-    size = int((cumulative < q - MASS_SLACK).sum().item()) + 1
+    size = int((cumulative < q - mass_slack(values.dtype)).sum().item()) + 1
     return order[:min(size, v.numel())]
 
 
