@@ -37,6 +37,9 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.concentration",
     "mi_probe.builtin.knockout",
     "mi_probe.builtin.estimator_studies",
+    "mi_probe.builtin.transplant",
+    "mi_probe.builtin.cover",
+    "mi_probe.builtin.skip_gain",
 )
 
 

@@ -32,12 +32,13 @@ def bin_uniform(acts: torch.Tensor, bins: int) -> torch.Tensor:
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
     x = acts.to(torch.float64)
-    lo = x.min(dim=0).values
-    hi = x.max(dim=0).values
+    lo, hi = torch.aminmax(x, dim=0)
     width = hi - lo
     constant = width <= 0
-    scaled = (x - lo) / torch.where(constant, torch.ones_like(width), width) * bins
-    codes = scaled.floor().clamp_(0, bins - 1).to(torch.int64)
+    # (x - lo) / width * B, floored and clamped, computed in place in one float64 buffer
+    scaled = x.sub_(lo) if x is not acts else x.sub(lo)  # in place on our own copy
+    scaled.div_(torch.where(constant, torch.ones_like(width), width)).mul_(bins)
+    codes = scaled.floor_().clamp_(0, bins - 1).to(torch.int64)
     if constant.any():
         codes[:, constant] = 0
     return codes
@@ -46,9 +47,9 @@ def bin_uniform(acts: torch.Tensor, bins: int) -> torch.Tensor:
 def _counts(codes: torch.Tensor, n_symbols: int) -> torch.Tensor:
     """Per-column symbol counts: (C, n_symbols) float64."""
     n, c = codes.shape
-    counts = torch.zeros(c, n_symbols, dtype=torch.float64, device=codes.device)
-    counts.scatter_add_(1, codes.T, torch.ones(c, n, dtype=torch.float64, device=codes.device))
-    return counts
+    offsets = torch.arange(c, device=codes.device, dtype=codes.dtype) * n_symbols
+    flat = (codes + offsets).reshape(-1)
+    return torch.bincount(flat, minlength=c * n_symbols).view(c, n_symbols).to(torch.float64)
 
 
 def _entropy_of_counts(counts: torch.Tensor) -> torch.Tensor:

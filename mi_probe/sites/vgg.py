@@ -44,3 +44,21 @@ class VGGAdapter:
             return model.forward_head(x)
 
         return run
+
+    def producers(self, model: nn.Module, site) -> list[tuple[str, str]]:
+        """Modules whose out-channel rows produce a ``post_act`` site's channels, as
+        ``(module path, role)``: the nearest preceding conv (``conv``: weight and bias
+        rows) and any BatchNorm between it and the activation (``norm``, ``*_bn``
+        variants: weight, bias, running mean and variance entries). Other kinds: none."""
+        if site.kind != "post_act":
+            return []
+        idx = int(site.module.split(".")[1])
+        out: list[tuple[str, str]] = []
+        for j in range(idx - 1, -1, -1):
+            module = model.features[j]
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                out.insert(0, (f"features.{j}", "norm"))
+            elif isinstance(module, nn.Conv2d):
+                out.insert(0, (f"features.{j}", "conv"))
+                return out
+        return []
