@@ -40,6 +40,8 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.transplant",
     "mi_probe.builtin.cover",
     "mi_probe.builtin.skip_gain",
+    "mi_probe.builtin.hsic",
+    "mi_probe.builtin.dynamics",
 )
 
 

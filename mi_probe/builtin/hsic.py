@@ -1,0 +1,310 @@
+"""Built-in HSIC regularisers (``hsic``, ``nhsic``) and the ``hsic_compare`` experiment
+(paper Fig. 9).
+
+The regularisers reward dependence between the pooled activations of chosen sites and
+the labels. With per-site weights β_l ≥ 0 and a global λ ≥ 0 the training loss is
+
+    loss = CE − λ · Σ_l β_l · D(T_l, Y),    D = HSIC (kind ``hsic``) or nHSIC / CKA
+                                                (kind ``nhsic``),
+
+so the ``penalty`` a regulariser returns (which the training loop *adds* to the
+cross-entropy) is ``−λ Σ_l β_l D_l`` (≤ 0; more dependence = lower loss).
+``HSIC = tr(K H L H)/(n−1)²`` (biased estimator, no further normalisation; in units of
+the kernels, which are in [0, 1]) over the training batch of n samples: K is the RBF
+kernel of the site's (n, C) globally average-pooled activations with σ = median of
+the pairwise Euclidean distances (not squared) over the batch's off-diagonal pairs,
+treated as a constant (no gradient through σ); L is the delta kernel 1[y_i = y_j].
+``nhsic`` divides by sqrt(HSIC(K,K)·HSIC(L,L)), which makes it scale-free in [0, 1].
+Both use the activations the training forward pass already produced (no second
+forward pass) and cost O(n²·C) per site, on the training device.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Literal, Mapping
+
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mi_probe.analysis import seed_units, unit_seed
+from mi_probe.errors import SpecError
+from mi_probe.functional.hsic import center, delta_kernel, hsic_centered, median_bandwidth, \
+    pairwise_sq_dists
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import RunContext
+from mi_probe.tables import aggregate_seeds
+
+
+# --------------------------------------------------------------------------- regularisers
+
+
+class HSICParams(BaseModel):
+    """Reward HSIC dependence between pooled site activations and labels:
+    penalty = −lam · Σ_l β_l · HSIC(T_l, Y), added to the cross-entropy."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["hsic"] = "hsic"
+    sites: list[str] = Field(["*.post_add"], min_length=1,
+                             description="fnmatch patterns of the sites the term is computed "
+                             "on (site names, or '*.<kind>')")
+    lam: float = Field(0.1, ge=0, description="global weight λ ≥ 0 of the reward; the loss is "
+                       "CE − λ Σ_l β_l HSIC_l (0 = plain cross-entropy)")
+    betas: dict[str, float] = Field(
+        {}, description="per-site weights β_l ≥ 0 by fnmatch pattern over site names; the "
+        "first matching pattern (in the order written) wins; unmatched sites get default_beta")
+    default_beta: float = Field(1.0, ge=0, description="β of sites no betas pattern matches")
+    bandwidth: Literal["median"] | float = Field(
+        "median", description="RBF σ: 'median' = median pairwise Euclidean distance (not "
+        "squared) within the batch, without gradient; or a fixed positive number")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_nonnegative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"betas must be finite and ≥ 0 (the term is a reward; use lam: 0 "
+                             f"to switch it off), got {bad}")
+        return value
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bandwidth_positive(cls, value: Any) -> Any:
+        if not isinstance(value, str) and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"bandwidth must be 'median' or a positive number, got {value}")
+        return value
+
+
+class NHSICParams(HSICParams):
+    """Like ``hsic`` with the normalised criterion nHSIC = HSIC(K,L)/sqrt(HSIC(K,K)·HSIC(L,L))
+    (kernel CKA, in [0, 1]): penalty = −lam · Σ_l β_l · nHSIC(T_l, Y)."""
+
+    kind: Literal["nhsic"] = "nhsic"
+
+
+class HSICRegularizer:
+    """Implements ``interfaces.Regularizer`` for ``hsic`` and ``nhsic``."""
+
+    def __init__(self, params: HSICParams):
+        self.params = params
+        self.name = params.kind
+        self.normalised = params.kind == "nhsic"
+        self.site_patterns = list(params.sites)
+        #: the last batch's per-site criterion values (detached floats), for inspection
+        self.last_values: dict[str, float] = {}
+
+    def beta(self, site: str) -> float:
+        for pattern, weight in self.params.betas.items():
+            if fnmatch.fnmatchcase(site, pattern):
+                return float(weight)
+        return float(self.params.default_beta)
+
+    def dependence(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+        """HSIC (or nHSIC) of every site's (n, C) activations with ``labels``, with gradient."""
+        out: dict[str, torch.Tensor] = {}
+        if not pooled:
+            return out
+        first = next(iter(pooled.values()))
+        dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
+        l_kernel = delta_kernel(labels.to(first.device), dtype)
+        l_centered = center(l_kernel)
+        ll = hsic_centered(l_centered, l_kernel) if self.normalised else None
+        for site, acts in pooled.items():
+            x = acts.reshape(acts.shape[0], -1).to(dtype)
+            d2 = pairwise_sq_dists(x)
+            if self.params.bandwidth == "median":
+                sigma = median_bandwidth(d2)
+            else:
+                sigma = torch.tensor(float(self.params.bandwidth), dtype=dtype, device=x.device)
+            k = torch.exp(-d2 / (2.0 * sigma * sigma))
+            value = hsic_centered(l_centered, k)  # = tr(K H L H)/(n−1)²
+            if self.normalised:
+                kk = hsic_centered(center(k), k)
+                denom = kk * ll
+                ok = denom > 1e-12
+                safe = torch.where(ok, denom, torch.ones_like(denom)).sqrt()
+                value = torch.where(ok, value / safe, torch.zeros_like(value))
+            out[site] = value
+        return out
+
+    def penalty(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """−λ Σ_l β_l D(T_l, Y): added to the cross-entropy, so dependence lowers the loss."""
+        device = next(iter(pooled.values())).device if pooled else labels.device
+        lam = float(self.params.lam)
+        weights = {site: self.beta(site) for site in pooled}
+        active = {site: acts for site, acts in pooled.items() if weights[site] > 0}
+        if lam == 0 or not active:
+            self.last_values = {}
+            return torch.zeros((), device=device)
+        values = self.dependence(active, labels)
+        self.last_values = {site: float(v.detach()) for site, v in values.items()}
+        total = sum(weights[site] * v for site, v in values.items())
+        return -lam * total
+
+
+@hookimpl
+def mi_probe_register_regularizers(register):
+    register("hsic", HSICRegularizer, HSICParams)
+    register("nhsic", HSICRegularizer, NHSICParams)
+
+
+# --------------------------------------------------------------------------- experiment
+
+_OWN_PARAMS = {"hsic": HSICParams, "nhsic": NHSICParams}
+
+
+class HSICCompareParams(BaseModel):
+    """CE vs CE + a dependence regulariser with identical settings and seeds (Fig. 9)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["hsic_compare"] = "hsic_compare"
+    regularizer: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "hsic"},
+        description="the regulariser compared with plain cross-entropy: parameters of any "
+        "registered regulariser, with its kind (hsic and nhsic are validated with the spec, "
+        "others when the run starts)")
+    target_acc: float | None = Field(
+        None, gt=0, le=1, description="validation accuracy whose first epoch is reported "
+        "(epochs_to_target); None: target_fraction × the CE run's best accuracy, per seed")
+    target_fraction: float = Field(0.95, gt=0, le=1,
+                                   description="used when target_acc is None")
+
+    @field_validator("regularizer")
+    @classmethod
+    def _known_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "kind" not in value:
+            raise ValueError("regularizer needs a 'kind' (e.g. {kind: hsic, lam: 0.1})")
+        model = _OWN_PARAMS.get(value["kind"])
+        if model is None:  # a third-party regulariser: validated when the run starts
+            return value
+        try:  # validate (and fill defaults) with the spec
+            return model(**value).model_dump(mode="json")
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} "
+                                 f"(got {e.get('input')!r})" for e in exc.errors())
+            raise ValueError(f"invalid {value['kind']} parameters: {problems}") from None
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best-accuracy row (earliest on ties, as the training loop keeps it)."""
+    return max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+
+
+def _epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
+    for row in history:
+        if row["val_acc"] >= target - 1e-12:
+            return int(row["epoch"])
+    return None
+
+
+class HSICCompare:
+    name = "hsic_compare"
+
+    def __init__(self, params: HSICCompareParams):
+        self.params = params
+
+    def units(self, ctx: RunContext) -> list[str]:
+        # fail before any training on an unknown or invalid regulariser
+        params = dict(self.params.regularizer)
+        ctx.plugin("regularizers", params.pop("kind"), **params)
+        if not hasattr(ctx, "train"):
+            raise SpecError("hsic_compare needs a run context that can train models "
+                            "(ctx.train); this one cannot")
+        return seed_units(ctx)
+
+    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        ctx.progress(f"seed {seed}: training with plain cross-entropy")
+        _, ce_hist = ctx.train(seed, regularizers=[])
+        kind = self.params.regularizer["kind"]
+        ctx.progress(f"seed {seed}: training with cross-entropy + {kind}")
+        _, reg_hist = ctx.train(seed, regularizers=[dict(self.params.regularizer)])
+        target = (self.params.target_acc if self.params.target_acc is not None
+                  else self.params.target_fraction * _best(ce_hist)["val_acc"])
+        rows = []
+        ce_seconds = None
+        for history in (ce_hist, reg_hist):
+            best, final = _best(history), history[-1]
+            trained = [r for r in history if r["epoch"] > 0]
+            seconds = (sum(r["seconds"] for r in trained) / len(trained)) if trained else None
+            if ce_seconds is None:
+                ce_seconds = seconds
+            rows.append({
+                "seed": seed, "regularizer": history[0]["regularizer"],
+                "best_val_acc": best["val_acc"], "best_epoch": int(best["epoch"]),
+                "final_val_acc": final["val_acc"], "final_epoch": int(final["epoch"]),
+                "target": target, "epochs_to_target": _epochs_to(history, target),
+                "train_loss_best": best["train_loss"], "val_loss_best": best["val_loss"],
+                "generalisation_gap": (best["val_loss"] - best["train_loss"]
+                                       if best["train_loss"] is not None else None),
+                "seconds_per_epoch": seconds,
+                "time_ratio_vs_ce": (seconds / ce_seconds if seconds and ce_seconds else None),
+                "lam": self.params.regularizer.get("lam") if history is reg_hist else 0.0,
+            })
+        floats = {c: pl.Float64 for c in ("train_loss_best", "generalisation_gap",
+                                          "seconds_per_epoch", "time_ratio_vs_ce", "lam")}
+        return {"hsic_compare": pl.DataFrame(rows, schema_overrides=floats | {
+            "epochs_to_target": pl.Int64})}
+
+    def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        frame = tables.get("hsic_compare")
+        if frame is None or frame.height == 0:
+            return {}
+        values = ["best_val_acc", "final_val_acc", "epochs_to_target", "generalisation_gap",
+                  "seconds_per_epoch", "time_ratio_vs_ce"]
+        summary = aggregate_seeds(frame, ["regularizer"], values)
+        reached = frame.group_by("regularizer").agg(
+            pl.col("epochs_to_target").is_not_null().sum().alias("n_reached_target"))
+        return {"summary_hsic_compare": summary.join(reached, on="regularizer", how="left")}
+
+    def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+        import altair as alt
+
+        from mi_probe import report
+
+        figs: dict[str, Any] = {}
+        train = tables.get("training")
+        if train is not None and train.height:
+            acc = train.drop_nulls("val_acc")
+            figs["hsic_val_acc"] = report.line(
+                acc, x="epoch", y="val_acc", color="regularizer",
+                title="Validation accuracy: CE vs CE + HSIC (mean, 95% CI over seeds)",
+                y_title="validation accuracy")
+            figs["hsic_val_loss"] = report.line(
+                train.drop_nulls("val_loss"), x="epoch", y="val_loss", color="regularizer",
+                title="Validation loss (cross-entropy) per epoch", y_title="validation CE")
+            trained = train.drop_nulls("train_loss")
+            if trained.height:
+                figs["hsic_train_loss"] = report.line(
+                    trained, x="epoch", y="train_loss", color="regularizer",
+                    title="Training cross-entropy per epoch (regulariser term excluded)",
+                    y_title="training CE")
+        summary = tables.get("summary_hsic_compare")
+        if summary is not None and summary.height:
+            data = alt.InlineData(values=summary.select(
+                "regularizer", "seconds_per_epoch_mean", "seconds_per_epoch_ci_low",
+                "seconds_per_epoch_ci_high", "n_seeds").fill_nan(None).to_dicts())
+            base = alt.Chart(data)
+            bars = base.mark_bar().encode(
+                x=alt.X("regularizer", type="nominal", title="regulariser"),
+                y=alt.Y("seconds_per_epoch_mean", type="quantitative",
+                        title="seconds per epoch (mean over seeds)"),
+                color=alt.Color("regularizer", type="nominal"),
+                tooltip=[alt.Tooltip("regularizer", type="nominal"),
+                         alt.Tooltip("seconds_per_epoch_mean", type="quantitative", format=".3g"),
+                         alt.Tooltip("n_seeds", type="quantitative")])
+            errs = base.mark_errorbar().encode(
+                x=alt.X("regularizer", type="nominal"),
+                y=alt.Y("seconds_per_epoch_ci_low", type="quantitative", title=""),
+                y2=alt.Y2("seconds_per_epoch_ci_high"))
+            figs["hsic_seconds_per_epoch"] = alt.layer(bars, errs).properties(
+                width=300, height=300, title="Training time per epoch (95% CI over seeds)")
+        return figs
+
+
+@hookimpl
+def mi_probe_register_experiments(register):
+    register("hsic_compare", HSICCompare, HSICCompareParams)

@@ -1,0 +1,167 @@
+"""The ``dynamics`` experiment: tracking leaves training unchanged, the plateau rule and
+slopes, and a tiny end-to-end run (tables, figures, cached tracked values)."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from mi_probe import cli
+from mi_probe.builtin.dynamics import (Dynamics, DynamicsParams, final_sites, ls_slope,
+                                       plateau_epoch, summarise)
+from mi_probe.engine import Engine
+from mi_probe.spec import load_spec
+from mi_probe.tables import SCHEMAS
+
+TINY = """\
+name: tiny_dynamics
+seeds: [0]
+data: {kind: synthetic, n_classes: 3, n_train: 48, n_val: 60, image_size: 16, noise: 0.5}
+model:
+  arch: test_resnet
+  weights: train
+  train: {epochs: 2, batch_size: 16, lr: 0.05}
+sites: {include: ["*.post_add"]}
+estimator: {kind: histogram, bins: 8}
+experiment: {kind: dynamics, acts: [relu, tanh], channel_values: true}
+report: {formats: [png]}
+"""
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tracking_does_not_change_training(tmp_path, pm):
+    path = tmp_path / "d.yaml"
+    path.write_text(TINY)
+    spec = load_spec(path, pm=pm)
+    engine = Engine(spec, pm, cache_dir=tmp_path / "cache", log=lambda _m: None, progress=False)
+    experiment = Dynamics(spec.experiment)
+    calls = []
+    tracker = experiment.tracker(engine)
+
+    def track(model, epoch):
+        calls.append((epoch, model.training))
+        return tracker(model, epoch)
+
+    plain, plain_hist = engine.train(0, model_overrides={"act": "tanh"})
+    tracked, tracked_hist = engine.train(0, model_overrides={"act": "tanh"}, track=track,
+                                         track_key=experiment.track_key(engine))
+    assert _same(plain, tracked)  # bit-identical weights and buffers
+    assert [r["val_acc"] for r in plain_hist] == [r["val_acc"] for r in tracked_hist]
+    assert [r["train_loss"] for r in plain_hist] == [r["train_loss"] for r in tracked_hist]
+    assert [e for e, _ in calls] == [0, 1, 2]
+    assert all(training for _, training in calls[1:])  # called on the model being trained
+    assert all("tracked" not in r for r in plain_hist)
+    first = tracked_hist[0]["tracked"]
+    assert set(first["sites"]) == {s.name for s in engine.sites(tracked)}
+    entry = first["sites"]["layer1.0.post_add"]
+    assert 0 <= entry["i_ty"] and 0 < entry["i_xt"] <= math.log(8) + 1e-9
+    assert len(entry["i_ty_c"]) == len(entry["i_xt_c"]) > 1
+    assert entry["i_ty"] == pytest.approx(sum(entry["i_ty_c"]) / len(entry["i_ty_c"]))
+    # the tracked values are persisted with the cached model: a second call trains nothing
+    calls.clear()
+    cached, cached_hist = engine.train(0, model_overrides={"act": "tanh"}, track=track,
+                                       track_key=experiment.track_key(engine))
+    assert calls == [] and cached_hist == tracked_hist and _same(cached, tracked)
+
+
+def test_plateau_rule_final_sites_and_slopes():
+    epochs = list(range(8))
+    rising = [0.0, 0.5, 0.8, 0.9, 0.95, 0.96, 0.965, 0.97]
+    # relative: tolerance 5% of the rise 0.97 -> 0.0485 nats/epoch; increases after
+    # epoch 3 are 0.05 (no), after 4: 0.01, 0.005 -> plateau at epoch 4
+    p, tol = plateau_epoch(epochs, rising, 0.05, 2, "relative")
+    assert p == 4 and tol == pytest.approx(0.0485)
+    assert plateau_epoch(epochs, rising, 0.2, 2, "absolute")[0] == 2
+    assert plateau_epoch(epochs, rising, 0.2, 1, "absolute")[0] == 2
+    assert plateau_epoch(epochs, [0.0, 1.0, 2.0, 3.0], 0.05, 2, "relative")[0] is None
+    assert plateau_epoch(epochs, [1.0, 0.9, 0.8], 0.05, 2, "relative")[0] == 0  # never rises
+    # a flat start before learning begins is not a plateau once min_progress asks for
+    # half the rise first
+    late = [0.0, 0.001, 0.002, 0.5, 0.9, 0.95, 0.951, 0.952]
+    assert plateau_epoch(epochs, late, 0.05, 2, "relative", 0.0)[0] == 0
+    assert plateau_epoch(epochs, late, 0.05, 2, "relative", 0.5)[0] == 5
+    assert final_sites(list(range(8)), 1 / 3) == [5, 6, 7]
+    assert final_sites(list(range(13)), 1 / 3) == [8, 9, 10, 11, 12]
+    assert final_sites(list(range(3)), 1 / 3) == [2] and final_sites([0, 1], 0.01) == [1]
+    assert ls_slope([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0]) == pytest.approx(2.0)
+    assert ls_slope([0], [1.0]) is None
+
+    rows = []
+    for epoch in epochs:
+        for depth in range(6):
+            rows.append({"epoch": epoch, "site": f"s{depth}", "depth": depth, "site_kind": "b",
+                         "i_xt": 2.0 - 0.1 * epoch * (depth >= 4), "i_ty": rising[epoch],
+                         "val_acc": [0.1, 0.5, 0.7, 0.8, 0.9, 0.85, 0.9, 0.88][epoch]})
+    summary, slopes = summarise(pl.DataFrame(rows), DynamicsParams(plateau_tol=0.05))
+    assert summary["best_epoch"] == 4 and summary["n_final_sites"] == 2
+    assert summary["delta_i_xt"] == pytest.approx(-0.4)  # epoch 4 vs 0 at depths 4, 5
+    assert summary["plateau_epoch"] == 4
+    assert summary["post_plateau_slope_i_xt"] == pytest.approx(-0.1)
+    assert [s["slope_i_xt"] for s in slopes if not s["final_site"]] == [pytest.approx(0.0)] * 4
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="distinct"):
+        DynamicsParams(acts=["relu", "relu"])
+    with pytest.raises(ValueError):
+        DynamicsParams(acts=["gelu"])
+    with pytest.raises(ValueError):
+        DynamicsParams(final_fraction=0)
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch, pm, capsys):
+    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+    def call(*argv):
+        code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_path):
+    spec = tiny_spec_file(text=TINY, name="d.yaml")
+    code, _, err = run_cli(spec, "--out", tmp_path / "r")
+    assert code == 0, err
+    tables = tmp_path / "r" / "tables"
+    dyn = pl.read_parquet(tables / "dynamics.parquet")
+    assert set(SCHEMAS["dynamics"]) <= set(dyn.columns)
+    assert sorted(dyn["act"].unique()) == ["relu", "tanh"]
+    for act in ("relu", "tanh"):
+        part = dyn.filter(pl.col("act") == act)
+        assert sorted(part["epoch"].unique()) == [0, 1, 2]
+        assert part.height == 3 * 4  # epochs x post_add sites of test_resnet
+    assert dyn["i_xt"].is_finite().all() and (dyn["i_ty"] >= 0).all()
+    assert set(dyn["state"].unique()) == {"epoch_0", "epoch_1", "epoch_2"}
+    # the recorded val_acc is the training history's
+    train = pl.read_parquet(tables / "training.parquet")
+    assert sorted(train["act"].unique()) == ["relu", "tanh"]
+    joined = dyn.join(train.select("seed", "act", "epoch", pl.col("val_acc").alias("h")),
+                      on=["seed", "act", "epoch"])
+    assert joined.height == dyn.height and (joined["val_acc"] == joined["h"]).all()
+    summary = pl.read_parquet(tables / "dynamics_summary.parquet")
+    assert summary.height == 2
+    for row in summary.iter_rows(named=True):
+        final = dyn.filter((pl.col("act") == row["act"]) & pl.col("final_site"))
+        at = {e: final.filter(pl.col("epoch") == e)["i_xt"].mean() for e in (0, row["best_epoch"])}
+        assert row["delta_i_xt"] == pytest.approx(at[row["best_epoch"]] - at[0])
+        assert row["n_final_sites"] == 2 and row["arch"] == "test_resnet"
+    channels = pl.read_parquet(tables / "dynamics_channels.parquet")
+    means = channels.group_by(["act", "epoch", "site"]).agg(pl.col("i_ty").mean().alias("m"))
+    check = dyn.join(means, on=["act", "epoch", "site"])
+    assert check.height == dyn.height and (check["i_ty"] - check["m"]).abs().max() < 1e-9
+    assert (tables / "summary_dynamics.parquet").is_file()
+    for name in ("accuracy_vs_delta_i_xt", "information_plane", "i_xt_vs_epoch",
+                 "i_ty_vs_epoch"):
+        assert (tmp_path / "r" / "figures" / f"{name}.png").is_file(), name
+
