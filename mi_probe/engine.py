@@ -188,7 +188,9 @@ class Engine:
         self._training_rows.extend({k: v for k, v in row.items() if k != "tracked"}
                                    | {"act": m.act or "as built"} for row in history)
         best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
-        self.trained_info.setdefault(seed, {})[payload["model"]["act"] or "default"] = {
+        variant = "+".join([payload["model"]["act"] or "default",
+                            *[p.kind for p in reg_params]])
+        self.trained_info.setdefault(seed, {})[variant] = {
             "cache": str(folder), "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
             "regularizers": [p.kind for p in reg_params]}
         return model.to(self.device).eval(), history

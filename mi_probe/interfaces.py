@@ -240,6 +240,14 @@ class RunContext(Protocol):
         """Build the registered ``kind`` entry ``name`` (e.g. an intervention) with
         ``params`` (validated by its params model; a bad name or value is a SpecError)."""
 
+    def train(self, seed: int, *, model_overrides: dict[str, Any] | None = None,
+              regularizers: Sequence[Any] | None = None,
+              track: Callable[[nn.Module, int], dict[str, Any]] | None = None,
+              track_key: str | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+        """Train (or load from the model cache) a variant of the spec's model: other
+        model fields, other regularisers, and a ``track(model, epoch)`` callback whose
+        results are stored per epoch in the returned history (``tracked``)."""
+
     def rng(self, seed: int, purpose: str) -> torch.Generator:
         """A CPU generator seeded from the run seed and a purpose string."""
 
