@@ -168,17 +168,18 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                              pin_memory=pin)
         model.train()
         loss_sum, n_seen = 0.0, 0
-        batches = loader
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(loader, desc=f"seed {seed} epoch {epoch}/{cfg.epochs}", leave=False,
-                           unit="batch")
+        from tqdm.auto import tqdm
+
+        # A bar updated by hand rather than wrapping the loader: the numbers must not
+        # depend on whether progress is shown.
+        bar = tqdm(total=len(loader), desc=f"seed {seed} epoch {epoch}/{cfg.epochs}",
+                   leave=False, unit="batch", disable=not progress)
         store: dict[str, list] = {}
         handles: list = []
         with removing(handles):
             for reg, sites in regularizers:
                 handles.extend(add_pooling_hooks(model, sites, store, detach=False))
-            for x, y in batches:
+            for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 for parts in store.values():
                     parts.clear()
@@ -197,6 +198,8 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                 optimizer.step()
                 loss_sum += ce.item() * y.numel()
                 n_seen += y.numel()
+                bar.update(1)
+        bar.close()
         val_loss, val_acc = evaluate_loss_acc(model, val_loader, device)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val_acc)

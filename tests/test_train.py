@@ -154,3 +154,12 @@ def test_cache_trains_once(data, tmp_path):
     _, _, other = cached_training(fresh, dict(payload, seed=1), {"arch": "test_resnet"}, data,
                                   cfg(epochs=0), 1, CPU, tmp_path, progress=False, log=quiet)
     assert other != folder
+
+
+def test_progress_bars_do_not_change_training(data):
+    """Wrapping the loader in a progress bar once changed the numerics (allocation
+    order); the bar is now updated by hand, so shown or not, the weights are the same."""
+    quiet_model, shown_model = fresh(), fresh()
+    train_model(quiet_model, data, cfg(), 0, CPU, progress=False, log=quiet)
+    train_model(shown_model, data, cfg(), 0, CPU, progress=True, log=quiet)
+    assert same(quiet_model, shown_model)
