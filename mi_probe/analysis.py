@@ -44,3 +44,11 @@ def class_accuracies(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
 def mean_over_draws(frame: pl.DataFrame, keys: list[str], values: list[str]) -> pl.DataFrame:
     """Average random draws within each seed before aggregating over seeds."""
     return frame.group_by(keys, maintain_order=True).agg([pl.col(v).mean() for v in values])
+
+
+def check_mass_levels(value: list[float]) -> list[float]:
+    """Validator for MI-mass levels q: each must lie in (0, 1]."""
+    bad = [q for q in value if not 0 < q <= 1]
+    if bad:
+        raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
+    return value

@@ -36,6 +36,23 @@ report: {formats: [png]}
 
 
 @pytest.fixture
+def run_cli(tmp_path, monkeypatch, pm, capsys):
+    """``mi-probe run ARGS --no-progress`` in-process, in tmp_path with its own model
+    cache; returns (exit code, stdout, stderr)."""
+    from mi_probe import cli
+
+    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+    def call(*argv):
+        code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
 def tiny_spec_file(tmp_path):
     """Write a tiny layer_mi spec (extra YAML lines appended) and return its path."""
 

@@ -116,19 +116,6 @@ def test_params_are_validated():
         DynamicsParams(final_fraction=0)
 
 
-@pytest.fixture
-def run_cli(tmp_path, monkeypatch, pm, capsys):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv):
-        code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
-
-
 def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_path):
     spec = tiny_spec_file(text=TINY, name="d.yaml")
     code, _, err = run_cli(spec, "--out", tmp_path / "r")

@@ -16,19 +16,6 @@ from mi_probe.tables import SCHEMAS
 CONTRACT = {name: SCHEMAS[name] for name in ("layer_mi", "channel_mi", "training", "evaluation")}
 
 
-@pytest.fixture
-def run_cli(tmp_path, monkeypatch, pm, capsys):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv):
-        code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
-
-
 def test_run_writes_the_contract(run_cli, tiny_spec_file, tmp_path):
     spec = tiny_spec_file("")
     code, out, err = run_cli(spec, "--out", tmp_path / "r", "--set", "seeds=[0, 1]")

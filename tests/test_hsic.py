@@ -227,19 +227,6 @@ def test_gradient_reaches_the_network(data):
 # --------------------------------------------------------------------------- through specs
 
 
-@pytest.fixture
-def run_cli(tmp_path, monkeypatch, pm, capsys):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv):
-        code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
-
-
 def test_regulariser_from_a_spec(run_cli, tiny_spec_file, tmp_path):
     spec = tiny_spec_file(text=open(tiny_spec_file()).read().replace(
         "train: {epochs: 2, batch_size: 16, lr: 0.05}",

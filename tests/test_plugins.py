@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 from mi_probe.hookspecs import hookimpl
+from mi_probe.errors import EstimatorError
 from mi_probe.interfaces import LayerMI
 from mi_probe.functional import histogram as F
 
@@ -46,7 +47,7 @@ class SignEstimator:
     def input_mi(self, acts):
         return F.entropy_from_codes(self._codes(acts), 2)
     def layer_mi(self, acts, labels, num_classes, reduce):
-        raise NotImplementedError(reduce)
+        raise EstimatorError(f'sign_mi has no layer reduction {reduce!r}')
     def bias(self, n, k):
         return (k - 1) / (2.0 * n)
     def describe(self):

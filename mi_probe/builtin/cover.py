@@ -20,7 +20,8 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import channel_label_mi, mean_over_draws, seed_units, site_row, unit_seed
+from mi_probe.analysis import (check_mass_levels, channel_label_mi, mean_over_draws,
+                               seed_units, site_row, unit_seed)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
@@ -49,13 +50,7 @@ class CoverParams(BaseModel):
     pair_bins: int | None = Field(None, ge=2, description="bins for inter-channel MI; default: "
                                   "the estimator's `bins`, else 20")
 
-    @field_validator("q")
-    @classmethod
-    def _q_range(cls, value: list[float]) -> list[float]:
-        bad = [q for q in value if not 0 < q <= 1]
-        if bad:
-            raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
-        return value
+    _q_range = field_validator("q")(check_mass_levels)
 
 
 def redundant_set(values: torch.Tensor, cover: torch.Tensor, pair_mi_to_cover: torch.Tensor

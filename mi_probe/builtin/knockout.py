@@ -16,7 +16,8 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import (channel_label_mi, class_accuracies, mean_over_draws, seed_units,
+from mi_probe.analysis import (channel_label_mi, check_mass_levels, class_accuracies,
+                               mean_over_draws, seed_units,
                                site_row, unit_seed)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.selection import mass_set, select
@@ -35,13 +36,7 @@ class _SweepParams(BaseModel):
     selections: list[Literal["top", "random", "bottom"]] = Field(list(SELECTIONS), min_length=1)
     random_draws: int = Field(3, ge=1, description="size-matched random sets per (site, q)")
 
-    @field_validator("q")
-    @classmethod
-    def _q_range(cls, value: list[float]) -> list[float]:
-        bad = [q for q in value if not 0 < q <= 1]
-        if bad:
-            raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
-        return value
+    _q_range = field_validator("q")(check_mass_levels)
 
 
 class KnockoutParams(_SweepParams):
@@ -176,7 +171,7 @@ class SemanticKnockoutParams(BaseModel):
     variant: Literal["plain", "energy"] = "plain"
     classes: list[int] | None = Field(None, description="class indices (None: every class)")
 
-    _q_range = field_validator("q")(_SweepParams._q_range.__func__)
+    _q_range = field_validator("q")(check_mass_levels)
 
 
 class SemanticKnockout:

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from mi_probe.analysis import channel_label_mi, mean_over_draws, site_row
+from mi_probe.analysis import channel_label_mi, check_mass_levels, mean_over_draws, site_row
 from mi_probe.errors import MiProbeError, RunError, SpecError
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.selection import mass_set, select
@@ -46,13 +46,7 @@ class TransplantParams(BaseModel):
         description="top: donor's mass-q set; random / bottom: size-matched controls")
     random_draws: int = Field(3, ge=1, description="size-matched random sets per (site, q)")
 
-    @field_validator("q")
-    @classmethod
-    def _q_range(cls, value: list[float]) -> list[float]:
-        bad = [q for q in value if not 0 < q <= 1]
-        if bad:
-            raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
-        return value
+    _q_range = field_validator("q")(check_mass_levels)
 
     @field_validator("pairs")
     @classmethod
