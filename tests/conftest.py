@@ -62,3 +62,21 @@ def tiny_spec_file(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one torch thread: on a shared 2-core machine
+    intra-op threads only add contention (modules opt in with usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """Trained tiny models shared by the transplant / cover / skip_gain tests."""
+    return tmp_path_factory.getbasetemp() / "mi_probe_tiny_models"

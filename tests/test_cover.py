@@ -34,19 +34,9 @@ report: {formats: [png]}
 BINS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add contention on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """Trained tiny models shared by the transplant / cover / skip_gain tests."""
-    return tmp_path_factory.getbasetemp() / "mi_probe_tiny_models"
 
 
 def _planted(n=600, seed=0):

@@ -18,13 +18,7 @@ NCHW = Site("s", "m", "post_add", channels=6, depth=0, layout="nchw")
 NLC = Site("t", "m", "tokens", channels=6, depth=0, layout="nlc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x(*shape, seed=0):
