@@ -17,7 +17,7 @@ from mi_probe.errors import CheckpointError, ModelError, UnknownModelError
 
 #: Bumped when the model construction or training recipe changes in a way that
 #: invalidates cached trained models.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: per-item augmentation seeds and global-batch sampler (DDP-ready)
 META_KEY = "mi_probe"
 
 #: Activation modules an activation swap replaces (gates such as Sigmoid are kept).

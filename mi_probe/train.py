@@ -20,9 +20,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from mi_probe.capture import add_pooling_hooks, removing
 from mi_probe.data import make_loader
+from mi_probe.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
+                                  training_copy)
 from mi_probe.errors import CheckpointError, MiProbeError
 from mi_probe.interfaces import DataBundle, Regularizer, Site
 from mi_probe.models import RECIPE_VERSION, load_weights, save_weights
@@ -49,8 +52,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def evaluate_loss_acc(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on ``loader`` (eval mode, no grad)."""
+def evaluate_sums(model: nn.Module, loader, device: torch.device) -> tuple[float, int, int]:
+    """Summed cross-entropy, number correct and number of samples on ``loader`` (eval
+    mode, no grad): sums, so shards evaluated on several ranks can be added."""
     was_training = model.training
     model.eval()
     total, loss_sum, correct = 0, 0.0, 0
@@ -64,7 +68,34 @@ def evaluate_loss_acc(model: nn.Module, loader, device: torch.device) -> tuple[f
                 total += y.numel()
     finally:
         model.train(was_training)
+    return loss_sum, correct, total
+
+
+def evaluate_loss_acc(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on ``loader`` (eval mode, no grad)."""
+    loss_sum, correct, total = evaluate_sums(model, loader, device)
     return loss_sum / max(1, total), correct / max(1, total)
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device,
+              dist_ctx: DistContext | None) -> tuple[float, float]:
+    loss_sum, correct, total = evaluate_sums(model, loader, device)
+    if dist_ctx is not None:
+        loss_sum, correct, total = dist_ctx.all_reduce_sum([loss_sum, correct, total], device)
+    return loss_sum / max(1, total), correct / max(1, total)
+
+
+def training_loader(dataset, cfg: Any, seed: int, epoch: int, dist_ctx: DistContext | None,
+                    pin_memory: bool) -> tuple[DataLoader, GlobalBatchShards]:
+    """This rank's loader for one epoch: the (seed, epoch) permutation cut into global
+    batches of ``cfg.batch_size``; items augmented with per-item seeds."""
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
+    sampler = GlobalBatchShards(len(dataset), cfg.batch_size,
+                                derive_seed(seed, epoch, "order"), rank, world)
+    items = SeededItems(dataset, derive_seed(seed, epoch, "augment"))
+    loader = DataLoader(items, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=pin_memory)
+    return loader, sampler
 
 
 def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -122,40 +153,60 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                 regularizers: Sequence[tuple[Regularizer, Sequence[Site]]] = (),
                 eval_batch_size: int = 256, progress: bool = True,
                 log: Callable[[str], None] = print,
-                on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None) -> TrainResult:
+                on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None,
+                dist_ctx: DistContext | None = None) -> TrainResult:
     """Train ``model`` in place with the recipe in ``cfg`` (a TrainSpec); on return the
     model holds the best-validation-accuracy weights. ``regularizers`` pairs each
     regulariser with the sites whose pooled (non-detached) activations it receives.
     ``on_epoch_end(model, epoch, row)`` runs at initialisation (epoch 0) and after every
-    epoch, before the checkpoint is written; what it adds to ``row`` is persisted."""
+    epoch, before the checkpoint is written; what it adds to ``row`` is persisted.
+
+    With ``dist_ctx`` (torchrun), every rank calls this with the same arguments: a copy
+    with synchronised batch norm is trained under DistributedDataParallel on this rank's
+    pieces of the global batches (see ``distributed.py``); only rank 0 runs
+    ``on_epoch_end``, logs and writes checkpoints. Every rank returns the same weights."""
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    main = dist_ctx is None or dist_ctx.is_main
+    if dist_ctx is not None:
+        trainee, forward = training_copy(model, dist_ctx, device)
+    else:
+        trainee = forward = model
+    optimizer = torch.optim.SGD(trainee.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     pin = device.type == "cuda"
-    val_loader = make_loader(data.val, eval_batch_size, shuffle=False,
+    val_set = data.val if dist_ctx is None else Subset(data.val, shard_range(len(data.val),
+                                                                              dist_ctx))
+    val_loader = make_loader(val_set, eval_batch_size, shuffle=False,
                              num_workers=cfg.num_workers, pin_memory=pin)
     reg_name = "+".join(r.name for r, _ in regularizers) or "none"
     best_path = ckpt_dir / "best.safetensors" if ckpt_dir else None
+    writes = ckpt_dir is not None and main
 
-    state = _load_checkpoint(ckpt_dir, model, optimizer, scheduler, device) if ckpt_dir else None
+    def sync() -> None:
+        if dist_ctx is not None:
+            dist_ctx.barrier()
+
+    state = _load_checkpoint(ckpt_dir, trainee, optimizer, scheduler, device) if ckpt_dir else None
     if state is None:
-        val_loss, val_acc = evaluate_loss_acc(model, val_loader, device)
+        val_loss, val_acc = _evaluate(trainee, val_loader, device, dist_ctx)
         state = {"epoch": 0, "best_epoch": 0, "best_val_acc": val_acc, "since_best": 0,
                  "stopped_early": False, "history": [{
                      "seed": seed, "epoch": 0, "train_loss": None, "val_loss": val_loss,
                      "val_acc": val_acc, "lr": cfg.lr, "seconds": 0.0, "regularizer": reg_name}]}
-        if on_epoch_end is not None:
-            on_epoch_end(model, 0, state["history"][-1])
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if ckpt_dir:
-            save_weights(model, best_path, {"epoch": 0})
-            _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state)
+        if on_epoch_end is not None and main:
+            on_epoch_end(trainee, 0, state["history"][-1])
+        best_state = {k: v.detach().clone() for k, v in trainee.state_dict().items()}
+        if writes:
+            save_weights(trainee, best_path, {"epoch": 0})
+            _save_checkpoint(ckpt_dir, trainee, optimizer, scheduler, state)
+        sync()
         resumed_from = 0
     else:
         resumed_from = state["epoch"]
-        log(f"resuming training from epoch {resumed_from} checkpoint in {ckpt_dir}")
+        if main:
+            log(f"resuming training from epoch {resumed_from} checkpoint in {ckpt_dir}")
         best_state = None
 
     epoch = state["epoch"]
@@ -163,33 +214,46 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
         epoch += 1
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(seed, epoch, "train"))
-        loader = make_loader(data.train, cfg.batch_size, shuffle=True,
-                             seed=derive_seed(seed, epoch, "order"), num_workers=cfg.num_workers,
-                             pin_memory=pin)
-        model.train()
+        loader, sampler = training_loader(data.train, cfg, seed, epoch, dist_ctx, pin)
+        global_sizes = sampler.global_sizes()
+        trainee.train()
         loss_sum, n_seen = 0.0, 0
         from tqdm.auto import tqdm
 
         # A bar updated by hand rather than wrapping the loader: the numbers must not
         # depend on whether progress is shown.
         bar = tqdm(total=len(loader), desc=f"seed {seed} epoch {epoch}/{cfg.epochs}",
-                   leave=False, unit="batch", disable=not progress)
+                   leave=False, unit="batch", disable=not (progress and main))
         store: dict[str, list] = {}
         handles: list = []
         with removing(handles):
             for reg, sites in regularizers:
-                handles.extend(add_pooling_hooks(model, sites, store, detach=False))
-            for x, y in loader:
+                handles.extend(add_pooling_hooks(trainee, sites, store, detach=False))
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 for parts in store.values():
                     parts.clear()
-                logits = model(x)
+                logits = forward(x)
                 loss = F.cross_entropy(logits, y)
                 ce = loss.detach()
-                for reg, sites in regularizers:
-                    pooled = {s.name: store[s.name][-1] for s in sites}
-                    loss = loss + reg.penalty(pooled, y)
-                if not torch.isfinite(loss):
+                if dist_ctx is not None:
+                    # DDP averages gradients over ranks; weighting each rank's mean by its
+                    # share makes that average the gradient of the global-batch mean.
+                    loss = loss * (y.numel() * dist_ctx.world_size / global_sizes[step])
+                if regularizers:
+                    labels = y
+                    if dist_ctx is not None:
+                        pieces = sampler.piece_sizes(global_sizes[step])
+                        labels = dist_ctx.gather(y, pieces)
+                    for reg, sites in regularizers:
+                        pooled = {s.name: store[s.name][-1] for s in sites}
+                        if dist_ctx is not None:
+                            pooled = {k: dist_ctx.gather(v, pieces) for k, v in pooled.items()}
+                        loss = loss + reg.penalty(pooled, labels)
+                bad = not bool(torch.isfinite(loss))
+                if dist_ctx is not None:
+                    bad = dist_ctx.any(bad, device)
+                if bad:
                     raise TrainingDivergedError(
                         f"training diverged at seed {seed} epoch {epoch}: loss is "
                         f"{loss.item()} (lower model.train.lr, now {optimizer.param_groups[0]['lr']})")
@@ -200,7 +264,9 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                 n_seen += y.numel()
                 bar.update(1)
         bar.close()
-        val_loss, val_acc = evaluate_loss_acc(model, val_loader, device)
+        if dist_ctx is not None:
+            loss_sum, n_seen = dist_ctx.all_reduce_sum([loss_sum, n_seen], device)
+        val_loss, val_acc = _evaluate(trainee, val_loader, device, dist_ctx)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val_acc)
         row = {"seed": seed, "epoch": epoch, "train_loss": loss_sum / max(1, n_seen),
@@ -209,26 +275,29 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
         state["history"].append(row)
         if val_acc > state["best_val_acc"]:
             state.update(best_epoch=epoch, best_val_acc=val_acc, since_best=0)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ckpt_dir:
-                save_weights(model, best_path, {"epoch": epoch})
+            best_state = {k: v.detach().clone() for k, v in trainee.state_dict().items()}
+            if writes:
+                save_weights(trainee, best_path, {"epoch": epoch})
         else:
             state["since_best"] += 1
         if state["since_best"] >= cfg.early_stop_patience:
             state["stopped_early"] = True
         state["epoch"] = epoch
-        if on_epoch_end is not None:
-            on_epoch_end(model, epoch, row)
-        if ckpt_dir:
-            _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state)
-        log(f"seed {seed} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
-            f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.3g} ({row['seconds']:.1f}s)"
-            + ("  [early stop]" if state["stopped_early"] else ""))
+        if on_epoch_end is not None and main:
+            on_epoch_end(trainee, epoch, row)
+        if writes:
+            _save_checkpoint(ckpt_dir, trainee, optimizer, scheduler, state)
+        sync()
+        if main:
+            log(f"seed {seed} epoch {epoch}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
+                f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.3g} "
+                f"({row['seconds']:.1f}s)" + ("  [early stop]" if state["stopped_early"] else ""))
 
+    if best_state is None and best_path is not None:
+        load_weights(trainee, best_path)
+        best_state = trainee.state_dict()
     if best_state is not None:
         model.load_state_dict(best_state)
-    elif best_path is not None:
-        load_weights(model, best_path)
     model.eval()
     return TrainResult(history=state["history"], best_epoch=state["best_epoch"],
                        best_val_acc=state["best_val_acc"], stopped_early=state["stopped_early"],
@@ -245,10 +314,12 @@ def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], 
                     data: DataBundle, cfg: Any, seed: int, device: torch.device,
                     cache_dir: Path, regularizers=(), eval_batch_size: int = 256,
                     progress: bool = True, log: Callable[[str], None] = print,
-                    on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None
+                    on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None,
+                    dist_ctx: DistContext | None = None
                     ) -> tuple[nn.Module, list[dict[str, Any]], Path]:
     """The trained model for ``payload`` from ``cache_dir/models/<key>/``, training (or
-    resuming) it when absent. Returns (model on device, training history, folder)."""
+    resuming) it when absent. Returns (model on device, training history, folder).
+    Under ``dist_ctx`` every rank calls this; rank 0 alone writes the cache."""
     folder = Path(cache_dir) / "models" / cache_key(payload)
     model = build()
     final = folder / "model.safetensors"
@@ -256,16 +327,25 @@ def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], 
     if final.is_file() and info.is_file():
         load_weights(model, final, meta)
         history = json.loads(info.read_text())["history"]
-        log(f"seed {seed}: using cached trained model {folder}")
+        if dist_ctx is None or dist_ctx.is_main:
+            log(f"seed {seed}: using cached trained model {folder}")
         return model.to(device).eval(), history, folder
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "payload.json", json.dumps(payload, indent=1, sort_keys=True,
-                                                          default=str))
+    main = dist_ctx is None or dist_ctx.is_main
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "payload.json", json.dumps(payload, indent=1, sort_keys=True,
+                                                              default=str))
+    if dist_ctx is not None:
+        dist_ctx.barrier()
     result = train_model(model, data, cfg, seed, device, folder / "checkpoint", regularizers,
-                         eval_batch_size, progress, log, on_epoch_end)
-    save_weights(model, final, dict(meta, best_epoch=result.best_epoch,
-                                    best_val_acc=result.best_val_acc))
-    atomic_write_text(info, json.dumps({"history": result.history, "best_epoch": result.best_epoch,
-                                        "best_val_acc": result.best_val_acc,
-                                        "stopped_early": result.stopped_early}, indent=1))
+                         eval_batch_size, progress, log, on_epoch_end, dist_ctx)
+    if main:
+        save_weights(model, final, dict(meta, best_epoch=result.best_epoch,
+                                        best_val_acc=result.best_val_acc))
+        atomic_write_text(info, json.dumps({
+            "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc, "stopped_early": result.stopped_early,
+            "processes": dist_ctx.world_size if dist_ctx else 1}, indent=1))
+    if dist_ctx is not None:
+        dist_ctx.barrier()
     return model.eval(), result.history, folder

@@ -142,7 +142,7 @@ data: {{kind: synthetic, n_classes: {K}, n_train: 128, n_val: 80, image_size: 16
 model:
   arch: test_resnet
   weights: WEIGHTS
-  train: {{epochs: 4, batch_size: 16, lr: 0.05}}
+  train: {{epochs: 4, batch_size: 16, lr: 0.02}}
 sites: {{include: ["*.post_add"]}}
 estimator: {{kind: histogram, bins: 8}}
 eval: {{batch_size: 40}}
