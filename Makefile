@@ -13,7 +13,7 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGIN_DIRS),-e $(p))
+	$(PY) -m pip install --quiet -e '.[dev,ray]' $(foreach p,$(PLUGIN_DIRS),-e $(p))
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mi-probe run $(DEMO_SPEC)
 
 test: $(STAMP)
-	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS)) \
+	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 MI_PROBE_REQUIRE_RAY=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS)) \
 		specs --mi-probe-claims-as-warnings
 
 clean-reports:

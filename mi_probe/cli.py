@@ -38,11 +38,15 @@ def _parser() -> argparse.ArgumentParser:
                      "models and data, for smoke tests; see mi_probe/profiles.py)")
     run.add_argument("--strict", action="store_true",
                      help="exit with status 3 when a claim in the spec's checks fails")
+    run.add_argument("--executor", metavar="NAME", help="where units run: local (default) or "
+                     "ray; replaces the spec's executor block unless it names the same kind "
+                     "(then --set executor.address=... etc. refine it)")
 
     val = sub.add_parser("validate", help="validate specs without running them")
     val.add_argument("specs", nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     val.add_argument("--profile", choices=["tiny"])
+    val.add_argument("--executor", metavar="NAME", help="as for run")
 
     chk = sub.add_parser("check", help="validate, resolve sites, run on the tiny profile and "
                          "check the claims of every spec under PATHS")
@@ -76,10 +80,13 @@ def _cmd_run(args, pm) -> int:
     from mi_probe.engine import run
     from mi_probe.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides, pm, profile=args.profile)
+    spec = load_spec(args.spec, args.overrides, pm, profile=args.profile,
+                     executor=args.executor)
     outcome = run(spec, pm, out=args.out, cache_dir=args.cache_dir, resume=args.resume,
                   progress=not args.no_progress,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    if outcome.run_dir is None:  # a torchrun rank other than 0: it only trained
+        return 0
     for warning in outcome.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for check in outcome.checks:
@@ -96,7 +103,8 @@ def _cmd_validate(args, pm) -> int:
     failed = 0
     for path in args.specs:
         try:
-            spec = load_spec(path, args.overrides, pm, profile=args.profile)
+            spec = load_spec(path, args.overrides, pm, profile=args.profile,
+                             executor=args.executor)
         except SpecError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)

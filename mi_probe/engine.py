@@ -31,14 +31,15 @@ from torch import nn
 from mi_probe import capture as capture_mod
 from mi_probe.checks import evaluate_checks
 from mi_probe.data import make_loader
-from mi_probe.errors import DataError, MiProbeError, RunError, SpecError
-from mi_probe.interfaces import RANDOM, TRAINED, Captured, Intervention, Site
+from mi_probe.errors import DataError, MiProbeError, RunError, SpecError, UnitsFailedError
+from mi_probe.interfaces import (RANDOM, TRAINED, Captured, Intervention, Site, StageJobs,
+                                 TrainingRequest)
 from mi_probe.models import build_model, load_weights, model_meta, resolve_device
 from mi_probe.sites import get_module, resolve_sites, select_adapter
 from mi_probe.spec import dump_spec
 from mi_probe.tables import (atomic_write_text, check_schema, concat_tables, read_tables,
                              write_json, write_parquet)
-from mi_probe.train import cached_training, derive_seed
+from mi_probe.train import cache_key, cached_training, derive_seed
 
 DEFAULT_REPORTS = Path("reports")
 
@@ -63,7 +64,10 @@ def default_cache_dir() -> Path:
 
 
 def spec_hash(spec: Any) -> str:
-    return hashlib.sha256(dump_spec(spec).encode()).hexdigest()[:16]
+    """The identity of a run's results: the resolved spec without ``executor`` (where
+    units run does not change what they compute)."""
+    data = spec.model_dump(mode="json", exclude={"executor"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _safe(unit: str) -> str:
@@ -74,14 +78,17 @@ class Engine:
     """Implements ``interfaces.RunContext`` for one spec."""
 
     def __init__(self, spec: Any, pm: Any, cache_dir: Path | None = None,
-                 log: Callable[[str], None] = print, progress: bool = True):
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 dist_ctx: Any = None):
         self.spec = spec
         self.pm = pm
         self.registry = pm.registry
         self.log = log
         self.show_progress = progress
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.device = resolve_device(spec.device)
+        from mi_probe.distributed import rank_device
+
+        self.device = rank_device(dist_ctx, resolve_device(spec.device))
         self.warnings: list[str] = []
         self.trained_info: dict[int, dict[str, Any]] = {}
         self._training_rows: list[dict[str, Any]] = []
@@ -90,6 +97,7 @@ class Engine:
         self._sites: list[Site] | None = None
         self._site_cache: dict[tuple[int, str], Any] = {}
         self._adapter = None
+        self._training_dist = None
 
         self.data = self.registry.build("datasets", spec.data).load()
         if len(self.data.val) < 2:
@@ -158,18 +166,9 @@ class Engine:
         cache key. Returns the best-accuracy model (eval mode, on the device) and the
         training history (one row per epoch, epoch 0 = initialisation).
         """
-        m = self.spec.model
-        if model_overrides:
-            m = m.model_copy(update=model_overrides)
-        reg_params = m.train.regularizers if regularizers is None else [
-            self._validate_plugin_params("regularizers", r) for r in regularizers]
+        m, reg_params, payload = self._training_plan(seed, model_overrides, regularizers,
+                                                     track, track_key)
         reg_objects = [self.registry.build("regularizers", p) for p in reg_params]
-        train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
-        payload = {"model": self._meta(m), "data": self.spec.data.model_dump(mode="json"),
-                   "train": train_cfg.model_dump(mode="json", exclude={"num_workers"}),
-                   "seed": seed}
-        if track is not None:
-            payload["tracking"] = track_key or getattr(track, "__qualname__", "tracked")
         regs = []
         if reg_objects:
             probe_model = self._build(seed, m)
@@ -181,10 +180,12 @@ class Engine:
         if track is not None:
             def on_epoch_end(model, epoch, row):
                 row["tracked"] = track(model, epoch)
+        train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
         model, history, folder = cached_training(
-            lambda: self._build(seed, m), payload, self._meta(m), self.data, m.train, seed,
+            lambda: self._build(seed, m), payload, self._meta(m), self.data, train_cfg, seed,
             self.device, self.cache_dir, regs, self.spec.eval.batch_size,
-            self.show_progress, self.log, on_epoch_end=on_epoch_end)
+            self.show_progress, self.log, on_epoch_end=on_epoch_end,
+            dist_ctx=self._training_dist)
         self._training_rows.extend({k: v for k, v in row.items() if k != "tracked"}
                                    | {"act": m.act or "as built"} for row in history)
         best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
@@ -194,6 +195,63 @@ class Engine:
             "cache": str(folder), "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
             "regularizers": [p.kind for p in reg_params]}
         return model.to(self.device).eval(), history
+
+    def _training_plan(self, seed: int, model_overrides: dict[str, Any] | None,
+                       regularizers: Sequence[Any] | None, track: Any, track_key: str | None
+                       ) -> tuple[Any, list[Any], dict[str, Any]]:
+        """(model spec, validated regulariser params, cache payload) of a training."""
+        m = self.spec.model
+        if model_overrides:
+            m = m.model_copy(update=dict(model_overrides))
+        reg_params = list(m.train.regularizers) if regularizers is None else [
+            self._validate_plugin_params("regularizers", r) for r in regularizers]
+        train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
+        payload = {"model": self._meta(m), "data": self.spec.data.model_dump(mode="json"),
+                   "train": train_cfg.model_dump(mode="json", exclude={"num_workers"}),
+                   "seed": seed}
+        if track is not None:
+            payload["tracking"] = track_key or getattr(track, "__qualname__", "tracked")
+        return m, reg_params, payload
+
+    # ---------------------------------------------------------------- training stage
+    def training_requests(self) -> list[TrainingRequest]:
+        """The models the experiment's units will ask for (see ``Experiment``)."""
+        declared = getattr(self.experiment, "trainings", None)
+        if declared is not None:
+            requests = list(declared(self))
+        elif self.spec.model.weights != "train":
+            requests = []
+        else:
+            params = self.spec.experiment
+            states = getattr(params, "states", None) or [getattr(params, "state", TRAINED)]
+            requests = [TrainingRequest(seed) for seed in self.spec.seeds] \
+                if TRAINED in states else []
+        labels = [r.label for r in requests]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise RunError(f"experiment {self.spec.experiment.kind!r} asks for the same "
+                           f"training twice: {', '.join(repeated)}")
+        return requests
+
+    def is_trained(self, request: TrainingRequest) -> bool:
+        """Whether the model cache already holds this request's trained model."""
+        _, _, payload = self._training_plan(request.seed, dict(request.model_overrides),
+                                            request.regularizers, request.track,
+                                            request.track_key)
+        folder = self.cache_dir / "models" / cache_key(payload)
+        return (folder / "model.safetensors").is_file() and (folder / "training.json").is_file()
+
+    def run_training(self, request: TrainingRequest, dist_ctx: Any = None) -> None:
+        """Train one request into the model cache (under torchrun: every rank calls this
+        with its ``dist_ctx``, and DDP trains one model)."""
+        self._training_dist = dist_ctx
+        try:
+            self.train(request.seed, model_overrides=dict(request.model_overrides) or None,
+                       regularizers=request.regularizers, track=request.track,
+                       track_key=request.track_key)
+        finally:
+            self._training_dist = None
+            self.end_unit()
 
     def _validate_plugin_params(self, kind: str, params: Any) -> Any:
         from pydantic import BaseModel, ValidationError
@@ -482,66 +540,166 @@ def _render(run_dir: Path, experiment: Any, tables: dict,
                              checks=meta.get("checks", []))
 
 
+def unit_dir(run_dir: Path, unit: str) -> Path:
+    return run_dir / "units" / _safe(unit)
+
+
+def run_analysis_unit(engine: Engine, run_dir: Path, unit: str) -> float:
+    """Compute one experiment unit and write its tables to ``<run>/units/<unit>/``;
+    ``done.json`` is written last and marks the unit finished. Returns seconds."""
+    folder = unit_dir(run_dir, unit)
+    t0 = time.perf_counter()
+    n_warn = len(engine.warnings)
+    result = dict(engine.experiment.run_unit(engine, unit))
+    rows = engine.end_unit()
+    if rows:
+        result["training"] = pl.DataFrame(rows)
+    for name, frame in result.items():
+        write_parquet(folder / f"{name}.parquet", frame)
+    seconds = time.perf_counter() - t0
+    write_json(folder / "done.json", {
+        "unit": unit, "seconds": seconds, "warnings": engine.warnings[n_warn:],
+        "trained_models": {str(k): v for k, v in engine.trained_info.items()},
+        "sites": [vars(site) for site in (engine._sites or [])]})
+    return seconds
+
+
+def _read_unit(run_dir: Path, unit: str) -> tuple[dict[str, pl.DataFrame], dict[str, Any]] | None:
+    folder = unit_dir(run_dir, unit)
+    done = folder / "done.json"
+    if not done.is_file():
+        return None
+    info = json.loads(done.read_text())
+    return {p.stem: pl.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}, info
+
+
+def job_payload(engine: Engine, stage: str, unit: str, run_dir: Path) -> dict[str, Any]:
+    """What a worker process needs to run one unit on its own (see ``jobs.run_job``)."""
+    return {"stage": stage, "unit": unit, "spec": dump_spec(engine.spec),
+            "source": str(run_dir.resolve() / "spec.yaml"), "plugins": engine.pm.recipe(),
+            "run_dir": str(run_dir.resolve()), "cache_dir": str(engine.cache_dir.resolve()),
+            "log": str((run_dir / "logs" / f"{stage}-{_safe(unit)}.log").resolve())}
+
+
+def _check_failures(stage: str, failures: dict[str, str], run_dir: Path) -> None:
+    if failures:
+        raise UnitsFailedError(
+            f"{len(failures)} {stage} unit(s) failed; finished units are kept and a re-run "
+            f"with --out {run_dir} computes only the missing ones (worker logs: "
+            f"{run_dir / 'logs'})", failures)
+
+
+def _training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
+                    log: Callable[[str], None]) -> None:
+    """Train every model the experiment needs that the cache does not hold yet."""
+    requests = engine.training_requests()
+    todo = [r for r in requests if not engine.is_trained(r)]
+    if dist_ctx is not None:
+        dist_ctx.barrier()  # every rank decided what to train before anyone trains
+    if len(todo) < len(requests):
+        log(f"{len(requests) - len(todo)} of {len(requests)} trained model(s) are in the "
+            f"cache {engine.cache_dir / 'models'}")
+    if not todo:
+        return
+    by_label = {r.label: r for r in todo}
+    jobs = StageJobs(
+        "train", list(by_label),
+        run_here=lambda label: engine.run_training(by_label[label], dist_ctx),
+        payload=lambda label: job_payload(engine, "train", label, run_dir),
+        entry=_job_entry(), log=log)
+    _check_failures("train", executor.run(jobs), run_dir)
+
+
+def _job_entry() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    from mi_probe.jobs import run_job
+
+    return run_job
+
+
 def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | None = None,
         resume: bool = False, log: Callable[[str], None] = print, progress: bool = True,
         reports: Path = DEFAULT_REPORTS) -> RunOutcome:
-    """Run a validated spec end to end; returns where the results are."""
+    """Run a validated spec end to end; returns where the results are.
+
+    Two stages, each a list of independent units handed to the spec's executor: the
+    training stage (one unit per model the experiment needs, cached by content) and
+    the analysis stage (the experiment's units, written to ``<run>/units/``). Under
+    torchrun every rank trains (DDP); rank 0 alone analyses and writes the run."""
+    from mi_probe.distributed import init_from_env, launched_world_size
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
+    dist_ctx = None
+    if launched_world_size() > 1:
+        if spec.executor.kind != "local":
+            raise SpecError(f"under torchrun the executor must be 'local' (found "
+                            f"{spec.executor.kind!r}); a Ray executor starts torchrun itself "
+                            "when executor.train.processes or gpus asks for several")
+        dist_ctx = init_from_env(resolve_device(spec.device).type)
+    if dist_ctx is not None and not dist_ctx.is_main:
+        return _follower_rank(spec, pm, cache_dir, dist_ctx)
     run_dir, resuming = prepare_run_dir(spec, out, resume, reports)
     started = time.time()
     meta: dict[str, Any] = {
         "name": spec.name, "status": "running", "spec_hash": spec_hash(spec),
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "versions": _versions(), "git_commit": _git_commit(), "seeds": list(spec.seeds),
-        "argv": sys.argv, "warnings": []}
+        "argv": sys.argv, "warnings": [], "executor": spec.executor.model_dump(mode="json"),
+        "training_processes": dist_ctx.world_size if dist_ctx else 1}
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "run.json", meta)
     log(f"run directory: {run_dir}" + ("  (resuming)" if resuming else ""))
-    engine = None
+    engine = executor = None
     try:
-        engine = Engine(spec, pm, cache_dir, log, progress)
+        engine = Engine(spec, pm, cache_dir, log, progress, dist_ctx=dist_ctx)
+        executor = pm.registry.build("executors", spec.executor)
         meta.update(device=str(engine.device), data={
             "classes": engine.class_names, "n_train": len(engine.data.train),
             "n_eval": len(engine.eval_set), **engine.data.info},
             estimator=engine.estimator.describe())
         units = engine.experiment.units(engine)
-        parts, timings, reused = [], {}, 0
+        _training_stage(engine, executor, run_dir, dist_ctx, log)
+        if dist_ctx is not None:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+            dist_ctx = None
+
+        todo = [u for u in units if not (unit_dir(run_dir, u) / "done.json").is_file()]
+        if len(todo) < len(units):
+            log(f"reused {len(units) - len(todo)} finished unit(s) from {run_dir / 'units'}")
+
+        def here(unit: str) -> None:
+            log(f"finished {unit} in {run_analysis_unit(engine, run_dir, unit):.1f}s")
+
+        jobs = StageJobs("analysis", todo, run_here=here,
+                         payload=lambda unit: job_payload(engine, "analysis", unit, run_dir),
+                         entry=_job_entry(), log=log)
+        _check_failures("analysis", executor.run(jobs) if todo else {}, run_dir)
+
+        parts, timings, trained, sites = [], {}, {}, None
         for unit in units:
-            unit_dir = run_dir / "units" / _safe(unit)
-            done = unit_dir / "done.json"
-            if done.is_file():
-                info = json.loads(done.read_text())
-                parts.append({p.stem: pl.read_parquet(p) for p in sorted(unit_dir.glob("*.parquet"))})
-                meta["warnings"] += info.get("warnings", [])
-                timings[unit] = info.get("seconds")
-                reused += 1
-                continue
-            t0 = time.perf_counter()
-            n_warn = len(engine.warnings)
-            result = dict(engine.experiment.run_unit(engine, unit))
-            rows = engine.end_unit()
-            if rows:
-                result["training"] = pl.DataFrame(rows)
-            for name, frame in result.items():
-                write_parquet(unit_dir / f"{name}.parquet", frame)
-            seconds = time.perf_counter() - t0
-            unit_warnings = engine.warnings[n_warn:]
-            write_json(done, {"unit": unit, "seconds": seconds, "warnings": unit_warnings})
-            meta["warnings"] += unit_warnings
-            parts.append(result)
-            timings[unit] = seconds
-            log(f"finished {unit} in {seconds:.1f}s")
-        if reused:
-            log(f"reused {reused} finished unit(s) from {run_dir / 'units'}")
+            loaded = _read_unit(run_dir, unit)
+            if loaded is None:
+                raise RunError(f"unit {unit} reported success but {unit_dir(run_dir, unit)} "
+                               "has no done.json; is the run directory on a path every "
+                               "worker shares?")
+            tables_of_unit, info = loaded
+            parts.append(tables_of_unit)
+            timings[unit] = info.get("seconds")
+            meta["warnings"] += info.get("warnings", [])
+            for seed, variants in info.get("trained_models", {}).items():
+                trained.setdefault(seed, {}).update(variants)
+            sites = sites or info.get("sites")
+        for seed, variants in engine.trained_info.items():
+            trained.setdefault(str(seed), {}).update(variants)
         tables = concat_tables(parts)
         tables.update(engine.experiment.finalize(engine, tables))
         for name, frame in tables.items():
             check_schema(name, frame)
             write_parquet(run_dir / "tables" / f"{name}.parquet", frame)
-        meta.update(trained_models={str(k): v for k, v in engine.trained_info.items()},
-                    sites=[vars(s) for s in (engine._sites or [])],
+        meta.update(trained_models=trained,
+                    sites=[vars(s) for s in engine._sites] if engine._sites else (sites or []),
                     timings={"units_seconds": timings, "total_seconds": time.time() - started},
                     status="complete",
                     finished=_dt.datetime.now().isoformat(timespec="seconds"))
@@ -558,6 +716,8 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
         raise
     except MiProbeError as exc:
         meta.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, UnitsFailedError):
+            meta["failed_units"] = exc.failures
         write_json(run_dir / "run.json", meta)
         raise
     except Exception as exc:
@@ -565,6 +725,25 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
                     traceback=traceback.format_exc())
         write_json(run_dir / "run.json", meta)
         raise
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) -> RunOutcome:
+    """A torchrun rank other than 0: help train, write nothing, leave."""
+    import torch.distributed
+
+    from mi_probe.builtin.executors import LocalExecutor, LocalParams
+
+    try:
+        engine = Engine(spec, pm, cache_dir, log=lambda _m: None, progress=False,
+                        dist_ctx=dist_ctx)
+        engine.experiment.units(engine)
+        _training_stage(engine, LocalExecutor(LocalParams()), None, dist_ctx, lambda _m: None)
+    finally:
+        torch.distributed.destroy_process_group()
+    return RunOutcome(None, None, f"trained as rank {dist_ctx.rank}")
 
 
 def rerender(run_dir: Path, pm: Any = None) -> Path:

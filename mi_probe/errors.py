@@ -64,3 +64,17 @@ class EstimatorError(MiProbeError):
 
 class RunError(MiProbeError):
     """A run directory cannot be created, resumed or read."""
+
+
+class UnitsFailedError(RunError):
+    """Units of a run failed on an executor after its retries; finished units are kept.
+    ``failures`` maps each failed unit's name to why it failed."""
+
+    def __init__(self, message: str, failures: dict[str, str]):
+        self.failures = dict(failures)
+        super().__init__(message + "\n" + "\n".join(
+            f"  {unit}: {why}" for unit, why in sorted(self.failures.items())))
+
+
+class DistributedError(MiProbeError):
+    """The torchrun environment is inconsistent, or a model cannot be trained with it."""

@@ -74,6 +74,13 @@ def mi_probe_register_reports(register: Register) -> None:
     ``render(run_dir, tables, meta) -> Path`` called after the built-in index.html."""
 
 
+@hookspec
+def mi_probe_register_executors(register: Register) -> None:
+    """Register executors (``interfaces.Executor``): where the independent units of a run
+    (one training per model and seed, one analysis per experiment unit) are computed.
+    Built in: ``local`` (sequential, this process) and ``ray`` (Ray tasks)."""
+
+
 @hookspec(firstresult=True)
 def mi_probe_resolve_adapter(model: Any, arch: str) -> Adapter | None:
     """Return an adapter instance that understands ``model`` (built from timm

@@ -265,6 +265,12 @@ class Experiment(Protocol):
 
     def units(self, ctx: RunContext) -> list[str]: ...
 
+    # Optional: ``trainings(ctx) -> list[TrainingRequest]``, the models the units will
+    # ask ``ctx.train`` for. The engine trains them first, as independent units of the
+    # training stage (in parallel on a cluster executor). Without it, the engine
+    # assumes one model of the spec per seed when ``model.weights`` is ``train`` and
+    # the experiment measures the trained state.
+
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, Any]:
         """Tables (name -> polars DataFrame) for one unit."""
 
@@ -273,3 +279,63 @@ class Experiment(Protocol):
 
     def figures(self, tables: dict[str, Any]) -> dict[str, Any]:
         """Altair charts by name, drawn from the tables alone (so reports can be re-drawn)."""
+
+
+# ----------------------------------------------------------------------------- scale-out
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """One model an experiment needs trained: the arguments of ``RunContext.train``.
+    Each request is one unit of the training stage."""
+
+    seed: int
+    model_overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: regulariser params (dicts with ``kind``); None keeps the spec's list
+    regularizers: Sequence[Any] | None = None
+    track: Callable[[nn.Module, int], dict[str, Any]] | None = None
+    track_key: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A readable, unique unit name, e.g. ``train/seed=0,act=tanh,reg=hsic``."""
+        parts = [f"seed={self.seed}"]
+        parts += [f"{k}={v}" for k, v in sorted(self.model_overrides.items())]
+        if self.regularizers is not None:
+            kinds = [r["kind"] if isinstance(r, Mapping) else getattr(r, "kind", str(r))
+                     for r in self.regularizers]
+            parts.append("reg=" + ("+".join(kinds) or "none"))
+        if self.track_key is not None:
+            parts.append("tracked")
+        return "train/" + ",".join(parts)
+
+
+@dataclass
+class StageJobs:
+    """The independent units of one stage (``train`` or ``analysis``) that an executor
+    must run. Each unit can run here (``run_here(unit)``, with the driver's engine) or
+    in another process or machine: ``entry(payload(unit))``, where ``entry`` is a
+    module-level function (picklable by reference) and the payload is JSON-able. A
+    unit's results land in the shared run directory or model cache, never in the
+    return value, so finished units survive any failure."""
+
+    stage: str
+    units: list[str]
+    run_here: Callable[[str], None]
+    payload: Callable[[str], dict[str, Any]]
+    entry: Callable[[dict[str, Any]], dict[str, Any]]
+    log: Callable[[str], None]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs the units of a stage: ``local`` in this process one by one; ``ray`` as Ray
+    tasks. Returns ``{unit: message}`` for units that failed after the executor's
+    retries (an empty dict when all finished)."""
+
+    name: str
+
+    def run(self, jobs: StageJobs) -> dict[str, str]: ...
+
+    def close(self) -> None:
+        """Release what ``run`` acquired (e.g. a Ray instance this executor started)."""

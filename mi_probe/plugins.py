@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import types
 from functools import cached_property
 from typing import Any, Iterable
 
@@ -25,7 +26,7 @@ ENTRY_POINT_GROUP = "mi_probe"
 
 #: The kinds of things plugins register, each with its ``mi_probe_register_<kind>`` hook.
 KINDS = ("estimators", "adapters", "datasets", "experiments", "metrics", "interventions",
-         "regularizers", "reports")
+         "regularizers", "reports", "executors")
 
 #: Built-in plugin modules, registered before anything else.
 BUILTIN_PLUGINS = (
@@ -42,6 +43,7 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.skip_gain",
     "mi_probe.builtin.hsic",
     "mi_probe.builtin.dynamics",
+    "mi_probe.builtin.executors",
 )
 
 
@@ -96,7 +98,25 @@ def unknown_name_message(what: str, name: str, choices: Iterable[str]) -> str:
 
 
 class MiProbePluginManager(pluggy.PluginManager):
-    """A pluggy manager with the mi-probe registry built lazily from the register hooks."""
+    """A pluggy manager with the mi-probe registry built lazily from the register hooks.
+
+    It remembers how it was built (``extra_modules``, ``autoload``), so a worker process
+    on another machine can build the same one (see :meth:`recipe`)."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.extra_modules: list[str] = []
+        self.unshippable: list[str] = []
+        self.autoload = False
+
+    def recipe(self) -> dict[str, Any]:
+        """Arguments of :func:`get_plugin_manager` that rebuild this manager elsewhere."""
+        if self.unshippable:
+            raise PluginError(f"plugin(s) {', '.join(self.unshippable)} were registered as "
+                              "objects, not importable modules, so worker processes cannot "
+                              "load them; pass them by module name (-p MODULE or "
+                              "MI_PROBE_PLUGINS)")
+        return {"extra_plugins": list(self.extra_modules), "autoload": self.autoload}
 
     @cached_property
     def registry(self) -> Registry:
@@ -155,10 +175,17 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | No
             if pm.get_plugin(plugin) is not None:
                 continue
             pm.register(_import_plugin(plugin), name=plugin)
+            pm.extra_modules.append(plugin)
         else:
             pm.register(plugin)
+            name = getattr(plugin, "__name__", None)
+            if isinstance(plugin, types.ModuleType) and name:
+                pm.extra_modules.append(name)
+            else:
+                pm.unshippable.append(repr(plugin))
     if autoload is None:
         autoload = os.environ.get("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+    pm.autoload = autoload
     if autoload:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     pm.check_pending()

@@ -136,8 +136,15 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
     est_default: Any = ...
     if "histogram" in estimators:
         est_default = Field(default_factory=lambda: estimators["histogram"].params_model())
+    executors = registry.entries("executors")
+    exec_default: Any = ...
+    if "local" in executors:
+        exec_default = Field(default_factory=lambda: executors["local"].params_model(),
+                             description="where units run: local (default) or ray; not "
+                             "part of the run's identity (a run may resume on another)")
     return create_model(
         "Spec", __base__=SpecBase,
+        executor=(_union(executors, "executors"), exec_default),
         data=(_union(registry.entries("datasets"), "datasets"), ...),
         model=(model_cls, ...),
         sites=(sites_cls, Field(default_factory=sites_cls)),
@@ -354,9 +361,10 @@ def validate_data(spec_cls: type[BaseModel], data: Any, source: str,
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,
-              profile: str | None = None) -> Any:
+              profile: str | None = None, executor: str | None = None) -> Any:
     """Read, override and validate a YAML spec file (``profile``: see profiles.py; it
-    is applied first, so ``--set`` overrides win)."""
+    is applied first, so ``--set`` overrides win; ``executor`` replaces the spec's
+    executor block by ``{kind: executor}`` unless it already names that kind)."""
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
@@ -368,11 +376,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,
         raise SpecError(f"spec file {source} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file {source}: {exc}") from None
-    return load_spec_text(text, source, overrides, pm, profile)
+    return load_spec_text(text, source, overrides, pm, profile, executor)
 
 
 def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: Any = None,
-                   profile: str | None = None) -> Any:
+                   profile: str | None = None, executor: str | None = None) -> Any:
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
@@ -396,6 +404,10 @@ def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: An
         from mi_probe.profiles import apply_profile
 
         data = apply_profile(data, profile)
+    if executor is not None and isinstance(data, dict):
+        current = data.get("executor")
+        if not (isinstance(current, dict) and current.get("kind") == executor):
+            data["executor"] = {"kind": executor}
     overridden = apply_overrides(data, overrides) if isinstance(data, dict) else set()
     return validate_data(spec_model(pm), data, source, root, overridden)
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.errors import RunError, SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RunContext, Site
+from mi_probe.interfaces import RunContext, Site, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 
 TRACK_VERSION = 1
@@ -190,6 +190,12 @@ class Dynamics:
             raise SpecError(f"dynamics trains its own models (one per activation and seed); "
                             f"model.weights must be 'train', got {ctx.spec.model.weights!r}")
         return [f"act={act},seed={seed}" for act in self.params.acts for seed in ctx.spec.seeds]
+
+    def trainings(self, ctx: RunContext) -> list[TrainingRequest]:
+        """One tracked training per (activation, seed); the units read their histories."""
+        return [TrainingRequest(seed, {"act": act}, track=self.tracker(ctx),
+                                track_key=self.track_key(ctx))
+                for act in self.params.acts for seed in ctx.spec.seeds]
 
     def track_key(self, ctx: RunContext) -> str:
         """What is tracked: part of the trained-model cache key."""

@@ -34,7 +34,7 @@ from mi_probe.errors import SpecError
 from mi_probe.functional.hsic import center, delta_kernel, hsic_centered, median_bandwidth, \
     pairwise_sq_dists
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RunContext
+from mi_probe.interfaces import RunContext, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 
 
@@ -214,6 +214,12 @@ class HSICCompare:
             raise SpecError("hsic_compare needs a run context that can train models "
                             "(ctx.train); this one cannot")
         return seed_units(ctx)
+
+    def trainings(self, ctx: RunContext) -> list[TrainingRequest]:
+        """Per seed: plain cross-entropy, and cross-entropy plus the regulariser."""
+        return [request for seed in ctx.spec.seeds for request in (
+            TrainingRequest(seed, regularizers=[]),
+            TrainingRequest(seed, regularizers=[dict(self.params.regularizer)]))]
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
