@@ -233,12 +233,16 @@ class Engine:
                            f"training twice: {', '.join(repeated)}")
         return requests
 
-    def is_trained(self, request: TrainingRequest) -> bool:
-        """Whether the model cache already holds this request's trained model."""
+    def training_folder(self, request: TrainingRequest) -> Path:
+        """Where the model cache keeps this request's model."""
         _, _, payload = self._training_plan(request.seed, dict(request.model_overrides),
                                             request.regularizers, request.track,
                                             request.track_key)
-        folder = self.cache_dir / "models" / cache_key(payload)
+        return self.cache_dir / "models" / cache_key(payload)
+
+    def is_trained(self, request: TrainingRequest) -> bool:
+        """Whether the model cache already holds this request's trained model."""
+        folder = self.training_folder(request)
         return (folder / "model.safetensors").is_file() and (folder / "training.json").is_file()
 
     def run_training(self, request: TrainingRequest, dist_ctx: Any = None) -> None:
@@ -592,7 +596,12 @@ def _check_failures(stage: str, failures: dict[str, str], run_dir: Path) -> None
 def _training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
                     log: Callable[[str], None]) -> None:
     """Train every model the experiment needs that the cache does not hold yet."""
-    requests = engine.training_requests()
+    requests, folders = [], set()
+    for request in engine.training_requests():
+        folder = engine.training_folder(request)
+        if folder not in folders:  # two labels, one model: train it once
+            folders.add(folder)
+            requests.append(request)
     todo = [r for r in requests if not engine.is_trained(r)]
     if dist_ctx is not None:
         dist_ctx.barrier()  # every rank decided what to train before anyone trains

@@ -226,3 +226,35 @@ def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys):
     for item in overrides:
         argv += ["--set", item]
     assert cli.main(argv, pm=pm) == 0, capsys.readouterr().err
+
+
+def test_two_requests_for_one_model_train_it_once(pm, tiny_spec_file, tmp_path):
+    from mi_probe.engine import Engine, _training_stage
+    from mi_probe.interfaces import TrainingRequest
+
+    engine = Engine(load_spec(tiny_spec_file(), pm=pm), pm, tmp_path / "cache",
+                    log=lambda m: None, progress=False)
+    # the spec has no regularisers, so "reg=none" is the same model as the default
+    engine.experiment.trainings = lambda ctx: [TrainingRequest(0),
+                                               TrainingRequest(0, regularizers=[])]
+    assert [r.label for r in engine.training_requests()] == ["train/seed=0",
+                                                             "train/seed=0,reg=none"]
+
+    class Recorder:
+        units: list[str] = []
+
+        def run(self, jobs):
+            self.units = list(jobs.units)
+            return {}
+
+    recorder = Recorder()
+    _training_stage(engine, recorder, tmp_path, None, lambda m: None)
+    assert recorder.units == ["train/seed=0"]
+
+
+def test_under_torchrun_the_executor_must_be_local(pm, tiny_spec_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    spec = load_spec(tiny_spec_file(), pm=pm, executor="ray")
+    with pytest.raises(SpecError, match="under torchrun the executor must be 'local' "
+                       r"\(found 'ray'\)"):
+        run(spec, pm, out=tmp_path / "r", cache_dir=tmp_path / "c", log=lambda m: None)
