@@ -58,15 +58,31 @@ class DistContext:
     def barrier(self) -> None:
         dist.barrier()
 
-    def all_reduce_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+    def collective_device(self) -> torch.device:
+        """Where small tensors for collectives live: this rank's GPU under NCCL."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def all_reduce_sum(self, values: Sequence[float],
+                       device: torch.device | None = None) -> list[float]:
         """Sum of ``values`` over ranks, in float64."""
+        device = device if device is not None else self.collective_device()
         t = torch.tensor(list(values), dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.tolist()
 
-    def any(self, flag: bool, device: torch.device) -> bool:
+    def any(self, flag: bool, device: torch.device | None = None) -> bool:
         """True when ``flag`` is true on any rank (a collective: every rank must call)."""
         return self.all_reduce_sum([1.0 if flag else 0.0], device)[0] > 0
+
+    def main_decides(self, flags: Sequence[bool]) -> list[bool]:
+        """Rank 0's ``flags`` on every rank (a collective), so that decisions based on
+        files other processes may be writing are taken once."""
+        if not flags:
+            return []
+        mine = [1.0 if (f and self.is_main) else 0.0 for f in flags]
+        return [v > 0 for v in self.all_reduce_sum(mine)]
 
     def gather(self, local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         """Concatenate every rank's ``local`` rows in rank order; differentiable.
@@ -138,8 +154,24 @@ def init_from_env(device_kind: str) -> DistContext | None:
                                    "processes per node")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo",
+                                timeout=collective_timeout())
     return DistContext(rank, world, local_rank)
+
+
+def collective_timeout() -> "datetime.timedelta":
+    """How long a rank waits in a collective: rank 0 alone runs tracking callbacks
+    (e.g. the dynamics experiment's per-epoch MI) while the others wait at a barrier.
+    ``MI_PROBE_DIST_TIMEOUT_MINUTES`` (default 120)."""
+    import datetime
+
+    raw = os.environ.get("MI_PROBE_DIST_TIMEOUT_MINUTES", "120")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        raise DistributedError(f"MI_PROBE_DIST_TIMEOUT_MINUTES must be a number of minutes; "
+                               f"found {raw!r}") from None
+    return datetime.timedelta(minutes=minutes)
 
 
 def rank_device(ctx: DistContext | None, device: torch.device) -> torch.device:
@@ -170,7 +202,8 @@ class SeededItems(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed(self.base_seed, int(index)))
+            # the CPU generator only: torch.manual_seed would also reseed every GPU
+            torch.default_generator.manual_seed(item_seed(self.base_seed, int(index)))
             return self.dataset[index]
 
 

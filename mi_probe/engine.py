@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -218,20 +219,25 @@ class Engine:
         """The models the experiment's units will ask for (see ``Experiment``)."""
         declared = getattr(self.experiment, "trainings", None)
         if declared is not None:
-            requests = list(declared(self))
-        elif self.spec.model.weights != "train":
-            requests = []
-        else:
-            params = self.spec.experiment
-            states = getattr(params, "states", None) or [getattr(params, "state", TRAINED)]
-            requests = [TrainingRequest(seed) for seed in self.spec.seeds] \
-                if TRAINED in states else []
-        labels = [r.label for r in requests]
-        repeated = sorted({x for x in labels if labels.count(x) > 1})
-        if repeated:
-            raise RunError(f"experiment {self.spec.experiment.kind!r} asks for the same "
-                           f"training twice: {', '.join(repeated)}")
-        return requests
+            return list(declared(self))
+        if self.spec.model.weights != "train":
+            return []
+        params = self.spec.experiment
+        states = getattr(params, "states", None) or [getattr(params, "state", TRAINED)]
+        return [TrainingRequest(seed) for seed in self.spec.seeds] if TRAINED in states else []
+
+    def training_units(self) -> dict[str, TrainingRequest]:
+        """The training stage's units by name: one per distinct model (two requests for
+        one cached model are one unit); names are the requests' labels, suffixed with
+        the cache key where two different models would share a label."""
+        by_folder: dict[Path, TrainingRequest] = {}
+        for request in self.training_requests():
+            by_folder.setdefault(self.training_folder(request), request)
+        labels = [r.label for r in by_folder.values()]
+        units = {}
+        for (folder, request), label in zip(by_folder.items(), labels):
+            units[label if labels.count(label) == 1 else f"{label}#{folder.name[:8]}"] = request
+        return units
 
     def training_folder(self, request: TrainingRequest) -> Path:
         """Where the model cache keeps this request's model."""
@@ -579,7 +585,7 @@ def _read_unit(run_dir: Path, unit: str) -> tuple[dict[str, pl.DataFrame], dict[
 
 def job_payload(engine: Engine, stage: str, unit: str, run_dir: Path) -> dict[str, Any]:
     """What a worker process needs to run one unit on its own (see ``jobs.run_job``)."""
-    return {"stage": stage, "unit": unit, "spec": dump_spec(engine.spec),
+    return {"stage": stage, "unit": unit, "spec": dump_spec(engine.spec), "cwd": os.getcwd(),
             "source": str(run_dir.resolve() / "spec.yaml"), "plugins": engine.pm.recipe(),
             "run_dir": str(run_dir.resolve()), "cache_dir": str(engine.cache_dir.resolve()),
             "log": str((run_dir / "logs" / f"{stage}-{_safe(unit)}.log").resolve())}
@@ -596,24 +602,19 @@ def _check_failures(stage: str, failures: dict[str, str], run_dir: Path) -> None
 def _training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
                     log: Callable[[str], None]) -> None:
     """Train every model the experiment needs that the cache does not hold yet."""
-    requests, folders = [], set()
-    for request in engine.training_requests():
-        folder = engine.training_folder(request)
-        if folder not in folders:  # two labels, one model: train it once
-            folders.add(folder)
-            requests.append(request)
-    todo = [r for r in requests if not engine.is_trained(r)]
+    units = engine.training_units()
+    cached = [engine.is_trained(r) for r in units.values()]
     if dist_ctx is not None:
-        dist_ctx.barrier()  # every rank decided what to train before anyone trains
-    if len(todo) < len(requests):
-        log(f"{len(requests) - len(todo)} of {len(requests)} trained model(s) are in the "
+        cached = dist_ctx.main_decides(cached)  # rank 0 decides for everyone
+    todo = [label for label, done in zip(units, cached) if not done]
+    if len(todo) < len(units):
+        log(f"{len(units) - len(todo)} of {len(units)} trained model(s) are in the "
             f"cache {engine.cache_dir / 'models'}")
     if not todo:
         return
-    by_label = {r.label: r for r in todo}
     jobs = StageJobs(
-        "train", list(by_label),
-        run_here=lambda label: engine.run_training(by_label[label], dist_ctx),
+        "train", todo,
+        run_here=lambda label: engine.run_training(units[label], dist_ctx),
         payload=lambda label: job_payload(engine, "train", label, run_dir),
         entry=_job_entry(), log=log)
     _check_failures("train", executor.run(jobs), run_dir)
@@ -667,14 +668,18 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
             "n_eval": len(engine.eval_set), **engine.data.info},
             estimator=engine.estimator.describe())
         units = engine.experiment.units(engine)
-        _training_stage(engine, executor, run_dir, dist_ctx, log)
+        todo = [u for u in units if not (unit_dir(run_dir, u) / "done.json").is_file()]
+        needs_models = bool(todo)
+        if dist_ctx is not None:
+            (needs_models,) = dist_ctx.main_decides([needs_models])
+        if needs_models:  # a finished run re-run after its cache was cleared trains nothing
+            _training_stage(engine, executor, run_dir, dist_ctx, log)
         if dist_ctx is not None:
             import torch.distributed
 
             torch.distributed.destroy_process_group()
             dist_ctx = None
 
-        todo = [u for u in units if not (unit_dir(run_dir, u) / "done.json").is_file()]
         if len(todo) < len(units):
             log(f"reused {len(units) - len(todo)} finished unit(s) from {run_dir / 'units'}")
 
@@ -749,7 +754,10 @@ def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) ->
         engine = Engine(spec, pm, cache_dir, log=lambda _m: None, progress=False,
                         dist_ctx=dist_ctx)
         engine.experiment.units(engine)
-        _training_stage(engine, LocalExecutor(LocalParams()), None, dist_ctx, lambda _m: None)
+        (needs_models,) = dist_ctx.main_decides([False])  # rank 0's answer
+        if needs_models:
+            _training_stage(engine, LocalExecutor(LocalParams()), None, dist_ctx,
+                            lambda _m: None)
     finally:
         torch.distributed.destroy_process_group()
     return RunOutcome(None, None, f"trained as rank {dist_ctx.rank}")

@@ -11,12 +11,15 @@ PAYLOAD.json`` is what each of its ranks runs.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mi_probe.errors import RunError
 
@@ -26,6 +29,11 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     from mi_probe.distributed import launched_world_size
 
     t0 = time.perf_counter()
+    _enter_driver_folder(payload)
+    if payload.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(payload["threads"]))
     if (payload["stage"] == "train" and payload.get("processes", 1) > 1
             and launched_world_size() == 1):
         _torchrun(payload)
@@ -35,7 +43,36 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
+def _enter_driver_folder(payload: dict[str, Any]) -> None:
+    """Work in the driver's folder, so relative paths of the spec (data.root, weights)
+    mean what they meant there: on a cluster it must be on the shared filesystem."""
+    cwd = payload.get("cwd")
+    if cwd is None:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise RunError(f"the driver's working directory {cwd} is not usable on "
+                       f"{socket.gethostname()} ({exc.strerror}); run mi-probe from a "
+                       "folder on the filesystem every node mounts") from None
+
+
 def _run_here(payload: dict[str, Any]) -> None:
+    log_path = Path(payload["log"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as handle:
+        def log(message: str) -> None:
+            handle.write(message + "\n")
+            handle.flush()
+
+        try:
+            _compute(payload, log)
+        except BaseException:
+            log(traceback.format_exc())  # the driver shows one line; the log has it all
+            raise
+
+
+def _compute(payload: dict[str, Any], log: Callable[[str], None]) -> None:
     import torch.distributed
 
     from mi_probe.distributed import init_from_env, launched_world_size
@@ -44,33 +81,26 @@ def _run_here(payload: dict[str, Any]) -> None:
     from mi_probe.plugins import get_plugin_manager
     from mi_probe.spec import load_spec_text
 
-    log_path = Path(payload["log"])
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as handle:
-        def log(message: str) -> None:
-            handle.write(message + "\n")
-            handle.flush()
-
-        pm = get_plugin_manager(**payload["plugins"])
-        spec = load_spec_text(payload["spec"], payload["source"], pm=pm)
-        dist_ctx = None
-        if launched_world_size() > 1:
-            dist_ctx = init_from_env(resolve_device(spec.device).type)
-        try:
-            engine = Engine(spec, pm, Path(payload["cache_dir"]), log=log, progress=False,
-                            dist_ctx=dist_ctx)
-            unit = payload["unit"]
-            if payload["stage"] == "train":
-                requests = {r.label: r for r in engine.training_requests()}
-                if unit not in requests:
-                    raise RunError(f"training unit {unit} is not one this spec asks for "
-                                   f"({', '.join(requests) or 'none'})")
-                engine.run_training(requests[unit], dist_ctx)
-            else:
-                run_analysis_unit(engine, Path(payload["run_dir"]), unit)
-        finally:
-            if dist_ctx is not None:
-                torch.distributed.destroy_process_group()
+    pm = get_plugin_manager(**payload["plugins"])
+    spec = load_spec_text(payload["spec"], payload["source"], pm=pm)
+    dist_ctx = None
+    if launched_world_size() > 1:
+        dist_ctx = init_from_env(resolve_device(spec.device).type)
+    try:
+        engine = Engine(spec, pm, Path(payload["cache_dir"]), log=log, progress=False,
+                        dist_ctx=dist_ctx)
+        unit = payload["unit"]
+        if payload["stage"] == "train":
+            units = engine.training_units()
+            if unit not in units:
+                raise RunError(f"training unit {unit} is not one this spec asks for "
+                               f"({', '.join(units) or 'none'})")
+            engine.run_training(units[unit], dist_ctx)
+        else:
+            run_analysis_unit(engine, Path(payload["run_dir"]), unit)
+    finally:
+        if dist_ctx is not None:
+            torch.distributed.destroy_process_group()
 
 
 def _torchrun(payload: dict[str, Any]) -> None:
@@ -85,12 +115,46 @@ def _torchrun(payload: dict[str, Any]) -> None:
     with log_path.open("a", encoding="utf-8") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+        # its own process group (torchrun and its ranks), ended with this process: a
+        # retried task must not find the previous attempt still training
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            returncode = process.wait()
+        except BaseException:
+            _end_group(process)
+            raise
+    if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
         raise RunError(f"torchrun with {n} processes for {payload['unit']} exited with "
-                       f"status {result.returncode}; last lines of {log_path}:\n"
+                       f"status {returncode}; last lines of {log_path}:\n"
                        + "\n".join(tail))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies (a Ray
+    worker killed outright runs no cleanup); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:

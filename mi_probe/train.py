@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ def _save_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer, scheduler, sta
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_weights(model, ckpt_dir / "last.safetensors", {"epoch": state["epoch"]})
     tensors = _optimizer_tensors(model, optimizer)
-    tmp = ckpt_dir / ".optimizer.safetensors.tmp"
+    tmp = ckpt_dir / f".optimizer.safetensors.{os.getpid()}.tmp"
     save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp))
     tmp.replace(ckpt_dir / "optimizer.safetensors")
     sched = {k: v for k, v in scheduler.state_dict().items()}
@@ -213,7 +214,10 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
     while epoch < cfg.epochs and not state["stopped_early"]:
         epoch += 1
         t0 = time.perf_counter()
-        torch.manual_seed(derive_seed(seed, epoch, "train"))
+        # the model's own randomness (dropout): one stream per rank, or every rank
+        # would draw the same masks for its piece of the batch
+        torch.manual_seed(derive_seed(seed, epoch, "train") if dist_ctx is None
+                          else derive_seed(seed, epoch, "train", dist_ctx.rank))
         loader, sampler = training_loader(data.train, cfg, seed, epoch, dist_ctx, pin)
         global_sizes = sampler.global_sizes()
         trainee.train()
@@ -324,7 +328,10 @@ def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], 
     model = build()
     final = folder / "model.safetensors"
     info = folder / "training.json"
-    if final.is_file() and info.is_file():
+    cached = final.is_file() and info.is_file()
+    if dist_ctx is not None:
+        (cached,) = dist_ctx.main_decides([cached])  # one answer for every rank
+    if cached:
         load_weights(model, final, meta)
         history = json.loads(info.read_text())["history"]
         if dist_ctx is None or dist_ctx.is_main:

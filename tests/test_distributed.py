@@ -4,6 +4,7 @@ with single-process training of the same spec and seed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from torch import nn
 from mi_probe.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
                                   synchronise_batchnorm)
 from mi_probe.errors import DistributedError
+from mi_probe.models import build_model
 
 
 @pytest.mark.parametrize("n,batch,world", [(50, 16, 2), (48, 16, 3), (17, 8, 4), (10, 10, 1)])
@@ -79,7 +81,7 @@ def one_process_group(tmp_path):
 def test_global_batch_norm_equals_torch_batch_norm_on_one_rank(one_process_group):
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    synced = synchronise_batchnorm(__import__("copy").deepcopy(plain), torch.device("cpu"))
+    synced = synchronise_batchnorm(copy.deepcopy(plain), torch.device("cpu"))
     assert type(synced[1]).__name__ == "GlobalBatchNorm2d"
     x = torch.randn(6, 3, 8, 8)
     for model in (plain, synced):
@@ -122,6 +124,9 @@ def test_torchrun_environment_must_be_complete(monkeypatch):
 
 # ----------------------------------------------------------------------------- torchrun
 
+# float32 end to end through the CLI. Uneven pieces and exactness are checked in float64
+# below: in float32, reduction-order noise is amplified by batches whose batch-norm
+# variance is small, so only a well-conditioned problem stays within 1e-5 here.
 DDP_SPEC = """\
 name: ddp
 seeds: [0]
@@ -180,5 +185,35 @@ def test_two_process_torchrun_trains_the_single_process_model(tmp_path):
     # same weights up to floating-point reduction order
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     scale = max(a[k].double().abs().max().item() for k in a if a[k].is_floating_point())
-    assert worst < 1e-3 * scale, (worst, scale)
+    print(f"DDP vs single process: max abs weight difference {worst:.3g} (largest weight "
+          f"{scale:.3g})")
+    assert worst < 2e-5 * scale, (worst, scale)
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["training_processes"] == 2
+
+
+@pytest.mark.torchrun
+def test_ddp_equals_single_process_training_exactly_in_float64(tmp_path):
+    """Uneven rank pieces (a last global batch of 9 = 5 + 4), global batch norm and the
+    HSIC regulariser's padded all-gather: equal to ~1e-12 once float32 noise is gone."""
+    from safetensors.torch import load_file
+
+    script = Path(__file__).parent / "scripts" / "ddp_float64.py"
+    env = dict(os.environ, MI_PROBE_DISABLE_PLUGIN_AUTOLOAD="1", OMP_NUM_THREADS="1")
+    runs = {"single": [sys.executable, str(script), str(tmp_path / "single.safetensors")],
+            "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", str(script), str(tmp_path / "ddp.safetensors")]}
+    for name, command in runs.items():
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (name, done.stderr[-3000:])
+    a = load_file(str(tmp_path / "single.safetensors"))
+    b = load_file(str(tmp_path / "ddp.safetensors"))
+    assert a.keys() == b.keys() and all(t.dtype == torch.float64 for t in a.values()
+                                        if t.is_floating_point())
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"float64 DDP vs single process: max abs weight difference {worst:.3g}")
+    assert worst < 1e-10
+    # and training did move the weights
+    init = build_model("test_resnet", 3, 0)
+    moved = max((a[k].float() - v.float()).abs().max().item()
+                for k, v in init.state_dict().items() if v.is_floating_point())
+    assert moved > 1e-2

@@ -170,8 +170,39 @@ def test_ray_sweep_retries_a_failed_unit_and_matches_the_local_executor(
     _assert_same_tables(local_tables, outcome.tables)
     logs = sorted(p.name for p in (folder / "ray" / "logs").iterdir())
     assert "analysis-seed=1.log" in logs and "train-train_seed=2.log" in logs
+    failed_attempt = (folder / "ray" / "logs" / "analysis-seed=1.log").read_text()
+    assert "Traceback" in failed_attempt and "RuntimeError: planted failure of seed=1" in failed_attempt
     info = json.loads((folder / "ray" / "run.json").read_text())
     assert info["executor"]["kind"] == "ray" and set(info["trained_models"]) == {"0", "1", "2"}
+
+
+@needs_ray
+@pytest.mark.ray
+@needs_ray
+@pytest.mark.ray
+def test_ray_task_trains_with_ddp_and_refuses_requests_no_node_can_meet(sweep, plugin_pm):
+    folder, _ = sweep
+    text = SWEEP.replace("MARKER", str(folder / "none"))
+
+    def spec(train: dict):
+        executor = dict(RAY, train=train)
+        return load_spec_text(text, "sweep.yaml", ["seeds=[0]", f"executor={json.dumps(executor)}"],
+                              pm=plugin_pm)
+
+    out, cache = folder / "ray-ddp", folder / "cache-ray-ddp"
+    messages: list[str] = []
+    outcome = run(spec({"cpus": 2, "processes": 2}), plugin_pm, out=out, cache_dir=cache,
+                  log=messages.append, progress=False)
+    assert outcome.status == "complete"
+    assert "ray: submitted 1 train unit(s) (2 CPU, 0 GPU, 2 processes each)" in messages
+    (model_dir,) = (cache / "models").iterdir()
+    assert json.loads((model_dir / "training.json").read_text())["processes"] == 2
+    log = (out / "logs" / "train-train_seed=0.log").read_text()
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m mi_probe.jobs" in log
+    with pytest.raises(RunError, match=r"executor.train asks for 4 CPU\(s\) per unit but the "
+                       r"largest node of the Ray cluster has 2; a unit runs on one node"):
+        run(spec({"cpus": 4}), plugin_pm, out=folder / "too-big", cache_dir=folder / "c-big",
+            log=lambda m: None, progress=False)
 
 
 @needs_ray

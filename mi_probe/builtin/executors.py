@@ -99,6 +99,16 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
+def _largest_node(ray: Any) -> dict[str, float]:
+    """Per resource, the most any live node offers."""
+    best: dict[str, float] = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for key, value in node.get("Resources", {}).items():
+                best[key] = max(best.get(key, 0.0), float(value))
+    return best
+
+
 class RayExecutor:
     """Every unit becomes a Ray task (``max_retries`` retries, application errors
     included); the driver waits for all of them and reports failures by unit name."""
@@ -138,16 +148,20 @@ class RayExecutor:
         ray = self._connect()
         resources = self.params.train if jobs.stage == "train" else self.params.analysis
         processes = resources.process_count() if jobs.stage == "train" else 1
-        available = ray.cluster_resources()
+        largest = _largest_node(ray)
         for what, need in (("CPU", resources.cpus), ("GPU", resources.gpus)):
-            if need and available.get(what, 0) < need:
-                raise RunError(f"executor.{jobs.stage} asks for {need} {what}(s) per unit but the Ray cluster has "
-                               f"{available.get(what, 0)}")
+            if need and largest.get(what, 0) < need:
+                raise RunError(f"executor.{jobs.stage} asks for {need:g} {what}(s) per unit but "
+                               f"the largest node of the Ray cluster has "
+                               f"{largest.get(what, 0):g}; a unit runs on one node")
         remote = ray.remote(jobs.entry)
         pending: dict[Any, str] = {}
         started: dict[str, float] = {}
         for unit in jobs.units:
-            payload = dict(jobs.payload(unit), processes=processes)
+            # torch threads per process follow the CPUs asked for (Ray sets
+            # OMP_NUM_THREADS only when unset, and a reused worker keeps its first value)
+            payload = dict(jobs.payload(unit), processes=processes,
+                           threads=max(1, int(resources.cpus // processes)))
             ref = remote.options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                  max_retries=self.params.max_retries, retry_exceptions=True,
                                  name=f"mi-probe {jobs.stage} {unit}").remote(payload)
