@@ -298,7 +298,8 @@ class TrainingRequest:
 
     @property
     def label(self) -> str:
-        """A readable, unique unit name, e.g. ``train/seed=0,act=tanh,reg=hsic``."""
+        """A readable unit name, e.g. ``train/seed=0,act=tanh,reg=hsic`` (the engine adds
+        the cache key where two different models would share one)."""
         parts = [f"seed={self.seed}"]
         parts += [f"{k}={v}" for k, v in sorted(self.model_overrides.items())]
         if self.regularizers is not None:
