@@ -80,3 +80,41 @@ def one_thread():
 def shared_cache(tmp_path_factory):
     """Trained tiny models shared by the transplant / cover / skip_gain tests."""
     return tmp_path_factory.getbasetemp() / "mi_probe_tiny_models"
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(pm, shared_cache):
+    """``make(folder, text)``: an Engine for spec ``text`` written to ``folder``, with the
+    shared tiny-model cache (module fixtures of the experiment tests use it)."""
+    from mi_probe.engine import Engine
+    from mi_probe.spec import load_spec
+
+    def make(folder: Path, text: str):
+        path = folder / "spec.yaml"
+        path.write_text(text)
+        return Engine(load_spec(path, pm=pm), pm, cache_dir=shared_cache,
+                      log=lambda m: None, progress=False)
+
+    return make
+
+
+@pytest.fixture
+def cli_run_writes(tmp_path, monkeypatch, pm, capsys, shared_cache):
+    """``check(text, files)``: ``mi-probe run`` on spec ``text`` must exit 0 and write
+    every path in ``files`` (relative to the run directory), which it returns."""
+    from mi_probe import cli
+
+    monkeypatch.setenv("MI_PROBE_CACHE", str(shared_cache))
+
+    def check(text: str, files) -> Path:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(text)
+        run = tmp_path / "r"
+        code = cli.main(["run", str(spec), "--out", str(run), "--no-progress"], pm=pm)
+        err = capsys.readouterr().err
+        assert code == 0, err
+        for name in files:
+            assert (run / name).is_file(), name
+        return run
+
+    return check

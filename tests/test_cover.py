@@ -11,7 +11,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mi_probe import cli
 from mi_probe.builtin.cover import (CoverExperiment, CoverParams, mean_pair_mi, redundant_set)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.histogram import bin_uniform, label_mi_from_codes
@@ -142,16 +141,10 @@ def test_params_and_bins():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, pm, shared_cache):
-    from mi_probe.engine import Engine
-    from mi_probe.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("cover")
-    path = folder / "c.yaml"
-    path.write_text(TINY.replace('["*.post_add"]', '["layer3.*.post_add", "layer4.*.post_add"]')
-                    + "experiment: {kind: cover, q: [0.3, 0.8], random_draws: 2}\n")
-    return Engine(load_spec(path, pm=pm), pm, cache_dir=shared_cache, log=lambda m: None,
-                  progress=False)
+def engine(tmp_path_factory, tiny_engine):
+    return tiny_engine(tmp_path_factory.mktemp("cover"), TINY.replace(
+        '["*.post_add"]', '["layer3.*.post_add", "layer4.*.post_add"]')
+        + "experiment: {kind: cover, q: [0.3, 0.8], random_draws: 2}\n")
 
 
 def test_run_unit_through_the_engine(engine):
@@ -191,17 +184,11 @@ def test_run_unit_through_the_engine(engine):
     assert set(out["summary_cover_by_q"]["q"]) == {0.3, 0.8}
 
 
-def test_cli_run_writes_tables_and_figures(tmp_path, monkeypatch, pm, capsys, shared_cache):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(shared_cache))
-    spec = tmp_path / "c.yaml"
-    spec.write_text(TINY.replace("seeds: [0, 1]", "seeds: [0]")
-                    + "experiment: {kind: cover, q: [0.2], random_draws: 1}\n")
-    code = cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--no-progress"], pm=pm)
-    err = capsys.readouterr().err
-    assert code == 0, err
-    run = tmp_path / "r"
-    for name in ("tables/cover.parquet", "tables/summary_cover.parquet",
-                 "figures/cover_drop_by_depth.png", "figures/cover_drop_vs_q.png", "index.html"):
-        assert (run / name).is_file(), name
+def test_cli_run_writes_tables_and_figures(cli_run_writes):
+    run = cli_run_writes(
+        TINY.replace("seeds: [0, 1]", "seeds: [0]")
+        + "experiment: {kind: cover, q: [0.2], random_draws: 1}\n",
+        ("tables/cover.parquet", "tables/summary_cover.parquet",
+         "figures/cover_drop_by_depth.png", "figures/cover_drop_vs_q.png", "index.html"))
     frame = pl.read_parquet(run / "tables" / "cover.parquet")
     assert frame["site"].n_unique() == 4 and frame.height == 4 * 3

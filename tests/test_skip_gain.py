@@ -12,7 +12,6 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from mi_probe import cli
 from mi_probe.builtin.adapters import ADAPTERS
 from mi_probe.builtin.skip_gain import SkipGain, SkipGainParams
 from mi_probe.errors import SiteError, SpecError
@@ -163,16 +162,10 @@ def test_params_validate():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, pm, shared_cache):
-    from mi_probe.engine import Engine
-    from mi_probe.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("skip")
-    path = folder / "s.yaml"
+def engine(tmp_path_factory, tiny_engine):
     # post_add sites only: the pre_add sites are captured by the experiment itself
-    path.write_text(TINY + "experiment: {kind: skip_gain, gains: [0.0, 1.0, 1.5]}\n")
-    return Engine(load_spec(path, pm=pm), pm, cache_dir=shared_cache, log=lambda m: None,
-                  progress=False)
+    return tiny_engine(tmp_path_factory.mktemp("skip"),
+                       TINY + "experiment: {kind: skip_gain, gains: [0.0, 1.0, 1.5]}\n")
 
 
 def test_run_unit_through_the_engine(engine):
@@ -240,18 +233,12 @@ def test_unknown_block_pattern_is_a_spec_error(engine, monkeypatch):
     engine.end_unit()
 
 
-def test_cli_run_writes_tables_and_figures(tmp_path, monkeypatch, pm, capsys, shared_cache):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(shared_cache))
-    spec = tmp_path / "s.yaml"
-    spec.write_text(TINY.replace('["*.post_add"]', '["*.pre_add", "*.post_add"]')
-                    + "experiment: {kind: skip_gain, gains: [0.0, 1.0], blocks: ['layer4.*']}\n")
-    code = cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--no-progress"], pm=pm)
-    err = capsys.readouterr().err
-    assert code == 0, err
-    run = tmp_path / "r"
-    for name in ("tables/skip_gain.parquet", "tables/skip_concentration.parquet",
-                 "tables/summary_skip_gain.parquet", "figures/skip_gain_accuracy.png",
-                 "figures/skip_pre_post_gini.png", "index.html"):
-        assert (run / name).is_file(), name
+def test_cli_run_writes_tables_and_figures(cli_run_writes):
+    run = cli_run_writes(
+        TINY.replace('["*.post_add"]', '["*.pre_add", "*.post_add"]')
+        + "experiment: {kind: skip_gain, gains: [0.0, 1.0], blocks: ['layer4.*']}\n",
+        ("tables/skip_gain.parquet", "tables/skip_concentration.parquet",
+         "tables/summary_skip_gain.parquet", "figures/skip_gain_accuracy.png",
+         "figures/skip_pre_post_gini.png", "index.html"))
     frame = pl.read_parquet(run / "tables" / "skip_gain.parquet")
     assert frame["site"].unique().to_list() == ["layer4.0.post_add"] and frame.height == 2

@@ -199,16 +199,10 @@ def test_transplanting_every_channel_swaps_the_producer_modules():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, pm, shared_cache):
-    from mi_probe.engine import Engine
-    from mi_probe.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("transplant")
-    path = folder / "t.yaml"
-    path.write_text(TINY.replace('["*.post_add"]', '["layer2.*.post_add", "layer4.*.pre_add"]')
-                    + "experiment: {kind: transplant, q: [0.2, 1.0], random_draws: 2}\n")
-    return Engine(load_spec(path, pm=pm), pm, cache_dir=shared_cache, log=lambda m: None,
-                  progress=False)
+def engine(tmp_path_factory, tiny_engine):
+    return tiny_engine(tmp_path_factory.mktemp("transplant"), TINY.replace(
+        '["*.post_add"]', '["layer2.*.post_add", "layer4.*.pre_add"]')
+        + "experiment: {kind: transplant, q: [0.2, 1.0], random_draws: 2}\n")
 
 
 def test_run_unit_table_and_untouched_recipient(engine):
@@ -238,19 +232,13 @@ def test_run_unit_table_and_untouched_recipient(engine):
     assert summary["summary_transplant"]["n_pairs"].max() == 1
 
 
-def test_cli_run_writes_tables_and_figures(tmp_path, monkeypatch, pm, capsys, shared_cache):
-    monkeypatch.setenv("MI_PROBE_CACHE", str(shared_cache))
-    spec = tmp_path / "t.yaml"
-    spec.write_text(TINY.replace('["*.post_add"]', '["layer4.*.post_add", "stem"]')
-                    + "experiment: {kind: transplant, q: [0.5], random_draws: 1}\n")
-    code = cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--no-progress"], pm=pm)
-    err = capsys.readouterr().err
-    assert code == 0, err
-    run = tmp_path / "r"
-    for name in ("tables/transplant.parquet", "tables/summary_transplant.parquet",
-                 "figures/transplant_change_vs_q.png", "figures/transplant_change_by_depth.png",
-                 "index.html"):
-        assert (run / name).is_file(), name
+def test_cli_run_writes_tables_and_figures(cli_run_writes):
+    run = cli_run_writes(
+        TINY.replace('["*.post_add"]', '["layer4.*.post_add", "stem"]')
+        + "experiment: {kind: transplant, q: [0.5], random_draws: 1}\n",
+        ("tables/transplant.parquet", "tables/summary_transplant.parquet",
+         "figures/transplant_change_vs_q.png", "figures/transplant_change_by_depth.png",
+         "index.html"))
     frame = pl.read_parquet(run / "tables" / "transplant.parquet")
     assert set(frame["site"]) == {"stem", "layer4.0.post_add"}
     assert frame.height == 2 * 3  # sites x (top, one random draw, bottom)
