@@ -1,8 +1,10 @@
 """Charts, figure files and the offline ``index.html`` of a run.
 
 Chart helpers take long-format per-seed frames (the tables of ``mi_probe.tables``) and
-aggregate over seeds themselves, so every curve is a mean with a 95% t-interval band
-(no band with one seed). Figures are written as PNG (for papers and the index page),
+aggregate over seeds themselves: rows that share a seed within a group (sites, classes,
+draws) are averaged first, so every curve is a mean with a 95% t-interval over seeds,
+and the number of seeds behind each interval is printed on the chart (see
+``_mean_ci_layers``). Figures are written as PNG (for papers and the index page),
 HTML with the Vega JavaScript inlined (interactive, opens without network) and,
 on request, SVG. ``index.html`` ties a run together with no external resources.
 
@@ -25,7 +27,7 @@ import altair as alt
 import polars as pl
 
 from mi_probe.errors import RunError
-from mi_probe.tables import aggregate_seeds, atomic_write_bytes, atomic_write_text
+from mi_probe.tables import N_SUFFIX, aggregate_seeds, atomic_write_bytes, atomic_write_text
 
 #: Anything altair can save: single, layered, faceted or concatenated charts.
 AnyChart = Union[alt.Chart, alt.LayerChart, alt.FacetChart, alt.ConcatChart,
@@ -36,6 +38,21 @@ FORMATS = ("png", "html", "svg")
 
 #: Default chart size (pixels); faceted panels are narrower so three fit side by side.
 WIDTH, HEIGHT, FACET_WIDTH, FACET_COLUMNS = 500, 300, 300, 3
+
+#: Fewest values for which a chart draws its 95% band. With two, the t-quantile (12.7)
+#: makes the band about nine standard deviations wide: it then shows the quantile more
+#: than the data, so the two seeds' own values are drawn as points instead.
+BAND_MIN_N = 3
+
+#: Column of chart data telling aggregate rows ("mean") from per-seed rows ("replicate").
+_ROW_KIND = "_row_kind"
+
+#: Chart-data column marking points with a band whose neighbours have none: an area of
+#: one point has no width, so these get an error bar instead.
+_LONE_BAND = "_lone_band"
+
+#: Chart-data column holding the "n=<k>" label of points whose n is below the chart's most.
+_N_LABEL = "_n_label"
 
 #: Interactive HTML keeps export/source actions but drops the "open in editor" link,
 #: which would need the network.
@@ -111,30 +128,166 @@ def _sized(chart: AnyChart, title: str, width: int, height: int) -> AnyChart:
     return chart.properties(**props)
 
 
-def _mean_ci_layers(agg: pl.DataFrame, x: str, y: str, color: str | None, x_title: str,
+def _plural(replicate: str | None) -> str:
+    """What the replicates are called in chart text: "seeds", "pairs", or "rows" (None)."""
+    return "rows" if replicate is None else f"{replicate}s"
+
+
+def _aggregate(frame: pl.DataFrame, by: list[str], value: str, replicate: str | None,
+               what: str) -> tuple[pl.DataFrame, pl.DataFrame, str | None]:
+    """(mean/interval rows, per-replicate rows, replicate column used) of ``value``.
+
+    Rows that share a replicate (a seed) within a group of ``by``, e.g. the sites,
+    classes or random draws of one seed, are averaged first: they are not independent,
+    so only the replicates count towards n. Null and NaN are skipped. The default
+    replicate "seed" falls back to one observation per row (replicate None) when the
+    frame has no seed column; any other missing replicate column is an error.
+    """
+    if replicate not in (None, "seed") and replicate not in frame.columns:
+        raise RunError(f"{what}: replicate column {replicate!r} is not in the frame; "
+                       f"found {frame.columns}")
+    dtype = frame.schema[value]
+    if not (dtype.is_numeric() or dtype in (pl.Boolean, pl.Null)):
+        raise RunError(f"{what}: {value!r} must be numeric, found {dtype}")
+    clean = pl.col(value).cast(pl.Float64).fill_nan(None)
+    if replicate not in frame.columns:
+        values, replicate = frame.select(*by, clean), None
+    else:
+        keys = list(dict.fromkeys([*by, replicate]))
+        values = frame.group_by(keys, maintain_order=True).agg(clean.mean())
+    return aggregate_seeds(values, by, [value]), values, replicate
+
+
+def _n_range(agg: pl.DataFrame, n: str) -> tuple[int, int]:
+    if agg.height == 0:
+        return 0, 0
+    return int(agg[n].min()), int(agg[n].max())
+
+
+def _interval_note(agg: pl.DataFrame, n: str, unit: str, band: bool = True) -> str:
+    """Subtitle naming the interval and the n behind it, e.g. "... over seeds, n = 3".
+
+    ``band``: the chart draws bands and per-seed points (line charts); otherwise the
+    interval is in the tooltip only and varying n is labelled on cells (heatmaps).
+    """
+    lo, hi = _n_range(agg, n)
+    if hi < 2:
+        return f"mean over {unit}, n = 1: no interval" if hi == 1 else "no values (n = 0)"
+    where = "points" if band else "cells"
+    counts = f"n = {hi}" if lo == hi else f"n = {lo}–{hi} ({where} labelled where n < {hi})"
+    interval = "95% t-interval" if band else "95% t-interval (tooltip)"
+    note = f"mean and {interval} over {unit}, {counts}"
+    if band and lo < BAND_MIN_N:
+        note += (f"; band only where n ≥ {BAND_MIN_N}, values drawn as points where n = 2"
+                 if hi >= BAND_MIN_N else "; n = 2: values drawn as points, no band")
+    return note
+
+
+def _with_n_labels(agg: pl.DataFrame, n: str) -> pl.DataFrame:
+    """``agg`` with the "n=<k>" label of rows whose n is below the most (null elsewhere)."""
+    _, hi = _n_range(agg, n)
+    return agg.with_columns(pl.when(pl.col(n) < hi).then(pl.format("n={}", pl.col(n)))
+                            .otherwise(None).cast(pl.String).alias(_N_LABEL))
+
+
+def _chart_data(agg: pl.DataFrame, values: pl.DataFrame, by: list[str], y: str, x: str,
+                series: list[str]) -> pl.DataFrame:
+    """Aggregate rows (``_row_kind`` = mean) plus the per-replicate rows of groups whose n
+    is at least 2 but below ``BAND_MIN_N`` (``_row_kind`` = replicate), as one frame so
+    that faceted charts can share it. ``series`` are the columns that tell lines apart;
+    they decide which band points are isolated (``_lone_band``)."""
+    n = f"{y}{N_SUFFIX}"
+    wide = (pl.col(n) >= BAND_MIN_N) & pl.col(f"{y}_ci_low").is_not_null()
+    before, after = wide.shift(1), wide.shift(-1)
+    if series:
+        before, after = before.over(series), after.over(series)
+    rows = (_with_n_labels(agg, n).sort([*series, x], maintain_order=True)
+            .with_columns((wide & ~before.fill_null(False) & ~after.fill_null(False))
+                          .alias(_LONE_BAND), pl.lit("mean").alias(_ROW_KIND)))
+    few = agg.filter((pl.col(n) >= 2) & (pl.col(n) < BAND_MIN_N)).select(*by, n)
+    if few.height == 0:
+        return rows
+    points = values.join(few, on=by, how="inner", nulls_equal=True).drop_nulls(y).with_columns(
+        pl.lit("replicate").alias(_ROW_KIND))
+    return pl.concat([rows, points], how="diagonal_relaxed")
+
+
+def _js_field(name: str) -> str:
+    """Vega expression reading field ``name`` of the current datum (any characters)."""
+    return f"datum[{json.dumps(name)}]"
+
+
+def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_title: str,
                     y_title: str, extra_tooltip: Sequence[str] = (),
-                    points: bool = True) -> list[alt.Chart]:
-    """A mean line (with points) and, when any group has >1 seed, a CI band beneath it."""
-    x_enc = alt.X(_field(x), type=_x_type(agg, x), title=x_title, axis=_integer_axis(agg, x))
-    # Both layers share the colour legend; opaque symbols so it matches the lines, not the band.
+                    points: bool = True, replicate: str | None = "seed") -> list[alt.Chart]:
+    """Layers of a mean-over-seeds chart drawn from ``_chart_data`` rows.
+
+    * a mean line (with points), its tooltip giving the 95% interval and its n;
+    * a 95% band beneath it where n ≥ ``BAND_MIN_N`` (the band breaks elsewhere, and a
+      point with a band but no neighbour to span to gets an error bar);
+    * where n = 2, each seed's value as a hollow point instead of a band;
+    * when n differs between points, an "n=<k>" label on each point below the most.
+
+    n is the number of seeds with a value (``<y>_n``), not of rows; the chart's
+    subtitle (``_interval_note``) states it for the whole chart.
+    """
+    n = f"{y}{N_SUFFIX}"
+    is_mean = alt.FieldEqualPredicate(field=_ROW_KIND, equal="mean")
+    x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title, axis=_integer_axis(data, x))
+    # Layers share the colour legend; opaque symbols so it matches the lines, not the band.
     color_enc = (alt.Color(_field(color), type="nominal", title=color,
                            legend=alt.Legend(symbolOpacity=1))
                  if color is not None else alt.Undefined)
-    tooltip = [_tip(agg, c) for c in dict.fromkeys([*extra_tooltip, x, color]) if c is not None]
-    tooltip += [_tip(agg, f"{y}_mean", f"{y} mean", ".4g"),
-                _tip(agg, f"{y}_ci_low", "95% CI low", ".4g"),
-                _tip(agg, f"{y}_ci_high", "95% CI high", ".4g"),
-                _tip(agg, "n_seeds")]
+    tooltip = [_tip(data, c) for c in dict.fromkeys([*extra_tooltip, x, color]) if c is not None]
+    tooltip += [_tip(data, f"{y}_mean", f"{y} mean", ".4g"),
+                _tip(data, f"{y}_ci_low", "95% CI low", ".4g"),
+                _tip(data, f"{y}_ci_high", "95% CI high", ".4g"),
+                _tip(data, n, f"n ({_plural(replicate)} with a value)")]
     line = alt.Chart().mark_line(point=points).encode(
         x=x_enc, y=alt.Y(_field(f"{y}_mean"), type="quantitative", title=y_title),
-        color=color_enc, tooltip=tooltip)
+        color=color_enc, tooltip=tooltip).transform_filter(is_mean)
     layers = [line]
-    if agg.height and int(agg["n_seeds"].max()) > 1:
-        band = alt.Chart().mark_area(opacity=0.2).encode(
-            x=x_enc, y=alt.Y(_field(f"{y}_ci_low"), type="quantitative", title=y_title),
-            y2=alt.Y2(_field(f"{y}_ci_high")), color=color_enc)
+    means = data.filter(pl.col(_ROW_KIND) == "mean")
+    if means.height and int(means[n].max()) >= BAND_MIN_N:
+        wide = f"{_js_field(n)} >= {BAND_MIN_N}"
+        band = alt.Chart().mark_area(opacity=0.2, invalid="break-paths-filter-domains").encode(
+            x=x_enc, y=alt.Y("band_low", type="quantitative", title=y_title),
+            y2=alt.Y2("band_high"), color=color_enc).transform_filter(is_mean).transform_calculate(
+            band_low=f"{wide} ? {_js_field(f'{y}_ci_low')} : null",
+            band_high=f"{wide} ? {_js_field(f'{y}_ci_high')} : null")
         layers.insert(0, band)
+        if bool(means[_LONE_BAND].any()):
+            bars = alt.Chart().mark_rule(opacity=0.5, strokeWidth=2).encode(
+                x=x_enc, y=alt.Y(_field(f"{y}_ci_low"), type="quantitative", title=y_title),
+                y2=alt.Y2(_field(f"{y}_ci_high")), color=color_enc).transform_filter(
+                is_mean).transform_filter(alt.FieldEqualPredicate(field=_LONE_BAND, equal=True))
+            layers.insert(1, bars)
+    if (data[_ROW_KIND] == "replicate").any():
+        seeds = alt.Chart().mark_point(filled=False, size=40, opacity=0.8).encode(
+            x=x_enc, y=alt.Y(_field(y), type="quantitative", title=y_title), color=color_enc,
+            tooltip=[_tip(data, c) for c in dict.fromkeys(
+                [replicate, *extra_tooltip, x, color, y])
+                if c is not None]).transform_filter(
+            alt.FieldEqualPredicate(field=_ROW_KIND, equal="replicate"))
+        layers.append(seeds)
+    if means[_N_LABEL].drop_nulls().len():
+        labels = alt.Chart().mark_text(align="left", dx=5, dy=-7, fontSize=9).encode(
+            x=x_enc, y=alt.Y(_field(f"{y}_mean"), type="quantitative", title=y_title),
+            text=alt.Text(_N_LABEL, type="nominal"), color=color_enc).transform_filter(
+            is_mean).transform_filter(f"isValid({_js_field(_N_LABEL)})")
+        layers.append(labels)
     return layers
+
+
+def _title(title: str, subtitle: Sequence[str], note: str) -> alt.TitleParams:
+    """Chart title with the caller's ``subtitle`` lines and the interval note beneath it
+    (the lines alone, in plain type, when there is no title)."""
+    lines = [subtitle] if isinstance(subtitle, str) else [*subtitle]
+    lines.append(note)
+    if not title:
+        return alt.TitleParams(text=lines if len(lines) > 1 else note, fontSize=11,
+                               fontWeight="normal")
+    return alt.TitleParams(text=title, subtitle=lines if len(lines) > 1 else note)
 
 
 # --------------------------------------------------------------------------- charts
@@ -142,38 +295,53 @@ def _mean_ci_layers(agg: pl.DataFrame, x: str, y: str, color: str | None, x_titl
 
 def by_depth(frame: pl.DataFrame, y: str, color: str = "state", title: str = "",
              y_title: str | None = None, facet: str | None = None,
-             x_title: str = "depth") -> AnyChart:
+             x_title: str = "depth", *, replicate: str | None = "seed",
+             subtitle: Sequence[str] = ()) -> AnyChart:
     """Per-site value against depth: mean over seeds with a 95% CI band, one line per ``color``.
 
     ``frame`` is a per-seed site table (seed, state, site, depth, site_kind, ``y``);
-    rows are aggregated by [color, site, depth] (+ ``facet``). Pass units in ``y_title``,
-    e.g. ``"I(X;T) (nats)"``.
+    rows are aggregated by [color, site, depth] (+ ``facet``) after averaging the rows
+    one seed has in a group (``replicate`` names the seed column; None: every row is
+    an observation; the default "seed" counts rows when the frame has no seed column,
+    and the subtitle then says "over rows"). Pass units in ``y_title``, e.g.
+    ``"I(X;T) (nats)"``. The title's subtitle holds the ``subtitle`` lines, then a line
+    stating the interval and its n. How n and small n are drawn: ``_mean_ci_layers``.
     """
     _require(frame, ["site", "depth", y, color, facet], "by_depth")
     by = list(dict.fromkeys([c for c in (color, "site", "depth", facet) if c is not None]))
-    agg = aggregate_seeds(frame, by, [y])
-    layers = _mean_ci_layers(agg, "depth", y, color, x_title, y_title or y,
-                             extra_tooltip=["site"])
-    chart = alt.layer(*layers, data=_data(agg))
+    agg, values, replicate = _aggregate(frame, by, y, replicate, "by_depth")
+    data = _chart_data(agg, values, by, y, "depth", [c for c in (color, facet) if c])
+    layers = _mean_ci_layers(data, "depth", y, color, x_title, y_title or y,
+                             extra_tooltip=["site"], replicate=replicate)
+    chart = alt.layer(*layers, data=_data(data))
+    note = _interval_note(agg, f"{y}{N_SUFFIX}", _plural(replicate))
+    heading = _title(title, subtitle, note)
     if facet is None:
-        return _sized(chart, title, WIDTH, HEIGHT)
+        return chart.properties(width=WIDTH, height=HEIGHT, title=heading)
     faceted = chart.properties(width=FACET_WIDTH, height=HEIGHT).facet(
         facet=alt.Facet(_field(facet), type="nominal", title=facet), columns=FACET_COLUMNS)
-    return faceted.properties(title=title) if title else faceted
+    return faceted.properties(title=heading)
 
 
 def line(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
-         *, x_title: str | None = None, y_title: str | None = None) -> AnyChart:
+         *, x_title: str | None = None, y_title: str | None = None,
+         replicate: str | None = "seed", subtitle: Sequence[str] = ()) -> AnyChart:
     """``y`` against ``x`` (e.g. val_acc per epoch), mean over seeds with a 95% CI band.
 
-    Rows are aggregated by [color, x], so one line per ``color`` value.
+    Rows are aggregated by [color, x], so one line per ``color`` value; rows one seed
+    has in a group (sites, classes, draws) are averaged first (``replicate`` and
+    ``subtitle``: see ``by_depth``). How n and small n are drawn: ``_mean_ci_layers``.
     """
     _require(frame, [x, y, color], "line")
     by = list(dict.fromkeys([c for c in (color, x) if c is not None]))
-    agg = aggregate_seeds(frame, by, [y])
+    agg, values, replicate = _aggregate(frame, by, y, replicate, "line")
+    data = _chart_data(agg, values, by, y, x, [color] if color is not None else [])
     points = agg.height == 0 or agg[x].n_unique() <= 30
-    layers = _mean_ci_layers(agg, x, y, color, x_title or x, y_title or y, points=points)
-    return _sized(alt.layer(*layers, data=_data(agg)), title, WIDTH, HEIGHT)
+    layers = _mean_ci_layers(data, x, y, color, x_title or x, y_title or y, points=points,
+                             replicate=replicate)
+    note = _interval_note(agg, f"{y}{N_SUFFIX}", _plural(replicate))
+    return alt.layer(*layers, data=_data(data)).properties(
+        width=WIDTH, height=HEIGHT, title=_title(title, subtitle, note))
 
 
 def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
@@ -195,26 +363,49 @@ def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title
 
 def heatmap(frame: pl.DataFrame, x: str, y: str, value: str, title: str = "", *,
             value_title: str | None = None, x_sort: Sequence[Any] | None = None,
-            y_sort: Sequence[Any] | None = None) -> alt.Chart:
+            y_sort: Sequence[Any] | None = None, replicate: str | None = "seed",
+            subtitle: Sequence[str] = ()) -> AnyChart:
     """Matrix of ``value`` over (x, y), e.g. layer-layer MI; mean over seeds when present.
 
-    Pass ``x_sort``/``y_sort`` (e.g. sites in depth order) to fix the axis order; the
-    default sorts the labels.
+    Rows one seed has in a cell are averaged first (``replicate`` and ``subtitle``: see
+    ``by_depth``). The tooltip gives the 95% interval and its n; the subtitle states n
+    (set titles through ``title``/``subtitle``, not ``.properties``, to keep it), and when n
+    differs between cells those below the most are labelled "n=<k>". Pass
+    ``x_sort``/``y_sort`` (e.g. sites in depth order) to fix the axis order; the default
+    sorts the labels.
     """
     _require(frame, [x, y, value], "heatmap")
-    agg = aggregate_seeds(frame, list(dict.fromkeys([x, y])), [value])
+    by = list(dict.fromkeys([x, y]))
+    agg, _, replicate = _aggregate(frame, by, value, replicate, "heatmap")
+    n = f"{value}{N_SUFFIX}"
+    agg = _with_n_labels(agg, n)
     tips = [_tip(agg, x), _tip(agg, y), _tip(agg, f"{value}_mean", f"{value} mean", ".4g"),
             _tip(agg, f"{value}_ci_low", "95% CI low", ".4g"),
-            _tip(agg, f"{value}_ci_high", "95% CI high", ".4g"), _tip(agg, "n_seeds")]
-    chart = alt.Chart(_data(agg)).mark_rect().encode(
-        x=alt.X(_field(x), type="ordinal", title=x,
-                sort=list(x_sort) if x_sort is not None else "ascending"),
-        y=alt.Y(_field(y), type="ordinal", title=y,
-                sort=list(y_sort) if y_sort is not None else "ascending"),
+            _tip(agg, f"{value}_ci_high", "95% CI high", ".4g"),
+            _tip(agg, n, f"n ({_plural(replicate)} with a value)")]
+    x_enc = alt.X(_field(x), type="ordinal", title=x,
+                  sort=list(x_sort) if x_sort is not None else "ascending")
+    y_enc = alt.Y(_field(y), type="ordinal", title=y,
+                  sort=list(y_sort) if y_sort is not None else "ascending")
+    rect = alt.Chart().mark_rect().encode(
+        x=x_enc, y=y_enc,
         color=alt.Color(_field(f"{value}_mean"), type="quantitative",
                         title=value_title or value, scale=alt.Scale(scheme="viridis")),
         tooltip=tips)
-    return _sized(chart, title, WIDTH, WIDTH)
+    layers = [rect]
+    if agg[_N_LABEL].drop_nulls().len():
+        # viridis runs dark to light: white text on the lower half of the range, black above
+        means = agg[f"{value}_mean"].drop_nulls()
+        means = means.filter(means.is_finite())
+        middle = (float(means.min()) + float(means.max())) / 2 if means.len() else 0.0
+        layers.append(alt.Chart().mark_text(fontSize=9).encode(
+            x=x_enc, y=y_enc, text=alt.Text(_N_LABEL, type="nominal"), tooltip=tips,
+            color=alt.condition(f"{_js_field(f'{value}_mean')} > {middle!r}",
+                                alt.value("black"), alt.value("white"))
+        ).transform_filter(f"isValid({_js_field(_N_LABEL)})"))
+    note = _interval_note(agg, n, _plural(replicate), band=False)
+    return alt.layer(*layers, data=_data(agg)).properties(
+        width=WIDTH, height=WIDTH, title=_title(title, subtitle, note))
 
 
 # --------------------------------------------------------------------------- figure files
@@ -376,10 +567,38 @@ def _relative(run_dir: Path, path: Path) -> str:
     return _esc(quote(Path(rel).as_posix()))
 
 
+def _interval_counts(columns: Sequence[str]) -> dict[str, str]:
+    """{``<v>_ci_high``: ``<v>_n``} for every interval in ``columns`` whose n is there too."""
+    counts = {c: c[:-len("_ci_high")] + N_SUFFIX for c in columns if c.endswith("_ci_high")}
+    return {high: n for high, n in counts.items() if n in columns}
+
+
+def _interval_columns_together(columns: Sequence[str]) -> list[str]:
+    """``columns`` with each ``<v>_n`` moved right after ``<v>_ci_high``, so a table
+    preview shows every interval beside the n it is over."""
+    counts = _interval_counts(columns)
+    moved = set(counts.values())
+    order: list[str] = []
+    for c in columns:
+        if c not in moved:
+            order += [c, counts[c]] if c in counts else [c]
+    return order
+
+
+def _column_title(frame: pl.DataFrame, column: str, counts: set[str]) -> str:
+    """Header tooltip: the dtype, and for an interval's n what it counts."""
+    if column in counts:
+        value = column[:-len(N_SUFFIX)]
+        return f"{frame.schema[column]}; values of {value} (non-null, non-NaN) the interval is over"
+    return str(frame.schema[column])
+
+
 def _table_html(name: str, frame: pl.DataFrame, max_rows: int) -> str:
+    frame = frame.select(_interval_columns_together(frame.columns))
     shown = frame.head(max_rows)
-    head = "".join(f'<th title="{_esc(dtype)}">{_esc(col)}</th>'
-                   for col, dtype in frame.schema.items())
+    counts = set(_interval_counts(frame.columns).values())
+    head = "".join(f'<th title="{_esc(_column_title(frame, col, counts))}">{_esc(col)}</th>'
+                   for col in frame.columns)
     rows = []
     for row in shown.iter_rows():
         cells = []

@@ -56,31 +56,61 @@ def t_quantile_975(dof: int) -> float:
     return float(t.ppf(0.975, dof))
 
 
+#: Suffix of the per-column count ``aggregate_seeds`` writes: ``<v>_n``.
+N_SUFFIX = "_n"
+
+
 def aggregate_seeds(frame: pl.DataFrame, by: Iterable[str], values: Iterable[str],
                     count_name: str = "n_seeds") -> pl.DataFrame:
     """Mean and 95% t-interval over seeds of each value column, grouped by ``by``.
 
-    Adds ``<v>_mean``, ``<v>_ci_low``, ``<v>_ci_high`` and ``n_seeds`` (``count_name``:
-    the number of rows per group, i.e. of independent observations). With one seed the
-    interval collapses to the mean (there is no spread to estimate), which charts show
-    as a line without a band. Per-seed rows are never overwritten: this returns a new frame.
+    Each row of ``frame`` is one independent observation (a seed, or whatever the
+    caller has reduced to one row per seed first). Null and NaN both mean "no value":
+    for each value column ``v`` the mean, the sd and the t-quantile use only that
+    column's own values, so a seed that never reached a plateau does not shrink the
+    interval of the plateau epoch. Adds, per ``v``: ``<v>_mean``, ``<v>_ci_low``,
+    ``<v>_ci_high`` and ``<v>_n`` (how many non-null, non-NaN values the interval is
+    over), and once per group ``count_name`` (default ``n_seeds``: the number of rows
+    in the group, missing values included; kept so existing callers keep working).
+
+    With ``<v>_n`` < 2 there is no spread to estimate, so the interval is null (missing)
+    rather than collapsed to the mean: a zero-width interval would claim certainty, and
+    null, unlike NaN, is skipped by later means and serialises to JSON. The mean is null
+    when ``<v>_n`` is 0. Per-seed rows are never overwritten: this returns a new frame.
     """
     by = list(by)
     values = list(values)
-    aggs: list[pl.Expr] = [pl.len().alias("n_seeds")]
+    missing = [c for c in dict.fromkeys(by + values) if c not in frame.columns]
+    if missing:
+        raise RunError(f"aggregate_seeds: frame lacks columns {missing}; found {frame.columns}")
+    both = [v for v in values if v in by]
+    if both:
+        raise RunError(f"aggregate_seeds: {both} are both grouping and value columns")
+    not_numeric = {v: str(frame.schema[v]) for v in values
+                   if not (frame.schema[v].is_numeric() or frame.schema[v] in (pl.Boolean, pl.Null))}
+    if not_numeric:
+        raise RunError(f"aggregate_seeds: value columns must be numeric, found {not_numeric}")
+    clean = frame.with_columns([pl.col(v).cast(pl.Float64).fill_nan(None) for v in values])
+    aggs: list[pl.Expr] = [pl.len().alias(count_name)]
     for v in values:
-        aggs += [pl.col(v).mean().alias(f"{v}_mean"), pl.col(v).std(ddof=1).alias(f"{v}_sd")]
-    out = frame.group_by(by, maintain_order=True).agg(aggs)
-    quantiles = {n: (t_quantile_975(n - 1) if n > 1 else 0.0) for n in out["n_seeds"].unique()}
-    half_factor = pl.col("n_seeds").replace_strict(quantiles, return_dtype=pl.Float64) / \
-        pl.col("n_seeds").cast(pl.Float64).sqrt()
-    exprs = []
+        aggs += [pl.col(v).mean().alias(f"{v}_mean"), pl.col(v).std(ddof=1).alias(f"{v}_sd"),
+                 pl.col(v).count().alias(f"{v}{N_SUFFIX}")]
+    out = (clean.group_by(by, maintain_order=True).agg(aggs) if by
+           else clean.select(aggs))
+    columns: list[pl.Expr] = []
     for v in values:
-        half = (pl.col(f"{v}_sd").fill_null(0.0).fill_nan(0.0) * half_factor)
-        exprs += [(pl.col(f"{v}_mean") - half).alias(f"{v}_ci_low"),
-                  (pl.col(f"{v}_mean") + half).alias(f"{v}_ci_high")]
-    out = out.with_columns(exprs).drop([f"{v}_sd" for v in values]).sort(by)
-    return out.rename({"n_seeds": count_name}) if count_name != "n_seeds" else out
+        n = pl.col(f"{v}{N_SUFFIX}")
+        sizes = sorted({int(k) for k in out[f"{v}{N_SUFFIX}"].unique() if k >= 2})
+        quantile = n.replace_strict({k: t_quantile_975(k - 1) for k in sizes}, default=None,
+                                    return_dtype=pl.Float64)
+        half = quantile * pl.col(f"{v}_sd") / n.cast(pl.Float64).sqrt()
+        columns += [pl.when(n >= 2).then(pl.col(f"{v}_mean") - half).alias(f"{v}_ci_low"),
+                    pl.when(n >= 2).then(pl.col(f"{v}_mean") + half).alias(f"{v}_ci_high")]
+    out = out.with_columns(columns)
+    order = by + [count_name] + [f"{v}{suffix}" for v in values
+                                 for suffix in ("_mean", "_ci_low", "_ci_high", N_SUFFIX)]
+    out = out.select(order)
+    return out.sort(by, maintain_order=True) if by else out
 
 
 #: Mode of files written atomically (mkstemp would leave them owner-only).

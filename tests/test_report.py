@@ -28,10 +28,26 @@ def site_frame(n_seeds: int) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def chart_rows(chart: alt.TopLevelMixin) -> list[dict]:
-    """The data rows a chart carries (altair consolidates inline data into ``datasets``)."""
+def chart_rows(chart: alt.TopLevelMixin, kind: str | None = "mean") -> list[dict]:
+    """The data rows a chart carries (altair consolidates inline data into ``datasets``):
+    the aggregate rows (``kind="mean"``), the per-seed rows (``"replicate"``) or all."""
     spec = chart.to_dict()
-    return spec["datasets"][spec["data"]["name"]]
+    rows = spec["datasets"][spec["data"]["name"]]
+    return [r for r in rows if kind is None or r.get("_row_kind", "mean") == kind]
+
+
+def marks(chart: alt.TopLevelMixin) -> list[str]:
+    return [layer["mark"]["type"] for layer in chart.to_dict()["layer"]]
+
+
+def layer(chart: alt.TopLevelMixin, mark: str) -> dict:
+    (found,) = [lay for lay in chart.to_dict()["layer"] if lay["mark"]["type"] == mark]
+    return found
+
+
+def subtitle(chart: alt.TopLevelMixin) -> str:
+    title = chart.to_dict()["title"]
+    return title.get("subtitle") or title["text"]
 
 
 def no_external_resources(text: str) -> None:
@@ -102,71 +118,171 @@ def test_figure_name_must_be_a_plain_file_name(tmp_path: Path, name: str) -> Non
 def test_by_depth_three_seeds_draws_mean_and_t_interval() -> None:
     chart = report.by_depth(site_frame(3), "i_xt", y_title="I(X;T) (nats)")
     rows = chart_rows(chart)
-    assert len(rows) == 2 * len(SITES)
+    assert len(rows) == 2 * len(SITES) and not chart_rows(chart, "replicate")
 
     # seeds give values base, base+1, base+2: mean base+1, sd 1
     half = student_t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
     for row in rows:
         base = row["depth"] + (row["state"] == "trained")
         assert row["site"] == SITES[row["depth"]]
-        assert row["n_seeds"] == 3
+        assert row["n_seeds"] == row["i_xt_n"] == 3
         assert row["i_xt_mean"] == pytest.approx(base + 1)
         assert row["i_xt_ci_low"] == pytest.approx(base + 1 - half)
         assert row["i_xt_ci_high"] == pytest.approx(base + 1 + half)
 
+    assert marks(chart) == ["area", "line"]
     band, mean_line = chart.to_dict()["layer"]
-    assert band["mark"]["type"] == "area"
-    assert band["encoding"]["y"]["field"] == "i_xt_ci_low"
-    assert band["encoding"]["y2"]["field"] == "i_xt_ci_high"
+    assert band["encoding"]["y"]["field"] == "band_low"
+    assert band["encoding"]["y2"]["field"] == "band_high"
+    assert {t["as"]: t["calculate"] for t in band["transform"] if "calculate" in t} == {
+        "band_low": 'datum["i_xt_n"] >= 3 ? datum["i_xt_ci_low"] : null',
+        "band_high": 'datum["i_xt_n"] >= 3 ? datum["i_xt_ci_high"] : null'}
     enc = mean_line["encoding"]
     assert enc["x"]["field"] == "depth" and enc["x"]["type"] == "quantitative"
     assert enc["y"] == {"field": "i_xt_mean", "type": "quantitative", "title": "I(X;T) (nats)"}
     assert enc["color"]["field"] == "state"
-    tips = {tip["field"] for tip in enc["tooltip"]}
-    assert {"site", "i_xt_mean", "i_xt_ci_low", "i_xt_ci_high", "n_seeds"} <= tips
+    tips = {tip["field"]: tip["title"] for tip in enc["tooltip"]}
+    assert {"site", "i_xt_mean", "i_xt_ci_low", "i_xt_ci_high", "i_xt_n"} <= set(tips)
+    assert tips["i_xt_n"] == "n (seeds with a value)"
+    assert subtitle(chart) == "mean and 95% t-interval over seeds, n = 3"
 
 
-def test_by_depth_one_seed_is_a_line_without_band(tmp_path: Path) -> None:
+def test_by_depth_one_seed_is_a_line_without_band_or_interval(tmp_path: Path) -> None:
     chart = report.by_depth(site_frame(1), "i_xt", title="one seed")
-    spec = chart.to_dict()
-    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line"]
+    assert marks(chart) == ["line"]
     for row in chart_rows(chart):
-        assert row["n_seeds"] == 1
-        assert row["i_xt_ci_low"] == row["i_xt_ci_high"] == row["i_xt_mean"]
+        assert row["n_seeds"] == row["i_xt_n"] == 1
+        assert row["i_xt_ci_low"] is None and row["i_xt_ci_high"] is None
+        assert row["i_xt_mean"] == row["depth"] + (row["state"] == "trained")
+    assert chart.to_dict()["title"] == {"text": "one seed",
+                                        "subtitle": "mean over seeds, n = 1: no interval"}
     svg = report.save_chart(chart, tmp_path, "one", formats=("svg",))["svg"].read_text()
     assert "one seed" in svg
 
 
 def test_by_depth_facets_and_rejects_missing_columns() -> None:
-    frame = site_frame(2)
+    frame = site_frame(3)
     spec = report.by_depth(frame, "i_xt", color="site_kind", facet="state", title="t").to_dict()
     assert spec["facet"]["field"] == "state"
-    assert {(r["state"], r["n_seeds"]) for r in spec["datasets"][spec["data"]["name"]]} == {
-        ("init", 2), ("trained", 2)}
+    assert spec["title"] == {"text": "t", "subtitle": "mean and 95% t-interval over seeds, n = 3"}
+    assert {(r["state"], r["i_xt_n"]) for r in spec["datasets"][spec["data"]["name"]]} == {
+        ("init", 3), ("trained", 3)}
     with pytest.raises(RunError, match=r"by_depth: frame lacks columns \['i_ty'\]"):
         report.by_depth(frame, "i_ty")
+    with pytest.raises(RunError, match=r"by_depth: 'site_kind' must be numeric, found String"):
+        report.by_depth(frame, "site_kind")
 
 
-def test_line_aggregates_by_color_and_x() -> None:
+def test_two_seeds_draw_their_values_as_points_not_a_band() -> None:
     frame = pl.DataFrame({"seed": [0, 0, 1, 1, 0, 1], "epoch": [1, 2, 1, 2, 1, 1],
                           "val_acc": [0.1, 0.2, 0.3, 0.4, 0.5, 0.7],
                           "regularizer": ["none"] * 4 + ["l2"] * 2})
     chart = report.line(frame, "epoch", "val_acc", "regularizer", y_title="accuracy")
-    got = {(r["regularizer"], r["epoch"]): (r["val_acc_mean"], r["n_seeds"])
+    got = {(r["regularizer"], r["epoch"]): (r["val_acc_mean"], r["val_acc_n"])
            for r in chart_rows(chart)}
     assert got == {("none", 1): (pytest.approx(0.2), 2), ("none", 2): (pytest.approx(0.3), 2),
                    ("l2", 1): (pytest.approx(0.6), 2)}
-    assert [layer["mark"]["type"] for layer in chart.to_dict()["layer"]] == ["area", "line"]
+    # the interval is still in the data (and the tooltip), but not drawn as a band
+    half = student_t.ppf(0.975, 1) * math.sqrt(0.02) / math.sqrt(2)
+    l2 = [r for r in chart_rows(chart) if r["regularizer"] == "l2"][0]
+    assert l2["val_acc_ci_high"] == pytest.approx(0.6 + half)
+    assert marks(chart) == ["line", "point"]
+    seeds = sorted((r["regularizer"], r["epoch"], r["seed"], r["val_acc"])
+                   for r in chart_rows(chart, "replicate"))
+    assert seeds == [("l2", 1, 0, 0.5), ("l2", 1, 1, 0.7), ("none", 1, 0, 0.1),
+                     ("none", 1, 1, 0.3), ("none", 2, 0, 0.2), ("none", 2, 1, 0.4)]
+    assert layer(chart, "point")["encoding"]["y"]["field"] == "val_acc"
+    assert subtitle(chart) == ("mean and 95% t-interval over seeds, n = 2; "
+                               "n = 2: values drawn as points, no band")
 
 
-def test_heatmap_averages_seeds() -> None:
-    frame = pl.DataFrame({"seed": [0, 1, 0, 1], "site": ["a", "a", "a", "a"],
-                          "site_b": ["a", "a", "b", "b"], "mi": [1.0, 3.0, 0.5, 0.5]})
+def test_rows_of_one_seed_are_averaged_before_the_interval() -> None:
+    # 3 seeds x 4 classes x 2 sites per q: the interval is over the 3 seed means, not 24 rows
+    rows = [dict(seed=seed, site=site, cls=cls, q=q, selection="top",
+                 drop=q + seed + (cls - 1.5) * 0.1 + (site == "b") * 0.01)
+            for seed in range(3) for site in ("a", "b") for cls in range(4) for q in (0.1, 0.5)]
+    chart = report.line(pl.DataFrame(rows), "q", "drop", color="selection")
+    half = student_t.ppf(0.975, 2) / math.sqrt(3)  # seed means q+0.005, q+1.005, q+2.005
+    for row in chart_rows(chart):
+        assert row["n_seeds"] == row["drop_n"] == 3
+        assert row["drop_mean"] == pytest.approx(row["q"] + 1.005)
+        assert row["drop_ci_low"] == pytest.approx(row["q"] + 1.005 - half)
+        assert row["drop_ci_high"] == pytest.approx(row["q"] + 1.005 + half)
+
+    rows_chart = report.line(pl.DataFrame(rows), "q", "drop", color="selection", replicate=None)
+    assert {r["drop_n"] for r in chart_rows(rows_chart)} == {24}
+    assert subtitle(rows_chart) == "mean and 95% t-interval over rows, n = 24"
+    with pytest.raises(RunError, match=r"line: replicate column 'run' is not in the frame"):
+        report.line(pl.DataFrame(rows), "q", "drop", replicate="run")
+
+    # a frame without a seed column: every row is an observation, and the chart says so
+    no_seed = report.line(pl.DataFrame(rows).drop("seed"), "q", "drop")
+    assert {r["drop_n"] for r in chart_rows(no_seed)} == {24}
+    assert subtitle(no_seed) == "mean and 95% t-interval over rows, n = 24"
+    tips = {t["field"]: t["title"] for t in layer(no_seed, "line")["encoding"]["tooltip"]}
+    assert tips["drop_n"] == "n (rows with a value)"
+    # another replicate column: rows of one pair are averaged, n counts pairs
+    pairs = report.line(pl.DataFrame(rows).with_columns(pair=pl.col("seed") % 2), "q", "drop",
+                        replicate="pair")
+    assert {r["drop_n"] for r in chart_rows(pairs)} == {2}
+    assert subtitle(pairs).startswith("mean and 95% t-interval over pairs, n = 2")
+
+
+def test_varying_n_is_labelled_and_bands_break_where_n_is_small(tmp_path: Path) -> None:
+    # 4 seeds; depth 2 has 2 values (null / NaN elsewhere), depth 3 one, depth 4 four again
+    rows = []
+    for seed in range(4):
+        for depth, site in enumerate(["s0", "s1", "s2", "s3", "s4"]):
+            value = float(depth + seed)
+            if (depth == 2 and seed >= 2) or (depth == 3 and seed >= 1):
+                value = None if seed % 2 else float("nan")
+            rows.append(dict(seed=seed, state="trained", site=site, depth=depth, i_ty=value))
+    chart = report.by_depth(pl.DataFrame(rows), "i_ty", title="t")
+
+    means = {r["depth"]: r for r in chart_rows(chart)}
+    assert {d: r["i_ty_n"] for d, r in means.items()} == {0: 4, 1: 4, 2: 2, 3: 1, 4: 4}
+    assert {d: r["n_seeds"] for d, r in means.items()} == {d: 4 for d in range(5)}
+    assert {d: r["_n_label"] for d, r in means.items()} == {0: None, 1: None, 2: "n=2",
+                                                            3: "n=1", 4: None}
+    assert means[2]["i_ty_mean"] == 2.5 and means[3]["i_ty_mean"] == 3.0
+    # depth 4 has a band but no neighbour with one: it gets an error bar instead
+    assert {d: r["_lone_band"] for d, r in means.items()} == {0: False, 1: False, 2: False,
+                                                              3: False, 4: True}
+    assert marks(chart) == ["area", "rule", "line", "point", "text"]
+    assert sorted((r["depth"], r["i_ty"]) for r in chart_rows(chart, "replicate")) == [
+        (2, 2.0), (2, 3.0)]
+    assert subtitle(chart) == ("mean and 95% t-interval over seeds, n = 1–4 (points labelled "
+                               "where n < 4); band only where n ≥ 3, values drawn as points "
+                               "where n = 2")
+    png = report.save_chart(chart, tmp_path, "varying", formats=("png",))["png"].read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+
+
+def test_heatmap_averages_seeds_and_shows_n() -> None:
+    frame = pl.DataFrame({"seed": [0, 1, 2, 0, 1, 2], "site": ["a"] * 6,
+                          "site_b": ["a", "a", "a", "b", "b", "b"],
+                          "mi": [1.0, 3.0, 2.0, 0.5, 0.5, None]})
     chart = report.heatmap(frame, "site", "site_b", "mi", "layer-layer MI",
                            value_title="MI (nats)", y_sort=["b", "a"])
-    assert {(r["site_b"], r["mi_mean"]) for r in chart_rows(chart)} == {("a", 2.0), ("b", 0.5)}
-    enc = chart.to_dict()["encoding"]
-    assert enc["color"]["title"] == "MI (nats)" and enc["y"]["sort"] == ["b", "a"]
+    got = {r["site_b"]: (r["mi_mean"], r["mi_n"], r["_n_label"]) for r in chart_rows(chart)}
+    assert got == {"a": (2.0, 3, None), "b": (0.5, 2, "n=2")}
+    rect, text = chart.to_dict()["layer"]
+    assert rect["encoding"]["color"]["title"] == "MI (nats)"
+    assert rect["encoding"]["y"]["sort"] == ["b", "a"]
+    assert "mi_n" in {tip["field"] for tip in rect["encoding"]["tooltip"]}
+    assert text["mark"]["type"] == "text" and text["encoding"]["text"]["field"] == "_n_label"
+    assert subtitle(chart) == ("mean and 95% t-interval (tooltip) over seeds, n = 2–3 "
+                               "(cells labelled where n < 3)")
+    # a caller's subtitle lines come first; the n line is kept
+    lines = report.heatmap(frame, "site", "site_b", "mi", "t",
+                           subtitle=["floor 0.01 nats", "cannot show X"]).to_dict()["title"]
+    assert lines == {"text": "t", "subtitle": [
+        "floor 0.01 nats", "cannot show X",
+        "mean and 95% t-interval (tooltip) over seeds, n = 2–3 (cells labelled where n < 3)"]}
+    untitled = report.line(frame, "site_b", "mi", subtitle="one line").to_dict()["title"]
+    assert untitled["text"] == ["one line", "mean and 95% t-interval over seeds, n = 2–3 "
+                                "(points labelled where n < 3); band only where n ≥ 3, "
+                                "values drawn as points where n = 2"]
 
 
 def test_chart_data_is_strict_json_and_not_row_limited() -> None:
@@ -225,6 +341,19 @@ def test_write_index_lists_everything_escapes_and_truncates(tmp_path: Path) -> N
     assert "log B = 3.00 nats per channel" in page
     assert "Checks (1/2 passed)" in page
     assert re.search(r'class="fail">FAIL monotone: I\(X;T\) rose at depth 3', page)
+
+
+def test_table_preview_shows_each_interval_beside_its_n(tmp_path: Path) -> None:
+    summary = pl.DataFrame({"act": ["relu"], "n_seeds": [5], "a_mean": [2.0],
+                            "a_ci_low": [-0.48], "a_ci_high": [4.48], "b_mean": [1.0],
+                            "b_ci_low": [0.5], "b_ci_high": [1.5], "b_n": [5], "a_n": [3]})
+    page = report.write_index(tmp_path, "t", {}, {}, {"summary_dynamics": summary}).read_text()
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", page)
+    assert header == ["act", "n_seeds", "a_mean", "a_ci_low", "a_ci_high", "a_n", "b_mean",
+                      "b_ci_low", "b_ci_high", "b_n"]
+    assert ('title="Int64; values of a (non-null, non-NaN) the interval is over">a_n</th>'
+            in page)
+    assert "<td>-0.48</td><td>4.48</td><td>3</td>" in page
 
 
 def test_write_index_without_warnings_has_no_warning_section(tmp_path: Path) -> None:
