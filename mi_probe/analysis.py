@@ -1,13 +1,18 @@
 """Helpers shared by experiment plugins (built-in and third-party): seed units, site
-rows, per-site channel MI. Pure functions over the run context; no engine imports."""
+rows, per-site channel MI and channel masses. Pure functions over the run context; no
+engine imports."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import polars as pl
 import torch
+from pydantic import BaseModel, Field
 
+from mi_probe.errors import SpecError
+from mi_probe.functional import masses as M
 from mi_probe.interfaces import Captured, RunContext, Site
 
 
@@ -52,3 +57,115 @@ def check_mass_levels(value: list[float]) -> list[float]:
     if bad:
         raise ValueError(f"MI-mass levels must lie in (0, 1], got {bad}")
     return value
+
+
+MassKind = Literal["raw", "null_subtracted", "miller_madow"]
+
+
+class ChannelMassParams(BaseModel):
+    """Spec fields of every experiment that ranks or weighs channels by I(T_c;Y)."""
+
+    mass: MassKind = Field(
+        "null_subtracted", description="per-channel label-MI mass: raw (the paper's plug-in "
+        "I(T_c;Y)), null_subtracted (minus the mean of a per-channel shuffled-label null, "
+        "clipped at 0) or miller_madow (histogram estimator only, clipped at 0). With the "
+        "corrected kinds a site whose channels do not beat the null has no mass: its "
+        "concentration is reported as missing and it is not intervened on "
+        "(docs/concepts.md, 'Channel masses')")
+    mass_null_draws: int = Field(5, ge=2, le=1000, description="label permutations of the "
+                                 "shuffled-label null of the corrected masses")
+
+    def check_mass(self, ctx: RunContext) -> None:
+        """Refuse a mass the run's estimator cannot give (call from ``units``)."""
+        if self.mass == "miller_madow" and ctx.estimator.name != "histogram":
+            raise SpecError(f"experiment.mass: miller_madow is a histogram-estimator "
+                            f"correction; the spec's estimator is {ctx.estimator.name!r}. "
+                            f"Use mass: null_subtracted (any estimator) or raw")
+
+
+@dataclass(frozen=True)
+class ChannelMasses:
+    """Per-channel masses of one site: ``raw`` I(T_c;Y) and the ``values`` the chosen
+    ``kind`` ranks and weighs channels by (≥ 0, float64). ``signal`` is the shuffled-null
+    test of the corrected kinds (None for raw, which is never gated)."""
+
+    kind: str
+    raw: torch.Tensor
+    values: torch.Tensor
+    signal: M.SignalTest | None = None
+
+    @property
+    def usable(self) -> bool:
+        """False when a corrected mass found no label information beyond the null."""
+        return self.signal is None or self.signal.has_signal
+
+    def columns(self) -> dict[str, Any]:
+        """Row columns that record the mass used and its signal test."""
+        s = self.signal
+        return {"mass_kind": self.kind,
+                "signal_channels": None if s is None else s.signal_channels,
+                "signal_p": None if s is None else s.p_value,
+                "has_signal": None if s is None else s.has_signal}
+
+
+def _miller_madow_estimator(ctx: RunContext):
+    if ctx.estimator.name != "histogram":
+        raise SpecError(f"mass: miller_madow needs the histogram estimator; found "
+                        f"{ctx.estimator.name!r}")
+    params = ctx.estimator.params.model_dump(exclude={"kind"})
+    return ctx.plugin("estimators", "histogram", **{**params, "correction": "miller_madow"})
+
+
+def channel_masses(ctx: RunContext, acts: torch.Tensor, labels: torch.Tensor,
+                   num_classes: int, kind: str, *, seed: int, purpose: str,
+                   null_draws: int = 5, raw: torch.Tensor | None = None) -> ChannelMasses:
+    """Masses of the channels of ``acts`` (N, C) for ``labels`` (N,) in [0, num_classes).
+
+    ``purpose`` names the site (and class, split...) so that the null's label
+    permutations are seeded per site and reproducible. ``raw`` may pass an already
+    computed ``ctx.estimator.label_mi`` of the same inputs.
+    """
+    if kind not in M.MASS_KINDS:
+        raise SpecError(f"unknown channel mass {kind!r}; valid: {list(M.MASS_KINDS)}")
+    est = ctx.estimator
+    if raw is None:
+        raw = est.label_mi(acts, labels, num_classes)
+    raw = raw.to(torch.float64)
+    if kind == "raw":
+        return ChannelMasses(kind, raw, M.clipped(raw))
+    n = labels.shape[0]
+    null = torch.stack([
+        est.label_mi(acts, labels[torch.randperm(n, generator=ctx.rng(
+            seed, f"mass-null/{purpose}/{d}")).to(labels.device)], num_classes)
+        for d in range(null_draws)]).to(torch.float64)
+    signal = M.signal_test(raw, null)
+    if kind == "null_subtracted":
+        values = M.null_subtracted(raw, null)
+    else:
+        values = M.clipped(_miller_madow_estimator(ctx).label_mi(acts, labels, num_classes))
+    if not signal.has_signal:
+        values = torch.zeros_like(values)
+    return ChannelMasses(kind, raw, values, signal)
+
+
+def site_masses(ctx: RunContext, cap: Captured, params: ChannelMassParams, seed: int,
+                state: str) -> dict[str, ChannelMasses]:
+    """Per-site label masses of a captured model under the spec's mass choice."""
+    return {site.name: channel_masses(ctx, cap.acts[site.name], cap.labels, ctx.num_classes,
+                                      params.mass, seed=seed, purpose=f"{state}/{site.name}",
+                                      null_draws=params.mass_null_draws)
+            for site in cap.sites}
+
+
+def split_halves(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint, class-stratified halves of the sample indices (CPU int64, sorted),
+    for cross-fitting: select channels on one half, score on the other."""
+    labels = labels.cpu()
+    first, second = [], []
+    for k in torch.unique(labels).tolist():
+        idx = (labels == k).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        half = idx.numel() // 2
+        first.append(idx[:half])
+        second.append(idx[half:])
+    return torch.cat(first).sort().values, torch.cat(second).sort().values

@@ -84,6 +84,8 @@ def _rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str]) -> p
     for column, wanted in check.filter.items():
         values = wanted if isinstance(wanted, list) else [wanted]
         frame = frame.filter(pl.col(column).is_in(values))
+    if frame.schema[check.value].is_float():  # NaN is missing, like null
+        frame = frame.with_columns(pl.col(check.value).fill_nan(None))
     frame = frame.drop_nulls(check.value)
     if frame.height == 0:
         raise ClaimError(f"no rows of {check.table!r} match filter {check.filter}")
@@ -105,11 +107,17 @@ def _trend(check: TrendCheck, tables) -> tuple[bool, str, float]:
                 f"{check.min_spearman if check.direction == 'increasing' else -check.min_spearman:g}"), rho
 
 
-def _group_stats(frame: pl.DataFrame, value: str) -> tuple[float, float, float, int]:
+def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float, float, float, int]:
+    """Mean of ``value`` and its 95% t-interval over seeds (sites, classes and draws of a
+    seed are averaged first: they are not independent observations). ``frame`` holds no
+    missing values (``_rows`` drops them), so n counts the seeds that have a value."""
     from mi_probe.tables import t_quantile_975
 
     if "seed" in frame.columns:
         per_seed = frame.group_by("seed").agg(pl.col(value).mean())[value]
+    elif interval:
+        raise ClaimError(f"ci_separated needs a per-seed table with a 'seed' column; "
+                         f"found columns {frame.columns}")
     else:
         per_seed = frame[value]
     n = per_seed.len()
@@ -128,7 +136,7 @@ def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
         if part.height == 0:
             raise ClaimError(f"no rows with {check.by} = {label!r} (values: "
                              f"{sorted(map(str, frame[check.by].unique()))})")
-        groups[label] = _group_stats(part, check.value)
+        groups[label] = _group_stats(part, check.value, check.ci_separated)
     (g_mean, g_low, _, n), (l_mean, _, l_high, _) = groups[check.greater], groups[check.lesser]
     diff = g_mean - l_mean
     ok = diff > check.margin

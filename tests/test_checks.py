@@ -61,6 +61,25 @@ def test_compare_claim_with_ci_separation():
     assert not res["passed"] and "overlap" in res["detail"]
 
 
+def test_compare_claim_counts_seeds_with_a_value_and_never_rows():
+    claim = CompareCheck(name="top beats random", table="knockout", value="drop", by="selection",
+                         greater="top", lesser="random", ci_separated=True)
+    # seeds 3 and 4 have no top value (null, NaN): they are not seeds of the interval
+    extra = pl.DataFrame({"seed": [3, 3, 4, 4], "selection": ["top", "random"] * 2,
+                          "drop": [None, 0.01, float("nan"), 0.0]})
+    res = evaluate_checks([claim], {"knockout": pl.concat([KNOCK, extra])})[0]
+    assert res["passed"] and "95% CIs over 3 seed(s) do not overlap" in res["detail"]
+    # two sites of one seed are one observation, not two
+    sites = KNOCK.with_columns(site=pl.lit("a"))
+    res = evaluate_checks([claim], {"knockout": pl.concat(
+        [sites, sites.with_columns(site=pl.lit("b"))])})[0]
+    assert "over 3 seed(s)" in res["detail"]
+    # a table without seeds has no interval over seeds to separate
+    res = evaluate_checks([claim], {"knockout": KNOCK.drop("seed")})[0]
+    assert not res["passed"] and "ci_separated needs a per-seed table with a 'seed' column" \
+        in res["detail"]
+
+
 def test_bound_claim_and_unevaluable_claims_fail_with_reason():
     claims = [BoundCheck(name="small", table="layer_mi", value="i_ty", max=1.0),
               BoundCheck(name="mean", table="layer_mi", value="i_ty", min=0.5, aggregate="mean"),

@@ -144,7 +144,7 @@ def test_params_and_bins():
 def engine(tmp_path_factory, tiny_engine):
     return tiny_engine(tmp_path_factory.mktemp("cover"), TINY.replace(
         '["*.post_add"]', '["layer3.*.post_add", "layer4.*.post_add"]')
-        + "experiment: {kind: cover, q: [0.3, 0.8], random_draws: 2}\n")
+        + "experiment: {kind: cover, q: [0.3, 0.8], random_draws: 2, mass: raw}\n")
 
 
 def test_run_unit_through_the_engine(engine):

@@ -309,8 +309,9 @@ def test_knockout_ranks_and_hurts_the_planted_channels(planted, run_cli, workdir
 
 
 def test_semantic_knockout_hurts_the_class(planted, run_cli, workdir, pm):
-    spec = _spec(workdir, "sem", "{kind: semantic_knockout, q: [0.5, 1.0], random_draws: 3}",
-                 planted["path"])
+    # mass: raw, the paper's definition, checked against the estimator below
+    spec = _spec(workdir, "sem", "{kind: semantic_knockout, q: [0.5, 1.0], random_draws: 3, "
+                 "mass: raw}", planted["path"])
     text = spec.read_text().replace('include: ["*.post_add"]', f'include: ["{LAST}"]')
     spec.write_text(text)
     run_dir = run_cli(spec, workdir / "sem")
@@ -414,8 +415,8 @@ def test_concentration_trained_and_random(planted, run_cli, workdir):
 
 
 def test_concentration_of_zero_init_is_finite(run_cli, workdir):
-    spec = _spec(workdir, "zero", "{kind: concentration, states: [random], top_k: [0.1, 0.5]}",
-                 weights="random\n  zero_init_last: true")
+    spec = _spec(workdir, "zero", "{kind: concentration, states: [random], top_k: [0.1, 0.5], "
+                 "mass: raw}", weights="random\n  zero_init_last: true")
     spec.write_text(spec.read_text().replace('include: ["*.post_add"]', 'include: ["*"]'))
     run_dir = run_cli(spec, workdir / "zero")
     conc = _contract(run_dir, "concentration")
@@ -425,6 +426,9 @@ def test_concentration_of_zero_init_is_finite(run_cli, workdir):
     assert pre.height == 4 * 2
     assert (pre["total_i_ty"] == 0).all()  # zero-init residual branches are constant
     assert (pre["gini"] == 0).all() and (pre["norm_entropy"] == 1).all()
+    # corrected masses: a constant site holds no label MI beyond the null, so its
+    # corrected concentration is missing rather than a confident number
+    assert pre["gini_corrected"].is_null().all() and not pre["has_signal"].any()
     expected = (pre["top_k"] * pre["channels"] - 1e-9).ceil() / pre["channels"]
     assert ((pre["top_k_share"] - expected).abs() < 1e-12).all()
     post = conc.filter(pl.col("site_kind") == "post_add")
@@ -467,3 +471,50 @@ def test_bad_experiment_fields_are_spec_errors(tmp_path, pm, capsys, experiment,
     assert cli.main(["validate", str(path)], pm=pm) == 2
     err = capsys.readouterr().err
     assert f"{path}:{line}: {where}:" in err and re.search(message, err), err
+
+
+def test_cross_fitted_knockouts_select_on_one_half_and_score_on_the_other(planted, run_cli,
+                                                                         workdir):
+    spec = _spec(workdir, "xfit", "{kind: knockout, q: [1.0], random_draws: 1, "
+                 "variants: [plain], fit: [in_sample, cross_fit]}", planted["path"])
+    spec.write_text(spec.read_text().replace('include: ["*.post_add"]', f'include: ["{LAST}"]'))
+    run_dir = run_cli(spec, workdir / "xfit")
+    ko = _contract(run_dir, "knockout")
+    assert set(ko["fit"].unique()) == {"in_sample", "cross_fit"}
+    cross = ko.filter(pl.col("fit") == "cross_fit")
+    assert sorted(cross["part"].unique()) == [0, 1]
+    # each half is scored on its own baseline; the halves' baselines average to the whole
+    whole = ko.filter(pl.col("fit") == "in_sample")["baseline_accuracy"][0]
+    halves = cross.group_by("part").agg(pl.col("baseline_accuracy").first())
+    assert halves["baseline_accuracy"].mean() == pytest.approx(whole, abs=0.05)
+    # the planted channels are found on either half and still hurt on the other
+    for part in (0, 1):
+        rows = cross.filter(pl.col("part") == part)
+        drop = {s: rows.filter(pl.col("selection") == s)["drop"].mean()
+                for s in ("top", "random", "bottom")}
+        assert drop["top"] - max(drop["random"], drop["bottom"]) >= 0.4, (part, drop)
+    # every selection records its size as a share of the site and the top/bottom overlap
+    n_site = planted["dead"].numel()
+    assert ((ko["frac_channels"] - ko["n_channels"] / n_site).abs() < 1e-12).all()
+    assert ((ko["top_bottom_overlap"] >= 0) & (ko["top_bottom_overlap"] <= 1)).all()
+    summary = _table(run_dir, "summary_knockout")
+    assert set(summary["fit"].unique()) == {"in_sample", "cross_fit"}
+    assert (summary["n_seeds"] == 1).all()  # halves are averaged within the seed
+    masses = _table(run_dir, "knockout_site_masses")
+    assert masses.height == 3 and masses["has_signal"].all()
+
+
+def test_semantic_summary_by_q_is_over_seeds_not_sites_and_classes(planted, run_cli, workdir):
+    spec = _spec(workdir, "sem_q", "{kind: semantic_knockout, q: [0.5], random_draws: 1, "
+                 "controls: [bottom]}", planted["path"])
+    run_dir = run_cli(spec, workdir / "sem_q")
+    sem = _table(run_dir, "semantic_knockout")
+    assert sem["site"].n_unique() > 1 and sem["class"].n_unique() > 1
+    by_q = _table(run_dir, "summary_semantic_knockout_by_q")
+    # one seed: one observation per (q, selection), never sites x classes
+    assert (by_q["n_seeds"] == 1).all()
+    top = sem.filter(pl.col("selection") == "top")
+    per_seed = top.group_by(["site", "class"]).agg(pl.col("drop").mean())["drop"].mean()
+    row = by_q.filter(pl.col("selection") == "top")
+    assert row["drop_mean"][0] == pytest.approx(per_seed, abs=1e-12)
+    assert row["drop_ci_low"][0] is None  # one seed: no interval, whatever sites x classes

@@ -20,8 +20,8 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import (check_mass_levels, channel_label_mi, mean_over_draws,
-                               seed_units, site_row, unit_seed)
+from mi_probe.analysis import (ChannelMassParams, check_mass_levels, mean_over_draws,
+                               seed_units, site_masses, site_row, unit_seed)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
@@ -33,7 +33,7 @@ SETS = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
 
 
-class CoverParams(BaseModel):
+class CoverParams(ChannelMassParams):
     """Knock out the minimal MI cover, a redundant MI-matched set and a random set."""
 
     model_config = ConfigDict(extra="forbid")
@@ -102,6 +102,7 @@ class CoverExperiment:
         self.params = params
 
     def units(self, ctx: RunContext) -> list[str]:
+        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def _bins(self, ctx: RunContext) -> int:
@@ -116,12 +117,18 @@ class CoverExperiment:
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
         baseline = cap.accuracy
-        values = channel_label_mi(ctx, cap)
+        masses = site_masses(ctx, cap, self.params, seed, state)
         bins = self._bins(ctx)
         iv_name = "knockout" if self.params.variant == "plain" else "energy"
-        rows = []
+        rows, mass_rows = [], []
         for site in cap.sites:
-            v = values[site.name]
+            m = masses[site.name]
+            mass_rows.append({**site_row(seed, state, site), **m.columns(),
+                              "total_mass": float(m.values.sum())})
+            if not m.usable:
+                ctx.progress(f"seed {seed}: no label MI beyond the null at {site.name}; skipped")
+                continue
+            v = m.values
             p = mass(v)
             covers = {q: mass_set(v, q) for q in self.params.q}
             largest = max(covers.values(), key=lambda c: c.numel())
@@ -160,13 +167,15 @@ class CoverExperiment:
                     rows.append({**site_row(seed, state, site), "q": q, "set": set_name,
                                  "draw": draw, "variant": self.params.variant,
                                  "n_channels": int(channels.numel()),
-                                 "cover_size": int(cover.numel()),
+                                 "frac_channels": channels.numel() / site.channels,
+                                 "cover_size": int(cover.numel()), "mass_kind": m.kind,
                                  "mass": float(p[channels].sum()), "cover_mass": target,
                                  "mass_reached": bool(reached),
                                  "mean_pair_mi_to_cover": mean_pair_mi(pmi, cover, channels),
                                  "accuracy": acc, "baseline_accuracy": baseline,
                                  "drop": baseline - acc})
-        return {"cover": pl.DataFrame(rows, schema_overrides={"mean_pair_mi_to_cover": pl.Float64})}
+        return {"cover": pl.DataFrame(rows, schema_overrides={"mean_pair_mi_to_cover": pl.Float64}),
+                "cover_site_masses": pl.DataFrame(mass_rows)}
 
     KEYS = ["site", "depth", "site_kind", "q", "set"]
 

@@ -16,18 +16,59 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import (channel_label_mi, check_mass_levels, class_accuracies,
-                               mean_over_draws, seed_units,
-                               site_row, unit_seed)
+from mi_probe.analysis import (ChannelMassParams, channel_masses, check_mass_levels,
+                               class_accuracies, mean_over_draws, seed_units, site_row,
+                               split_halves, unit_seed)
 from mi_probe.functional.concentration import mass
-from mi_probe.functional.selection import mass_set, select
+from mi_probe.functional.masses import set_overlap
+from mi_probe.functional.selection import bottom_set, mass_set, select
+from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import TRAINED, RunContext
 
 SELECTIONS = ("top", "random", "bottom")
+FITS = ("in_sample", "cross_fit")
 
 
-class _SweepParams(BaseModel):
+class _FitParams(ChannelMassParams):
+    fit: list[Literal["in_sample", "cross_fit"]] = Field(
+        ["in_sample"], min_length=1,
+        description="in_sample: choose channels by MI on the evaluation set and score "
+        "accuracy on the same set (the paper); cross_fit: split the evaluation set into two "
+        "class-stratified halves, choose on one and score on the other, both ways round. "
+        "Give both to report both (rows carry a `fit` column)")
+
+
+def fit_plans(ctx: RunContext, params: _FitParams, seed: int, labels: torch.Tensor
+              ) -> list[tuple[str, int, torch.Tensor | None, torch.Tensor | None]]:
+    """(fit, part, indices to choose channels on, indices to score on); None = all."""
+    plans: list[tuple[str, int, torch.Tensor | None, torch.Tensor | None]] = []
+    if "in_sample" in params.fit:
+        plans.append(("in_sample", 0, None, None))
+    if "cross_fit" in params.fit:
+        first, second = split_halves(labels, ctx.rng(seed, "cross-fit"))
+        plans += [("cross_fit", 0, first, second), ("cross_fit", 1, second, first)]
+    return plans
+
+
+def _rows(tensor: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return tensor if index is None else tensor[index.to(tensor.device)]
+
+
+def _mean(correct: torch.Tensor) -> float:
+    return correct.double().mean().item() if correct.numel() else float("nan")
+
+
+def selection_columns(channels: torch.Tensor, n_channels: int, top: torch.Tensor,
+                      bottom: torch.Tensor) -> dict[str, Any]:
+    """Size of a selection as a fraction of the site, and how much the top and bottom
+    sets of its level share (above half the site they must overlap)."""
+    return {"n_channels": int(channels.numel()),
+            "frac_channels": channels.numel() / max(1, n_channels),
+            "top_bottom_overlap": set_overlap(top, bottom)}
+
+
+class _SweepParams(_FitParams):
     model_config = ConfigDict(extra="forbid")
     state: Literal["trained", "random"] = Field(TRAINED, description="model state intervened on")
     q: list[float] = Field([0.1, 0.2, 0.5], min_length=1,
@@ -82,6 +123,7 @@ class InterventionSweep:
         self.name = params.kind
 
     def units(self, ctx: RunContext) -> list[str]:
+        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
@@ -89,44 +131,69 @@ class InterventionSweep:
         state = self.params.state
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
-        baseline = cap.accuracy
-        values = channel_label_mi(ctx, cap)
-        rows = []
+        correct0 = cap.logits.argmax(1) == cap.labels
+        plans = fit_plans(ctx, self.params, seed, cap.labels)
+        rows, mass_rows = [], []
         for site in cap.sites:
-            v = values[site.name]
-            p = mass(v)
+            acts = cap.acts[site.name]
             ctx.progress(f"seed {seed}: {self.name} at {site.name}")
-            for q in self.params.q:
-                top = mass_set(v, q)
-                if top.numel() == 0:
-                    continue  # no label MI at this site: nothing to target
-                for selection in self.params.selections:
-                    draws = range(self.params.random_draws) if selection == "random" else [0]
-                    for draw in draws:
-                        gen = ctx.rng(seed, f"select/{site.name}/{q}/{draw}")
-                        channels = select(v, q, selection, gen, size=top.numel())
-                        for label, iv_name, iv_params, extra in _variants(self.params):
-                            iv = ctx.plugin("interventions", iv_name, **iv_params)
-                            result = ctx.evaluate(model, [(site, iv, channels)], generator=ctx.rng(
-                                seed, f"apply/{site.name}/{q}/{selection}/{draw}/{label}"))
-                            acc = result.accuracy
-                            rows.append({**site_row(seed, state, site), "q": q,
-                                         "selection": selection, "variant": label, **extra,
-                                         "draw": draw, "n_channels": int(channels.numel()),
-                                         "mass": float(p[channels].sum()), "accuracy": acc,
-                                         "baseline_accuracy": baseline, "drop": baseline - acc})
-        return {self.name: pl.DataFrame(rows)}
+            for fit, part, choose, score in plans:
+                tag = "" if choose is None else f"/half{part}"
+                masses = channel_masses(ctx, _rows(acts, choose), _rows(cap.labels, choose),
+                                        ctx.num_classes, self.params.mass, seed=seed,
+                                        purpose=f"{state}/{site.name}{tag}",
+                                        null_draws=self.params.mass_null_draws)
+                fit_cols = {"fit": fit, "part": part}
+                mass_rows.append({**site_row(seed, state, site), **fit_cols, **masses.columns(),
+                                  "total_mass": float(masses.values.sum())})
+                if not masses.usable:
+                    ctx.progress(f"seed {seed}: no label MI beyond the null at {site.name}; "
+                                 "not intervened on")
+                    continue
+                v = masses.values
+                p = mass(v)
+                baseline = _mean(_rows(correct0, score))
+                for q in self.params.q:
+                    top = mass_set(v, q)
+                    if top.numel() == 0:
+                        continue  # no label MI at this site: nothing to target
+                    sizes = selection_columns(top, site.channels, top,
+                                              bottom_set(v, top.numel()))
+                    for selection in self.params.selections:
+                        draws = range(self.params.random_draws) if selection == "random" else [0]
+                        for draw in draws:
+                            gen = ctx.rng(seed, f"select/{site.name}/{q}/{draw}{tag}")
+                            channels = select(v, q, selection, gen, size=top.numel())
+                            for label, iv_name, iv_params, extra in _variants(self.params):
+                                iv = ctx.plugin("interventions", iv_name, **iv_params)
+                                result = ctx.evaluate(model, [(site, iv, channels)],
+                                                      generator=ctx.rng(seed, f"apply/{site.name}/"
+                                                                        f"{q}/{selection}/{draw}/{label}{tag}"))
+                                correct = result.logits.argmax(1) == result.labels
+                                acc = _mean(_rows(correct, score))
+                                rows.append({**site_row(seed, state, site), **fit_cols, "q": q,
+                                             "selection": selection, "variant": label, **extra,
+                                             "draw": draw, **sizes,
+                                             "n_channels": int(channels.numel()),
+                                             "mass": float(p[channels].sum()),
+                                             "mass_kind": masses.kind, "accuracy": acc,
+                                             "baseline_accuracy": baseline,
+                                             "drop": baseline - acc})
+        return {self.name: pl.DataFrame(rows), f"{self.name}_site_masses": pl.DataFrame(mass_rows)}
 
     def _keys(self) -> list[str]:
         extra = ["alpha"] if self.params.kind == "perturb" else []
-        return ["site", "depth", "site_kind", "q", "selection", "variant", *extra]
+        return ["fit", "site", "depth", "site_kind", "q", "selection", "variant", *extra]
 
     def finalize(self, ctx, tables):
         frame = tables.get(self.name)
         if frame is None or frame.height == 0:
             return {}
-        per_seed = mean_over_draws(frame, ["seed", *self._keys()], ["drop", "accuracy", "mass"])
-        return {f"summary_{self.name}": aggregate(per_seed, self._keys(), ["drop", "accuracy"])}
+        # draws and cross-fit halves are averaged within a seed: intervals are over seeds
+        per_seed = mean_over_draws(frame, ["seed", *self._keys()],
+                                   ["drop", "accuracy", "mass", "frac_channels"])
+        return {f"summary_{self.name}": aggregate(per_seed, self._keys(),
+                                                  ["drop", "accuracy", "frac_channels"])}
 
     def figures(self, tables):
         from mi_probe import report
@@ -138,17 +205,21 @@ class InterventionSweep:
         group = "alpha" if self.params.kind == "perturb" else "variant"
         for value in frame[group].unique().sort():
             part = frame.filter(pl.col(group) == value)
+            if part["fit"].n_unique() > 1:
+                part = part.filter(pl.col("fit") == "cross_fit")
+            fit = part["fit"][0].replace("_", "-")
             per_seed = part.group_by(["seed", "q", "selection"]).agg(pl.col("drop").mean())
             figs[f"drop_vs_q_{value}"] = report.line(
                 per_seed, x="q", y="drop", color="selection",
-                title=f"{self.name} ({group} {value}): accuracy drop vs MI mass q, mean over sites",
+                title=f"{self.name} ({group} {value}, {fit}): accuracy drop vs MI mass q, "
+                      "mean over sites",
                 y_title="accuracy drop")
             q_max = part["q"].max()
             by_site = mean_over_draws(part.filter(pl.col("q") == q_max),
                                       ["seed", "site", "depth", "site_kind", "selection"], ["drop"])
             figs[f"drop_by_depth_{value}"] = report.by_depth(
                 by_site, "drop", color="selection",
-                title=f"{self.name} ({group} {value}): drop by depth at q = {q_max:g}",
+                title=f"{self.name} ({group} {value}, {fit}): drop by depth at q = {q_max:g}",
                 y_title="accuracy drop")
         return figs
 
@@ -159,7 +230,7 @@ def aggregate(frame: pl.DataFrame, keys: list[str], values: list[str]) -> pl.Dat
     return aggregate_seeds(frame, keys, values)
 
 
-class SemanticKnockoutParams(BaseModel):
+class SemanticKnockoutParams(_FitParams):
     """Class-conditional ("semantic") knockouts (paper Fig. 6, App. B)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -181,12 +252,11 @@ class SemanticKnockout:
         self.params = params
 
     def units(self, ctx: RunContext) -> list[str]:
-        from mi_probe.errors import SpecError
-
         bad = [k for k in (self.params.classes or []) if not 0 <= k < ctx.num_classes]
         if bad:
             raise SpecError(f"experiment.classes: {bad} are not class indices of the data "
                             f"(0..{ctx.num_classes - 1})")
+        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
@@ -195,11 +265,11 @@ class SemanticKnockout:
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
         labels = cap.labels
-        base_class = class_accuracies(cap.logits, labels, ctx.num_classes)
         correct0 = (cap.logits.argmax(1) == labels)
         classes = self.params.classes or list(range(ctx.num_classes))
         iv_name = "knockout" if self.params.variant == "plain" else "energy"
-        rows = []
+        plans = fit_plans(ctx, self.params, seed, labels)
+        rows, mass_rows = [], []
         for site in cap.sites:
             acts = cap.acts[site.name]
             ctx.progress(f"seed {seed}: semantic knockouts at {site.name}")
@@ -207,34 +277,51 @@ class SemanticKnockout:
                 in_k = labels == k
                 if not in_k.any():
                     continue
-                v = ctx.estimator.label_mi(acts, in_k.long(), 2)
-                p = mass(v)
-                other_before = correct0[~in_k].double().mean().item() if (~in_k).any() else float("nan")
-                for q in self.params.q:
-                    top = mass_set(v, q)
-                    if top.numel() == 0:
+                for fit, part, choose, score in plans:
+                    tag = "" if choose is None else f"/half{part}"
+                    masses = channel_masses(ctx, _rows(acts, choose), _rows(in_k.long(), choose),
+                                            2, self.params.mass, seed=seed,
+                                            purpose=f"{state}/{site.name}/class{k}{tag}",
+                                            null_draws=self.params.mass_null_draws)
+                    fit_cols = {"fit": fit, "part": part}
+                    mass_rows.append({**site_row(seed, state, site), "class": k, **fit_cols,
+                                      **masses.columns(), "total_mass": float(masses.values.sum())})
+                    if not masses.usable:
                         continue
-                    for selection in ["top", *self.params.controls]:
-                        draws = range(self.params.random_draws) if selection == "random" else [0]
-                        for draw in draws:
-                            gen = ctx.rng(seed, f"semantic/{site.name}/{k}/{q}/{draw}")
-                            channels = select(v, q, selection, gen, size=top.numel())
-                            iv = ctx.plugin("interventions", iv_name)
-                            result = ctx.evaluate(model, [(site, iv, channels)])
-                            correct = result.logits.argmax(1) == result.labels
-                            class_acc = correct[in_k].double().mean().item()
-                            other = (correct[~in_k].double().mean().item() - other_before
-                                     if (~in_k).any() else float("nan"))
-                            rows.append({
-                                **site_row(seed, state, site), "class": k,
-                                "class_name": ctx.class_names[k], "q": q, "selection": selection,
-                                "draw": draw, "n_channels": int(channels.numel()),
-                                "class_mass": float(p[channels].sum()),
-                                "class_accuracy": class_acc,
-                                "baseline_class_accuracy": base_class[k].item(),
-                                "drop": base_class[k].item() - class_acc,
-                                "other_classes_change": other})
-        return {"semantic_knockout": pl.DataFrame(rows)}
+                    v = masses.values
+                    p = mass(v)
+                    score_k, score_other = _rows(in_k, score), _rows(~in_k, score)
+                    scored0 = _rows(correct0, score)
+                    base_k = _mean(scored0[score_k])
+                    other_before = _mean(scored0[score_other])
+                    for q in self.params.q:
+                        top = mass_set(v, q)
+                        if top.numel() == 0:
+                            continue
+                        sizes = selection_columns(top, site.channels, top,
+                                                  bottom_set(v, top.numel()))
+                        for selection in ["top", *self.params.controls]:
+                            draws = range(self.params.random_draws) if selection == "random" else [0]
+                            for draw in draws:
+                                gen = ctx.rng(seed, f"semantic/{site.name}/{k}/{q}/{draw}{tag}")
+                                channels = select(v, q, selection, gen, size=top.numel())
+                                iv = ctx.plugin("interventions", iv_name)
+                                result = ctx.evaluate(model, [(site, iv, channels)])
+                                correct = _rows(result.logits.argmax(1) == result.labels, score)
+                                class_acc = _mean(correct[score_k])
+                                rows.append({
+                                    **site_row(seed, state, site), **fit_cols, "class": k,
+                                    "class_name": ctx.class_names[k], "q": q,
+                                    "selection": selection, "draw": draw, **sizes,
+                                    "n_channels": int(channels.numel()),
+                                    "class_mass": float(p[channels].sum()),
+                                    "mass_kind": masses.kind,
+                                    "class_accuracy": class_acc,
+                                    "baseline_class_accuracy": base_k,
+                                    "drop": base_k - class_acc,
+                                    "other_classes_change": _mean(correct[score_other]) - other_before})
+        return {"semantic_knockout": pl.DataFrame(rows),
+                "semantic_knockout_site_masses": pl.DataFrame(mass_rows)}
 
     def finalize(self, ctx, tables):
         from mi_probe.tables import aggregate_seeds
@@ -243,10 +330,12 @@ class SemanticKnockout:
         if frame is None or frame.height == 0:
             return {}
         values = ["drop", "other_classes_change", "class_accuracy"]
-        keys = ["site", "depth", "site_kind", "class", "q", "selection"]
+        keys = ["fit", "site", "depth", "site_kind", "class", "q", "selection"]
         per_seed = mean_over_draws(frame, ["seed", *keys], values + ["n_channels"])
-        by_q = aggregate_seeds(per_seed, ["q", "selection"], values,
-                               count_name="n_observations")
+        # Sites and classes of one seed are not independent observations: average them
+        # within the seed, then take the interval over seeds.
+        by_q_per_seed = mean_over_draws(per_seed, ["seed", "fit", "q", "selection"], values)
+        by_q = aggregate_seeds(by_q_per_seed, ["fit", "q", "selection"], values)
         return {"summary_semantic_knockout": aggregate_seeds(per_seed, keys, values),
                 "summary_semantic_knockout_by_q": by_q}
 
@@ -258,15 +347,20 @@ class SemanticKnockout:
         frame = tables.get("semantic_knockout")
         if frame is None or frame.height == 0:
             return {}
+        if frame["fit"].n_unique() > 1:
+            frame = frame.filter(pl.col("fit") == "cross_fit")
+        fit = frame["fit"][0].replace("_", "-")
         keys = ["seed", "site", "class", "q", "selection"]
         per_obs = mean_over_draws(frame, keys, ["drop", "other_classes_change"])
+        per_seed = mean_over_draws(per_obs, ["seed", "q", "selection"],
+                                   ["drop", "other_classes_change"])
         figs = {"semantic_drop_vs_q": report.line(
-            per_obs, x="q", y="drop", color="selection",
-            title="Class-k accuracy drop vs class MI mass q (mean over classes and sites; "
-                  "CI over classes × sites × seeds)", y_title="class-k accuracy drop"),
+            per_seed, x="q", y="drop", color="selection",
+            title=f"Class-k accuracy drop vs class MI mass q ({fit}; mean over classes and "
+                  "sites within a seed, interval over seeds)", y_title="class-k accuracy drop"),
             "semantic_other_classes_vs_q": report.line(
-            per_obs, x="q", y="other_classes_change", color="selection",
-            title="Accuracy change on the other classes", y_title="accuracy change")}
+            per_seed, x="q", y="other_classes_change", color="selection",
+            title=f"Accuracy change on the other classes ({fit})", y_title="accuracy change")}
         q_max = frame["q"].max()
         per_class = per_obs.filter(pl.col("q") == q_max).group_by(
             ["class", "selection"]).agg(pl.col("drop").mean())

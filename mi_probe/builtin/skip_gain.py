@@ -28,14 +28,14 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import seed_units, unit_seed
+from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, unit_seed
 from mi_probe.errors import MiProbeError, SpecError
 from mi_probe.functional.concentration import gini, top_k_share
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RANDOM, TRAINED, RunContext, Site
 
 
-class SkipGainParams(BaseModel):
+class SkipGainParams(ChannelMassParams):
     """Pre- vs post-add concentration per block, and accuracy / post-add concentration
     while each block's skip connection is scaled by a gain g."""
 
@@ -130,12 +130,19 @@ class SkipGain:
     def units(self, ctx: RunContext) -> list[str]:
         # A random-state model is cheap to build and has the spec's architecture: refuse
         # non-ResNets before any training starts.
+        self.params.check_mass(ctx)
         resnet_adapter(ctx, ctx.model(ctx.spec.seeds[0], RANDOM))
         return seed_units(ctx)
 
-    def _concentration(self, ctx, acts: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        v = ctx.estimator.label_mi(acts, labels, ctx.num_classes)
-        return gini(v), top_k_share(v, self.params.top_k)
+    def _concentration(self, ctx, acts: torch.Tensor, labels: torch.Tensor, seed: int,
+                       purpose: str) -> tuple[float | None, float | None, float]:
+        """(Gini, top-k share) of the spec's masses (None without signal beyond the
+        null), and the raw Gini."""
+        m = channel_masses(ctx, acts, labels, ctx.num_classes, self.params.mass, seed=seed,
+                           purpose=purpose, null_draws=self.params.mass_null_draws)
+        if not m.usable:
+            return None, None, gini(m.raw)
+        return gini(m.values), top_k_share(m.values, self.params.top_k), gini(m.raw)
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
@@ -153,13 +160,16 @@ class SkipGain:
         baseline = cap.accuracy
         conc_rows, gain_rows = [], []
         for b in plan:
-            pre_gini, pre_top = self._concentration(ctx, acts[b["pre"].name], cap.labels)
-            post_gini, post_top = self._concentration(ctx, acts[b["post"].name], cap.labels)
+            pre_gini, pre_top, pre_raw = self._concentration(
+                ctx, acts[b["pre"].name], cap.labels, seed, f"{state}/{b['pre'].name}")
+            post_gini, post_top, post_raw = self._concentration(
+                ctx, acts[b["post"].name], cap.labels, seed, f"{state}/{b['post'].name}")
             base = {"seed": seed, "state": state, "block": b["block"], "depth": b["depth"],
                     "block_index": b["block_index"]}
             conc_rows.append({**base, "pre_gini": pre_gini, "post_gini": post_gini,
                               "pre_top_k_share": pre_top, "post_top_k_share": post_top,
-                              "top_k": self.params.top_k})
+                              "pre_gini_raw": pre_raw, "post_gini_raw": post_raw,
+                              "mass_kind": self.params.mass, "top_k": self.params.top_k})
             post = b["post"]
             for g in self.params.gains:
                 ctx.progress(f"seed {seed}: skip gain {g:g} at {b['block']}")
@@ -169,15 +179,21 @@ class SkipGain:
                 finally:
                     for handle in handles:
                         handle.remove()
-                g_gini, g_top = self._concentration(ctx, result.acts[post.name], result.labels)
+                g_gini, g_top, g_raw = self._concentration(
+                    ctx, result.acts[post.name], result.labels, seed, f"{state}/{post.name}")
                 acc = result.accuracy
                 gain_rows.append({"seed": seed, "state": state, "site": post.name,
                                   "depth": b["depth"], "site_kind": post.kind,
                                   "block": b["block"], "block_index": b["block_index"],
                                   "gain": float(g), "accuracy": acc, "baseline_accuracy": baseline,
                                   "change": acc - baseline, "post_gini": g_gini,
-                                  "post_top_k_share": g_top, "top_k": self.params.top_k})
-        return {"skip_concentration": pl.DataFrame(conc_rows), "skip_gain": pl.DataFrame(gain_rows)}
+                                  "post_top_k_share": g_top, "post_gini_raw": g_raw,
+                                  "mass_kind": self.params.mass, "top_k": self.params.top_k})
+        floats = {c: pl.Float64 for c in ("pre_gini", "post_gini", "pre_top_k_share",
+                                          "post_top_k_share")}
+        return {"skip_concentration": pl.DataFrame(conc_rows, schema_overrides=floats),
+                "skip_gain": pl.DataFrame(gain_rows, schema_overrides={
+                    c: pl.Float64 for c in ("post_gini", "post_top_k_share")})}
 
     def finalize(self, ctx, tables):
         from mi_probe.tables import aggregate_seeds
@@ -188,12 +204,13 @@ class SkipGain:
             conc = conc.with_columns(gini_gap=pl.col("post_gini") - pl.col("pre_gini"))
             out["summary_skip_concentration"] = aggregate_seeds(
                 conc, ["state", "block", "depth", "block_index"],
-                ["pre_gini", "post_gini", "gini_gap", "pre_top_k_share", "post_top_k_share"])
+                ["pre_gini", "post_gini", "gini_gap", "pre_top_k_share", "post_top_k_share",
+                 "pre_gini_raw", "post_gini_raw"])
         frame = tables.get("skip_gain")
         if frame is not None and frame.height:
             out["summary_skip_gain"] = aggregate_seeds(
                 frame, ["state", "site", "depth", "site_kind", "block", "gain"],
-                ["accuracy", "change", "post_gini", "post_top_k_share"])
+                ["accuracy", "change", "post_gini", "post_top_k_share", "post_gini_raw"])
         return out
 
     def figures(self, tables):
@@ -206,8 +223,10 @@ class SkipGain:
                 frame, x="gain", y="accuracy", color="block",
                 title="Accuracy vs skip gain g (block computes act(residual + g·shortcut))",
                 x_title="skip gain g", y_title="accuracy")
+            with_gini = frame.drop_nulls("post_gini")
+        if frame is not None and frame.height and with_gini.height:
             figs["skip_gain_post_gini"] = report.line(
-                frame, x="gain", y="post_gini", color="block",
+                with_gini, x="gain", y="post_gini", color="block",
                 title="Post-add Gini of I(T_c;Y) vs skip gain g", x_title="skip gain g",
                 y_title="post-add Gini")
         conc = tables.get("skip_concentration")
@@ -215,7 +234,7 @@ class SkipGain:
             # x = block index, so pre and post of one block share a position
             long = conc.unpivot(index=["seed", "block", "block_index"],
                                 on=["pre_gini", "post_gini"], variable_name="where",
-                                value_name="gini").with_columns(
+                                value_name="gini").drop_nulls("gini").with_columns(
                 site=pl.col("block"), depth=pl.col("block_index"),
                 where=pl.col("where").str.replace("_gini", "_add"))
             figs["skip_pre_post_gini"] = report.by_depth(

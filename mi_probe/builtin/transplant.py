@@ -19,10 +19,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from mi_probe.analysis import channel_label_mi, check_mass_levels, mean_over_draws, site_row
+from mi_probe.analysis import (ChannelMassParams, check_mass_levels, mean_over_draws,
+                               site_masses, site_row)
 from mi_probe.errors import MiProbeError, RunError, SpecError
 from mi_probe.functional.concentration import mass
-from mi_probe.functional.selection import mass_set, select
+from mi_probe.functional.masses import set_overlap
+from mi_probe.functional.selection import bottom_set, mass_set, select
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import TRAINED, RunContext, Site
 
@@ -31,7 +33,7 @@ ROLE_TENSORS = {"conv": ("weight", "bias"),
                 "norm": ("weight", "bias", "running_mean", "running_var")}
 
 
-class TransplantParams(BaseModel):
+class TransplantParams(ChannelMassParams):
     """Copy the donor's top-MI out-channels into a copy of the recipient (App. C)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +122,7 @@ class Transplant:
         return [tuple(p) for p in self.params.pairs]
 
     def units(self, ctx: RunContext) -> list[str]:
+        self.params.check_mass(ctx)
         recipients = list(dict.fromkeys(r for _, r in self._pairs(ctx)))
         return [f"seed={r}" for r in recipients]
 
@@ -139,7 +142,7 @@ class Transplant:
             raise SpecError(f"transplant needs a site adapter with producers(); none of the "
                             f"built-in adapters (resnet, vgg) handles {ctx.spec.model.arch}")
         cap = ctx.capture(donor_seed, TRAINED)
-        values = channel_label_mi(ctx, cap)
+        masses = site_masses(ctx, cap, self.params, donor_seed, TRAINED)
         baseline = ctx.evaluate(recipient).accuracy
         donor_accuracy = cap.accuracy
         rows: list[dict] = []
@@ -151,7 +154,11 @@ class Transplant:
                              "modules; skipped")
                 continue
             usable += 1
-            rows += self._site(ctx, site, producers, values[site.name], donor, recipient,
+            if not masses[site.name].usable:
+                ctx.progress(f"transplant: the donor holds no label MI beyond the null at "
+                             f"{site.name}; skipped")
+                continue
+            rows += self._site(ctx, site, producers, masses[site.name].values, donor, recipient,
                                donor_seed, recipient_seed, baseline, donor_accuracy)
         if not usable:
             raise SpecError(f"transplant: none of the sites {[s.name for s in cap.sites]} has "
@@ -169,6 +176,7 @@ class Transplant:
             top = mass_set(v, q)
             if top.numel() == 0:
                 continue  # the donor holds no label MI here: nothing to target
+            overlap = set_overlap(top, bottom_set(v, top.numel()))
             for selection in self.params.selections:
                 draws = range(self.params.random_draws) if selection == "random" else [0]
                 for draw in draws:
@@ -180,6 +188,8 @@ class Transplant:
                     rows.append({**site_row(recipient_seed, TRAINED, site),
                                  "donor_seed": donor_seed, "q": q, "selection": selection,
                                  "draw": draw, "n_channels": int(channels.numel()),
+                                 "frac_channels": channels.numel() / site.channels,
+                                 "top_bottom_overlap": overlap, "mass_kind": self.params.mass,
                                  "mass": float(p[channels.to(p.device)].sum()),
                                  "accuracy": acc, "baseline_accuracy": baseline,
                                  "change": acc - baseline, "donor_accuracy": donor_accuracy,
@@ -211,18 +221,19 @@ class Transplant:
         frame = tables.get("transplant")
         if frame is None or frame.height == 0:
             return {}
-        per_pair = mean_over_draws(frame, ["seed", "donor_seed", "q", "selection"], ["change"])
+        frame = frame.with_columns(pair=pl.format("{}->{}", "donor_seed", "seed"))
+        per_pair = mean_over_draws(frame, ["pair", "q", "selection"], ["change"])
         figs = {"transplant_change_vs_q": report.line(
-            per_pair, x="q", y="change", color="selection",
+            per_pair, x="q", y="change", color="selection", replicate="pair",
             title="Recipient accuracy change after transplanting donor channels "
                   "(mean over sites; CI over donor→recipient pairs)",
             y_title="accuracy change (transplanted − recipient)")}
         q_max = frame["q"].max()
         by_site = mean_over_draws(frame.filter(pl.col("q") == q_max),
-                                  ["seed", "donor_seed", "site", "depth", "site_kind", "selection"],
+                                  ["pair", "site", "depth", "site_kind", "selection"],
                                   ["change"])
         figs["transplant_change_by_depth"] = report.by_depth(
-            by_site, "change", color="selection",
+            by_site, "change", color="selection", replicate="pair",
             title=f"Accuracy change by depth at q = {q_max:g}", y_title="accuracy change")
         return figs
 
