@@ -329,8 +329,14 @@ class Engine:
         loader = make_loader(data, self.spec.eval.batch_size, shuffle=False,
                              num_workers=self.spec.model.train.num_workers,
                              pin_memory=self.device.type == "cuda")
-        return capture_mod.capture(model, list(sites), loader, self.device, interventions,
-                                   generator=generator)
+        cap = capture_mod.capture(model, list(sites), loader, self.device, interventions,
+                                  generator=generator)
+        if sites and self.spec.eval.on_nonfinite == "error":
+            # activations an experiment will estimate on: refuse NaN/Inf naming the site
+            # (with `skip` the estimator's own error still refuses them)
+            where = "evaluation" + (" with interventions" if interventions else "")
+            capture_mod.check_finite(cap, "error", where)
+        return cap
 
     def _site_outputs(self, model: nn.Module, site: Site) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The full (unpooled) evaluation-set output of ``site`` and the labels, cached per
@@ -528,6 +534,9 @@ def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
     if cap:
         notes.append(f"I(X;T) is H(binned T): at most log B = {cap:.3f} nats per channel, and "
                      f"at most log N = {math.log(n):.3f} nats for a joint layer symbol.")
+    experiment_notes = getattr(engine.experiment, "notes", None)  # optional: Experiment.notes
+    if callable(experiment_notes):
+        notes += list(experiment_notes(tables))
     return notes
 
 

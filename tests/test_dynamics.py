@@ -71,6 +71,48 @@ def test_tracking_does_not_change_training(tmp_path, pm):
     assert calls == [] and cached_hist == tracked_hist and _same(cached, tracked)
 
 
+def test_tracker_records_the_edge_bin_share_that_follows_the_tails():
+    """Issue 11.8: the tracker stores, per site and epoch, the share of samples in a
+    channel's first or last bin (mean over channels). Planted: 3925 N(0, 1) samples per
+    channel; in site "spiked" one sample of channel 0 sits at 40, which stretches its
+    min/max range: 345 of 3925 samples then fall in an edge bin (8.8%) against 8 (0.2%)
+    without the outlier (the other channel: 9), and I(X;T) of that channel drops from
+    2.50 to 0.79 nats. With range: quantile the channel has 24 edge samples (0.6%, the
+    clipped 0.1% tails included) with or without the outlier, and keeps its I(X;T)."""
+    from types import SimpleNamespace
+
+    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.interfaces import Captured, Site
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(3925, 1, generator=g, dtype=torch.float64)
+    spiked = clean.clone()
+    spiked[17, 0] = 40.0
+    other = torch.randn(3925, 1, generator=g, dtype=torch.float64)
+    acts = {"clean": torch.cat([clean, other], 1), "spiked": torch.cat([spiked, other], 1)}
+    sites = [Site(name, name, "block", 2, depth) for depth, name in enumerate(acts)]
+    labels = torch.arange(3925) % 3
+
+    def tracked(range_: str) -> dict:
+        ctx = SimpleNamespace(
+            estimator=HistogramEstimator(HistogramParams(bins=20, range=range_)),
+            num_classes=3, sites=lambda model: sites,
+            evaluate=lambda model, sites: Captured(acts=dict(acts), labels=labels,
+                                                   logits=torch.zeros(3925, 3), sites=sites))
+        return Dynamics(DynamicsParams()).tracker(ctx)(None, 0)["sites"]
+
+    minmax = tracked("minmax")
+    assert minmax["clean"]["frac_edge_bins"] == pytest.approx((8 + 9) / 2 / 3925, abs=1e-12)
+    assert minmax["spiked"]["frac_edge_bins"] == pytest.approx((345 + 9) / 2 / 3925, abs=1e-12)
+    assert minmax["clean"]["i_xt"] - minmax["spiked"]["i_xt"] == pytest.approx(
+        (2.4995 - 0.7932) / 2, abs=1e-4)
+    quantile = tracked("quantile")
+    for name in ("clean", "spiked"):
+        assert quantile[name]["frac_edge_bins"] == pytest.approx((24 + 21) / 2 / 3925,
+                                                                 abs=1e-12)
+    assert abs(quantile["clean"]["i_xt"] - quantile["spiked"]["i_xt"]) < 0.005
+
+
 def test_plateau_rule_final_sites_and_slopes():
     epochs = list(range(8))
     rising = [0.0, 0.5, 0.8, 0.9, 0.95, 0.96, 0.965, 0.97]
@@ -129,6 +171,7 @@ def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_pa
         assert sorted(part["epoch"].unique()) == [0, 1, 2]
         assert part.height == 3 * 4  # epochs x post_add sites of test_resnet
     assert dyn["i_xt"].is_finite().all() and (dyn["i_ty"] >= 0).all()
+    assert dyn["frac_edge_bins"].is_between(0, 1).all()  # recorded for every epoch and site
     assert set(dyn["state"].unique()) == {"epoch_0", "epoch_1", "epoch_2"}
     # the recorded val_acc is the training history's
     train = pl.read_parquet(tables / "training.parquet")
@@ -148,7 +191,9 @@ def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_pa
     check = dyn.join(means, on=["act", "epoch", "site"])
     assert check.height == dyn.height and (check["i_ty"] - check["m"]).abs().max() < 1e-9
     assert (tables / "summary_dynamics.parquet").is_file()
+    sites_summary = pl.read_parquet(tables / "summary_dynamics_sites.parquet")
+    assert sites_summary["frac_edge_bins_mean"].is_between(0, 1).all()
     for name in ("accuracy_vs_delta_i_xt", "information_plane", "i_xt_vs_epoch",
-                 "i_ty_vs_epoch"):
+                 "i_ty_vs_epoch", "frac_edge_bins_vs_epoch"):
         assert (tmp_path / "r" / "figures" / f"{name}.png").is_file(), name
 

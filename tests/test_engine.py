@@ -230,3 +230,19 @@ def test_corrupt_image_is_named(run_cli, tiny_spec_file, tmp_path):
     assert code == 1
     assert "Traceback" not in err
     assert str(bad) in err.strip().splitlines()[-1]
+
+
+def test_evaluations_that_return_sites_refuse_nan_naming_the_site(tiny_spec_file, tmp_path, pm):
+    from mi_probe.engine import Engine
+    from mi_probe.errors import NonFiniteActivationError
+    from mi_probe.spec import load_spec
+
+    path = _nan_weights(tmp_path)
+    text = open(tiny_spec_file()).read().replace("weights: train", f"weights: {path}")
+    engine = Engine(load_spec(tiny_spec_file("", text=text, name="nan_eval.yaml"), pm=pm), pm,
+                    cache_dir=tmp_path / "cache", log=lambda m: None, progress=False)
+    model = engine.model(0, "trained")
+    site = next(s for s in engine.sites(model) if s.name == "layer3.0.post_add")
+    with pytest.raises(NonFiniteActivationError,
+                       match=r"site 'layer3\.0\.post_add' \(evaluation\) has \d+ non-finite"):
+        engine.evaluate(model, sites=[site])

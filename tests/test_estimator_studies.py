@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from mi_probe import cli
+from mi_probe.builtin.estimator_studies import LayerPairs, LayerPairsParams
 from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import block_sizes, pair_mi_from_codes
@@ -105,6 +106,144 @@ def test_diagnostics_flag_constant_saturated_and_edge_heavy_channels():
     assert diag["i_xt_cap"] == pytest.approx(math.log(10))
 
 
+class PlantedContext:
+    """The parts of a run context that layer_pairs and estimator_sweep use, holding
+    planted activations (one capture for every seed and state)."""
+
+    def __init__(self, acts: dict[str, torch.Tensor], bins: int = 20, num_classes: int = 3):
+        from mi_probe.interfaces import Captured, Site
+
+        n = next(iter(acts.values())).shape[0]
+        self.estimator = HistogramEstimator(HistogramParams(bins=bins))
+        self.num_classes = num_classes
+        sites = [Site(name, f"m.{name}", "block", a.shape[1], depth)
+                 for depth, (name, a) in enumerate(acts.items())]
+        labels = torch.arange(n) % num_classes
+        self.cap = Captured(acts=acts, labels=labels, sites=sites)
+
+    def capture(self, seed, state):
+        return self.cap
+
+    def rng(self, seed, purpose):
+        from mi_probe.train import derive_seed
+
+        return torch.Generator().manual_seed(derive_seed(seed, purpose))
+
+    def progress(self, message):
+        pass
+
+
+def planted_layers(n: int = 4000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three 8-channel layers: a and b independent N(0, 1); c = a + 0.5 · noise, so
+    only its 8 channel pairs (a_i, c_i) depend, each with I = ½ ln 5 = 0.805 nats."""
+    g = gen(seed)
+    a = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    c = a + 0.5 * torch.randn(n, 8, generator=g, dtype=torch.float64)
+    return {"a": a, "b": b, "c": c}
+
+
+def test_layer_pairs_null_is_the_floor_and_the_excess_shows_planted_dependence():
+    """Issue 11.7, planted: N = 4000, B = 20 (first-order pair bias (B−1)²/2N = 0.0451).
+    Independent layer pairs (and c ≠ d within a layer) have mean pair MI ≈ 0.037, all
+    floor: their row-permuted null equals it within 0.002 (the null sd over draws is
+    ~4e-4), so mi_excess ≈ 0. The dependent pair (a, c) has 8 strong pairs of 64:
+    mi_excess ≈ (1/8)·½ ln 5 = 0.101 (measured 0.094: 20 bins lose a little of each
+    pair's 0.805 nats). Without the null, a/b (0.037) and a/c (0.131) differ by less
+    than 4×, with it by > 40×."""
+    ctx = PlantedContext(planted_layers())
+    exp = LayerPairs(LayerPairsParams(states=["trained"], null_draws=3))
+    frame = exp.run_unit(ctx, "seed=0")["layer_pairs"]
+    rows = {(r["site"], r["site_b"]): r for r in frame.iter_rows(named=True)}
+    assert len(rows) == 9
+    bias = 19 * 19 / (2 * 4000)
+    for (x, y), row in rows.items():
+        assert row["mi_bias"] == pytest.approx(bias) and row["n_samples"] == 4000
+        assert row["mi_excess"] == row["mi"] - row["mi_null"]  # not clipped
+        assert 0 < row["mi_null_sd"] < 0.002
+        assert 0.6 * bias < row["mi_null"] < bias  # empty tail cells: below first order
+        mirror = rows[(y, x)]  # the matrix is symmetric
+        assert all(mirror[v] == row[v] for v in ("mi", "mi_null", "mi_null_sd", "mi_excess"))
+        if {x, y} != {"a", "c"}:
+            assert abs(row["mi_excess"]) < 0.002, (x, y, row)
+    dependent = rows[("a", "c")]
+    assert abs(dependent["mi_excess"] - 0.5 * math.log(5) / 8) < 0.012
+    assert dependent["mi_excess"] > 40 * abs(rows[("a", "b")]["mi_excess"])
+    assert dependent["mi"] < 4 * rows[("a", "b")]["mi"]
+
+
+def test_layer_pairs_null_is_seeded_row_permutations_of_one_side():
+    """mi_null is the mean over null_draws of the mean pair MI of (a[perm], b), with perm
+    drawn from ctx.rng(seed, "pairs-null/<state>/<a>/<b>/<draw>"), exactly; mi_null_sd
+    is their sample sd; the same unit twice gives identical rows."""
+    acts = planted_layers(n=600)
+    ctx = PlantedContext(acts, bins=10)
+    exp = LayerPairs(LayerPairsParams(states=["random"], null_draws=3))
+    frame = exp.run_unit(ctx, "seed=5")["layer_pairs"]
+    assert frame.equals(exp.run_unit(ctx, "seed=5")["layer_pairs"])
+    draws = []
+    for d in range(3):
+        perm = torch.randperm(600, generator=ctx.rng(5, f"pairs-null/random/a/c/{d}"))
+        draws.append(ctx.estimator.pair_mi(acts["a"][perm], acts["c"]).mean().item())
+    row = frame.filter((pl.col("site") == "a") & (pl.col("site_b") == "c")).row(0, named=True)
+    assert row["mi_null"] == sum(draws) / 3
+    assert row["mi_null_sd"] == torch.tensor(draws, dtype=torch.float64).std().item()
+    within = []
+    for d in range(3):
+        perm = torch.randperm(600, generator=ctx.rng(5, f"pairs-null/random/b/b/{d}"))
+        mi = ctx.estimator.pair_mi(acts["b"][perm], acts["b"])
+        within.append(mi[~torch.eye(8, dtype=torch.bool)].mean().item())
+    row = frame.filter((pl.col("site") == "b") & (pl.col("site_b") == "b")).row(0, named=True)
+    assert row["mi_null"] == sum(within) / 3 and row["n_pairs"] == 56
+
+
+@pytest.mark.parametrize("draws", [0, 1, 2])
+def test_layer_pairs_null_cost_and_columns(draws, monkeypatch):
+    """Each null draw is one more pair_mi call per layer pair (the default, one draw,
+    doubles the cost); one draw gives mi_null without an sd; none gives null columns
+    and no null figures."""
+    ctx = PlantedContext(planted_layers(n=300), bins=8)
+    calls = []
+    real = ctx.estimator.pair_mi
+    monkeypatch.setattr(ctx.estimator, "pair_mi", lambda a, b: calls.append(1) or real(a, b))
+    exp = LayerPairs(LayerPairsParams(states=["trained", "random"], null_draws=draws))
+    frame = exp.run_unit(ctx, "seed=0")["layer_pairs"]
+    assert len(calls) == 2 * 6 * (1 + draws)  # states x layer pairs (3 sites) x (1 + draws)
+    assert frame["mi_null"].null_count() == (frame.height if draws == 0 else 0)
+    assert frame["mi_excess"].null_count() == (frame.height if draws == 0 else 0)
+    assert frame["mi_null_sd"].null_count() == (0 if draws > 1 else frame.height)
+    tables = {"layer_pairs": frame}
+    tables.update(exp.finalize(None, tables))
+    figs = exp.figures(tables)
+    excess = {"layer_pairs_excess_trained", "layer_pairs_excess_random",
+              "layer_pairs_delta_excess"}
+    assert excess <= set(figs) if draws else not excess & set(figs)
+    assert {"layer_pairs_trained", "layer_pairs_random", "layer_pairs_delta"} <= set(figs)
+    assert LayerPairsParams().null_draws == 1
+
+
+def test_layer_pairs_states_what_the_quantity_can_and_cannot_show():
+    """The null-subtracted figure's subtitle says what the quantity shows (dependence
+    above the plug-in floor, relative) and what it cannot (absolute MI: log B cap, the
+    (B−1)²/2N bias, the mean over pairs); the raw figure gives the measured floor; the
+    notes repeat it with this run's numbers."""
+    ctx = PlantedContext(planted_layers(n=300), bins=8)
+    exp = LayerPairs(LayerPairsParams(states=["trained"]))
+    tables = {"layer_pairs": exp.run_unit(ctx, "seed=0")["layer_pairs"]}
+    figs = exp.figures(tables)
+    excess = figs["layer_pairs_excess_trained"].title
+    assert "above the row-permuted null" in excess.text
+    text = " ".join(excess.subtitle)
+    for phrase in ("more than the plug-in floor", "relative to other pairs", "absolute MI",
+                   "capped at log B", "(B−1)²/2N", "many weak pairs with few strong ones"):
+        assert phrase in text, phrase
+    floor = tables["layer_pairs"]["mi_null"].mean()
+    assert f"mean {floor:.3f} nats" in figs["layer_pairs_trained"].title.subtitle[0]
+    notes = " ".join(exp.notes(tables))
+    assert "Cannot show: an absolute MI" in notes and f"{floor:.4f}" in notes
+    assert f"(B−1)²/2N = {49 / 600:.4f}" in notes
+
+
 @pytest.fixture
 def run_spec(tmp_path, monkeypatch, pm, capsys, tiny_spec_file):
     monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
@@ -137,7 +276,15 @@ def test_layer_pairs_matrix(run_spec):
     diag = pairs.filter(pl.col("site") == pl.col("site_b"))
     assert (diag["n_pairs"] == 16 * 15).all()  # c != d within a (subsampled) layer
     assert "layer_pairs_delta" in tables
-    assert (out / "figures" / "layer_pairs_trained.png").is_file()
+    # the row-permuted null (one draw by default) and the value above it
+    assert pairs["mi_null"].is_finite().all() and pairs["mi_null_sd"].is_null().all()
+    assert ((pairs["mi"] - pairs["mi_null"] - pairs["mi_excess"]).abs() < 1e-15).all()
+    assert (pairs["mi_bias"] == 7 * 7 / (2 * 60)).all() and (pairs["n_samples"] == 60).all()
+    assert "delta_mi_excess" in tables["layer_pairs_delta"].columns
+    assert "mi_excess_mean" in tables["summary_layer_pairs"].columns
+    for name in ("layer_pairs_trained", "layer_pairs_excess_trained",
+                 "layer_pairs_excess_random", "layer_pairs_delta", "layer_pairs_delta_excess"):
+        assert (out / "figures" / f"{name}.png").is_file(), name
 
 
 def test_layer_pairs_value_is_the_mean_pair_mi(pm, tiny_spec_file, tmp_path, monkeypatch):
@@ -162,20 +309,120 @@ def test_layer_pairs_value_is_the_mean_pair_mi(pm, tiny_spec_file, tmp_path, mon
 
 
 def test_estimator_sweep_agreement(run_spec):
+    """bins × range × fraction grid (the range swept by default for the histogram); the
+    reference setting agrees with itself; the quantile rows are the estimator with
+    range: quantile on the same subsets; range figures are drawn."""
     tables, out = run_spec("{kind: estimator_sweep, bins: [4, 8, 16], fractions: [0.5, 1.0], "
                            "reference_bins: 8, states: [trained]}")
     sweep = tables["estimator_sweep"]
     assert set(sweep["bins"].unique()) == {4, 8, 16}
+    assert set(sweep["range"].unique()) == {"minmax", "quantile"}
     assert set(sweep["n_samples"].unique()) == {30, 60}
+    assert sweep.height == 3 * 2 * 2 * 4  # bins x ranges x fractions x sites
     agree = tables["estimator_sweep_agreement"]
-    ref = agree.filter((pl.col("bins") == 8) & (pl.col("fraction") == 1.0))
+    assert agree.height == 3 * 2 * 2
+    ref = agree.filter((pl.col("bins") == 8) & (pl.col("fraction") == 1.0)
+                       & (pl.col("range") == "minmax"))
     assert ref["layer_rank_spearman"].item() == pytest.approx(1.0)
     assert ref["channel_rank_spearman"].item() == pytest.approx(1.0)
     assert agree["layer_rank_spearman"].drop_nulls().is_between(-1, 1).all()
     # more bins -> larger plug-in bias -> larger I(T;Y) on the same samples
-    full = sweep.filter(pl.col("fraction") == 1.0).group_by("bins").agg(pl.col("i_ty").mean())
+    full = sweep.filter((pl.col("fraction") == 1.0) & (pl.col("range") == "minmax")
+                        ).group_by("bins").agg(pl.col("i_ty").mean())
     values = dict(zip(full["bins"], full["i_ty"]))
     assert values[4] < values[8] < values[16]
+    summary = tables["summary_estimator_sweep_agreement"]
+    assert set(summary["range"].unique()) == {"minmax", "quantile"}
+    for name in ("sweep_i_xt_by_range", "sweep_i_ty_by_range", "sweep_i_ty_by_bins",
+                 "sweep_layer_rank_agreement_trained"):
+        assert (out / "figures" / f"{name}.png").is_file(), name
+
+
+def test_estimator_sweep_range_rows_are_the_quantile_estimator(pm, tiny_spec_file, tmp_path):
+    """A quantile row holds exactly what HistogramEstimator(range: quantile) gives on the
+    captured activations (full evaluation set), and differs from the min/max row."""
+    from conftest import TINY_SPEC
+    from mi_probe.builtin.estimator_studies import EstimatorSweep, EstimatorSweepParams
+    from mi_probe.engine import Engine
+    from mi_probe.spec import load_spec
+
+    text = TINY_SPEC.replace("weights: train", "weights: random").replace(
+        "bins: 8}", "bins: 8, range_quantile: 0.05}")
+    spec = load_spec(tiny_spec_file(text=text), pm=pm)
+    engine = Engine(spec, pm, cache_dir=tmp_path, log=lambda m: None, progress=False)
+    exp = EstimatorSweep(EstimatorSweepParams(states=["random"], bins=[8], fractions=[1.0],
+                                              reference_bins=8))
+    assert exp.units(engine) == ["seed=0"]
+    frame = exp.run_unit(engine, "seed=0")["estimator_sweep"]
+    cap = engine.capture(0, "random")
+    site = cap.sites[-1]
+    quantile = HistogramEstimator(HistogramParams(bins=8, range="quantile", range_quantile=0.05))
+    row = frame.filter((pl.col("site") == site.name) & (pl.col("range") == "quantile"))
+    assert row["i_xt"].item() == quantile.input_mi(cap.acts[site.name]).mean().item()
+    other = frame.filter((pl.col("site") == site.name) & (pl.col("range") == "minmax"))
+    assert other["i_xt"].item() != row["i_xt"].item()
+
+
+def test_estimator_sweep_range_settings_are_checked(pm, tiny_spec_file, capsys):
+    """reference_range outside ranges is refused (exit 2) before anything runs; ranges
+    must be distinct and known."""
+    from conftest import TINY_SPEC
+    from pydantic import ValidationError
+
+    from mi_probe.builtin.estimator_studies import EstimatorSweepParams
+
+    text = TINY_SPEC.replace("experiment: {kind: layer_mi}",
+                             "experiment: {kind: estimator_sweep, bins: [8], reference_bins: 8, "
+                             "ranges: [quantile], reference_range: minmax}")
+    path = tiny_spec_file(text=text)
+    out = str(path.parent / "r")
+    assert cli.main(["run", str(path), "--out", out, "--no-progress"], pm=pm) == 2
+    err = capsys.readouterr().err
+    assert "reference_range ('minmax') must be in ranges ['quantile']" in err
+    assert "Traceback" not in err
+    with pytest.raises(ValidationError, match="ranges must be distinct"):
+        EstimatorSweepParams(ranges=["minmax", "minmax"])
+    with pytest.raises(ValidationError, match="ranges"):
+        EstimatorSweepParams(ranges=["iqr"])
+
+
+def test_estimator_sweep_without_a_range_parameter():
+    """An estimator with bins but no range parameter: the default sweeps its own binning
+    only (range column null, reference row agrees with itself); asking for ranges is a
+    SpecError naming the estimator."""
+    from types import SimpleNamespace
+
+    from mi_probe.builtin.estimator_studies import EstimatorSweep, EstimatorSweepParams
+    from mi_probe.errors import SpecError
+
+    class NoRange:
+        def model_dump(self):
+            return {"kind": "binned_plugin", "bins": 8}
+
+    built = []
+
+    def plugin(kind, name, **params):
+        built.append(params)
+        return HistogramEstimator(HistogramParams(**params))
+
+    ctx = SimpleNamespace(spec=SimpleNamespace(estimator=NoRange(), seeds=[0]), plugin=plugin)
+    exp = EstimatorSweep(EstimatorSweepParams(bins=[4, 8], fractions=[1.0], reference_bins=8))
+    assert exp.units(ctx) == ["seed=0"]
+    assert built == [{"bins": 4}, {"bins": 8}]  # no range passed to the estimator
+    assert set(exp._estimators) == {(4, None), (8, None)}
+    planted = PlantedContext(planted_layers(n=200))
+    ctx.capture, ctx.rng, ctx.num_classes = planted.capture, planted.rng, 3
+    tables = exp.run_unit(ctx, "seed=0")
+    assert tables["estimator_sweep"]["range"].is_null().all()
+    ref = tables["estimator_sweep_agreement"].filter(pl.col("bins") == 8)
+    assert ref["layer_rank_spearman"].item() == pytest.approx(1.0)
+    tables.update(exp.finalize(None, tables))
+    assert tables["summary_estimator_sweep_agreement"].height == 2
+    figs = exp.figures(tables)
+    assert "sweep_i_xt_by_range" not in figs and "sweep_layer_rank_agreement_trained" in figs
+    with pytest.raises(SpecError, match="estimator 'binned_plugin' has no range parameter"):
+        EstimatorSweep(EstimatorSweepParams(bins=[8], reference_bins=8,
+                                            ranges=["minmax"])).units(ctx)
 
 
 def test_estimator_sweep_reference_must_be_in_the_grid(pm, tiny_spec_file):

@@ -138,7 +138,7 @@ class CoverExperiment:
             ctx.progress(f"seed {seed}: covers at {site.name}")
             # Covers are prefixes of one ranking, so the largest holds every smaller one:
             # one (|largest|, C) pair-MI block serves every q.
-            codes = bin_uniform(cap.acts[site.name], bins)
+            codes = bin_uniform(cap.acts[site.name], bins, getattr(ctx.estimator, "quantile", None))
             block = pair_mi_from_codes(codes[:, largest], codes, bins)
             row_of = {int(c): i for i, c in enumerate(largest.tolist())}
             for q, cover in covers.items():

@@ -4,7 +4,10 @@ For every activation in ``acts`` and every seed, the spec's model is trained wit
 activation swapped in (``model.act``), and at initialisation (epoch 0) and after every
 epoch the pooled evaluation-set activations of the spec's sites are captured, turned
 into per-site I(X;T) and I(T;Y) (means over channels, and per-channel values with
-``channel_values``), and discarded: only the numbers are kept (in the training history,
+``channel_values``) and the edge-bin fraction (share of samples in a channel's first or
+last bin, averaged over channels, from the estimator's ``diagnostics`` when it has them:
+high values mean the bin range is set by a few extreme samples, so I(X;T) may follow
+the tails), and discarded: only the numbers are kept (in the training history,
 so a resumed training keeps them), never the activations. The capture runs in eval
 mode without gradients and the training loop reseeds its RNG every epoch, so tracking
 does not change training (same seed → bit-identical weights, tested).
@@ -43,7 +46,8 @@ from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RunContext, Site, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 
-TRACK_VERSION = 1
+#: Version of what the tracker records (part of the model cache key). 2: frac_edge_bins.
+TRACK_VERSION = 2
 
 
 class DynamicsParams(BaseModel):
@@ -220,12 +224,15 @@ class Dynamics:
             for site in sites:
                 acts = cap.acts.pop(site.name)
                 if not bool(torch.isfinite(acts).all()):
-                    out["sites"][site.name] = {"i_xt": None, "i_ty": None, "nonfinite": True}
+                    out["sites"][site.name] = {"i_xt": None, "i_ty": None,
+                                               "frac_edge_bins": None, "nonfinite": True}
                     continue
                 i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
                 i_xt_c = est.input_mi(acts)
+                diag = est.diagnostics(acts) if hasattr(est, "diagnostics") else {}
                 entry = {"i_ty": _finite(i_ty_c.mean()),
-                         "i_xt": _finite(i_xt_c.mean()) if i_xt_c is not None else None}
+                         "i_xt": _finite(i_xt_c.mean()) if i_xt_c is not None else None,
+                         "frac_edge_bins": diag.get("frac_edge_bins")}
                 if channel_values:
                     entry["i_ty_c"] = [float(v) for v in i_ty_c.cpu().tolist()]
                     entry["i_xt_c"] = ([float(v) for v in i_xt_c.cpu().tolist()]
@@ -264,8 +271,9 @@ class Dynamics:
                 rows.append({"seed": seed, "act": act, "arch": arch, "epoch": epoch,
                              "state": f"epoch_{epoch}", "site": site.name, "depth": site.depth,
                              "site_kind": site.kind, "i_xt": entry["i_xt"],
-                             "i_ty": entry["i_ty"], "val_acc": record["val_acc"],
-                             "eval_acc": tracked.get("eval_acc")})
+                             "i_ty": entry["i_ty"],
+                             "frac_edge_bins": entry.get("frac_edge_bins"),
+                             "val_acc": record["val_acc"], "eval_acc": tracked.get("eval_acc")})
                 if self.params.channel_values and entry.get("i_ty_c") is not None:
                     i_xt_c = entry.get("i_xt_c") or [None] * len(entry["i_ty_c"])
                     channel_rows.append(pl.DataFrame({
@@ -273,7 +281,8 @@ class Dynamics:
                         "depth": site.depth, "channel": list(range(len(entry["i_ty_c"]))),
                         "i_xt": i_xt_c, "i_ty": entry["i_ty_c"]},
                         schema_overrides={"i_xt": pl.Float64, "i_ty": pl.Float64}))
-        floats = {c: pl.Float64 for c in ("i_xt", "i_ty", "val_acc", "eval_acc")}
+        floats = {c: pl.Float64 for c in ("i_xt", "i_ty", "frac_edge_bins", "val_acc",
+                                          "eval_acc")}
         frame = pl.DataFrame(rows, schema_overrides=floats)
         final = set(final_sites(frame["depth"].to_list(), self.params.final_fraction))
         frame = frame.with_columns(final_site=pl.col("depth").is_in(sorted(final)))
@@ -304,8 +313,10 @@ class Dynamics:
                  "post_plateau_slope_i_xt", "post_plateau_slope_i_ty"])
         frame = tables.get("dynamics")
         if frame is not None and frame.height:
+            values = ["i_xt", "i_ty", "val_acc"] + (
+                ["frac_edge_bins"] if "frac_edge_bins" in frame.columns else [])
             out["summary_dynamics_sites"] = aggregate_seeds(
-                frame, ["act", "site", "depth", "site_kind", "epoch"], ["i_xt", "i_ty", "val_acc"])
+                frame, ["act", "site", "depth", "site_kind", "epoch"], values)
         return out
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
@@ -325,8 +336,9 @@ class Dynamics:
         if frame is None or frame.height == 0:
             return figs
         final = frame.filter(pl.col("final_site")) if "final_site" in frame.columns else frame
+        edge = [pl.col("frac_edge_bins").mean()] if "frac_edge_bins" in final.columns else []
         per_seed = final.group_by(["seed", "act", "epoch"]).agg(
-            pl.col("i_xt").mean(), pl.col("i_ty").mean(), pl.col("val_acc").first())
+            pl.col("i_xt").mean(), pl.col("i_ty").mean(), pl.col("val_acc").first(), *edge)
         figs["i_xt_vs_epoch"] = report.line(
             per_seed.drop_nulls("i_xt"), x="epoch", y="i_xt", color="act",
             title="I(X;T) = H(binned T) while training, mean over the final sites",
@@ -337,6 +349,12 @@ class Dynamics:
         figs["val_acc_vs_epoch"] = report.line(per_seed, x="epoch", y="val_acc", color="act",
                                                title="Validation accuracy while training",
                                                y_title="validation accuracy")
+        if edge and per_seed["frac_edge_bins"].drop_nulls().len():
+            figs["frac_edge_bins_vs_epoch"] = report.line(
+                per_seed.drop_nulls("frac_edge_bins"), x="epoch", y="frac_edge_bins",
+                color="act", y_title="share of samples in a first or last bin",
+                title="Edge-bin share while training, mean over the final sites (high: the "
+                      "bin range follows a few extreme samples)")
         figs["information_plane"] = _information_plane(frame)
         slopes = tables.get("dynamics_slopes")
         if slopes is not None and slopes.height and slopes["slope_i_xt"].drop_nulls().len():

@@ -2,10 +2,12 @@
 
 * ``layer_pairs`` (paper Fig. 2): the layer–layer MI matrix I(T_l;T_m) = mean over
   channel pairs (c in l, d in m) of the binned pair MI, trained and random; with l = m
-  the mean over c ≠ d (inter-channel MI within a layer).
-* ``estimator_sweep`` (App. F): the main MI quantities across bin counts and
-  evaluation-set fractions, with the rank agreement of layers and channels against a
-  reference setting.
+  the mean over c ≠ d (inter-channel MI within a layer). Beside it, the same mean with
+  the samples of one layer permuted (the plug-in floor of independent layers) and the
+  value above that floor.
+* ``estimator_sweep`` (App. F): the main MI quantities across bin counts, bin ranges
+  (min/max or quantile-clipped) and evaluation-set fractions, with the rank agreement of
+  layers and channels against a reference setting.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.errors import SpecError
+from mi_probe.functional.histogram import plugin_bias
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RANDOM, TRAINED, RunContext
 
@@ -32,6 +35,30 @@ class LayerPairsParams(BaseModel):
         128, ge=2, description="use a random subset of at most this many channels per site "
         "(the same subset for every pair; None: all channels). The mean over the subset's "
         "pairs estimates the mean over all pairs")
+    null_draws: int = Field(
+        1, ge=0, le=100, description="row permutations of one layer per layer pair and state: "
+        "the same mean pair MI with the samples' pairing broken, i.e. the plug-in floor of "
+        "independent layers (mi_null; mi_null_sd needs >= 2 draws; mi_excess = mi - "
+        "mi_null). Each draw costs as much as the estimate itself; 0 turns the null off")
+
+
+#: What the layer–layer quantity can and cannot show, as subtitle lines (figures) that
+#: the report notes join into sentences.
+PAIRS_CAN = ("Shows: which layer pairs depend on each other more than the plug-in floor,",
+             "relative to other pairs and trained vs random "
+             "(mi_excess = mi − row-permuted null).")
+PAIRS_CANNOT = ("Cannot show: an absolute MI. Each pair is capped at log B and biased up by about",
+                "(B−1)²/2N (the null measures it); the mean over channel pairs mixes many weak "
+                "pairs with few strong ones.")
+
+
+def mean_pair_mi(mi: torch.Tensor, same_site: bool) -> tuple[float, int]:
+    """Mean of a (C1, C2) pair-MI matrix and its pair count; within one site the
+    diagonal (a channel with itself: its entropy) is left out."""
+    if same_site:
+        off = ~torch.eye(mi.shape[0], dtype=torch.bool, device=mi.device)
+        return mi[off].mean().item(), int(off.sum().item())
+    return mi.mean().item(), mi.numel()
 
 
 class LayerPairs:
@@ -48,9 +75,14 @@ class LayerPairs:
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
+        est = ctx.estimator
+        bins = est.describe().get("bins")
         rows = []
         for state in self.params.states:
             cap = ctx.capture(seed, state)
+            n = int(cap.labels.numel())
+            # first-order plug-in bias of one pair's MI: (B-1)^2 / 2N for fully used bins
+            bias = plugin_bias(bins, bins, n) if isinstance(bins, int) else None
             chosen = {}
             for site in cap.sites:
                 acts = cap.acts[site.name]
@@ -62,53 +94,106 @@ class LayerPairs:
             ctx.progress(f"seed {seed}: {state} layer pairs over {len(cap.sites)} sites")
             for i, a in enumerate(cap.sites):
                 for b in cap.sites[i:]:
-                    mi = ctx.estimator.pair_mi(chosen[a.name], chosen[b.name])
-                    if a.name == b.name:
-                        off = ~torch.eye(mi.shape[0], dtype=torch.bool, device=mi.device)
-                        value, n_pairs = mi[off].mean().item(), int(off.sum().item())
-                    else:
-                        value, n_pairs = mi.mean().item(), mi.numel()
-                    for x, y in ((a, b), (b, a)) if a.name != b.name else ((a, b),):
+                    same = a.name == b.name
+                    acts_a, acts_b = chosen[a.name], chosen[b.name]
+                    value, n_pairs = mean_pair_mi(est.pair_mi(acts_a, acts_b), same)
+                    # null: a's rows permuted, so every pair keeps its marginals but loses
+                    # the pairing of samples; its mean pair MI is the floor of the estimate
+                    nulls = []
+                    for d in range(self.params.null_draws):
+                        perm = torch.randperm(n, generator=ctx.rng(
+                            seed, f"pairs-null/{state}/{a.name}/{b.name}/{d}")).to(acts_a.device)
+                        nulls.append(mean_pair_mi(est.pair_mi(acts_a[perm], acts_b), same)[0])
+                    null = sum(nulls) / len(nulls) if nulls else None
+                    null_sd = (torch.tensor(nulls, dtype=torch.float64).std().item()
+                               if len(nulls) > 1 else None)
+                    for x, y in ((a, b), (b, a)) if not same else ((a, b),):
                         rows.append({**site_row(seed, state, x), "site_b": y.name,
                                      "depth_b": y.depth, "site_kind_b": y.kind, "mi": value,
-                                     "n_pairs": n_pairs})
-        return {"layer_pairs": pl.DataFrame(rows)}
+                                     "mi_null": null, "mi_null_sd": null_sd,
+                                     "mi_excess": value - null if null is not None else None,
+                                     "mi_bias": bias, "n_pairs": n_pairs, "n_samples": n})
+        floats = {c: pl.Float64 for c in ("mi_null", "mi_null_sd", "mi_excess", "mi_bias")}
+        return {"layer_pairs": pl.DataFrame(rows, schema_overrides=floats)}
 
     def finalize(self, ctx, tables):
         from mi_probe.tables import aggregate_seeds
 
         frame = tables["layer_pairs"]
+        values = ["mi"] + (["mi_null", "mi_excess"] if _has_null(frame) else [])
         out = {"summary_layer_pairs": aggregate_seeds(
-            frame, ["state", "site", "depth", "site_b", "depth_b"], ["mi"])}
+            frame, ["state", "site", "depth", "site_b", "depth_b"], values)}
         if {TRAINED, RANDOM} <= set(frame["state"].unique()):
             keys = ["seed", "site", "depth", "site_b", "depth_b"]
-            delta = frame.filter(pl.col("state") == TRAINED).select(keys + ["mi"]).join(
-                frame.filter(pl.col("state") == RANDOM).select(keys + ["mi"]), on=keys,
-                suffix="_random").with_columns(delta_mi=pl.col("mi") - pl.col("mi_random"))
+            both = ["mi", "mi_excess"] if "mi_excess" in frame.columns else ["mi"]
+            delta = frame.filter(pl.col("state") == TRAINED).select(keys + both).join(
+                frame.filter(pl.col("state") == RANDOM).select(keys + both), on=keys,
+                suffix="_random").with_columns(
+                    pl.col(v).sub(pl.col(f"{v}_random")).alias(f"delta_{v}") for v in both)
             out["layer_pairs_delta"] = delta
         return out
+
+    def notes(self, tables: dict[str, pl.DataFrame]) -> list[str]:
+        """Report notes: what the layer–layer quantity can and cannot show, with this
+        run's measured floor."""
+        frame = tables.get("layer_pairs")
+        lines = ["Layer–layer MI. " + " ".join(PAIRS_CAN + PAIRS_CANNOT)]
+        if frame is not None and _has_null(frame):
+            bias, null = frame["mi_bias"].drop_nulls(), frame["mi_null"]
+            lines.append(f"Row-permuted null (plug-in floor) here: mean {null.mean():.4f} nats, "
+                         f"range {null.min():.4f}–{null.max():.4f}"
+                         + (f" (first-order (B−1)²/2N = {bias[0]:.4f})" if bias.len() else "")
+                         + "; mi_excess = mi − mi_null, not clipped (negative: no dependence "
+                         "above the floor).")
+        return lines
 
     def figures(self, tables):
         from mi_probe import report
 
         frame = tables["layer_pairs"]
         order = frame.select("site", "depth").unique().sort("depth")["site"].to_list()
+        has_null = _has_null(frame)
         figs = {}
         for state in frame["state"].unique().sort():
             part = frame.filter(pl.col("state") == state)
+            floor = (f"row-permuted null (plug-in floor): mean {part['mi_null'].mean():.3f} nats"
+                     if has_null else "no null computed (null_draws: 0)")
             figs[f"layer_pairs_{state}"] = report.heatmap(
                 part, x="site_b", y="site", value="mi", value_title="I(T_l;T_m) [nats]",
-                title=f"Layer–layer MI, {state} (mean pair MI)", x_sort=order, y_sort=order)
-        if "layer_pairs_delta" in tables:
+                x_sort=order, y_sort=order, title=f"Layer–layer MI, {state} (mean pair MI)",
+                subtitle=[floor, *PAIRS_CANNOT])
+            if has_null:
+                figs[f"layer_pairs_excess_{state}"] = report.heatmap(
+                    part, x="site_b", y="site", value="mi_excess",
+                    value_title="MI − null [nats]", x_sort=order, y_sort=order,
+                    title=f"Layer–layer MI above the row-permuted null, {state}",
+                    subtitle=[*PAIRS_CAN, *PAIRS_CANNOT])
+        delta = tables.get("layer_pairs_delta")
+        if delta is not None:
             figs["layer_pairs_delta"] = report.heatmap(
-                tables["layer_pairs_delta"], x="site_b", y="site", value="delta_mi",
-                value_title="trained − random [nats]", title="Layer–layer MI, trained − random",
-                x_sort=order, y_sort=order)
+                delta, x="site_b", y="site", value="delta_mi",
+                value_title="trained − random [nats]", x_sort=order, y_sort=order,
+                title="Layer–layer MI, trained − random", subtitle=list(PAIRS_CANNOT))
+            if has_null and "delta_mi_excess" in delta.columns:
+                figs["layer_pairs_delta_excess"] = report.heatmap(
+                    delta, x="site_b", y="site", value="delta_mi_excess",
+                    value_title="trained − random [nats]", x_sort=order, y_sort=order,
+                    title="Layer–layer MI above the null, trained − random",
+                    subtitle=["Each state minus its own floor: the floors differ with the "
+                              "channels' marginals.", *PAIRS_CANNOT])
         return figs
 
 
+def _has_null(frame: pl.DataFrame) -> bool:
+    """True when the layer_pairs rows carry a measured null (null_draws > 0)."""
+    return "mi_null" in frame.columns and frame["mi_null"].null_count() < frame.height
+
+
+BinRange = Literal["minmax", "quantile"]
+
+
 class EstimatorSweepParams(BaseModel):
-    """Robustness of the MI quantities to the bin count and the sample size."""
+    """Robustness of the MI quantities to the bin count, the bin range and the sample size."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["estimator_sweep"] = "estimator_sweep"
@@ -116,8 +201,15 @@ class EstimatorSweepParams(BaseModel):
     bins: list[int] = Field([10, 20, 30, 50], min_length=1)
     fractions: list[float] = Field([0.25, 0.5, 1.0], min_length=1,
                                    description="fractions of the evaluation set (random subsets)")
+    ranges: list[BinRange] | None = Field(
+        None, min_length=1, description="bin ranges to sweep (the estimator's range "
+        "parameter; quantile uses its range_quantile). Default: [minmax, quantile] when the "
+        "estimator has a range parameter (the histogram does), else its own binning only "
+        "(range column null)")
     reference_bins: int = Field(20, ge=2)
     reference_fraction: float = Field(1.0, gt=0, le=1)
+    reference_range: BinRange = Field("minmax", description="the range of the reference "
+                                      "setting (ignored for estimators without a range)")
 
     @field_validator("bins")
     @classmethod
@@ -131,6 +223,13 @@ class EstimatorSweepParams(BaseModel):
     def _fractions(cls, value):
         if any(not 0 < f <= 1 for f in value):
             raise ValueError(f"fractions must lie in (0, 1], got {value}")
+        return value
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"ranges must be distinct, got {value}")
         return value
 
 
@@ -160,87 +259,141 @@ class EstimatorSweep:
         if "bins" not in base:
             raise SpecError(f"estimator_sweep varies the bin count; estimator "
                             f"{base['kind']!r} has no bins parameter")
+        p = self.params
+        if "range" in base:
+            ranges = p.ranges or ["minmax", "quantile"]
+            if p.reference_range not in ranges:
+                raise SpecError(f"experiment.reference_range ({p.reference_range!r}) must be "
+                                f"in ranges {ranges}")
+            self._reference_range = p.reference_range
+        elif p.ranges is not None:
+            raise SpecError(f"estimator_sweep.ranges varies the bin range; estimator "
+                            f"{base['kind']!r} has no range parameter (leave ranges unset)")
+        else:
+            ranges, self._reference_range = [None], None
+        #: (bins, range) -> estimator; range None = the estimator's own binning
         self._estimators = {}
-        for b in self.params.bins:
-            params = {k: v for k, v in base.items() if k != "kind"}
-            params["bins"] = b
-            self._estimators[b] = ctx.plugin("estimators", base["kind"], **params)
+        for b in p.bins:
+            for r in ranges:
+                params = {k: v for k, v in base.items() if k != "kind"}
+                params["bins"] = b
+                if r is not None:
+                    params["range"] = r
+                self._estimators[(b, r)] = ctx.plugin("estimators", base["kind"], **params)
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         rows, agreement = [], []
-        ref_key = (self.params.reference_bins, self.params.reference_fraction)
+        ref_key = (self.params.reference_bins, self._reference_range,
+                   self.params.reference_fraction)
         for state in self.params.states:
             cap = ctx.capture(seed, state)
             n = int(cap.labels.numel())
-            channel_values: dict[tuple[int, float], dict[str, torch.Tensor]] = {}
-            layer_values: dict[tuple[int, float], torch.Tensor] = {}
+            # keyed by (bins, range, fraction)
+            channel_values: dict[tuple, dict[str, torch.Tensor]] = {}
+            layer_values: dict[tuple, torch.Tensor] = {}
             for fraction in self.params.fractions:
                 size = max(2, round(fraction * n))
                 idx = torch.randperm(n, generator=ctx.rng(seed, f"sweep/{state}/{fraction}"))[:size]
                 idx = idx.sort().values.to(cap.labels.device)
                 labels = cap.labels[idx]
-                for b, est in self._estimators.items():
+                for (b, r), est in self._estimators.items():
                     per_site = {}
                     for site in cap.sites:
                         acts = cap.acts[site.name][idx]
                         i_ty_c = est.label_mi(acts, labels, ctx.num_classes)
                         i_xt_c = est.input_mi(acts)
                         per_site[site.name] = i_ty_c
-                        rows.append({**site_row(seed, state, site), "bins": b,
+                        rows.append({**site_row(seed, state, site), "bins": b, "range": r,
                                      "fraction": fraction, "n_samples": size,
                                      "i_xt": i_xt_c.mean().item() if i_xt_c is not None else None,
                                      "i_ty": i_ty_c.mean().item(),
                                      "i_ty_bias": est.bias(size, ctx.num_classes)})
-                    channel_values[(b, fraction)] = per_site
-                    layer_values[(b, fraction)] = torch.stack([v.mean() for v in per_site.values()])
+                    channel_values[(b, r, fraction)] = per_site
+                    layer_values[(b, r, fraction)] = torch.stack(
+                        [v.mean() for v in per_site.values()])
             for key, per_site in channel_values.items():
                 chan = [spearman(per_site[s.name], channel_values[ref_key][s.name])
                         for s in cap.sites]
                 chan = [c for c in chan if c is not None]
                 agreement.append({"seed": seed, "state": state, "bins": key[0],
-                                  "fraction": key[1], "n_samples": max(2, round(key[1] * n)),
+                                  "range": key[1], "fraction": key[2],
+                                  "n_samples": max(2, round(key[2] * n)),
                                   "layer_rank_spearman": spearman(layer_values[key],
                                                                   layer_values[ref_key]),
                                   "channel_rank_spearman": (sum(chan) / len(chan) if chan
                                                             else None)})
-        return {"estimator_sweep": pl.DataFrame(rows, schema_overrides={"i_xt": pl.Float64}),
+        return {"estimator_sweep": pl.DataFrame(rows, schema_overrides={
+                    "i_xt": pl.Float64, "range": pl.Utf8}),
                 "estimator_sweep_agreement": pl.DataFrame(agreement, schema_overrides={
-                    "layer_rank_spearman": pl.Float64, "channel_rank_spearman": pl.Float64})}
+                    "layer_rank_spearman": pl.Float64, "channel_rank_spearman": pl.Float64,
+                    "range": pl.Utf8})}
 
     def finalize(self, ctx, tables):
         from mi_probe.tables import aggregate_seeds
 
+        agree = _with_range(tables["estimator_sweep_agreement"])
         return {"summary_estimator_sweep_agreement": aggregate_seeds(
-            tables["estimator_sweep_agreement"].drop_nulls(), ["state", "bins", "fraction"],
+            agree,  # each column counts its own non-null seeds (<value>_n)
+            ["state", "bins", "range", "fraction"],
             ["layer_rank_spearman", "channel_rank_spearman"])}
 
     def figures(self, tables):
         from mi_probe import report
 
-        sweep = tables["estimator_sweep"]
+        sweep = _with_range(tables["estimator_sweep"])
         p = self.params
-        by_bins = sweep.filter(pl.col("fraction") == p.reference_fraction).with_columns(
-            series=pl.format("{} bins", pl.col("bins")))
-        by_frac = sweep.filter(pl.col("bins") == p.reference_bins).with_columns(
-            series=pl.format("{} samples", pl.col("n_samples")))
-        agree = tables["estimator_sweep_agreement"].drop_nulls("layer_rank_spearman")
+        # the reference range, or None for an estimator without one (range column null)
+        ref_range = p.reference_range if sweep["range"].null_count() < sweep.height else None
+        at_ref_range = pl.col("range").eq_missing(pl.lit(ref_range, dtype=pl.Utf8))
+        by_bins = sweep.filter(at_ref_range & (pl.col("fraction") == p.reference_fraction)
+                               ).with_columns(series=pl.format("{} bins", pl.col("bins")))
+        by_frac = sweep.filter(at_ref_range & (pl.col("bins") == p.reference_bins)
+                               ).with_columns(series=pl.format("{} samples", pl.col("n_samples")))
+        agree = _with_range(tables["estimator_sweep_agreement"]).filter(
+            at_ref_range).drop_nulls("layer_rank_spearman")
+        range_note = f", {ref_range} range" if ref_range else ""
+        # one panel (or heatmap) per state: trained and random values are never averaged
         figs = {
             "sweep_i_ty_by_bins": report.by_depth(by_bins, "i_ty", color="series",
-                                                  title="I(T;Y) by depth for each bin count",
+                                                  facet="state",
+                                                  title=f"I(T;Y) by depth for each bin "
+                                                        f"count{range_note}",
                                                   y_title="I(T;Y) [nats]"),
             "sweep_i_ty_by_samples": report.by_depth(by_frac, "i_ty", color="series",
+                                                     facet="state",
                                                      title=f"I(T;Y) by depth for each sample "
-                                                           f"size ({p.reference_bins} bins)",
+                                                           f"size ({p.reference_bins} bins"
+                                                           f"{range_note})",
                                                      y_title="I(T;Y) [nats]"),
         }
-        if agree.height:
-            figs["sweep_layer_rank_agreement"] = report.heatmap(
-                agree, x="bins", y="fraction", value="layer_rank_spearman",
-                value_title="Spearman vs reference",
-                title="Rank agreement of layers with the reference setting")
+        by_range = sweep.filter((pl.col("bins") == p.reference_bins)
+                                & (pl.col("fraction") == p.reference_fraction)
+                                ).drop_nulls("range")
+        if by_range["range"].n_unique() > 1:
+            for value, name in (("i_xt", "I(X;T)"), ("i_ty", "I(T;Y)")):
+                part = by_range.drop_nulls(value)
+                if part.height:
+                    figs[f"sweep_{value}_by_range"] = report.by_depth(
+                        part, value, color="range", facet="state",
+                        y_title=f"{name} [nats]",
+                        title=f"{name} by depth, min/max vs quantile-clipped bin range "
+                              f"({p.reference_bins} bins)")
+        for state in agree["state"].unique().sort():
+            figs[f"sweep_layer_rank_agreement_{state}"] = report.heatmap(
+                agree.filter(pl.col("state") == state), x="bins", y="fraction",
+                value="layer_rank_spearman", value_title="Spearman vs reference",
+                title=f"Rank agreement of layers with the reference setting, {state}"
+                      f"{range_note}")
         return figs
+
+
+def _with_range(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with a ``range`` column (null in tables written before ranges existed)."""
+    if "range" in frame.columns:
+        return frame
+    return frame.with_columns(range=pl.lit(None, dtype=pl.Utf8))
 
 
 @hookimpl

@@ -15,11 +15,20 @@ from mi_probe.interfaces import LayerMI
 
 
 class HistogramParams(BaseModel):
-    """Uniform-bin plug-in estimator on each channel's own [min, max]."""
+    """Uniform-bin plug-in estimator on each channel's own [min, max] (or quantile range)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["histogram"] = "histogram"
     bins: int = Field(20, gt=1, le=4096, description="uniform bins per channel (B)")
+    range: Literal["minmax", "quantile"] = Field(
+        "minmax", description="bin range of each channel over the evaluation set: minmax = "
+        "its own min and max (the paper's definition; one outlier can squeeze every other "
+        "sample into a few bins); quantile = its lower range_quantile and upper "
+        "1 - range_quantile sample quantiles, values outside clipped into the first / last "
+        "bin (a channel whose quantile range is empty, e.g. mostly zeros, keeps min/max)")
+    range_quantile: float = Field(
+        0.001, gt=0, lt=0.5, description="tail share cut off at each end by range: quantile "
+        "(ignored with minmax); 0.001 clips the 0.1% lowest and 0.1% highest samples")
     correction: Literal["none", "miller_madow"] = Field(
         "none", description="miller_madow adds (m - 1)/(2N) to every entropy (m occupied "
         "cells), removing the first-order plug-in bias; corrected MI can be slightly negative")
@@ -43,12 +52,17 @@ class HistogramEstimator:
     def __init__(self, params: HistogramParams):
         self.params = params
         self.bins = params.bins
+        #: None = min/max range; else the tail share clipped at each end of a channel
+        self.quantile = params.range_quantile if params.range == "quantile" else None
 
     def _codes(self, acts: torch.Tensor) -> torch.Tensor:
         if acts.ndim != 2:
             raise EstimatorError(f"histogram estimator expects (N, C) activations, "
                                  f"got shape {tuple(acts.shape)}")
-        return F.bin_uniform(acts, self.bins)
+        try:
+            return F.bin_uniform(acts, self.bins, self.quantile)
+        except ValueError as exc:  # NaN / ±inf / no samples: the estimator's typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
 
     def _label_mi(self, codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
                   num_classes: int) -> torch.Tensor:
@@ -84,16 +98,24 @@ class HistogramEstimator:
         return pair_mi_from_codes(self._codes(acts_a), self._codes(acts_b), self.bins,
                                   self.params.pair_cells)
 
-    def diagnostics(self, acts: torch.Tensor) -> dict[str, float]:
-        """Facts about one site's binned activations that qualify its MI values."""
+    def diagnostics(self, acts: torch.Tensor) -> dict[str, Any]:
+        """Facts about one site's binned activations that qualify its MI values:
+        constant channels, the share of samples in a channel's first or last bin, channels
+        near the log B cap, the bin range used and the share of samples it clipped."""
         codes = self._codes(acts)
         constant = (acts.max(dim=0).values == acts.min(dim=0).values)
         h = F.entropy_from_codes(codes, self.bins, self.params.chunk_cells)
         cap = math.log(self.bins)
+        if self.quantile is None:
+            clipped = 0.0
+        else:
+            lo, hi = F.bin_range(acts, self.quantile)
+            x = acts.to(torch.float64)
+            clipped = float(((x < lo) | (x > hi)).double().mean().item())
         return {"n_constant": int(constant.sum().item()),
                 "frac_edge_bins": float(F.edge_fraction(codes, self.bins).mean().item()),
                 "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
-                "i_xt_cap": cap}
+                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped}
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
@@ -114,7 +136,10 @@ class HistogramEstimator:
         return F.plugin_bias(self.bins, num_classes, n_samples)
 
     def describe(self) -> dict[str, Any]:
-        return {"estimator": "histogram", "bins": self.bins, "correction": self.params.correction,
+        facts = {"estimator": "histogram", "bins": self.bins, "range": self.params.range}
+        if self.quantile is not None:
+            facts["range_quantile"] = self.quantile
+        return {**facts, "correction": self.params.correction,
                 "i_xt_convention": "H(binned T): deterministic network, distinct inputs",
                 "i_xt_cap_per_channel_nats": math.log(self.bins)}
 

@@ -21,22 +21,87 @@ def _chunks(n_channels: int, cells_per_channel: int, max_cells: int):
         yield slice(start, min(n_channels, start + step))
 
 
-def bin_uniform(acts: torch.Tensor, bins: int) -> torch.Tensor:
-    """Cut each column into ``bins`` uniform bins between its own min and max.
+def _checked_min_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column min and max of an (N, C) float64 matrix; ValueError, naming what was
+    found, for an empty matrix or NaN / ±inf values."""
+    if x.shape[0] == 0:
+        raise ValueError(f"expected at least one sample, got shape {tuple(x.shape)}")
+    lo, hi = torch.aminmax(x, dim=0)  # NaN propagates and ±inf shows: one check covers both
+    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+        nan, pos, neg = x.isnan(), x == math.inf, x == -math.inf
+        bad = (nan | pos | neg).any(dim=0).nonzero().flatten()
+        raise ValueError(f"expected finite activations, found {int(nan.sum())} NaN, "
+                         f"{int(pos.sum())} +inf and {int(neg.sum())} -inf values in "
+                         f"{bad.numel()} of {x.shape[1]} channels (first: channel {int(bad[0])})")
+    return lo, hi
+
+
+def _quantile_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, quantile: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower ``quantile`` and upper 1 − ``quantile`` sample values of each column
+    (numpy's ``method="lower"`` / ``"higher"``); min / max (``lo``, ``hi``) where that
+    range is empty."""
+    if not 0 < quantile < 0.5:
+        raise ValueError(f"quantile must lie in (0, 0.5), got {quantile}")
+    last = x.shape[0] - 1
+    # 1-based ranks from the bottom and from the top; topk is several times faster than
+    # kthvalue or a sort for tail ranks
+    k_lo = math.floor(last * quantile) + 1
+    k_hi = last - math.ceil(last * (1.0 - quantile)) + 1
+    q_lo = torch.topk(x, k_lo, dim=0, largest=False).values[-1]
+    q_hi = torch.topk(x, k_hi, dim=0, largest=True).values[-1]
+    empty = q_hi <= q_lo
+    return torch.where(empty, lo, q_lo), torch.where(empty, hi, q_hi)
+
+
+def bin_range(acts: torch.Tensor, quantile: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column binning range (lo, hi) of an (N, C) matrix: float64 (C,) each.
+
+    ``quantile=None``: each column's own min and max (the paper's definition). With a
+    quantile q in (0, 0.5): the lower q and upper 1 − q sample quantiles, taken as sample
+    values (numpy's ``method="lower"`` / ``"higher"``, so the range never reaches past
+    the data). A column whose quantile range is empty (roughly 1 − 2q of its samples or
+    more share one value, e.g. a mostly-zero ReLU channel) keeps its min and max, so it
+    is not mistaken for a constant column. NaN or ±inf values raise ValueError.
+    """
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    x = acts.to(torch.float64)
+    lo, hi = _checked_min_max(x)
+    return (lo, hi) if quantile is None else _quantile_range(x, lo, hi, quantile)
+
+
+def bin_uniform(acts: torch.Tensor, bins: int, quantile: float | None = None) -> torch.Tensor:
+    """Cut each column into ``bins`` uniform bins between its own min and max (with
+    ``quantile``: its quantile range, see :func:`bin_range`; values outside it go to the
+    first or last bin).
 
     Returns int64 codes in [0, bins) of shape (N, C). The maximum falls in the last bin;
     a constant column falls entirely in bin 0 (so its MI and entropy are exactly 0).
+    NaN or ±inf values raise ValueError; ranges wider than the largest double are fine.
     """
     if acts.ndim != 2:
         raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
     x = acts.to(torch.float64)
-    lo, hi = torch.aminmax(x, dim=0)
+    own = x is not acts  # a copy we may overwrite in place
+    col_min, col_max = _checked_min_max(x)
+    lo, hi = (col_min, col_max) if quantile is None else _quantile_range(x, col_min, col_max,
+                                                                         quantile)
+    # Overflow guard (issue 11.4): max − min can exceed the largest double (e.g. ±1e308),
+    # giving width = inf and NaN codes. Those columns are halved first; halving is exact,
+    # so (x/2 − lo/2) / (hi/2 − lo/2) gives the codes of the exact formula. Every other
+    # column is multiplied by nothing and keeps today's arithmetic bit for bit.
+    huge = torch.isinf(col_max - col_min)
+    if bool(huge.any()):
+        half = torch.where(huge, 0.5, 1.0).to(x)
+        x, lo, hi, own = x * half, lo * half, hi * half, True
     width = hi - lo
     constant = width <= 0
     # (x - lo) / width * B, floored and clamped, computed in place in one float64 buffer
-    scaled = x.sub_(lo) if x is not acts else x.sub(lo)  # in place on our own copy
+    scaled = x.sub_(lo) if own else x.sub(lo)
     scaled.div_(torch.where(constant, torch.ones_like(width), width)).mul_(bins)
     codes = scaled.floor_().clamp_(0, bins - 1).to(torch.int64)
     if constant.any():
