@@ -22,6 +22,10 @@ give the same numbers (up to summation order, ~1e-15):
   ``n_y`` the marginal counts (self included, which is sklearn's ``nx + 1``);
 * results below zero are clipped to 0.
 
+Ties: the plugin (``jitter: true``, the default) first adds scikit-learn's tiny seeded
+noise with :func:`add_tie_noise`, as ``mutual_info_classif`` does; the kernels below
+take the values as given.
+
 Distances are the float64 differences ``|fl(x_i - x_j)|``, which is what sklearn's KD
 trees compare (``sqrt(fl(t*t)) == |t|``, and ``fl(t*t) <= fl(r*r)`` iff ``|t| <= r`` for
 floats). The radius counts are exact: a ``searchsorted`` of ``x ± radius`` is corrected
@@ -110,6 +114,36 @@ def count_within(sorted_rows: torch.Tensor, x: torch.Tensor, radius: torch.Tenso
 
 def _as_float64(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.to(torch.float64)
+
+
+#: relative size of the tie-breaking noise: scikit-learn's ``1e-10`` (after scaling each
+#: variable to unit standard deviation)
+TIE_NOISE = 1e-10
+
+
+def add_tie_noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` (N, C) as float64 plus Gaussian noise of standard deviation
+    ``1e-10 * max(std_c, mean_c |x|)`` per column: scikit-learn's preprocessing in
+    ``mutual_info_classif`` / ``_regression`` (scale to unit std, add
+    ``1e-10 * max(1, mean|x|)`` noise) expressed in the column's own units.
+
+    Exact ties (a ReLU's zeros, values on a grid) make k-th neighbour distances 0 and
+    the neighbour counts those of whole atoms, which biases KSG (down to 0 on a half-zero
+    ReLU channel, up on gridded independent data); the noise breaks the ties in a random
+    order, which is what the estimator's theory assumes, and is far too small to move a
+    neighbour of tie-free data. Constant columns are returned unchanged (their MI is 0).
+    The noise is drawn on the CPU from ``generator`` as a (C, N) matrix, row c for
+    column c, then moved to ``x``'s device, so it does not depend on the device."""
+    x = _as_float64(x)
+    n, channels = x.shape
+    if x.numel() == 0:
+        return x
+    std = x.std(dim=0, correction=0)
+    scale = TIE_NOISE * torch.maximum(std, x.abs().mean(dim=0))
+    constant = x.amax(dim=0) == x.amin(dim=0)
+    scale = torch.where(constant, torch.zeros_like(scale), scale)
+    noise = torch.randn(channels, n, generator=generator, dtype=torch.float64)
+    return x + noise.T.to(x.device) * scale
 
 
 def _psi(value: float, device: torch.device) -> torch.Tensor:

@@ -29,7 +29,13 @@ class KSGParams(BaseModel):
     max_samples: int | None = Field(
         None, ge=2, description="estimate from at most this many evaluation rows, drawn "
         "without replacement (same rows for every channel); None uses all rows")
-    seed: int = Field(0, description="seed of the max_samples subsample (deterministic)")
+    seed: int = Field(0, description="seed of the max_samples subsample and of the "
+                      "tie-breaking noise (deterministic)")
+    jitter: bool = Field(
+        True, description="break exact ties (a ReLU's zeros, values on a grid) as "
+        "scikit-learn does: add Gaussian noise of 1e-10 * max(std, mean|x|) to every "
+        "non-constant column, drawn from a CPU generator seeded with seed. Without it, "
+        "tied data are biased (a half-zero ReLU channel gives 0)")
     standardize: bool = Field(
         False, description="pair_mi only: divide each column by its standard deviation "
         "first, as sklearn's mutual_info_regression does (the max-norm estimate depends on "
@@ -62,7 +68,8 @@ def _standardize(t: torch.Tensor) -> torch.Tensor:
 
 class KSGEstimator:
     """Per-channel I(T_c;Y) by the mixed continuous–discrete KSG estimator of Ross (2014),
-    with scikit-learn's ``mutual_info_classif`` conventions (no scaling, no noise).
+    with scikit-learn's ``mutual_info_classif`` conventions: its 1e-10-relative seeded
+    noise breaks exact ties (``jitter``; the estimate is scale-free, so no scaling).
 
     ``input_mi`` is None: KSG does not give I(X;T_c) under the information-plane
     (histogram entropy) convention, so ``i_xt`` columns hold null. ``pair_mi(a, b)`` is
@@ -85,6 +92,13 @@ class KSGEstimator:
         gen = torch.Generator().manual_seed(self.params.seed)
         rows = torch.randperm(n, generator=gen)[:cap]
         return rows.sort().values.to(device)
+
+    def _noise_generator(self) -> torch.Generator | None:
+        """A fresh CPU generator for the tie-breaking noise (None when ``jitter`` is off),
+        so every call with the same input gives the same values."""
+        if not self.params.jitter:
+            return None
+        return torch.Generator().manual_seed(self.params.seed)
 
     # -- interfaces.Estimator -----------------------------------------------------
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -110,6 +124,9 @@ class KSGEstimator:
         rows = self._rows(acts.shape[0], device)
         if rows is not None:
             acts, labels = acts[rows], labels[rows]
+        gen = self._noise_generator()
+        if gen is not None:
+            acts = K.add_tie_noise(acts, gen)
         try:
             return K.label_mi_cd(acts, labels, self.k, int(num_classes), self.params.chunk_size)
         except ValueError as exc:
@@ -138,6 +155,9 @@ class KSGEstimator:
             a, b = a[rows], b[rows]
         if self.params.standardize:
             a, b = _standardize(a), _standardize(b)
+        gen = self._noise_generator()
+        if gen is not None:  # a's noise first, then b's, from one generator
+            a, b = K.add_tie_noise(a, gen), K.add_tie_noise(b, gen)
         if a.shape[0] <= self.k:
             raise EstimatorError(f"ksg estimator: pair_mi needs more than k={self.k} samples, "
                                  f"got {a.shape[0]}")
@@ -161,9 +181,11 @@ class KSGEstimator:
     def describe(self) -> dict[str, Any]:
         return {"estimator": "ksg", "k": self.k, "i_xt": "not estimated",
                 "max_samples": self.params.max_samples, "seed": self.params.seed,
-                "standardize": self.params.standardize,
+                "standardize": self.params.standardize, "jitter": self.params.jitter,
+                "tie_noise": (f"{K.TIE_NOISE:g} * max(std, mean|x|) Gaussian, seed {self.params.seed}"
+                              if self.params.jitter else "none (exact ties kept)"),
                 "label_mi": "Ross 2014 mixed continuous-discrete KSG, sklearn "
-                            "mutual_info_classif conventions without scaling or noise",
+                            "mutual_info_classif conventions (tie noise, no scaling)",
                 "pair_mi": "Kraskov et al. 2004 estimator 1 (max-norm)"}
 
 

@@ -26,7 +26,9 @@ Bounds (nats):
   of log E[e^T] is E[∇e^T] / E[e^T] with the denominator replaced by an exponential
   moving average (rate ``ema``), kept in the log domain for stability.
 * ``infonce``: I >= E[f(x_i, y_i) - log (1/B) Σ_j e^{f(x_i, y_j)}] (van den Oord et al.
-  2018), which can never exceed log B (B = batch size).
+  2018), which can never exceed log B (B = batch size). On the hold-out set every row is
+  scored, in batches of B, averaged over ``EVAL_PERMUTATIONS`` random batchings
+  (:func:`holdout_infonce`).
 
 The final value is the bound evaluated on a held-out fraction of the samples (not used
 for training), so a critic that memorised its training batches does not inflate it.
@@ -43,7 +45,8 @@ import torch.nn.functional as Fn
 
 #: rows per block when the trained critics are evaluated on the hold-out set
 EVAL_ROWS = 4096
-#: random pairings of the hold-out set used for the DV product-of-marginals term of pairs
+#: random pairings of the hold-out set used for the DV product-of-marginals term of pairs,
+#: and random batchings of the hold-out set over which the InfoNCE bound is averaged
 EVAL_PERMUTATIONS = 8
 #: the fewest samples for a train / hold-out split with at least two rows each
 MIN_SAMPLES = 4
@@ -144,22 +147,34 @@ def dv_label(scores: torch.Tensor, y: torch.Tensor, log_p: torch.Tensor
     return joint, log_marg
 
 
-def infonce_label(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """InfoNCE per channel for one batch of a discrete Y.
+def infonce_label_terms(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """InfoNCE terms f(t_i, y_i) − log (1/B) Σ_j e^{f(t_i, y_j)} of one batch of a
+    discrete Y, one per row: (C, B), each at most log B.
 
     The B x B score matrix S_ij = f(t_i, y_j) depends on j only through y_j's class, so
     log Σ_j e^{S_ij} = log Σ_k n_k e^{f(t_i, k)} with n_k the batch's class counts."""
     n, k = scores.shape[1], scores.shape[2]
     log_counts = torch.bincount(y, minlength=k).to(scores.dtype).log()
     lse = torch.logsumexp(scores + log_counts, dim=2)
-    return (label_scores_joint(scores, y) - lse).mean(1) + math.log(n)
+    return label_scores_joint(scores, y) - lse + math.log(n)
+
+
+def infonce_label(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """InfoNCE per channel for one batch of a discrete Y: the mean of its terms, (C,)."""
+    return infonce_label_terms(scores, y).mean(1)
+
+
+def infonce_pair_terms(gx: torch.Tensor, hz: torch.Tensor) -> torch.Tensor:
+    """InfoNCE terms per row of one batch with a separable critic f(x, z) = g(x)·h(z),
+    (C, B, E) each: (C, B), each at most log B."""
+    s = torch.bmm(gx, hz.transpose(1, 2))
+    n = s.shape[1]
+    return s.diagonal(dim1=1, dim2=2) - torch.logsumexp(s, dim=2) + math.log(n)
 
 
 def infonce_pair(gx: torch.Tensor, hz: torch.Tensor) -> torch.Tensor:
-    """InfoNCE per pair with a separable critic f(x, z) = g(x)·h(z): (C, n, E) each."""
-    s = torch.bmm(gx, hz.transpose(1, 2))
-    n = s.shape[1]
-    return (s.diagonal(dim1=1, dim2=2) - torch.logsumexp(s, dim=2)).mean(1) + math.log(n)
+    """InfoNCE per pair for one batch: the mean of its terms, (C,)."""
+    return infonce_pair_terms(gx, hz).mean(1)
 
 
 # ------------------------------------------------------------------------ data plans
@@ -175,7 +190,8 @@ class Plan:
     eval_idx: torch.Tensor
     batches: torch.Tensor            # (steps, B) indices into the training rows
     marginal_batches: torch.Tensor | None  # (steps, B) for DV pairs: partners of z
-    eval_perms: torch.Tensor | None  # (R, n_eval) for DV pairs: hold-out pairings
+    #: (R, n_eval): hold-out pairings (DV pairs) or hold-out batchings (InfoNCE)
+    eval_perms: torch.Tensor | None
 
     @property
     def batch(self) -> int:
@@ -197,8 +213,10 @@ def make_plan(n: int, cfg: TrainConfig, sizes: list[int], sizes2: list[int] | No
     batch = min(cfg.batch_size, n_train)
     batches = torch.randint(n_train, (cfg.steps, batch), generator=gen)
     marginal = torch.randint(n_train, (cfg.steps, batch), generator=gen) if pair_dv else None
+    # drawn last, so the training draws above do not depend on them
     eval_perms = (torch.stack([torch.randperm(n_eval, generator=gen)
-                               for _ in range(EVAL_PERMUTATIONS)]) if pair_dv else None)
+                               for _ in range(EVAL_PERMUTATIONS)])
+                  if pair_dv or cfg.bound == "infonce" else None)
     return Plan(init, init2, train_idx, eval_idx, batches, marginal, eval_perms)
 
 
@@ -292,20 +310,38 @@ def label_mi(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 joint, log_marg = dv_label(scores, y_eval, log_p_eval)
                 value = joint - log_marg
             else:
-                value = _blockwise_infonce(
-                    lambda s, e: infonce_label(scores[:, s:e], y_eval[s:e]),
-                    scores.shape[1], plan.batch)
+                value = holdout_infonce(
+                    lambda idx: infonce_label_terms(scores[:, idx], y_eval[idx]),
+                    plan.eval_perms.to(device), plan.batch)
         out[lo:hi] = value.to(torch.float64)
     return out.clamp_min(0.0)
 
 
-def _blockwise_infonce(fn: Callable[[int, int], torch.Tensor], n_eval: int, batch: int
-                       ) -> torch.Tensor:
-    """InfoNCE on the hold-out set in consecutive batches of the training batch size
-    (the remainder after the last full batch is dropped), averaged."""
+def holdout_infonce(terms: Callable[[torch.Tensor], torch.Tensor], orders: torch.Tensor,
+                    batch: int) -> torch.Tensor:
+    """InfoNCE on the whole hold-out set, averaged over batchings: (C,).
+
+    ``terms(idx)`` gives the (C, len(idx)) per-row terms of the batch of hold-out rows
+    ``idx``; ``orders`` (R, n_eval) holds R random orders of the hold-out rows. Each order
+    is cut into consecutive batches of ``size = min(batch, n_eval)``; the last, short
+    batch is filled up with rows from the start of the order, but only its own rows are
+    scored. So every row is scored exactly once per batching, always against a contrast
+    set of ``size`` rows (the training batch size, hence the same log B cap), and the
+    value is the mean over all rows and batchings. When the hold-out set fits in one
+    batch, that one batch is the whole set and the order does not matter."""
+    n_eval = orders.shape[1]
     size = min(batch, n_eval)
-    blocks = [fn(s, s + size) for s in range(0, n_eval - size + 1, size)]
-    return torch.stack(blocks).mean(0)
+    if size == n_eval:
+        return terms(orders[0]).to(torch.float64).mean(1)
+    n_blocks = -(-n_eval // size)
+    total = None
+    for order in orders:
+        padded = torch.cat([order, order[:n_blocks * size - n_eval]])
+        for block in range(n_blocks):
+            keep = min(size, n_eval - block * size)
+            part = terms(padded[block * size:(block + 1) * size])[:, :keep].sum(1, dtype=torch.float64)
+            total = part if total is None else total + part
+    return total / (n_eval * orders.shape[0])
 
 
 # --------------------------------------------------------------------- pair estimate
@@ -372,7 +408,7 @@ def pair_mi(a: torch.Tensor, b: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
             with torch.no_grad():
                 gx = _mlp_blocks(g_params, x_ev[:, :, None])
                 hz = _mlp_blocks(h_params, z_ev[:, :, None])
-                value = _blockwise_infonce(
-                    lambda s, e: infonce_pair(gx[:, s:e], hz[:, s:e]), gx.shape[1], plan.batch)
+                value = holdout_infonce(
+                    lambda idx: infonce_pair_terms(gx[:, idx], hz[:, idx]), perms, plan.batch)
         out[lo:hi] = value.to(torch.float64)
     return out.clamp_min(0.0).reshape(c1, c2)

@@ -158,11 +158,12 @@ class MineEstimator(NeuralEstimator):
 
 class InfoNCEEstimator(NeuralEstimator):
     bound = "infonce"
-    bound_text = ("InfoNCE lower bound, evaluated on held-out samples in batches of "
-                  "batch_size; capped at log(batch_size) nats")
+    bound_text = ("InfoNCE lower bound, evaluated on every held-out sample in batches of "
+                  "batch_size, averaged over random batchings; capped at log(batch_size) nats")
 
     def _extra(self) -> dict[str, Any]:
         return {"cap_nats": math.log(self.params.batch_size),
+                "eval_batchings": neural.EVAL_PERMUTATIONS,
                 "cap": "log(batch_size): InfoNCE can never exceed it (fewer samples: "
                        "log of the smaller batch)"}
 
