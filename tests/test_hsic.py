@@ -14,7 +14,7 @@ from mi_probe import cli
 from mi_probe.builtin.hsic import HSICCompareParams, HSICParams, HSICRegularizer, NHSICParams
 from mi_probe.data import SyntheticParams, SyntheticSource
 from mi_probe.functional.hsic import (center, delta_kernel, hsic, median_bandwidth, nhsic,
-                                      pairwise_sq_dists, rbf_kernel)
+                                      pairwise_sq_dists, rbf_kernel, rbf_kernel_minus_one)
 from mi_probe.models import build_model
 from mi_probe.sites import resolve_sites
 from mi_probe.sites.resnet import ResNetAdapter
@@ -126,6 +126,181 @@ def test_cka_of_a_kernel_with_itself_is_one_and_degenerate_cases_are_zero():
     total = hsic(k_same, labels) + nhsic(k_same, labels)
     total.backward()
     assert float(total.detach()) == 0.0 and torch.isfinite(same.grad).all()
+
+
+def _np_reference_shifted(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
+    """float64 HSIC and nHSIC from the definition, with the RBF kernel built as
+    expm1(-d²/2σ²) = K − 1 (the shift by −1 leaves both unchanged: H 1 = 0)."""
+    k = np.expm1(-squareform(pdist(np.asarray(x, np.float64))) ** 2 / (2 * sigma ** 2))
+    l = (y[:, None] == y[None, :]).astype(np.float64)
+    value = _np_hsic(k, l)
+    return value, value / np.sqrt(_np_hsic(k, k) * _np_hsic(l, l))
+
+
+def test_precision_does_not_depend_on_the_bandwidth():
+    # Issue 11 item 3: at σ = 100 × the median distance, float32 exp rounded K to ~1 and
+    # nHSIC came out 0.087 (an absolute 1e-12 cut-off then gave exactly 0 at 1000×),
+    # against 0.3461 from the float64 expm1 reference.
+    x, y = _dependent(n=60)
+    x32, labels = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    x_exact = x32.double().numpy()  # the reference sees exactly the float32 inputs
+    median = float(median_bandwidth(pairwise_sq_dists(torch.tensor(x_exact))))
+    l32 = delta_kernel(labels)
+    for factor in (1.0, 100.0, 1e4, 1e8):
+        sigma = factor * median
+        ref_hsic, ref_nhsic = _np_reference_shifted(x_exact, y, sigma)
+        k = rbf_kernel_minus_one(x32, sigma)
+        assert k.dtype == torch.float32
+        assert rel(float(hsic(k, l32)), ref_hsic) <= 1e-5, factor
+        assert rel(float(nhsic(k, l32)), ref_nhsic) <= 1e-5, factor
+    # HSIC scales as 1/σ² for large σ; nHSIC tends to a positive limit (linear CKA)
+    assert _np_reference_shifted(x_exact, y, 100 * median)[1] == pytest.approx(0.3461, abs=1e-4)
+    # the plain exp kernel also works at 100 × (both kernels are centred before they are
+    # multiplied), and at 1000 × it is all rounding: reported as constant, i.e. 0
+    ref = _np_reference_shifted(x_exact, y, 100 * median)[1]
+    assert rel(float(nhsic(rbf_kernel(x32, 100 * median), l32)), ref) <= 1e-3
+    assert float(nhsic(rbf_kernel(x32, 1000 * median), l32)) == 0.0
+    # shifting the kernel by a constant changes neither HSIC nor nHSIC
+    k64 = rbf_kernel(torch.tensor(x_exact))
+    l64 = delta_kernel(labels, torch.float64)
+    assert float(hsic(k64 - 1, l64)) == pytest.approx(float(hsic(k64, l64)), rel=1e-12)
+    assert float(nhsic(k64 - 1, l64)) == pytest.approx(float(nhsic(k64, l64)), rel=1e-12)
+
+
+def test_regulariser_with_a_large_fixed_bandwidth_matches_the_reference():
+    # the regulariser's own nHSIC path (exp kernel, 1e-12 cut-off) gave 0.087 here before
+    x, y = _dependent(n=60)
+    x32, labels = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    median = float(median_bandwidth(pairwise_sq_dists(x32.double())))
+    for factor in (100, 1e4):  # the regulariser builds K − 1 with expm1 too
+        ref = _np_reference_shifted(x32.double().numpy(), y, factor * median)[1]
+        reg = HSICRegularizer(NHSICParams(lam=1.0, bandwidth=factor * median))
+        assert rel(-float(reg.penalty({"s": x32}, labels)), ref) <= 1e-5, factor
+
+
+def test_nhsic_cutoff_is_relative():
+    x, y = _dependent(n=60)
+    k = rbf_kernel_minus_one(torch.tensor(x, dtype=torch.float32))
+    l = delta_kernel(torch.tensor(y))
+    value = float(nhsic(k, l))
+    assert value > 0.3
+    # nHSIC is scale-free: tiny or huge kernels give the same value (an absolute cut-off
+    # on HSIC(K,K)·HSIC(L,L) < 1e-12 returned 0 for the tiny ones)
+    for scale in (1e-30, 1e-6, 1e6, 1e30):
+        assert rel(float(nhsic(scale * k, l)), value) <= 1e-5, scale
+        assert rel(float(nhsic(k, scale * l)), value) <= 1e-5, scale
+    # constant kernels, whose centred form is only rounding noise, give exactly 0
+    for c in (0.1, 1.0, 3.7e-20):
+        flat = torch.full((60, 60), c)
+        assert float(center(flat).abs().max()) < 1e-6 * c  # not exactly zero for 0.1
+        assert float(nhsic(flat, l)) == 0.0 and float(nhsic(k, flat)) == 0.0
+    # a kernel with a small but real structure is not mistaken for a constant one
+    bumped = torch.ones(60, 60) + 1e-4 * l
+    assert float(nhsic(bumped, l)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gradient_at_a_large_bandwidth_matches_float64():
+    x, y = _dependent(n=60)
+    median = float(median_bandwidth(pairwise_sq_dists(torch.tensor(x))))
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+        value = nhsic(rbf_kernel_minus_one(xt, 1e4 * median), delta_kernel(torch.tensor(y), dtype))
+        value.backward()
+        grads[dtype] = xt.grad.double()
+    g32, g64 = grads[torch.float32], grads[torch.float64]
+    assert float(g64.norm()) > 0
+    assert float((g32 - g64).norm() / g64.norm()) <= 1e-3
+    # and the float64 gradient is that of the plain formula (the internal rescaling of
+    # the kernels is a constant, which nHSIC ignores)
+    xt = torch.tensor(x, requires_grad=True)
+    k, l = rbf_kernel_minus_one(xt, 1e4 * median), delta_kernel(torch.tensor(y), torch.float64)
+    (hsic(k, l) / (hsic(k, k) * hsic(l, l)).sqrt()).backward()
+    assert float((xt.grad - g64).norm() / g64.norm()) <= 1e-9
+
+
+def test_kernel_inputs_are_checked():
+    x = torch.randn(10, 3)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="bandwidth must be positive and finite"):
+            rbf_kernel_minus_one(x, bad)
+    with pytest.raises(ValueError, match=r"features of shape \(\.\.\., n, d\), got shape \(10,\)"):
+        rbf_kernel(torch.randn(10))
+    with pytest.raises(ValueError, match="floating-point features, got dtype torch.int64"):
+        rbf_kernel(torch.ones(10, 3, dtype=torch.long))
+    with pytest.raises(ValueError,
+                       match=r"nhsic: kernels must be square .* \(10, 10\) and \(9, 9\)"):
+        nhsic(torch.eye(10), torch.eye(9))
+    with pytest.raises(ValueError, match="rtol must be ≥ 0"):
+        nhsic(torch.eye(10), torch.eye(10), rtol=-1.0)
+
+
+def _bottleneck_sigma(x: np.ndarray) -> float:
+    """The HSIC-bottleneck code's median heuristic (docs/hsic.md): the median of the
+    *squared* distances over the strict lower triangle of the rows of [x; x] (so n zero
+    self-pairs join the pool), the mean if that is 0, and at least 1e-2."""
+    z = np.concatenate([x, x])
+    pool = (squareform(pdist(z)) ** 2)[np.tril_indices(len(z), -1)]
+    median = float(np.median(pool))
+    return max(median if median > 0 else float(pool.mean()), 1e-2)
+
+
+def _bottleneck_hsic(x: np.ndarray, y: np.ndarray) -> float:
+    """HSIC as the HSIC-bottleneck code computes it with its median heuristic: Gaussian
+    kernels exp(-d²/(2σ²)) with σ = _bottleneck_sigma on both sides, K H and L H, then
+    the mean of their element-wise product with the transpose, i.e. tr(KHLH)/n²."""
+    n = len(x)
+    h = np.eye(n) - 1 / n
+    k, l = (np.exp(-squareform(pdist(v)) ** 2 / (2 * _bottleneck_sigma(v) ** 2)) @ h
+            for v in (x, y))
+    return float(np.mean(k * l.T))
+
+
+def test_conversions_from_the_hsic_bottleneck_conventions():
+    # every conversion statement of docs/hsic.md, on its own example
+    rng = np.random.default_rng(4)
+    for n, classes, scale in ((60, 10, 1.0), (60, 10, 30.0), (50, 2, 1.0), (99, 3, 0.2)):
+        y = rng.permutation(np.arange(n) % classes)
+        x = scale * (rng.normal(size=(n, 16)) + 2 * np.eye(16)[y])
+        onehot = np.eye(classes)[y]
+        xt, yt = torch.tensor(x), torch.tensor(y)
+        l = delta_kernel(yt, torch.float64)
+        # the label bandwidth is 2 for balanced classes, so L_ref = e^-1/4 + (1 - e^-1/4) L
+        assert _bottleneck_sigma(onehot) == pytest.approx(2.0, rel=1e-12)
+        # their feature bandwidth is our fixed bandwidth of the same number (it is in
+        # squared-distance units: close to the square of our median distance)
+        sigma_ref = _bottleneck_sigma(x)
+        sigma_ours = float(median_bandwidth(pairwise_sq_dists(xt)))
+        assert sigma_ref == pytest.approx(sigma_ours ** 2, rel=0.05)
+        k_ref = rbf_kernel(xt, sigma_ref)
+        # HSIC_ref = ((n-1)/n)² (1 - e^-1/4) HSIC_ours(K(σ_ref), δ);  nHSIC_ref = nHSIC_ours
+        expected = ((n - 1) / n) ** 2 * (1 - np.exp(-0.25)) * float(hsic(k_ref, l))
+        assert rel(_bottleneck_hsic(x, onehot), expected) <= 1e-9
+        ref_n = _bottleneck_hsic(x, onehot) / np.sqrt(_bottleneck_hsic(x, x)
+                                                      * _bottleneck_hsic(onehot, onehot))
+        assert rel(float(nhsic(rbf_kernel_minus_one(xt, sigma_ref), l)), ref_n) <= 1e-9
+        # our HSIC(L, L) for balanced classes: n²/(n-1)² · (1/K)(1 - 1/K)
+        assert rel(float(hsic(l, l)), n ** 2 / (n - 1) ** 2 * (1 - 1 / classes) / classes) <= 1e-12
+    # an unbalanced batch: their label bandwidth falls back to the mean squared distance
+    # and the factor becomes 1 - exp(-1/σ_y²)
+    y = (np.arange(60) < 48).astype(int)
+    sigma_y = _bottleneck_sigma(np.eye(2)[y])
+    x = rng.normal(size=(60, 4)) + y[:, None]
+    k = np.exp(-squareform(pdist(x)) ** 2 / 2)
+    l_ref = np.exp(-squareform(pdist(np.eye(2)[y])) ** 2 / (2 * sigma_y ** 2))
+    l = (y[:, None] == y[None, :]).astype(np.float64)
+    assert sigma_y < 2
+    assert rel(_np_hsic(k, l_ref) / _np_hsic(k, l), 1 - np.exp(-1 / sigma_y ** 2)) <= 1e-9
+    # their fixed-σ form exp(-d²/(2σ²·dim)) is our fixed bandwidth σ·sqrt(dim)
+    fixed = np.exp(-squareform(pdist(x)) ** 2 / (2 * 5.0 ** 2 * 4))
+    assert np.abs(rbf_kernel(torch.tensor(x), 5.0 * 2.0).numpy() - fixed).max() <= 1e-15
+    # our median-bandwidth nHSIC ignores the features' scale; theirs does not
+    l_t, onehot = delta_kernel(torch.tensor(y), torch.float64), np.eye(2)[y]
+    ours = [float(nhsic(rbf_kernel_minus_one(torch.tensor(c * x)), l_t)) for c in (0.1, 10.0)]
+    assert ours[0] == pytest.approx(ours[1], rel=1e-9)
+    theirs = [_bottleneck_hsic(c * x, onehot) / np.sqrt(
+        _bottleneck_hsic(c * x, c * x) * _bottleneck_hsic(onehot, onehot)) for c in (0.1, 10.0)]
+    assert abs(theirs[0] - theirs[1]) > 0.01
 
 
 # --------------------------------------------------------------------------- regularisers

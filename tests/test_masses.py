@@ -161,3 +161,20 @@ def test_split_halves_are_disjoint_stratified_and_cover_everything():
     assert not set(a.tolist()) & set(b.tolist())
     for k, size in ((0, 5), (1, 3)):
         assert int((labels[a] == k).sum()) == size
+
+
+def test_paper_specs_use_the_papers_raw_masses():
+    import pathlib
+
+    import yaml
+
+    channel_level = {"concentration", "knockout", "shuffle", "perturb", "semantic_knockout",
+                     "cover", "transplant", "skip_gain"}
+    root = pathlib.Path(__file__).resolve().parents[1] / "specs" / "paper"
+    checked = 0
+    for path in sorted(root.glob("*.yaml")):
+        experiment = yaml.safe_load(path.read_text())["experiment"]
+        if experiment["kind"] in channel_level:
+            assert experiment.get("mass") == "raw", path.name
+            checked += 1
+    assert checked >= 8

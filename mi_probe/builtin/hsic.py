@@ -31,8 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mi_probe.analysis import seed_units, unit_seed
 from mi_probe.errors import SpecError
-from mi_probe.functional.hsic import center, delta_kernel, hsic_centered, median_bandwidth, \
-    pairwise_sq_dists
+from mi_probe.functional.hsic import delta_kernel, hsic, nhsic, rbf_kernel_minus_one
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RunContext, TrainingRequest
 from mi_probe.tables import aggregate_seeds
@@ -103,31 +102,20 @@ class HSICRegularizer:
 
     def dependence(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor
                    ) -> dict[str, torch.Tensor]:
-        """HSIC (or nHSIC) of every site's (n, C) activations with ``labels``, with gradient."""
+        """HSIC (or nHSIC) of every site's (n, C) activations with ``labels``, with gradient.
+        The RBF kernel enters as K − 1 (expm1): the same value as K, and full precision for
+        any bandwidth (docs/hsic.md)."""
         out: dict[str, torch.Tensor] = {}
         if not pooled:
             return out
         first = next(iter(pooled.values()))
         dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
         l_kernel = delta_kernel(labels.to(first.device), dtype)
-        l_centered = center(l_kernel)
-        ll = hsic_centered(l_centered, l_kernel) if self.normalised else None
+        sigma = None if self.params.bandwidth == "median" else float(self.params.bandwidth)
+        criterion = nhsic if self.normalised else hsic
         for site, acts in pooled.items():
             x = acts.reshape(acts.shape[0], -1).to(dtype)
-            d2 = pairwise_sq_dists(x)
-            if self.params.bandwidth == "median":
-                sigma = median_bandwidth(d2)
-            else:
-                sigma = torch.tensor(float(self.params.bandwidth), dtype=dtype, device=x.device)
-            k = torch.exp(-d2 / (2.0 * sigma * sigma))
-            value = hsic_centered(l_centered, k)  # = tr(K H L H)/(n−1)²
-            if self.normalised:
-                kk = hsic_centered(center(k), k)
-                denom = kk * ll
-                ok = denom > 1e-12
-                safe = torch.where(ok, denom, torch.ones_like(denom)).sqrt()
-                value = torch.where(ok, value / safe, torch.zeros_like(value))
-            out[site] = value
+            out[site] = criterion(rbf_kernel_minus_one(x, sigma), l_kernel)
         return out
 
     def penalty(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -292,7 +280,7 @@ class HSICCompare:
         if summary is not None and summary.height:
             data = alt.InlineData(values=summary.select(
                 "regularizer", "seconds_per_epoch_mean", "seconds_per_epoch_ci_low",
-                "seconds_per_epoch_ci_high", "n_seeds").fill_nan(None).to_dicts())
+                "seconds_per_epoch_ci_high", "seconds_per_epoch_n").fill_nan(None).to_dicts())
             base = alt.Chart(data)
             bars = base.mark_bar().encode(
                 x=alt.X("regularizer", type="nominal", title="regulariser"),
@@ -301,13 +289,19 @@ class HSICCompare:
                 color=alt.Color("regularizer", type="nominal"),
                 tooltip=[alt.Tooltip("regularizer", type="nominal"),
                          alt.Tooltip("seconds_per_epoch_mean", type="quantitative", format=".3g"),
-                         alt.Tooltip("n_seeds", type="quantitative")])
+                         alt.Tooltip("seconds_per_epoch_n", type="quantitative",
+                                     title="n (seeds with a value)")])
             errs = base.mark_errorbar().encode(
                 x=alt.X("regularizer", type="nominal"),
                 y=alt.Y("seconds_per_epoch_ci_low", type="quantitative", title=""),
                 y2=alt.Y2("seconds_per_epoch_ci_high"))
             figs["hsic_seconds_per_epoch"] = alt.layer(bars, errs).properties(
-                width=300, height=300, title="Training time per epoch (95% CI over seeds)")
+                width=300, height=300, title=alt.TitleParams(
+                    "Training time per epoch (95% CI over seeds)",
+                    subtitle=[f"n = {int(summary['seconds_per_epoch_n'].min())}"
+                              f"–{int(summary['seconds_per_epoch_n'].max())} seeds per bar"
+                              if summary['seconds_per_epoch_n'].n_unique() > 1 else
+                              f"n = {int(summary['seconds_per_epoch_n'][0])} seeds per bar"]))
         return figs
 
 
