@@ -518,3 +518,15 @@ def test_semantic_summary_by_q_is_over_seeds_not_sites_and_classes(planted, run_
     row = by_q.filter(pl.col("selection") == "top")
     assert row["drop_mean"][0] == pytest.approx(per_seed, abs=1e-12)
     assert row["drop_ci_low"][0] is None  # one seed: no interval, whatever sites x classes
+
+
+def test_a_run_where_no_site_beats_the_null_says_so_and_succeeds(run_cli, workdir):
+    spec = _spec(workdir, "nosig", "{kind: knockout, state: random, q: [0.5], random_draws: 1, "
+                 "variants: [plain]}", weights="random\n  zero_init_last: true")
+    spec.write_text(spec.read_text().replace('include: ["*.post_add"]', 'include: ["*.pre_add"]'))
+    run_dir = run_cli(spec, workdir / "nosig")
+    tables = {p.stem for p in (run_dir / "tables").iterdir()}
+    assert "knockout" not in tables  # nothing was intervened on
+    masses = _table(run_dir, "knockout_site_masses")
+    assert masses.height == 4 and not masses["has_signal"].any()
+    assert (masses["total_mass"] == 0).all()

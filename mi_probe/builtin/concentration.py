@@ -151,9 +151,12 @@ class ConcentrationExperiment:
                     **{key: [val] * site.channels for key, val in base.items()},
                     "channel": list(range(site.channels)), "i_ty": raw.cpu().numpy(),
                     "i_ty_corrected": corrected.values.cpu().numpy(),
-                    "mass": C.mass(chosen_values).cpu().numpy()}))
+                    "mass": (C.mass(chosen_values).cpu().numpy() if chosen_m is not None
+                             else [None] * site.channels)},
+                    schema_overrides={"mass": pl.Float64}))
         floats = {c: pl.Float64 for m in METRIC_COLUMNS for c in (m, f"{m}_corrected")}
-        return {"concentration": pl.DataFrame(rows, schema_overrides=floats),
+        return {"concentration": pl.DataFrame(rows, schema_overrides=floats,
+                                              infer_schema_length=None),
                 "channel_mass": pl.concat(channels)}
 
     def finalize(self, ctx, tables):

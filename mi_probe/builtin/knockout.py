@@ -179,7 +179,10 @@ class InterventionSweep:
                                              "mass_kind": masses.kind, "accuracy": acc,
                                              "baseline_accuracy": baseline,
                                              "drop": baseline - acc})
-        return {self.name: pl.DataFrame(rows), f"{self.name}_site_masses": pl.DataFrame(mass_rows)}
+        out = {f"{self.name}_site_masses": pl.DataFrame(mass_rows)}
+        if rows:  # none when no site beats the null: the site-masses table says so
+            out[self.name] = pl.DataFrame(rows)
+        return out
 
     def _keys(self) -> list[str]:
         extra = ["alpha"] if self.params.kind == "perturb" else []
@@ -291,6 +294,8 @@ class SemanticKnockout:
                     v = masses.values
                     p = mass(v)
                     score_k, score_other = _rows(in_k, score), _rows(~in_k, score)
+                    if not score_k.any():
+                        continue  # a class too small to appear in this scoring half
                     scored0 = _rows(correct0, score)
                     base_k = _mean(scored0[score_k])
                     other_before = _mean(scored0[score_other])
@@ -320,8 +325,10 @@ class SemanticKnockout:
                                     "baseline_class_accuracy": base_k,
                                     "drop": base_k - class_acc,
                                     "other_classes_change": _mean(correct[score_other]) - other_before})
-        return {"semantic_knockout": pl.DataFrame(rows),
-                "semantic_knockout_site_masses": pl.DataFrame(mass_rows)}
+        out = {"semantic_knockout_site_masses": pl.DataFrame(mass_rows)}
+        if rows:  # none when no (site, class) beats the null: the site-masses table says so
+            out["semantic_knockout"] = pl.DataFrame(rows)
+        return out
 
     def finalize(self, ctx, tables):
         from mi_probe.tables import aggregate_seeds

@@ -128,13 +128,18 @@ class Transplant:
 
     def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
         recipient_seed = int(unit.split("=", 1)[1])
-        rows = []
+        rows: list[dict] = []
+        mass_rows: list[dict] = []
         for donor_seed, r in self._pairs(ctx):
             if r == recipient_seed:
-                rows += self._pair(ctx, donor_seed, recipient_seed)
-        return {"transplant": pl.DataFrame(rows)}
+                rows += self._pair(ctx, donor_seed, recipient_seed, mass_rows)
+        out = {"transplant_site_masses": pl.DataFrame(mass_rows)}
+        if rows:  # none when the donor beats the null nowhere: the site-masses table says so
+            out["transplant"] = pl.DataFrame(rows)
+        return out
 
-    def _pair(self, ctx: RunContext, donor_seed: int, recipient_seed: int) -> list[dict]:
+    def _pair(self, ctx: RunContext, donor_seed: int, recipient_seed: int,
+              site_masses_rows: list[dict]) -> list[dict]:
         recipient = ctx.model(recipient_seed, TRAINED)
         donor = ctx.model(donor_seed, TRAINED)
         adapter = find_adapter(ctx, recipient, "producers")
@@ -154,6 +159,9 @@ class Transplant:
                              "modules; skipped")
                 continue
             usable += 1
+            site_masses_rows.append({**site_row(recipient_seed, TRAINED, site),
+                                     "donor_seed": donor_seed, **masses[site.name].columns(),
+                                     "total_mass": float(masses[site.name].values.sum())})
             if not masses[site.name].usable:
                 ctx.progress(f"transplant: the donor holds no label MI beyond the null at "
                              f"{site.name}; skipped")
