@@ -7,6 +7,8 @@ time on a busy machine; results do not depend on the thread count).
 
 from __future__ import annotations
 
+import json
+
 import math
 import subprocess
 import sys
@@ -346,8 +348,8 @@ def test_entry_point_discovery(monkeypatch):
 
 def test_plugin_imports_no_engine():
     """An outside plugin: importing it loads only mi_probe's public plugin surface."""
-    code = ("import sys, mi_probe_mine.plugin; "
-            "print(sorted(m for m in sys.modules if m.startswith('mi_probe.')))")
+    code = ("import json, sys, mi_probe_mine.plugin; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('mi_probe.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(eval(out.stdout))
+    loaded = set(json.loads(out.stdout))
     assert loaded <= {"mi_probe.errors", "mi_probe.hookspecs", "mi_probe.interfaces"}, loaded
