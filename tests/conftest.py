@@ -10,7 +10,15 @@ import pytest
 
 os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
 
+from mi_probe.functional import counting  # noqa: E402
 from mi_probe.plugins import get_plugin_manager  # noqa: E402
+
+# pytester's in-process runs restore sys.modules afterwards: numba modules first imported
+# inside one (numba imports parts of itself lazily on its first compile) would be dropped
+# and imported again later, and two copies of numba's registries in one process fail
+# ("duplicate registration", "cannot augment"). Compiling (or loading) the kernels here
+# puts all of numba in the snapshot.
+counting.warm_up()
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,8 @@ class HistogramParams(BaseModel):
     chunk_cells: int = Field(F.DEFAULT_CHUNK_CELLS, gt=0,
                              description="max cells per batched chunk (bounds memory)")
     pair_cells: int = Field(1 << 24, gt=0, description="max joint-count cells per block of "
-                            "channel pairs (bounds the memory of pairwise MI)")
+                            "channel pairs in the one-hot (GPU) pair kernel (bounds its memory; "
+                            "the CPU counting kernel needs only B² cells per pair)")
 
 #: A channel counts as near the log B cap when its entropy is at least this share of it.
 NEAR_CAP = 0.95
@@ -72,31 +73,49 @@ class HistogramEstimator:
         except ValueError as exc:  # wrong label shape / range: the estimator's typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
+    def _statistics(self, acts: torch.Tensor, labels: torch.Tensor | None,
+                    num_classes: int = 1) -> F.ChannelStatistics:
+        """Every per-channel plug-in quantity from one joint (bin, label) count."""
+        if acts.ndim != 2:
+            raise EstimatorError(f"histogram estimator expects (N, C) activations, "
+                                 f"got shape {tuple(acts.shape)}")
+        try:
+            return F.channel_statistics(acts, labels, self.bins, num_classes, self.quantile,
+                                        self.params.chunk_cells)
+        except ValueError as exc:  # NaN / ±inf, no samples, bad labels: typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
     @property
     def corrected(self) -> bool:
         return self.params.correction == "miller_madow"
 
-    def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        codes = self._codes(acts)
-        mi = self._label_mi(codes, labels, self.bins, num_classes)
+    def _label_mi_of(self, stats: F.ChannelStatistics) -> torch.Tensor:
+        return stats.label_mi + stats.label_mi_mm if self.corrected else stats.label_mi
+
+    def _input_mi_of(self, stats: F.ChannelStatistics, n_samples: int) -> torch.Tensor:
         if self.corrected:
-            mi = mi + F.miller_madow_mi_correction(codes, labels, self.bins, num_classes)
-        return mi
+            return stats.entropy + F.miller_madow_bias(stats.occupied, n_samples)
+        return stats.entropy
+
+    def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return self._label_mi_of(self._statistics(acts, labels, num_classes))
 
     def input_mi(self, acts: torch.Tensor) -> torch.Tensor:
-        codes = self._codes(acts)
-        h = F.entropy_from_codes(codes, self.bins, self.params.chunk_cells)
-        if self.corrected:
-            h = h + F.miller_madow_bias(F.occupied(codes, self.bins), codes.shape[0])
-        return h
+        return self._input_mi_of(self._statistics(acts, None), acts.shape[0])
 
     def pair_mi(self, acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
         """I(A_c;B_d) for every channel pair of two (N, C) matrices: (C1, C2) float64
         (plug-in, each channel binned on its own range; no correction applied)."""
-        from mi_probe.functional.pairwise import pair_mi_from_codes
+        from mi_probe.functional.pairwise import pair_mi
 
-        return pair_mi_from_codes(self._codes(acts_a), self._codes(acts_b), self.bins,
-                                  self.params.pair_cells)
+        for acts in (acts_a, acts_b):
+            if acts.ndim != 2:
+                raise EstimatorError(f"histogram estimator expects (N, C) activations, "
+                                     f"got shape {tuple(acts.shape)}")
+        try:
+            return pair_mi(acts_a, acts_b, self.bins, self.quantile, self.params.pair_cells)
+        except ValueError as exc:
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
 
     def diagnostics(self, acts: torch.Tensor) -> dict[str, Any]:
         """Facts about one site's binned activations that qualify its MI values:
@@ -104,7 +123,7 @@ class HistogramEstimator:
         near the log B cap, the bin range used and the share of samples it clipped."""
         codes = self._codes(acts)
         constant = (acts.max(dim=0).values == acts.min(dim=0).values)
-        h = F.entropy_from_codes(codes, self.bins, self.params.chunk_cells)
+        h = self._statistics(acts, None).entropy
         cap = math.log(self.bins)
         if self.quantile is None:
             clipped = 0.0
@@ -119,9 +138,10 @@ class HistogramEstimator:
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
-        if reduce == "mean":
-            return LayerMI(i_xt=self.input_mi(acts).mean().item(),
-                           i_ty=self.label_mi(acts, labels, num_classes).mean().item())
+        if reduce == "mean":  # one count gives both planes' coordinates
+            stats = self._statistics(acts, labels, num_classes)
+            return LayerMI(i_xt=self._input_mi_of(stats, acts.shape[0]).mean().item(),
+                           i_ty=self._label_mi_of(stats).mean().item())
         if reduce == "joint":
             symbols, n_symbols = F.joint_codes(self._codes(acts))
             i_xt = F.entropy_from_codes(symbols, n_symbols, self.params.chunk_cells)[0].item()

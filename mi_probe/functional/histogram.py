@@ -8,6 +8,7 @@ float64 tensors in nats on the input's device.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -72,15 +73,93 @@ def bin_range(acts: torch.Tensor, quantile: float | None = None
     return (lo, hi) if quantile is None else _quantile_range(x, lo, hi, quantile)
 
 
+def _use_counting_kernels(device: torch.device) -> bool:
+    """CPU tensors go to the compiled counting kernels (:mod:`.counting`); other devices
+    (and a CPU without numba) use the torch path below, which runs wherever torch does."""
+    if device.type != "cpu":
+        return False
+    from mi_probe.functional import counting
+
+    return counting.available()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _as_kernel_input(acts: torch.Tensor):
+    """A C-contiguous numpy view/copy of CPU activations whose values convert to float64
+    exactly as ``acts.to(torch.float64)`` does (half types widen to float32 exactly)."""
+    import numpy as np
+
+    x = acts.detach()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.to(torch.float32)
+    elif x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float64)
+    return np.ascontiguousarray(x.numpy())
+
+
+def _binning(acts: torch.Tensor, bins: int, quantile: float | None):
+    """The numpy input and per-column binning parameters of the CPU kernels
+    (:class:`~mi_probe.functional.counting.Binning`): the same float64 values
+    :func:`_bin_uniform_torch` uses."""
+    import numpy as np
+
+    from mi_probe.functional import counting
+
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    x = _as_kernel_input(acts)
+    col_min, col_max, bad = counting.column_range(x)
+    if bad or x.shape[0] == 0:  # the torch check names what was found
+        _checked_min_max(torch.from_numpy(x).to(torch.float64))
+    lo, hi = col_min, col_max
+    if quantile is not None:
+        q_lo, q_hi = _quantile_range(torch.from_numpy(x).to(torch.float64),
+                                     torch.from_numpy(col_min), torch.from_numpy(col_max),
+                                     quantile)
+        lo, hi = q_lo.numpy(), q_hi.numpy()
+    with np.errstate(over="ignore"):
+        half = np.where(np.isinf(col_max - col_min), 0.5, 1.0)
+    lo, hi = lo * half, hi * half
+    width = hi - lo
+    return counting.Binning(x, lo, np.where(width <= 0, 1.0, width), half, bins)
+
+
 def bin_uniform(acts: torch.Tensor, bins: int, quantile: float | None = None) -> torch.Tensor:
     """Cut each column into ``bins`` uniform bins between its own min and max (with
     ``quantile``: its quantile range, see :func:`bin_range`; values outside it go to the
     first or last bin).
 
-    Returns int64 codes in [0, bins) of shape (N, C). The maximum falls in the last bin;
-    a constant column falls entirely in bin 0 (so its MI and entropy are exactly 0).
-    NaN or ±inf values raise ValueError; ranges wider than the largest double are fine.
+    Returns int64 codes in [0, bins) of shape (N, C): floor((x − lo) / (hi − lo) · B) in
+    float64, clamped. The maximum falls in the last bin; a constant column falls entirely
+    in bin 0 (so its MI and entropy are exactly 0). NaN or ±inf values raise ValueError;
+    ranges wider than the largest double are fine. CPU tensors use the compiled kernel,
+    other devices the torch path; both give the same codes.
     """
+    if not _use_counting_kernels(acts.device):
+        return _bin_uniform_torch(acts, bins, quantile)
+    from mi_probe.functional import counting
+
+    return torch.from_numpy(counting.bin_codes(_binning(acts, bins, quantile),
+                                               transposed=False, threads=_threads()))
+
+
+def narrow_codes(acts: torch.Tensor, bins: int, quantile: float | None = None):
+    """Codes of CPU activations as a (C, N) numpy array of the narrowest unsigned type
+    (one row per channel: the layout of the pair-counting kernel)."""
+    from mi_probe.functional import counting
+
+    return counting.bin_codes(_binning(acts, bins, quantile), transposed=True,
+                              threads=_threads())
+
+
+def _bin_uniform_torch(acts: torch.Tensor, bins: int, quantile: float | None = None
+                       ) -> torch.Tensor:
+    """:func:`bin_uniform` in torch ops, on any device (the reference of the kernel)."""
     if acts.ndim != 2:
         raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
     if bins < 2:
@@ -135,32 +214,128 @@ def entropy_from_codes(codes: torch.Tensor, n_symbols: int,
     return out
 
 
+def _check_labels(labels: torch.Tensor, n: int, num_classes: int,
+                  device: torch.device) -> torch.Tensor:
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    labels = labels.to(device=device, dtype=torch.int64)
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}); found "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    return labels
+
+
+def joint_counts_from_codes(codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
+                            num_classes: int, max_cells: int = DEFAULT_CHUNK_CELLS
+                            ) -> torch.Tensor:
+    """Counts of (symbol, label) per column of integer ``codes``: (C, n_symbols,
+    num_classes) float64, one bincount per chunk of columns (torch, any device)."""
+    n, c = codes.shape
+    labels = _check_labels(labels, n, num_classes, codes.device)
+    joint_symbols = n_symbols * num_classes
+    out = torch.empty(c, n_symbols, num_classes, dtype=torch.float64, device=codes.device)
+    for sl in _chunks(c, n + joint_symbols, max_cells):
+        block = codes[:, sl].to(torch.int64) * num_classes + labels[:, None]
+        out[sl] = _counts(block, joint_symbols).view(-1, n_symbols, num_classes)
+    return out
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Plug-in quantities of every channel of one site, all from its (bin, label) counts:
+    (C,) tensors on the activations' device."""
+
+    label_mi: torch.Tensor         #: I(T_c;Y), nats (float64)
+    entropy: torch.Tensor          #: H(T_c), nats (float64)
+    label_mi_mm: torch.Tensor      #: Miller–Madow correction of ``label_mi`` (float64)
+    occupied: torch.Tensor         #: non-empty bins of T_c (int64)
+
+
+def channel_statistics(acts: torch.Tensor, labels: torch.Tensor | None, bins: int,
+                       num_classes: int = 1, quantile: float | None = None,
+                       max_cells: int = DEFAULT_CHUNK_CELLS) -> ChannelStatistics:
+    """I(T_c;Y), H(T_c) and their Miller–Madow terms for every channel of (N, C)
+    activations, binned as :func:`bin_uniform`, from one joint (bin, label) count per
+    channel (``labels=None``: one class, for entropies only).
+
+    CPU: binning is fused into one counting pass of a compiled kernel (no (N, C)
+    intermediate); other devices: :func:`bin_uniform` and one bincount per chunk. Count
+    tables of at most ``max_cells`` cells are alive at once (channels in chunks).
+    """
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    n, c = acts.shape
+    if labels is None:
+        labels, num_classes = torch.zeros(n, dtype=torch.int64, device=acts.device), 1
+    parts: list[tuple[torch.Tensor, ...]] = []
+    if _use_counting_kernels(acts.device):
+        from mi_probe.functional import counting
+
+        binning = _binning(acts, bins, quantile)
+        y = _check_labels(labels, n, num_classes, acts.device).contiguous().numpy()
+        for sl in _chunks(c, bins * num_classes, max_cells):
+            counts = counting.label_counts(binning, y, num_classes, columns=(sl.start, sl.stop),
+                                           threads=_threads())
+            parts.append(tuple(map(torch.from_numpy, counting.label_statistics(counts))))
+    else:
+        codes = _bin_uniform_torch(acts, bins, quantile)
+        for sl in _chunks(c, bins * num_classes, max_cells):
+            parts.append(_statistics_of_counts(joint_counts_from_codes(
+                codes[:, sl], labels, bins, num_classes, max_cells)))
+    if not parts:  # no channels
+        empty = torch.zeros(0, dtype=torch.float64, device=acts.device)
+        return ChannelStatistics(empty, empty, empty, empty.to(torch.int64))
+    return ChannelStatistics(*(torch.cat(column) for column in zip(*parts)))
+
+
+def _statistics_of_counts(counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (label_mi_from_joint(counts), entropy_from_joint(counts),
+            miller_madow_from_joint(counts), (counts.sum(dim=2) > 0).sum(dim=1))
+
+
+def entropy_from_joint(counts: torch.Tensor) -> torch.Tensor:
+    """H(T_c) of each channel from its (C, B, K) joint counts: (C,) float64."""
+    return _entropy_of_counts(counts.sum(dim=2))
+
+
+def label_mi_from_joint(counts: torch.Tensor) -> torch.Tensor:
+    """Plug-in I(T_c;Y) = H(T_c) + H(Y) − H(T_c,Y) from (C, B, K) joint counts: (C,)."""
+    c, n_symbols, num_classes = counts.shape
+    if c == 0:
+        return torch.zeros(0, dtype=torch.float64, device=counts.device)
+    h_t = entropy_from_joint(counts)
+    h_y = _entropy_of_counts(counts[0].sum(dim=0))
+    h_ty = _entropy_of_counts(counts.reshape(c, n_symbols * num_classes))
+    # 0 <= I <= min(H(T), H(Y)): the clamps only remove float64 rounding (~1e-16), and
+    # make a constant column (H(T) == 0) exactly 0 rather than H(Y) - H(T,Y) ~ 4e-16.
+    mi = (h_t + h_y - h_ty).clamp_(min=0.0)
+    return torch.minimum(mi, torch.minimum(h_t, h_y))
+
+
+def miller_madow_from_joint(counts: torch.Tensor) -> torch.Tensor:
+    """Miller–Madow correction of the plug-in I(T_c;Y) from (C, B, K) joint counts, to
+    be added to it: [(m_T − 1) + (m_Y − 1) − (m_TY − 1)] / (2N) for m occupied cells
+    (usually negative). (C,) float64."""
+    c = counts.shape[0]
+    if c == 0:
+        return torch.zeros(0, dtype=torch.float64, device=counts.device)
+    n = counts[0].sum().item()
+    m_t = (counts.sum(dim=2) > 0).sum(dim=1)
+    m_y = int((counts[0].sum(dim=0) > 0).sum().item())
+    m_ty = (counts > 0).sum(dim=(1, 2))
+    return ((m_t - 1) + (m_y - 1) - (m_ty - 1)).to(torch.float64) / (2.0 * max(1, n))
+
+
 def label_mi_from_codes(codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
                         num_classes: int, max_cells: int = DEFAULT_CHUNK_CELLS) -> torch.Tensor:
     """Plug-in I(T_c;Y) = H(T_c) + H(Y) - H(T_c,Y) for each column of ``codes``: (C,).
 
     ``labels`` are integers in [0, num_classes). Identical (up to float64 rounding) to
-    ``sklearn.metrics.mutual_info_score(labels, codes[:, c])`` for every column.
+    ``sklearn.metrics.mutual_info_score(labels, codes[:, c])`` for every column. One
+    joint count per chunk of columns gives both marginals.
     """
-    n, c = codes.shape
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    labels = labels.to(device=codes.device, dtype=torch.int64)
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}); found "
-                         f"[{labels.min().item()}, {labels.max().item()}]")
-    h_y = _entropy_of_counts(torch.bincount(labels, minlength=num_classes).to(torch.float64))
-    out = torch.empty(c, dtype=torch.float64, device=codes.device)
-    joint_symbols = n_symbols * num_classes
-    for sl in _chunks(c, n + joint_symbols, max_cells):
-        block = codes[:, sl]
-        h_t = _entropy_of_counts(_counts(block, n_symbols))
-        h_ty = _entropy_of_counts(_counts(block * num_classes + labels[:, None], joint_symbols))
-        # 0 <= I <= min(H(T), H(Y)): the clamps only remove float64 rounding (~1e-16), and
-        # make a constant column (H(T) == 0) exactly 0 rather than H(Y) - H(T,Y) ~ 4e-16.
-        mi = (h_t + h_y - h_ty).clamp_(min=0.0)
-        out[sl] = torch.minimum(mi, torch.minimum(h_t, h_y))
-    return out
+    return label_mi_from_joint(joint_counts_from_codes(codes, labels, n_symbols, num_classes,
+                                                       max_cells))
 
 
 def joint_codes(codes: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -202,12 +377,8 @@ def miller_madow_mi_correction(codes: torch.Tensor, labels: torch.Tensor, n_symb
     """Miller–Madow correction of the plug-in I(T_c;Y), to be added to it: each entropy
     gets (m − 1)/(2N) for its m occupied cells, so the MI gets
     [(m_T − 1) + (m_Y − 1) − (m_TY − 1)] / (2N) (usually negative). (C,) float64."""
-    n = codes.shape[0]
-    labels = labels.to(device=codes.device, dtype=torch.int64)
-    m_t = occupied(codes, n_symbols)
-    m_y = int((torch.bincount(labels, minlength=num_classes) > 0).sum().item())
-    m_ty = occupied(codes * num_classes + labels[:, None], n_symbols * num_classes)
-    return ((m_t - 1) + (m_y - 1) - (m_ty - 1)).to(torch.float64) / (2.0 * max(1, n))
+    return miller_madow_from_joint(joint_counts_from_codes(codes, labels, n_symbols,
+                                                           num_classes))
 
 
 def edge_fraction(codes: torch.Tensor, bins: int) -> torch.Tensor:
