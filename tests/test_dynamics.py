@@ -197,3 +197,144 @@ def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_pa
                  "i_ty_vs_epoch", "frac_edge_bins_vs_epoch"):
         assert (tmp_path / "r" / "figures" / f"{name}.png").is_file(), name
 
+
+
+# --------------------------------------------------------------------------- track_samples
+
+def _engine(tmp_path, pm, extra: str = ""):
+    path = tmp_path / "d.yaml"
+    path.write_text(TINY.replace("channel_values: true}", "channel_values: true" + extra + "}"))
+    spec = load_spec(path, pm=pm)
+    return Engine(spec, pm, cache_dir=tmp_path / "cache", log=lambda _m: None, progress=False)
+
+
+def test_stratified_subsample_is_proportional_seeded_and_reproducible():
+    from mi_probe.builtin.dynamics import stratified_subsample
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)[torch.randperm(
+        100, generator=torch.Generator().manual_seed(1))]
+    idx = stratified_subsample(labels, 20, seed=0)
+    assert idx.dtype == torch.long and idx.tolist() == sorted(set(idx.tolist()))
+    assert torch.bincount(labels[idx], minlength=4).tolist() == [10, 6, 3, 1]  # n·N_k/N
+    # largest remainder: quotas 3.5, 2.1, 1.05, 0.35 -> 3 + 2 + 1 + 1 (each class >= 1)
+    assert torch.bincount(labels[stratified_subsample(labels, 7, 0)],
+                          minlength=4).tolist() == [3, 2, 1, 1]
+    # one row per class at n = number of classes; all rows at n = N
+    assert torch.bincount(labels[stratified_subsample(labels, 4, 0)]).tolist() == [1] * 4
+    assert stratified_subsample(labels, 100, 3).tolist() == list(range(100))
+    # the seed alone fixes the rows; another seed draws other rows of the same classes
+    assert torch.equal(stratified_subsample(labels, 20, 0), idx)
+    other = stratified_subsample(labels, 20, 1)
+    assert not torch.equal(other, idx)
+    assert torch.bincount(labels[other], minlength=4).tolist() == [10, 6, 3, 1]
+    with pytest.raises(ValueError):
+        stratified_subsample(labels, 3, 0)
+    with pytest.raises(ValueError):
+        stratified_subsample(labels, 101, 0)
+
+
+def test_track_samples_tracks_the_same_stratified_rows_every_epoch(tmp_path, pm):
+    """track_samples: n -> every tracker call captures the same n evaluation rows (the
+    seeded stratified subsample of the evaluation labels), its values are the
+    estimator's on exactly those rows of a full capture, training is unchanged, and the
+    rows carry n_samples and the plug-in bias (B-1)(K-1)/(2n)."""
+    from mi_probe.builtin.dynamics import eval_labels, stratified_subsample
+
+    engine = _engine(tmp_path, pm, ", track_samples: 21, track_seed: 5")
+    experiment = Dynamics(engine.spec.experiment)
+    labels = eval_labels(engine.eval_set)
+    assert labels.tolist() == [int(engine.eval_set[i][1]) for i in range(60)]
+    expected = stratified_subsample(labels, 21, 5)
+    assert torch.bincount(labels[expected], minlength=3).tolist() == [7, 7, 7]
+    seen, real_evaluate = [], engine.evaluate
+
+    def evaluate(model, *args, **kwargs):
+        seen.append(kwargs.get("subset"))
+        return real_evaluate(model, *args, **kwargs)
+
+    engine.evaluate = evaluate
+    tracker = experiment.tracker(engine)
+    values = {}
+
+    def track(model, epoch):
+        out = tracker(model, epoch)
+        engine.evaluate = real_evaluate  # the reference: all rows, then index them
+        full = real_evaluate(model, sites=engine.sites(model))
+        engine.evaluate = evaluate
+        rows = expected.to(full.labels.device)
+        for site in engine.sites(model):
+            acts = full.acts[site.name][rows]
+            values[(epoch, site.name)] = (
+                engine.estimator.label_mi(acts, full.labels[rows], 3).mean().item(),
+                engine.estimator.input_mi(acts).mean().item())
+        return out
+
+    key = experiment.track_key(engine)
+    tracked, history = engine.train(0, model_overrides={"act": "relu"}, track=track,
+                                    track_key=key)
+    assert len(seen) == 3 and all(torch.equal(s, expected) for s in seen)  # epochs 0, 1, 2
+    for record in history:
+        assert record["tracked"]["n_samples"] == 21
+        for name, entry in record["tracked"]["sites"].items():
+            i_ty, i_xt = values[(record["epoch"], name)]
+            assert entry["i_ty"] == pytest.approx(i_ty, abs=1e-12)
+            assert entry["i_xt"] == pytest.approx(i_xt, abs=1e-12)
+    plain, _ = engine.train(0, model_overrides={"act": "relu"})
+    assert _same(plain, tracked)
+    # a new tracker (another process, a resumed run) picks the same rows
+    seen.clear()
+    experiment.tracker(engine)(tracked, 9)
+    assert torch.equal(seen[0], expected)
+    # the unit's rows: n_samples and the plug-in bias at n
+    frames = experiment.run_unit(engine, "act=relu,seed=0")
+    dyn = frames["dynamics"]
+    assert (dyn["n_samples"] == 21).all()
+    assert dyn["i_ty_bias"].to_list() == pytest.approx([7 * 2 / (2 * 21)] * dyn.height)
+
+
+def test_track_samples_is_part_of_the_cache_key_and_the_default_key_is_unchanged(tmp_path, pm):
+    import hashlib
+    import json
+
+    from mi_probe.builtin.dynamics import TRACK_VERSION
+
+    engine = _engine(tmp_path, pm)
+    spec = engine.spec
+    old = {"v": TRACK_VERSION, "estimator": spec.estimator.model_dump(mode="json"),
+           "sites": spec.sites.model_dump(mode="json"),
+           "eval_max_samples": spec.eval.max_samples, "channel_values": True}
+    digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert Dynamics(spec.experiment).track_key(engine) == f"dynamics:{digest}"
+    keys = {Dynamics(spec.experiment.model_copy(update=u)).track_key(engine)
+            for u in ({}, {"track_samples": 30}, {"track_samples": 30, "track_seed": 1},
+                      {"track_samples": 31})}
+    assert len(keys) == 4
+
+
+def test_track_samples_is_validated(tmp_path, pm, run_cli, tiny_spec_file):
+    from pydantic import ValidationError
+
+    from mi_probe.errors import SpecError
+
+    for bad in (1, 0, -5, "many"):
+        with pytest.raises(ValidationError):
+            DynamicsParams(track_samples=bad)
+    with pytest.raises(ValidationError):
+        DynamicsParams(track_seed=-1)
+    assert DynamicsParams().track_samples is None  # default: the whole evaluation set
+    for n, message in ((61, r"61 is larger than the evaluation set \(60 samples\)"),
+                       (2, r"2 is smaller than the number of classes \(3\)")):
+        engine = _engine(tmp_path, pm, f", track_samples: {n}")
+        with pytest.raises(SpecError, match=r"experiment\.track_samples: " + message):
+            engine.experiment.units(engine)
+    for n in (3, 60):  # the bounds themselves are fine
+        engine = _engine(tmp_path, pm, f", track_samples: {n}")
+        assert engine.experiment.units(engine) == ["act=relu,seed=0", "act=tanh,seed=0"]
+    # from the command line: exit 2 and the message, before any training
+    spec = tiny_spec_file(text=TINY, name="v.yaml")
+    code, _, err = run_cli(spec, "--set", "experiment.track_samples=500", "--out",
+                           tmp_path / "r")
+    assert code == 2 and "track_samples: 500 is larger than the evaluation set" in err
+    assert not (tmp_path / "cache" / "models").exists()
+    code, _, err = run_cli(spec, "--set", "experiment.track_samples=1", "--out", tmp_path / "r2")
+    assert code == 2 and "track_samples" in err

@@ -28,6 +28,13 @@ S sites in depth order (the final third by default):
 * post-plateau slopes: least-squares slope of I(X;T_l) (and I(T;Y_l)) against epoch
   over epochs p … last trained epoch, in nats/epoch, per site and averaged over the
   final sites.
+
+Cheaper tracking (``track_samples: n``): every epoch is measured on the same fixed,
+seeded, class-stratified subsample of n evaluation samples (:func:`stratified_subsample`)
+instead of the whole evaluation set, which cuts the per-epoch capture and estimator
+cost roughly by n / N. The plug-in bias of I(T;Y) grows from (B−1)(K−1)/(2N) to
+(B−1)(K−1)/(2n) (column ``i_ty_bias``) and the values get noisier; see docs/dynamics.md
+for the measured error. Default (None): the whole evaluation set, as before.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from mi_probe.errors import RunError, SpecError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import RunContext, Site, TrainingRequest
 from mi_probe.tables import aggregate_seeds
+from mi_probe.train import derive_seed
 
 #: Version of what the tracker records (part of the model cache key). 2: frac_edge_bins.
 TRACK_VERSION = 2
@@ -75,6 +83,14 @@ class DynamicsParams(BaseModel):
         "begins is not a plateau)")
     channel_values: bool = Field(False, description="also record per-channel values "
                                  "(tables/dynamics_channels.parquet)")
+    track_samples: int | None = Field(
+        None, ge=2, description="track MI every epoch on a fixed, seeded, class-stratified "
+        "subsample of this many evaluation samples (the same rows every epoch, activation "
+        "and seed) instead of the whole evaluation set: per-epoch tracking costs about "
+        "n/N of the full set's, the plug-in bias of I(T;Y) grows to (B-1)(K-1)/(2n) "
+        "(column i_ty_bias) and values get noisier (docs/dynamics.md). Must lie between "
+        "the number of classes and the evaluation-set size. None: the whole evaluation set")
+    track_seed: int = Field(0, ge=0, description="seed of the track_samples subsample")
 
     @field_validator("acts")
     @classmethod
@@ -173,6 +189,53 @@ def summarise(frame: pl.DataFrame, params: DynamicsParams) -> tuple[dict[str, An
     return summary, slopes
 
 
+# --------------------------------------------------------------------------- subsample
+
+
+def stratified_subsample(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` sorted row indices of ``labels``, class-stratified: class k gets its
+    proportional share n·N_k/N rounded by largest remainder (ties: lower class index),
+    at least one row per class present, drawn without replacement by a generator seeded
+    from ``seed`` alone. The same (labels, n, seed) always gives the same rows."""
+    labels = torch.as_tensor(labels).cpu().long().flatten()
+    total = labels.numel()
+    classes, counts = torch.unique(labels, return_counts=True)
+    counts_l = counts.tolist()
+    if not len(counts_l) <= n <= total:
+        raise ValueError(f"need {len(counts_l)} <= n <= {total}, got {n}")
+    quota = [n * c / total for c in counts_l]
+    take = [min(c, max(1, math.floor(q))) for c, q in zip(counts_l, quota)]
+    while sum(take) > n:  # the at-least-one rule over-allocated: trim the most over quota
+        i = max((i for i in range(len(take)) if take[i] > 1),
+                key=lambda i: (take[i] - quota[i], -i))
+        take[i] -= 1
+    while sum(take) < n:  # largest remainder among classes with rows left
+        i = max((i for i in range(len(take)) if take[i] < counts_l[i]),
+                key=lambda i: (quota[i] - take[i], -i))
+        take[i] += 1
+    gen = torch.Generator().manual_seed(derive_seed("dynamics.track_samples", seed))
+    chosen = []
+    for k, m in zip(classes.tolist(), take):
+        rows = (labels == k).nonzero().flatten()
+        chosen.append(rows[torch.randperm(rows.numel(), generator=gen)[:m]])
+    return torch.cat(chosen).sort().values
+
+
+def eval_labels(dataset: Any) -> torch.Tensor:
+    """Labels of an evaluation dataset in order, without decoding images where the
+    dataset exposes them (``labels``, ``samples``, ``Subset``); else by iterating it."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return eval_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices),
+                                                            dtype=torch.long)]
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and labels.numel() == len(dataset):
+        return labels.long().cpu()
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and len(samples) == len(dataset):
+        return torch.tensor([int(label) for _, label in samples], dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+
+
 # --------------------------------------------------------------------------- experiment
 
 
@@ -193,6 +256,8 @@ class Dynamics:
         if ctx.spec.model.weights != "train":
             raise SpecError(f"dynamics trains its own models (one per activation and seed); "
                             f"model.weights must be 'train', got {ctx.spec.model.weights!r}")
+        if hasattr(ctx, "eval_set"):
+            self.track_subset(ctx)  # refuse an impossible track_samples before training
         return [f"act={act},seed={seed}" for act in self.params.acts for seed in ctx.spec.seeds]
 
     def trainings(self, ctx: RunContext) -> list[TrainingRequest]:
@@ -201,6 +266,27 @@ class Dynamics:
                                 track_key=self.track_key(ctx))
                 for act in self.params.acts for seed in ctx.spec.seeds]
 
+    def track_subset(self, ctx: RunContext, labels: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+        """The evaluation rows tracked every epoch (None: all of them). ``labels``: the
+        evaluation labels in order, read from ``ctx.eval_set`` when not given (the engine
+        has it; a context without it passes the labels of a capture)."""
+        n = self.params.track_samples
+        if n is None:
+            return None
+        if labels is None:
+            labels = eval_labels(ctx.eval_set)
+        total, k = int(labels.numel()), ctx.num_classes
+        if n > total:
+            raise SpecError(f"experiment.track_samples: {n} is larger than the evaluation "
+                            f"set ({total} samples); use at most {total}, or null to track "
+                            "on the whole evaluation set")
+        if n < k:
+            raise SpecError(f"experiment.track_samples: {n} is smaller than the number of "
+                            f"classes ({k}); a class-stratified subsample needs at least "
+                            f"one sample per class, so use at least {k}")
+        return stratified_subsample(labels, n, self.params.track_seed)
+
     def track_key(self, ctx: RunContext) -> str:
         """What is tracked: part of the trained-model cache key."""
         spec = ctx.spec
@@ -208,6 +294,9 @@ class Dynamics:
                 "sites": spec.sites.model_dump(mode="json"),
                 "eval_max_samples": spec.eval.max_samples,
                 "channel_values": self.params.channel_values}
+        if self.params.track_samples is not None:  # absent by default: old keys unchanged
+            what["track_samples"] = self.params.track_samples
+            what["track_seed"] = self.params.track_seed
         blob = json.dumps(what, sort_keys=True)
         return f"dynamics:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -216,11 +305,19 @@ class Dynamics:
         set; activations are reduced to numbers inside the call and then dropped."""
         est = ctx.estimator
         channel_values = self.params.channel_values
+        subset: list[torch.Tensor | None] = []  # computed once, at the first call
 
         def track(model: torch.nn.Module, epoch: int) -> dict[str, Any]:
             sites = ctx.sites(model)
-            cap = ctx.evaluate(model, sites=sites)
-            out: dict[str, Any] = {"eval_acc": cap.accuracy, "sites": {}}
+            if self.params.track_samples is None:
+                cap = ctx.evaluate(model, sites=sites)
+            else:
+                if not subset:
+                    labels = None if hasattr(ctx, "eval_set") else ctx.evaluate(model).labels
+                    subset.append(self.track_subset(ctx, labels))
+                cap = ctx.evaluate(model, sites=sites, subset=subset[0])
+            out: dict[str, Any] = {"eval_acc": cap.accuracy, "sites": {},
+                                   "n_samples": int(cap.labels.numel())}
             for site in sites:
                 acts = cap.acts.pop(site.name)
                 if not bool(torch.isfinite(acts).all()):
@@ -259,6 +356,9 @@ class Dynamics:
                                f"tracked values at epoch {record['epoch']} (a cached model "
                                "trained without tracking?); delete its cache folder")
             epoch = int(record["epoch"])
+            n_tracked = tracked.get("n_samples")
+            bias = (ctx.estimator.bias(n_tracked, ctx.num_classes)
+                    if n_tracked is not None else None)
             for site in sites:
                 entry = tracked["sites"].get(site.name)
                 if entry is None:
@@ -273,7 +373,8 @@ class Dynamics:
                              "site_kind": site.kind, "i_xt": entry["i_xt"],
                              "i_ty": entry["i_ty"],
                              "frac_edge_bins": entry.get("frac_edge_bins"),
-                             "val_acc": record["val_acc"], "eval_acc": tracked.get("eval_acc")})
+                             "val_acc": record["val_acc"], "eval_acc": tracked.get("eval_acc"),
+                             "n_samples": n_tracked, "i_ty_bias": bias})
                 if self.params.channel_values and entry.get("i_ty_c") is not None:
                     i_xt_c = entry.get("i_xt_c") or [None] * len(entry["i_ty_c"])
                     channel_rows.append(pl.DataFrame({
@@ -282,8 +383,8 @@ class Dynamics:
                         "i_xt": i_xt_c, "i_ty": entry["i_ty_c"]},
                         schema_overrides={"i_xt": pl.Float64, "i_ty": pl.Float64}))
         floats = {c: pl.Float64 for c in ("i_xt", "i_ty", "frac_edge_bins", "val_acc",
-                                          "eval_acc")}
-        frame = pl.DataFrame(rows, schema_overrides=floats)
+                                          "eval_acc", "i_ty_bias")}
+        frame = pl.DataFrame(rows, schema_overrides=floats | {"n_samples": pl.Int64})
         final = set(final_sites(frame["depth"].to_list(), self.params.final_fraction))
         frame = frame.with_columns(final_site=pl.col("depth").is_in(sorted(final)))
         summary, slopes = summarise(frame, self.params)
