@@ -13,12 +13,12 @@ from pydantic import BaseModel, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.functional import masses as M
-from mi_probe.interfaces import Captured, RunContext, Site
+from mi_probe.interfaces import Captured, Plan, RunContext, Site
 
 
-def seed_units(ctx: RunContext) -> list[str]:
-    """One unit per seed: ``seed=<n>``."""
-    return [f"seed={seed}" for seed in ctx.spec.seeds]
+def seed_units(ctx: RunContext, **settings: Any) -> Plan:
+    """The plan of one unit per seed, ``seed=<n>``, with ``settings``."""
+    return Plan(tuple(f"seed={seed}" for seed in ctx.spec.seeds), settings)
 
 
 def unit_seed(unit: str) -> int:

@@ -33,7 +33,7 @@ from mi_probe import capture as capture_mod
 from mi_probe.checks import evaluate_checks
 from mi_probe.data import make_loader
 from mi_probe.errors import DataError, MiProbeError, RunError, SpecError, UnitsFailedError
-from mi_probe.interfaces import (RANDOM, TRAINED, Captured, Intervention, Site, StageJobs,
+from mi_probe.interfaces import (RANDOM, TRAINED, Captured, Intervention, Plan, Site, StageJobs,
                                  TrainingRequest)
 from mi_probe.models import build_model, load_weights, model_meta, resolve_device
 from mi_probe.sites import get_module, resolve_sites, select_adapter
@@ -563,13 +563,14 @@ def unit_dir(run_dir: Path, unit: str) -> Path:
     return run_dir / "units" / _safe(unit)
 
 
-def run_analysis_unit(engine: Engine, run_dir: Path, unit: str) -> float:
-    """Compute one experiment unit and write its tables to ``<run>/units/<unit>/``;
-    ``done.json`` is written last and marks the unit finished. Returns seconds."""
+def run_analysis_unit(engine: Engine, run_dir: Path, unit: str, plan: Plan) -> float:
+    """Compute one experiment unit of ``plan`` and write its tables to
+    ``<run>/units/<unit>/``; ``done.json`` is written last and marks the unit finished.
+    Returns seconds."""
     folder = unit_dir(run_dir, unit)
     t0 = time.perf_counter()
     n_warn = len(engine.warnings)
-    result = dict(engine.experiment.run_unit(engine, unit))
+    result = dict(engine.experiment.run_unit(engine, unit, plan))
     rows = engine.end_unit()
     if rows:
         result["training"] = pl.DataFrame(rows)
@@ -592,9 +593,12 @@ def _read_unit(run_dir: Path, unit: str) -> tuple[dict[str, pl.DataFrame], dict[
     return {p.stem: pl.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}, info
 
 
-def job_payload(engine: Engine, stage: str, unit: str, run_dir: Path) -> dict[str, Any]:
-    """What a worker process needs to run one unit on its own (see ``jobs.run_job``)."""
+def job_payload(engine: Engine, stage: str, unit: str, run_dir: Path,
+                plan: Plan | None = None) -> dict[str, Any]:
+    """What a worker process needs to run one unit on its own (see ``jobs.run_job``):
+    for an analysis unit, the experiment's plan too."""
     return {"stage": stage, "unit": unit, "spec": dump_spec(engine.spec), "cwd": os.getcwd(),
+            "plan": plan.to_json() if plan is not None else None,
             "source": str(run_dir.resolve() / "spec.yaml"), "plugins": engine.pm.recipe(),
             "run_dir": str(run_dir.resolve()), "cache_dir": str(engine.cache_dir.resolve()),
             "log": str((run_dir / "logs" / f"{stage}-{_safe(unit)}.log").resolve())}
@@ -676,7 +680,8 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
             "classes": engine.class_names, "n_train": len(engine.data.train),
             "n_eval": len(engine.eval_set), **engine.data.info},
             estimator=engine.estimator.describe())
-        units = engine.experiment.units(engine)
+        plan = engine.experiment.plan(engine)
+        units = list(plan.units)
         todo = [u for u in units if not (unit_dir(run_dir, u) / "done.json").is_file()]
         needs_models = bool(todo)
         if dist_ctx is not None:
@@ -693,10 +698,11 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
             log(f"reused {len(units) - len(todo)} finished unit(s) from {run_dir / 'units'}")
 
         def here(unit: str) -> None:
-            log(f"finished {unit} in {run_analysis_unit(engine, run_dir, unit):.1f}s")
+            log(f"finished {unit} in {run_analysis_unit(engine, run_dir, unit, plan):.1f}s")
 
         jobs = StageJobs("analysis", todo, run_here=here,
-                         payload=lambda unit: job_payload(engine, "analysis", unit, run_dir),
+                         payload=lambda unit: job_payload(engine, "analysis", unit, run_dir,
+                                                          plan),
                          entry=_job_entry(), log=log)
         _check_failures("analysis", executor.run(jobs) if todo else {}, run_dir)
 
@@ -762,7 +768,7 @@ def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) ->
     try:
         engine = Engine(spec, pm, cache_dir, log=lambda _m: None, progress=False,
                         dist_ctx=dist_ctx)
-        engine.experiment.units(engine)
+        engine.experiment.plan(engine)
         (needs_models,) = dist_ctx.main_decides([False])  # rank 0's answer
         if needs_models:
             _training_stage(engine, LocalExecutor(LocalParams()), None, dist_ctx,

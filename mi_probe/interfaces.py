@@ -255,15 +255,37 @@ class RunContext(Protocol):
         """Report progress to the user."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What ``Experiment.plan`` decided, and all that ``run_unit`` may use besides the
+    spec: the unit names and JSON-serialisable ``settings``. It travels in a worker's
+    payload, so a unit runs the same in this process, in another, or on another node."""
+
+    units: tuple[str, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"units": list(self.units), "settings": dict(self.settings)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Plan":
+        return cls(tuple(data["units"]), dict(data.get("settings", {})))
+
+
 @runtime_checkable
 class Experiment(Protocol):
-    """An analysis. The engine calls ``units`` once, ``run_unit`` for each unit not
+    """An analysis. The engine calls ``plan`` once, ``run_unit`` for each unit not
     already finished (results of finished units survive interruption), then
-    ``finalize`` over the merged tables, then ``figures`` to draw them."""
+    ``finalize`` over the merged tables, then ``figures`` to draw them.
+
+    ``run_unit`` must not rely on anything ``plan`` stored on the experiment: a worker
+    process builds a fresh experiment and calls ``run_unit`` with the plan alone."""
 
     name: str
 
-    def units(self, ctx: RunContext) -> list[str]: ...
+    def plan(self, ctx: RunContext) -> Plan:
+        """Validate against the run and name the units (the built-ins: one per seed,
+        ``seed=<n>``); anything run_unit needs beyond the spec goes in ``settings``."""
 
     # Optional: ``trainings(ctx) -> list[TrainingRequest]``, the models the units will
     # ask ``ctx.train`` for. The engine trains them first, as independent units of the
@@ -271,8 +293,8 @@ class Experiment(Protocol):
     # assumes one model of the spec per seed when ``model.weights`` is ``train`` and
     # the experiment measures the trained state.
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, Any]:
-        """Tables (name -> polars DataFrame) for one unit."""
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, Any]:
+        """Tables (name -> polars DataFrame) for one unit of ``plan``."""
 
     def finalize(self, ctx: RunContext | None, tables: dict[str, Any]) -> dict[str, Any]:
         """Extra tables (e.g. ``summary_*``) computed from the merged per-unit tables."""

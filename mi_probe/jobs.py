@@ -77,6 +77,7 @@ def _compute(payload: dict[str, Any], log: Callable[[str], None]) -> None:
 
     from mi_probe.distributed import init_from_env, launched_world_size
     from mi_probe.engine import Engine, run_analysis_unit
+    from mi_probe.interfaces import Plan
     from mi_probe.models import resolve_device
     from mi_probe.plugins import get_plugin_manager
     from mi_probe.spec import load_spec_text
@@ -97,7 +98,11 @@ def _compute(payload: dict[str, Any], log: Callable[[str], None]) -> None:
                                f"({', '.join(units) or 'none'})")
             engine.run_training(units[unit], dist_ctx)
         else:
-            run_analysis_unit(engine, Path(payload["run_dir"]), unit)
+            plan = Plan.from_json(payload["plan"])
+            if unit not in plan.units:
+                raise RunError(f"analysis unit {unit} is not in the plan "
+                               f"({', '.join(plan.units) or 'no units'})")
+            run_analysis_unit(engine, Path(payload["run_dir"]), unit, plan)
     finally:
         if dist_ctx is not None:
             torch.distributed.destroy_process_group()

@@ -149,7 +149,7 @@ def engine(tmp_path_factory, tiny_engine):
 
 def test_run_unit_through_the_engine(engine):
     exp = engine.experiment
-    frame = exp.run_unit(engine, "seed=0")["cover"]
+    frame = exp.run_unit(engine, "seed=0", exp.plan(engine))["cover"]
     model = engine.model(0, "trained")
     cap = engine.capture(0, "trained")
     assert {"seed", "state", "site", "depth", "site_kind", "q", "set", "n_channels", "mass",

@@ -286,7 +286,7 @@ def test_track_samples_tracks_the_same_stratified_rows_every_epoch(tmp_path, pm)
     experiment.tracker(engine)(tracked, 9)
     assert torch.equal(seen[0], expected)
     # the unit's rows: n_samples and the plug-in bias at n
-    frames = experiment.run_unit(engine, "act=relu,seed=0")
+    frames = experiment.run_unit(engine, "act=relu,seed=0", experiment.plan(engine))
     dyn = frames["dynamics"]
     assert (dyn["n_samples"] == 21).all()
     assert dyn["i_ty_bias"].to_list() == pytest.approx([7 * 2 / (2 * 21)] * dyn.height)
@@ -326,10 +326,10 @@ def test_track_samples_is_validated(tmp_path, pm, run_cli, tiny_spec_file):
                        (2, r"2 is smaller than the number of classes \(3\)")):
         engine = _engine(tmp_path, pm, f", track_samples: {n}")
         with pytest.raises(SpecError, match=r"experiment\.track_samples: " + message):
-            engine.experiment.units(engine)
+            engine.experiment.plan(engine)
     for n in (3, 60):  # the bounds themselves are fine
         engine = _engine(tmp_path, pm, f", track_samples: {n}")
-        assert engine.experiment.units(engine) == ["act=relu,seed=0", "act=tanh,seed=0"]
+        assert list(engine.experiment.plan(engine).units) == ["act=relu,seed=0", "act=tanh,seed=0"]
     # from the command line: exit 2 and the message, before any training
     spec = tiny_spec_file(text=TINY, name="v.yaml")
     code, _, err = run_cli(spec, "--set", "experiment.track_samples=500", "--out",

@@ -76,11 +76,11 @@ def test_interrupted_run_resumes_only_missing_units(run_cli, tiny_spec_file, tmp
     original = LayerMIExperiment.run_unit
     done = []
 
-    def interrupt_second(self, ctx, unit):
+    def interrupt_second(self, ctx, unit, plan):
         if unit == "seed=1":
             raise KeyboardInterrupt
         done.append(unit)
-        return original(self, ctx, unit)
+        return original(self, ctx, unit, plan)
 
     monkeypatch.setattr(LayerMIExperiment, "run_unit", interrupt_second)
     spec = tiny_spec_file("")
@@ -91,7 +91,8 @@ def test_interrupted_run_resumes_only_missing_units(run_cli, tiny_spec_file, tmp
     assert (tmp_path / "r" / "units" / "seed=0" / "done.json").is_file()
 
     monkeypatch.setattr(LayerMIExperiment, "run_unit",
-                        lambda self, ctx, unit: done.append(unit) or original(self, ctx, unit))
+                        lambda self, ctx, unit, plan: done.append(unit) or original(self, ctx,
+                                                                                     unit, plan))
     code, _, err = run_cli(spec, "--out", tmp_path / "r", "--set", "seeds=[0, 1]")
     assert code == 0, err
     assert done == ["seed=0", "seed=1"]  # seed=0 once before the interrupt, seed=1 once after

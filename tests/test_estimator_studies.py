@@ -13,6 +13,7 @@ from sklearn.metrics import mutual_info_score
 from mi_probe import cli
 from mi_probe.builtin.estimator_studies import LayerPairs, LayerPairsParams
 from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+from mi_probe.interfaces import Plan
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import block_sizes, pair_mi_from_codes
 from mi_probe.testing import gaussian_mi
@@ -153,7 +154,7 @@ def test_layer_pairs_null_is_the_floor_and_the_excess_shows_planted_dependence()
     than 4×, with it by > 40×."""
     ctx = PlantedContext(planted_layers())
     exp = LayerPairs(LayerPairsParams(states=["trained"], null_draws=3))
-    frame = exp.run_unit(ctx, "seed=0")["layer_pairs"]
+    frame = exp.run_unit(ctx, "seed=0", Plan(("seed=0",)))["layer_pairs"]
     rows = {(r["site"], r["site_b"]): r for r in frame.iter_rows(named=True)}
     assert len(rows) == 9
     bias = 19 * 19 / (2 * 4000)
@@ -179,8 +180,8 @@ def test_layer_pairs_null_is_seeded_row_permutations_of_one_side():
     acts = planted_layers(n=600)
     ctx = PlantedContext(acts, bins=10)
     exp = LayerPairs(LayerPairsParams(states=["random"], null_draws=3))
-    frame = exp.run_unit(ctx, "seed=5")["layer_pairs"]
-    assert frame.equals(exp.run_unit(ctx, "seed=5")["layer_pairs"])
+    frame = exp.run_unit(ctx, "seed=5", Plan(("seed=5",)))["layer_pairs"]
+    assert frame.equals(exp.run_unit(ctx, "seed=5", Plan(("seed=5",)))["layer_pairs"])
     draws = []
     for d in range(3):
         perm = torch.randperm(600, generator=ctx.rng(5, f"pairs-null/random/a/c/{d}"))
@@ -207,7 +208,7 @@ def test_layer_pairs_null_cost_and_columns(draws, monkeypatch):
     real = ctx.estimator.pair_mi
     monkeypatch.setattr(ctx.estimator, "pair_mi", lambda a, b: calls.append(1) or real(a, b))
     exp = LayerPairs(LayerPairsParams(states=["trained", "random"], null_draws=draws))
-    frame = exp.run_unit(ctx, "seed=0")["layer_pairs"]
+    frame = exp.run_unit(ctx, "seed=0", Plan(("seed=0",)))["layer_pairs"]
     assert len(calls) == 2 * 6 * (1 + draws)  # states x layer pairs (3 sites) x (1 + draws)
     assert frame["mi_null"].null_count() == (frame.height if draws == 0 else 0)
     assert frame["mi_excess"].null_count() == (frame.height if draws == 0 else 0)
@@ -229,7 +230,7 @@ def test_layer_pairs_states_what_the_quantity_can_and_cannot_show():
     notes repeat it with this run's numbers."""
     ctx = PlantedContext(planted_layers(n=300), bins=8)
     exp = LayerPairs(LayerPairsParams(states=["trained"]))
-    tables = {"layer_pairs": exp.run_unit(ctx, "seed=0")["layer_pairs"]}
+    tables = {"layer_pairs": exp.run_unit(ctx, "seed=0", Plan(("seed=0",)))["layer_pairs"]}
     figs = exp.figures(tables)
     excess = figs["layer_pairs_excess_trained"].title
     assert "above the row-permuted null" in excess.text
@@ -297,7 +298,7 @@ def test_layer_pairs_value_is_the_mean_pair_mi(pm, tiny_spec_file, tmp_path, mon
     spec = load_spec(tiny_spec_file(text=text), pm=pm)
     engine = Engine(spec, pm, cache_dir=tmp_path, log=lambda m: None, progress=False)
     exp = LayerPairs(LayerPairsParams(states=["random"], max_channels=None))
-    frame = exp.run_unit(engine, "seed=0")["layer_pairs"]
+    frame = exp.run_unit(engine, "seed=0", exp.plan(engine))["layer_pairs"]
     cap = engine.capture(0, "random")
     a, b = cap.sites[1], cap.sites[3]
     codes_a = bin_uniform(cap.acts[a.name], 8)
@@ -352,8 +353,8 @@ def test_estimator_sweep_range_rows_are_the_quantile_estimator(pm, tiny_spec_fil
     engine = Engine(spec, pm, cache_dir=tmp_path, log=lambda m: None, progress=False)
     exp = EstimatorSweep(EstimatorSweepParams(states=["random"], bins=[8], fractions=[1.0],
                                               reference_bins=8))
-    assert exp.units(engine) == ["seed=0"]
-    frame = exp.run_unit(engine, "seed=0")["estimator_sweep"]
+    assert list(exp.plan(engine).units) == ["seed=0"]
+    frame = exp.run_unit(engine, "seed=0", exp.plan(engine))["estimator_sweep"]
     cap = engine.capture(0, "random")
     site = cap.sites[-1]
     quantile = HistogramEstimator(HistogramParams(bins=8, range="quantile", range_quantile=0.05))
@@ -396,7 +397,7 @@ def test_estimator_sweep_without_a_range_parameter():
     from mi_probe.errors import SpecError
 
     class NoRange:
-        def model_dump(self):
+        def model_dump(self, mode="python"):
             return {"kind": "binned_plugin", "bins": 8}
 
     built = []
@@ -407,12 +408,13 @@ def test_estimator_sweep_without_a_range_parameter():
 
     ctx = SimpleNamespace(spec=SimpleNamespace(estimator=NoRange(), seeds=[0]), plugin=plugin)
     exp = EstimatorSweep(EstimatorSweepParams(bins=[4, 8], fractions=[1.0], reference_bins=8))
-    assert exp.units(ctx) == ["seed=0"]
+    plan = exp.plan(ctx)
+    assert list(plan.units) == ["seed=0"]
     assert built == [{"bins": 4}, {"bins": 8}]  # no range passed to the estimator
-    assert set(exp._estimators) == {(4, None), (8, None)}
+    assert set(exp._estimators(ctx, plan)) == {(4, None), (8, None)}
     planted = PlantedContext(planted_layers(n=200))
     ctx.capture, ctx.rng, ctx.num_classes = planted.capture, planted.rng, 3
-    tables = exp.run_unit(ctx, "seed=0")
+    tables = EstimatorSweep(exp.params).run_unit(ctx, "seed=0", plan)  # a fresh instance
     assert tables["estimator_sweep"]["range"].is_null().all()
     ref = tables["estimator_sweep_agreement"].filter(pl.col("bins") == 8)
     assert ref["layer_rank_spearman"].item() == pytest.approx(1.0)
@@ -422,7 +424,7 @@ def test_estimator_sweep_without_a_range_parameter():
     assert "sweep_i_xt_by_range" not in figs and "sweep_layer_rank_agreement_trained" in figs
     with pytest.raises(SpecError, match="estimator 'binned_plugin' has no range parameter"):
         EstimatorSweep(EstimatorSweepParams(bins=[8], reference_bins=8,
-                                            ranges=["minmax"])).units(ctx)
+                                            ranges=["minmax"])).plan(ctx)
 
 
 def test_estimator_sweep_reference_must_be_in_the_grid(pm, tiny_spec_file):

@@ -141,13 +141,13 @@ def _fake_ctx(model, arch="vgg11", adapter="auto"):
 def test_a_vgg_is_refused_clearly():
     exp = SkipGain(SkipGainParams())
     with pytest.raises(SpecError, match=r"skip_gain needs a ResNet.*'vgg11' is a VGG"):
-        exp.units(_fake_ctx(VGG()))
+        exp.plan(_fake_ctx(VGG()))
 
 
 def test_a_forced_other_adapter_is_refused(model):
     with pytest.raises(SpecError, match="sites.adapter is 'generic'"):
-        SkipGain(SkipGainParams()).units(_fake_ctx(model, "test_resnet", "generic"))
-    assert SkipGain(SkipGainParams()).units(_fake_ctx(model, "test_resnet")) == ["seed=0"]
+        SkipGain(SkipGainParams()).plan(_fake_ctx(model, "test_resnet", "generic"))
+    assert list(SkipGain(SkipGainParams()).plan(_fake_ctx(model, "test_resnet")).units) == ["seed=0"]
 
 
 def test_params_validate():
@@ -170,8 +170,8 @@ def engine(tmp_path_factory, tiny_engine):
 
 def test_run_unit_through_the_engine(engine):
     exp = engine.experiment
-    assert exp.units(engine) == ["seed=0"]
-    tables = exp.run_unit(engine, "seed=0")
+    assert list(exp.plan(engine).units) == ["seed=0"]
+    tables = exp.run_unit(engine, "seed=0", exp.plan(engine))
     model = engine.model(0, "trained")
     cap = engine.capture(0, "trained")
     assert _no_hooks(model)
@@ -220,7 +220,7 @@ def test_hooks_are_removed_when_evaluation_fails(engine, monkeypatch):
 
     monkeypatch.setattr(engine, "evaluate", failing)
     with pytest.raises(RuntimeError, match="boom"):
-        engine.experiment.run_unit(engine, "seed=0")
+        engine.experiment.run_unit(engine, "seed=0", engine.experiment.plan(engine))
     assert calls[-1] >= 1  # the skip hooks were in place while evaluating
     assert _no_hooks(model)
     engine.end_unit()
@@ -229,7 +229,7 @@ def test_hooks_are_removed_when_evaluation_fails(engine, monkeypatch):
 def test_unknown_block_pattern_is_a_spec_error(engine, monkeypatch):
     monkeypatch.setattr(engine.experiment.params, "blocks", ["layer9.*"])
     with pytest.raises(SpecError, match=r"experiment.blocks \['layer9.\*'\] match none"):
-        engine.experiment.run_unit(engine, "seed=0")
+        engine.experiment.run_unit(engine, "seed=0", engine.experiment.plan(engine))
     engine.end_unit()
 
 

@@ -82,17 +82,17 @@ def _fake_ctx(seeds):
 
 def test_fewer_than_two_seeds_is_a_spec_error():
     with pytest.raises(SpecError, match=r"needs two trained models.*seeds is \[0\]"):
-        Transplant(TransplantParams()).units(_fake_ctx([0]))
+        Transplant(TransplantParams()).plan(_fake_ctx([0]))
 
 
 def test_pairs_must_name_spec_seeds():
     exp = Transplant(TransplantParams(pairs=[[0, 7]]))
     with pytest.raises(SpecError, match=r"names seeds \[7\] that are not in seeds \[0, 1\]"):
-        exp.units(_fake_ctx([0, 1]))
+        exp.plan(_fake_ctx([0, 1]))
     # one unit per recipient, in pair order
     exp = Transplant(TransplantParams(pairs=[[2, 0], [1, 0], [0, 1]]))
-    assert exp.units(_fake_ctx([0, 1, 2])) == ["seed=0", "seed=1"]
-    assert Transplant(TransplantParams()).units(_fake_ctx([4, 2, 9])) == ["seed=2", "seed=9"]
+    assert list(exp.plan(_fake_ctx([0, 1, 2])).units) == ["seed=0", "seed=1"]
+    assert list(Transplant(TransplantParams()).plan(_fake_ctx([4, 2, 9])).units) == ["seed=2", "seed=9"]
 
 
 # -------------------------------------------------------------------- producers
@@ -207,11 +207,11 @@ def engine(tmp_path_factory, tiny_engine):
 
 def test_run_unit_table_and_untouched_recipient(engine):
     exp = engine.experiment
-    assert exp.units(engine) == ["seed=1"]
+    assert list(exp.plan(engine).units) == ["seed=1"]
     recipient = engine.model(1, "trained")
     before = _state(recipient)
     baseline = engine.evaluate(recipient).accuracy
-    frame = exp.run_unit(engine, "seed=1")["transplant"]
+    frame = exp.run_unit(engine, "seed=1", exp.plan(engine))["transplant"]
     for k, v in recipient.state_dict().items():
         assert torch.equal(v, before[k]), k
     engine.end_unit()

@@ -14,7 +14,7 @@ from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, sit
 from mi_probe.errors import SpecError
 from mi_probe.functional import concentration as C
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RANDOM, TRAINED, RunContext
+from mi_probe.interfaces import Plan, RANDOM, RunContext, TRAINED
 from mi_probe.tables import aggregate_seeds
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
@@ -101,13 +101,13 @@ class ConcentrationExperiment:
         if bad:
             raise SpecError(f"experiment.top_k: fractions must be in (0, 1], got {bad}")
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         self.params.check_mass(ctx)
         for name in self.params.extra_metrics:  # unknown names fail before any training
             ctx.plugin("metrics", name)
         return seed_units(ctx)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         params = self.params
         extra_metrics = [ctx.plugin("metrics", name) for name in params.extra_metrics]

@@ -27,7 +27,7 @@ from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
 from mi_probe.functional.selection import MASS_SLACK, mass_set, random_set
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import TRAINED, RunContext
+from mi_probe.interfaces import Plan, RunContext, TRAINED
 
 SETS = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
@@ -101,7 +101,7 @@ class CoverExperiment:
     def __init__(self, params: CoverParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         self.params.check_mass(ctx)
         return seed_units(ctx)
 
@@ -111,7 +111,7 @@ class CoverExperiment:
         bins = getattr(ctx.estimator, "bins", None)
         return int(bins) if isinstance(bins, int) and bins >= 2 else DEFAULT_PAIR_BINS
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)

@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.errors import RunError, SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RunContext, Site, TrainingRequest
+from mi_probe.interfaces import Plan, RunContext, Site, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 from mi_probe.train import derive_seed
 
@@ -250,7 +250,7 @@ class Dynamics:
     def __init__(self, params: DynamicsParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         if not hasattr(ctx, "train"):
             raise SpecError("dynamics needs a run context that can train models (ctx.train)")
         if ctx.spec.model.weights != "train":
@@ -258,7 +258,8 @@ class Dynamics:
                             f"model.weights must be 'train', got {ctx.spec.model.weights!r}")
         if hasattr(ctx, "eval_set"):
             self.track_subset(ctx)  # refuse an impossible track_samples before training
-        return [f"act={act},seed={seed}" for act in self.params.acts for seed in ctx.spec.seeds]
+        return Plan(tuple(f"act={act},seed={seed}" for act in self.params.acts
+                          for seed in ctx.spec.seeds))
 
     def trainings(self, ctx: RunContext) -> list[TrainingRequest]:
         """One tracked training per (activation, seed); the units read their histories."""
@@ -340,7 +341,7 @@ class Dynamics:
 
         return track
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         fields = dict(part.split("=", 1) for part in unit.split(","))
         act, seed = fields["act"], int(fields["seed"])
         ctx.progress(f"seed {seed}: training with act={act}, tracking MI every epoch")

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 import torch
@@ -22,7 +22,7 @@ from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.errors import SpecError
 from mi_probe.functional.histogram import plugin_bias
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RANDOM, TRAINED, RunContext
+from mi_probe.interfaces import Plan, RANDOM, RunContext, TRAINED
 
 
 class LayerPairsParams(BaseModel):
@@ -67,13 +67,13 @@ class LayerPairs:
     def __init__(self, params: LayerPairsParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         if not hasattr(ctx.estimator, "pair_mi"):
             raise SpecError(f"layer_pairs needs an estimator with pair_mi; "
                             f"{ctx.estimator.name!r} has none")
         return seed_units(ctx)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         est = ctx.estimator
         bins = est.describe().get("bins")
@@ -254,8 +254,8 @@ class EstimatorSweep:
                             f"({params.reference_bins}, {params.reference_fraction}) must be "
                             f"in bins {params.bins} and fractions {params.fractions}")
 
-    def units(self, ctx: RunContext) -> list[str]:
-        base = ctx.spec.estimator.model_dump()
+    def plan(self, ctx: RunContext) -> Plan:
+        base = ctx.spec.estimator.model_dump(mode="json")
         if "bins" not in base:
             raise SpecError(f"estimator_sweep varies the bin count; estimator "
                             f"{base['kind']!r} has no bins parameter")
@@ -265,27 +265,36 @@ class EstimatorSweep:
             if p.reference_range not in ranges:
                 raise SpecError(f"experiment.reference_range ({p.reference_range!r}) must be "
                                 f"in ranges {ranges}")
-            self._reference_range = p.reference_range
+            reference_range = p.reference_range
         elif p.ranges is not None:
             raise SpecError(f"estimator_sweep.ranges varies the bin range; estimator "
                             f"{base['kind']!r} has no range parameter (leave ranges unset)")
         else:
-            ranges, self._reference_range = [None], None
-        #: (bins, range) -> estimator; range None = the estimator's own binning
-        self._estimators = {}
+            ranges, reference_range = [None], None
+        # every (bins, range) estimator's params; range None = the estimator's own binning
+        grid = []
         for b in p.bins:
             for r in ranges:
-                params = {k: v for k, v in base.items() if k != "kind"}
-                params["bins"] = b
-                if r is not None:
-                    params["range"] = r
-                self._estimators[(b, r)] = ctx.plugin("estimators", base["kind"], **params)
-        return seed_units(ctx)
+                params = {**base, "bins": b, **({"range": r} if r is not None else {})}
+                ctx.plugin("estimators", params.pop("kind"), **params)  # refuse bad values now
+                grid.append({"bins": b, "range": r, "params": {**params, "kind": base["kind"]}})
+        return seed_units(ctx, grid=grid, reference_range=reference_range)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    @staticmethod
+    def _estimators(ctx: RunContext, plan: Plan) -> dict[tuple, Any]:
+        """(bins, range) -> estimator, built from the plan's grid."""
+        out = {}
+        for entry in plan.settings["grid"]:
+            params = dict(entry["params"])
+            out[(entry["bins"], entry["range"])] = ctx.plugin("estimators", params.pop("kind"),
+                                                              **params)
+        return out
+
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         rows, agreement = [], []
-        ref_key = (self.params.reference_bins, self._reference_range,
+        estimators = self._estimators(ctx, plan)
+        ref_key = (self.params.reference_bins, plan.settings["reference_range"],
                    self.params.reference_fraction)
         for state in self.params.states:
             cap = ctx.capture(seed, state)
@@ -298,7 +307,7 @@ class EstimatorSweep:
                 idx = torch.randperm(n, generator=ctx.rng(seed, f"sweep/{state}/{fraction}"))[:size]
                 idx = idx.sort().values.to(cap.labels.device)
                 labels = cap.labels[idx]
-                for (b, r), est in self._estimators.items():
+                for (b, r), est in estimators.items():
                     per_site = {}
                     for site in cap.sites:
                         acts = cap.acts[site.name][idx]

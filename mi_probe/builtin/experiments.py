@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RANDOM, TRAINED, RunContext
+from mi_probe.interfaces import Plan, RANDOM, RunContext, TRAINED
 from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.tables import aggregate_seeds
 
@@ -45,14 +45,14 @@ class LayerMIExperiment:
     def __init__(self, params: LayerMIParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         reductions = {"mean"} | set(ctx.estimator.reductions)
         if self.params.reduce not in reductions:
             raise SpecError(f"experiment.reduce: estimator {ctx.estimator.name!r} has no "
                             f"reduction {self.params.reduce!r}; valid: {sorted(reductions)}")
         return seed_units(ctx)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         est = ctx.estimator
         layers, channels, evals, diags = [], [], [], []

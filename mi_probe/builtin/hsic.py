@@ -33,7 +33,7 @@ from mi_probe.analysis import seed_units, unit_seed
 from mi_probe.errors import SpecError
 from mi_probe.functional.hsic import delta_kernel, hsic, nhsic, rbf_kernel_minus_one
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RunContext, TrainingRequest
+from mi_probe.interfaces import Plan, RunContext, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 
 
@@ -194,7 +194,7 @@ class HSICCompare:
     def __init__(self, params: HSICCompareParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         # fail before any training on an unknown or invalid regulariser
         params = dict(self.params.regularizer)
         ctx.plugin("regularizers", params.pop("kind"), **params)
@@ -209,7 +209,7 @@ class HSICCompare:
             TrainingRequest(seed, regularizers=[]),
             TrainingRequest(seed, regularizers=[dict(self.params.regularizer)]))]
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         ctx.progress(f"seed {seed}: training with plain cross-entropy")
         _, ce_hist = ctx.train(seed, regularizers=[])

@@ -24,7 +24,7 @@ from mi_probe.functional.masses import set_overlap
 from mi_probe.functional.selection import bottom_set, mass_set, select
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import TRAINED, RunContext
+from mi_probe.interfaces import Plan, RunContext, TRAINED
 
 SELECTIONS = ("top", "random", "bottom")
 FITS = ("in_sample", "cross_fit")
@@ -122,11 +122,11 @@ class InterventionSweep:
         self.params = params
         self.name = params.kind
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         self.params.check_mass(ctx)
         return seed_units(ctx)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)
@@ -254,7 +254,7 @@ class SemanticKnockout:
     def __init__(self, params: SemanticKnockoutParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         bad = [k for k in (self.params.classes or []) if not 0 <= k < ctx.num_classes]
         if bad:
             raise SpecError(f"experiment.classes: {bad} are not class indices of the data "
@@ -262,7 +262,7 @@ class SemanticKnockout:
         self.params.check_mass(ctx)
         return seed_units(ctx)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)

@@ -32,7 +32,7 @@ from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, uni
 from mi_probe.errors import MiProbeError, SpecError
 from mi_probe.functional.concentration import gini, top_k_share
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import RANDOM, TRAINED, RunContext, Site
+from mi_probe.interfaces import Plan, RANDOM, RunContext, Site, TRAINED
 
 
 class SkipGainParams(ChannelMassParams):
@@ -127,7 +127,7 @@ class SkipGain:
     def __init__(self, params: SkipGainParams):
         self.params = params
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         # A random-state model is cheap to build and has the spec's architecture: refuse
         # non-ResNets before any training starts.
         self.params.check_mass(ctx)
@@ -144,7 +144,7 @@ class SkipGain:
             return None, None, gini(m.raw)
         return gini(m.values), top_k_share(m.values, self.params.top_k), gini(m.raw)
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)

@@ -26,7 +26,7 @@ from mi_probe.functional.concentration import mass
 from mi_probe.functional.masses import set_overlap
 from mi_probe.functional.selection import bottom_set, mass_set, select
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import TRAINED, RunContext, Site
+from mi_probe.interfaces import Plan, RunContext, Site, TRAINED
 
 #: Per-channel tensors copied for each producer role.
 ROLE_TENSORS = {"conv": ("weight", "bias"),
@@ -121,12 +121,12 @@ class Transplant:
                             f"{seeds}")
         return [tuple(p) for p in self.params.pairs]
 
-    def units(self, ctx: RunContext) -> list[str]:
+    def plan(self, ctx: RunContext) -> Plan:
         self.params.check_mass(ctx)
         recipients = list(dict.fromkeys(r for _, r in self._pairs(ctx)))
-        return [f"seed={r}" for r in recipients]
+        return Plan(tuple(f"seed={r}" for r in recipients))
 
-    def run_unit(self, ctx: RunContext, unit: str) -> dict[str, pl.DataFrame]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         recipient_seed = int(unit.split("=", 1)[1])
         rows: list[dict] = []
         mass_rows: list[dict] = []

@@ -25,7 +25,7 @@ class FaultyParams(LayerMIParams):
 class FaultyExperiment(LayerMIExperiment):
     name = "faulty_layer_mi"
 
-    def run_unit(self, ctx, unit):
+    def run_unit(self, ctx, unit, plan):
         marker = Path(self.params.marker)
         if unit == self.params.fail_unit and marker.exists():
             attempts = marker.with_name(marker.name + ".attempts")
@@ -36,7 +36,7 @@ class FaultyExperiment(LayerMIExperiment):
                 if self.params.mode == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"planted failure of {unit}")
-        return super().run_unit(ctx, unit)
+        return super().run_unit(ctx, unit, plan)
 
 
 @hookimpl
