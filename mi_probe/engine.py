@@ -540,8 +540,24 @@ def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
     return notes
 
 
-def _render(run_dir: Path, experiment: Any, tables: dict,
-            meta: dict, notes: list[str], formats: list[str]) -> Path:
+def _render(run_dir: Path, experiment: Any, tables: dict, meta: dict, notes: list[str],
+            spec: Any, pm: Any) -> Path:
+    """Figures and index.html, then the spec's plugin report writers, in order."""
+    index = _render_index(run_dir, experiment, tables, meta, notes, list(spec.report.formats))
+    for params in getattr(spec.report, "writers", []):
+        writer = pm.registry.build("reports", params)
+        try:
+            writer.render(run_dir, tables, meta)
+        except MiProbeError:
+            raise
+        except Exception as exc:  # a plugin's bug: name the writer, keep the run
+            raise RunError(f"report writer {params.kind!r} failed: {type(exc).__name__}: "
+                           f"{exc} (the run's tables and index.html are written)") from exc
+    return index
+
+
+def _render_index(run_dir: Path, experiment: Any, tables: dict,
+                  meta: dict, notes: list[str], formats: list[str]) -> Path:
     from mi_probe import report
 
     figures = dict(experiment.figures(tables))
@@ -736,8 +752,7 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
         meta["notes"] = notes
         meta["checks"] = evaluate_checks(list(spec.checks), tables)
         write_json(run_dir / "run.json", meta)
-        index = _render(run_dir, engine.experiment, tables, meta, notes,
-                        list(spec.report.formats))
+        index = _render(run_dir, engine.experiment, tables, meta, notes, spec, pm)
         return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
     except KeyboardInterrupt:
         meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
@@ -792,5 +807,4 @@ def rerender(run_dir: Path, pm: Any = None) -> Path:
     tables = read_tables(run_dir / "tables")
     experiment = pm.registry.build("experiments", spec.experiment)
     meta["checks"] = evaluate_checks(list(spec.checks), tables)
-    return _render(run_dir, experiment, tables, meta, meta.get("notes", []),
-                   list(spec.report.formats))
+    return _render(run_dir, experiment, tables, meta, meta.get("notes", []), spec, pm)

@@ -71,7 +71,9 @@ def mi_probe_register_regularizers(register: Register) -> None:
 @hookspec
 def mi_probe_register_reports(register: Register) -> None:
     """Register extra report writers: ``factory(params)`` returns an object with
-    ``render(run_dir, tables, meta) -> Path`` called after the built-in index.html."""
+    ``render(run_dir, tables, meta) -> Path``. A spec runs them by naming them in
+    ``report.writers`` (``[{kind: NAME, ...params}]``); they run in that order after the
+    built-in figures and index.html, on a run and on ``mi-probe report DIR``."""
 
 
 @hookspec

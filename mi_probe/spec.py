@@ -142,8 +142,14 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
         exec_default = Field(default_factory=lambda: executors["local"].params_model(),
                              description="where units run: local (default) or ray; not "
                              "part of the run's identity (a run may resume on another)")
+    reports = registry.entries("reports")
+    report_cls = create_model("ReportSpec", __base__=ReportSpec, writers=(
+        list[_union(reports, "report writers")], Field([], description=(
+            "extra report writers from plugins (mi_probe_register_reports), run after "
+            "index.html; each entry names one by kind"))))
     return create_model(
         "Spec", __base__=SpecBase,
+        report=(report_cls, Field(default_factory=report_cls)),
         executor=(_union(executors, "executors"), exec_default),
         data=(_union(registry.entries("datasets"), "datasets"), ...),
         model=(model_cls, ...),

@@ -403,3 +403,34 @@ def test_report_does_not_import_torch() -> None:
     code = "import sys, mi_probe.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_report_plugin_writes_after_index_html(tmp_path, monkeypatch, tiny_spec_file, capsys):
+    """mi_probe_register_reports: writers named in report.writers run after index.html,
+    on a run and on a re-render; an unknown writer is a located spec error."""
+    from pathlib import Path
+
+    from mi_probe import cli
+    from mi_probe.engine import rerender
+    from mi_probe.plugins import get_plugin_manager
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    monkeypatch.chdir(tmp_path)
+    pm = get_plugin_manager(["summary_report"], autoload=False)
+    spec = tiny_spec_file("")
+    spec.write_text(spec.read_text().replace(
+        "report: {formats: [png]}", "report: {formats: [png], writers: [{kind: table_summary}]}"))
+    code = cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--cache-dir",
+                     str(tmp_path / "cache"), "--no-progress"], pm=pm)
+    assert code == 0
+    summary = (tmp_path / "r" / "tables.md").read_text()
+    assert summary.startswith("# tiny") and "- layer_mi: " in summary
+    (tmp_path / "r" / "tables.md").unlink()
+    rerender(tmp_path / "r", pm=pm)
+    assert (tmp_path / "r" / "tables.md").is_file()
+
+    bad = tiny_spec_file("", name="bad.yaml")
+    bad.write_text(bad.read_text().replace(
+        "report: {formats: [png]}", "report: {formats: [png], writers: [{kind: pdf}]}"))
+    assert cli.main(["validate", str(bad)], pm=pm) == 2
+    assert "table_summary" in capsys.readouterr().err
