@@ -97,6 +97,7 @@ def _cmd_run(args, pm) -> int:
 
 
 def _cmd_validate(args, pm) -> int:
+    from mi_probe.analysis import validate_spec
     from mi_probe.errors import SpecError
     from mi_probe.spec import load_spec
 
@@ -105,6 +106,7 @@ def _cmd_validate(args, pm) -> int:
         try:
             spec = load_spec(path, args.overrides, pm, profile=args.profile,
                              executor=args.executor)
+            validate_spec(spec, pm.registry)
         except SpecError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)

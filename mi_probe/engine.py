@@ -32,6 +32,7 @@ from torch import nn
 from mi_probe import capture as capture_mod
 from mi_probe.checks import evaluate_checks
 from mi_probe.data import make_loader
+from mi_probe.analysis import validate_spec
 from mi_probe.errors import DataError, MiProbeError, RunError, SpecError, UnitsFailedError
 from mi_probe.interfaces import (RANDOM, TRAINED, Captured, Intervention, Plan, Site, StageJobs,
                                  TrainingRequest)
@@ -668,6 +669,7 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
     from mi_probe.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
+    validate_spec(spec, pm.registry)  # refusals that need no data or model, before any work
     dist_ctx = None
     if launched_world_size() > 1:
         if spec.executor.kind != "local":

@@ -303,6 +303,16 @@ class Experiment(Protocol):
         """Altair charts by name, drawn from the tables alone (so reports can be re-drawn)."""
 
 
+@runtime_checkable
+class ChecksSpec(Protocol):
+    """Optional ability of an experiment: refuse a spec it cannot run, from the spec and
+    the spec's estimator alone (no data, no model), so ``mi-probe validate`` and the start
+    of ``run`` catch it before anything is trained."""
+
+    def check_spec(self, spec: Any, estimator: Estimator) -> None:
+        """Raise ``SpecError`` naming the field, what was expected and what was found."""
+
+
 # ----------------------------------------------------------------------------- scale-out
 
 

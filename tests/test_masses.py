@@ -127,8 +127,8 @@ def test_miller_madow_needs_the_histogram_estimator():
     ctx.estimator = Other()
     with pytest.raises(SpecError, match="miller_madow is a histogram-estimator correction; "
                        "the spec's estimator is 'ksg'"):
-        ChannelMassParams(mass="miller_madow").check_mass(ctx)
-    ChannelMassParams(mass="null_subtracted").check_mass(ctx)  # any estimator
+        ChannelMassParams(mass="miller_madow").check_mass(ctx.estimator)
+    ChannelMassParams(mass="null_subtracted").check_mass(ctx.estimator)  # any estimator
 
 
 def test_null_subtracted_kernel():

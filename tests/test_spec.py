@@ -125,3 +125,31 @@ def test_schema_lists_registered_kinds(pm, capsys):
 def test_every_shipped_spec_validates(path, pm):
     spec = load_spec(path, pm=pm)
     assert spec.name
+
+
+def test_validate_refuses_what_run_would_refuse_before_any_training(tmp_path, tiny_spec_file,
+                                                                     capsys, monkeypatch):
+    """Estimator/experiment mismatches need no data or model: `validate` exits 2 naming
+    them, and `run` stops before training (no model cache is created)."""
+    pytest.importorskip("mi_probe_ksg")
+    from mi_probe import cli
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(["mi_probe_ksg.plugin"], autoload=False)
+    joint = tiny_spec_file("", name="joint.yaml")
+    joint.write_text(joint.read_text().replace(
+        "estimator: {kind: histogram, bins: 8}", "estimator: {kind: ksg}").replace(
+        "experiment: {kind: layer_mi}", "experiment: {kind: layer_mi, reduce: joint}"))
+    mass = tiny_spec_file("", name="mass.yaml")
+    mass.write_text(mass.read_text().replace(
+        "estimator: {kind: histogram, bins: 8}", "estimator: {kind: ksg}").replace(
+        "experiment: {kind: layer_mi}", "experiment: {kind: concentration, mass: miller_madow}"))
+    for path, message in ((joint, "estimator 'ksg' has no reduction 'joint'"),
+                          (mass, "miller_madow is a histogram-estimator correction")):
+        assert cli.main(["validate", str(path)], pm=pm) == 2
+        assert message in capsys.readouterr().err
+        monkeypatch.chdir(tmp_path)
+        code = cli.main(["run", str(path), "--out", str(tmp_path / path.stem), "--cache-dir",
+                         str(tmp_path / "cache"), "--no-progress"], pm=pm)
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "cache").exists()  # refused before anything was trained

@@ -102,7 +102,6 @@ class ConcentrationExperiment:
             raise SpecError(f"experiment.top_k: fractions must be in (0, 1], got {bad}")
 
     def plan(self, ctx: RunContext) -> Plan:
-        self.params.check_mass(ctx)
         for name in self.params.extra_metrics:  # unknown names fail before any training
             ctx.plugin("metrics", name)
         return seed_units(ctx)

@@ -102,7 +102,6 @@ class CoverExperiment:
         self.params = params
 
     def plan(self, ctx: RunContext) -> Plan:
-        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def _bins(self, ctx: RunContext) -> int:

@@ -45,11 +45,13 @@ class LayerMIExperiment:
     def __init__(self, params: LayerMIParams):
         self.params = params
 
-    def plan(self, ctx: RunContext) -> Plan:
-        reductions = {"mean"} | set(ctx.estimator.reductions)
+    def check_spec(self, spec: Any, estimator: Any) -> None:
+        reductions = {"mean"} | set(estimator.reductions)
         if self.params.reduce not in reductions:
-            raise SpecError(f"experiment.reduce: estimator {ctx.estimator.name!r} has no "
+            raise SpecError(f"experiment.reduce: estimator {estimator.name!r} has no "
                             f"reduction {self.params.reduce!r}; valid: {sorted(reductions)}")
+
+    def plan(self, ctx: RunContext) -> Plan:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:

@@ -123,7 +123,6 @@ class InterventionSweep:
         self.name = params.kind
 
     def plan(self, ctx: RunContext) -> Plan:
-        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
@@ -259,7 +258,6 @@ class SemanticKnockout:
         if bad:
             raise SpecError(f"experiment.classes: {bad} are not class indices of the data "
                             f"(0..{ctx.num_classes - 1})")
-        self.params.check_mass(ctx)
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:

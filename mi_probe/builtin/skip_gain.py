@@ -130,7 +130,6 @@ class SkipGain:
     def plan(self, ctx: RunContext) -> Plan:
         # A random-state model is cheap to build and has the spec's architecture: refuse
         # non-ResNets before any training starts.
-        self.params.check_mass(ctx)
         resnet_adapter(ctx, ctx.model(ctx.spec.seeds[0], RANDOM))
         return seed_units(ctx)
 

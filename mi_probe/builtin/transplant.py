@@ -122,7 +122,6 @@ class Transplant:
         return [tuple(p) for p in self.params.pairs]
 
     def plan(self, ctx: RunContext) -> Plan:
-        self.params.check_mass(ctx)
         recipients = list(dict.fromkeys(r for _, r in self._pairs(ctx)))
         return Plan(tuple(f"seed={r}" for r in recipients))
 
