@@ -54,22 +54,20 @@ def _kernels():
 
     @jit
     def column_range(x, out_lo, out_hi):
-        """Per-column min / max in float64; returns the number of non-finite values."""
+        """Per-column min / max in float64 and the number of NaN / ±inf values (the caller
+        refuses data that has any). Branch-free, so the loop vectorises."""
         n, c = x.shape
         bad = 0
         for j in range(c):
             out_lo[j] = np.inf
             out_hi[j] = -np.inf
         for i in range(n):
+            row = x[i]
             for j in range(c):
-                v = np.float64(x[i, j])
-                if v - v != 0.0:  # NaN or ±inf
-                    bad += 1
-                    continue
-                if v < out_lo[j]:
-                    out_lo[j] = v
-                if v > out_hi[j]:
-                    out_hi[j] = v
+                v = np.float64(row[j])
+                bad += v - v != 0.0  # NaN or ±inf
+                out_lo[j] = min(out_lo[j], v)
+                out_hi[j] = max(out_hi[j], v)
         return bad
 
     # Binning, shared by the two kernels below and inlined into them. Columns are indexed
