@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mi-probe", description=(
         "Measure mutual information in timm backbones from one YAML spec."))
     parser.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE as an extra plugin (also: MI_PROBE_PLUGINS)")
+                        help="import MODULE as an extra plugin (also: MI_PROBE_PLUGINS); "
+                        "-p no:NAME blocks a built-in or installed plugin, e.g. "
+                        "no:mi_probe.builtin.knockout, so another can replace it")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a spec and write a report")

@@ -160,16 +160,27 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | No
                        ) -> MiProbePluginManager:
     """Build a fresh plugin manager: built-ins, then extra plugins, then entry points.
 
-    ``extra_plugins`` may hold modules/objects or importable module names.
+    ``extra_plugins`` may hold modules/objects or importable module names, and
+    ``"no:NAME"`` entries (as pytest's ``-p no:NAME``) that block the plugin NAME: a
+    built-in module (``mi_probe.builtin.knockout``, or just ``knockout``) or an entry
+    point's name, so that another plugin can register its entries instead.
     ``autoload=None`` reads ``MI_PROBE_DISABLE_PLUGIN_AUTOLOAD``.
     """
     pm = MiProbePluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(name), name=name)
     extras = list(extra_plugins)
     env_plugins = os.environ.get("MI_PROBE_PLUGINS", "")
     extras += [m.strip() for m in env_plugins.split(",") if m.strip()]
+    blocked = [p[3:] for p in extras if isinstance(p, str) and p.startswith("no:")]
+    extras = [p for p in extras if not (isinstance(p, str) and p.startswith("no:"))]
+    for name in blocked:
+        full = f"mi_probe.builtin.{name}" if f"mi_probe.builtin.{name}" in BUILTIN_PLUGINS \
+            else name
+        pm.set_blocked(full)
+        pm.extra_modules.append(f"no:{name}")  # workers block it too
+    for name in BUILTIN_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(name), name=name)
     for plugin in extras:
         if isinstance(plugin, str):
             if pm.get_plugin(plugin) is not None:

@@ -165,3 +165,29 @@ def test_entry_points_are_skipped_when_disabled(monkeypatch):
     monkeypatch.setenv("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "0")
     get_plugin_manager()
     assert calls == ["mi_probe"]
+
+
+def test_a_builtin_plugin_blocked_by_name_can_be_replaced(tmp_path, monkeypatch, tiny_spec_file):
+    """pytest-style ``no:NAME``: the built-in module's entries are not registered, so a
+    third-party plugin may register the same names; workers get the block too."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from mi_probe import cli
+    from mi_probe.errors import PluginError
+    from mi_probe.plugins import get_plugin_manager
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    with pytest.raises(PluginError, match="experiment 'layer_mi' is registered twice"):
+        get_plugin_manager(["replacement_layer_mi"], autoload=False).registry
+    pm = get_plugin_manager(["no:experiments", "replacement_layer_mi"], autoload=False)
+    assert pm.registry.get("experiments", "layer_mi").plugin == "replacement_layer_mi"
+    assert "no:experiments" in pm.recipe()["extra_plugins"]
+    assert pm.get_plugin("mi_probe.builtin.experiments") is None
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["run", str(tiny_spec_file("")), "--out", str(tmp_path / "r"),
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress"], pm=pm)
+    assert code == 0
+    frame = pl.read_parquet(tmp_path / "r" / "tables" / "layer_mi.parquet")
+    assert frame["replaced"].all()
