@@ -34,7 +34,8 @@ from mi_probe.checks import evaluate_checks
 from mi_probe.data import make_loader
 from mi_probe.analysis import validate_spec
 from mi_probe.errors import DataError, MiProbeError, RunError, SpecError, UnitsFailedError
-from mi_probe.interfaces import (RANDOM, TRAINED, Captured, Intervention, Plan, Site, StageJobs,
+from mi_probe.interfaces import (RANDOM, TRAINED, Captured, DeclaresTrainings, HasNotes,
+                                 HasSuffix, Intervention, Plan, Site, StageJobs,
                                  TrainingRequest)
 from mi_probe.models import build_model, load_weights, model_meta, resolve_device
 from mi_probe.sites import get_module, resolve_sites, select_adapter
@@ -218,9 +219,8 @@ class Engine:
     # ---------------------------------------------------------------- training stage
     def training_requests(self) -> list[TrainingRequest]:
         """The models the experiment's units will ask for (see ``Experiment``)."""
-        declared = getattr(self.experiment, "trainings", None)
-        if declared is not None:
-            return list(declared(self))
+        if isinstance(self.experiment, DeclaresTrainings):
+            return list(self.experiment.trainings(self))
         if self.spec.model.weights != "train":
             return []
         params = self.spec.experiment
@@ -283,6 +283,9 @@ class Engine:
     def _probe_input(self) -> torch.Tensor:
         first = self.data.val[0][0]
         return torch.stack([first, self.data.val[1][0]]).to(self.device)
+
+    def adapter(self, model: nn.Module):
+        return self._adapter_for(model)
 
     def _adapter_for(self, model: nn.Module):
         if self._adapter is None:
@@ -375,8 +378,7 @@ class Engine:
 
     def _suffix_evaluate(self, model, site, interventions, subset, generator) -> Captured | None:
         adapter = self._adapter_for(model)
-        make_suffix = getattr(adapter, "suffix", None)
-        suffix = make_suffix(model, site) if make_suffix is not None else None
+        suffix = adapter.suffix(model, site) if isinstance(adapter, HasSuffix) else None
         if suffix is None or self.spec.eval.site_cache_mb == 0:
             return None
         cached = self._site_outputs(model, site)
@@ -535,9 +537,8 @@ def _notes(engine: Engine, tables: dict[str, pl.DataFrame]) -> list[str]:
     if cap:
         notes.append(f"I(X;T) is H(binned T): at most log B = {cap:.3f} nats per channel, and "
                      f"at most log N = {math.log(n):.3f} nats for a joint layer symbol.")
-    experiment_notes = getattr(engine.experiment, "notes", None)  # optional: Experiment.notes
-    if callable(experiment_notes):
-        notes += list(experiment_notes(tables))
+    if isinstance(engine.experiment, HasNotes):
+        notes += list(engine.experiment.notes(tables))
     return notes
 
 

@@ -113,10 +113,40 @@ class Adapter(Protocol):
     def site_refs(self, model: nn.Module) -> list[SiteRef]:
         """Every site of ``model`` in forward order."""
 
-    # Optional: ``suffix(model, site) -> Callable[[Tensor], Tensor] | None`` returns the
-    # rest of the network as a function of the site's output (logits out). The engine
-    # then evaluates interventions on a cached site output without re-running the
-    # layers before the site; None (or no such method) means full forward passes.
+    # Optional abilities, each a protocol below, checked with isinstance:
+    # HasSuffix, HasProducers, HasSkipGainHooks.
+
+
+@runtime_checkable
+class HasSuffix(Protocol):
+    """Adapter ability: the rest of the network as a function of a site's output."""
+
+    def suffix(self, model: nn.Module, site: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Logits from the site's output; the engine then evaluates interventions on a
+        cached site output without re-running the layers before the site. None means
+        full forward passes for that site."""
+
+
+@runtime_checkable
+class HasProducers(Protocol):
+    """Adapter ability (``transplant``): the parameters that produce a site's channels."""
+
+    def producers(self, model: nn.Module, site: Any) -> list[tuple[str, str]]:
+        """(module path, role) pairs whose out-channel rows make the site's channels;
+        roles: ``conv``, ``linear``, ``norm``."""
+
+
+@runtime_checkable
+class HasSkipGainHooks(Protocol):
+    """Adapter ability (``skip_gain``): scale a residual block's shortcut."""
+
+    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float) -> list:
+        """Hooks (registered; the caller removes them) that make the block compute
+        act(residual + gain · shortcut)."""
+
+    @staticmethod
+    def block_path(site: Any) -> str | None:
+        """The residual block a site belongs to (None: not in one)."""
 
 
 @runtime_checkable
@@ -147,6 +177,35 @@ class Estimator(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """JSON-able facts to store with every result (caps, bins, conventions)."""
+
+    # Optional abilities, each a protocol below, checked with isinstance:
+    # PairMI (layer_pairs), Diagnoses (diagnostics.parquet), Binned (cover).
+
+
+@runtime_checkable
+class PairMI(Protocol):
+    """Estimator ability (``layer_pairs``): MI between every channel pair of two layers."""
+
+    def pair_mi(self, acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
+        """(C1, C2) float64 I(A_c; B_d) of two (N, C) matrices with the same samples."""
+
+
+@runtime_checkable
+class Diagnoses(Protocol):
+    """Estimator ability: facts that qualify one site's values (``diagnostics.parquet``)."""
+
+    def diagnostics(self, acts: torch.Tensor) -> dict[str, Any]:
+        """JSON-able facts about one site's (N, C) activations, one table row."""
+
+
+@runtime_checkable
+class Binned(Protocol):
+    """Estimator ability (``cover``): a per-channel uniform binning, so that channel
+    pairs can be counted on the estimator's own codes."""
+
+    bins: int
+    #: None: each channel's min/max; else the tail share clipped at each end
+    quantile: float | None
 
 
 @runtime_checkable
@@ -221,6 +280,11 @@ class RunContext(Protocol):
 
     def model(self, seed: int, state: str) -> nn.Module:
         """The model for ``seed`` in ``state`` (``trained`` or ``random``), in eval mode."""
+
+    def adapter(self, model: nn.Module) -> Adapter:
+        """The site adapter of ``model`` (the spec's ``sites.adapter``, or the first
+        that claims it through ``mi_probe_resolve_adapter``), for its optional abilities
+        (``HasProducers``, ``HasSkipGainHooks``, ...)."""
 
     def sites(self, model: nn.Module) -> list[Site]:
         """The spec's sites of ``model`` in forward order."""
@@ -301,6 +365,22 @@ class Experiment(Protocol):
 
     def figures(self, tables: dict[str, Any]) -> dict[str, Any]:
         """Altair charts by name, drawn from the tables alone (so reports can be re-drawn)."""
+
+
+@runtime_checkable
+class DeclaresTrainings(Protocol):
+    """Experiment ability: the models its units will ask ``ctx.train`` for."""
+
+    def trainings(self, ctx: RunContext) -> list[TrainingRequest]:
+        """The engine trains these first, as units of the training stage."""
+
+
+@runtime_checkable
+class HasNotes(Protocol):
+    """Experiment ability: sentences for the report, from the merged tables."""
+
+    def notes(self, tables: dict[str, Any]) -> list[str]:
+        """Notes shown in index.html and stored in run.json."""
 
 
 @runtime_checkable

@@ -133,11 +133,36 @@ def test_params_and_bins():
         CoverParams(sets_of=["cover"])
     with pytest.raises(ValidationError, match="greater than or equal to 2"):
         CoverParams(pair_bins=1)
-    exp = CoverExperiment(CoverParams())
-    assert exp._bins(SimpleNamespace(estimator=SimpleNamespace(bins=12))) == 12
-    assert exp._bins(SimpleNamespace(estimator=SimpleNamespace())) == 20
-    assert CoverExperiment(CoverParams(pair_bins=5))._bins(
-        SimpleNamespace(estimator=SimpleNamespace(bins=12))) == 5
+    # pairs come from the estimator's own pair_mi; one without it needs pair_bins
+    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.errors import SpecError
+
+    no_pairs = SimpleNamespace(name="ksg")
+    CoverExperiment(CoverParams()).check_spec(None, HistogramEstimator(HistogramParams()))
+    CoverExperiment(CoverParams(pair_bins=5)).check_spec(None, no_pairs)
+    with pytest.raises(SpecError, match="estimator 'ksg' has no pair_mi; set "
+                       r"experiment.pair_bins \(e.g. 20\)"):
+        CoverExperiment(CoverParams()).check_spec(None, no_pairs)
+
+
+def test_redundancy_uses_the_estimators_pairs_or_the_requested_histogram():
+    """Default: the estimator's pair_mi (its bins and range); pair_bins: a min/max
+    histogram of that many bins, whatever the estimator."""
+    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.functional.pairwise import pair_mi
+
+    g = torch.Generator().manual_seed(3)
+    acts = torch.randn(400, 6, generator=g)
+    acts[:, 1] = acts[:, 0] + 0.1 * torch.randn(400, generator=g)
+    rows = torch.tensor([0, 4])
+    est = HistogramEstimator(HistogramParams(bins=12, range="quantile"))
+    ctx = SimpleNamespace(estimator=est)
+    own = CoverExperiment(CoverParams())._pair_block(ctx, acts, rows)
+    assert torch.equal(own, est.pair_mi(acts[:, rows], acts))
+    assert torch.equal(own, pair_mi(acts[:, rows], acts, 12, quantile=0.001))
+    fixed = CoverExperiment(CoverParams(pair_bins=5))._pair_block(ctx, acts, rows)
+    assert torch.equal(fixed, pair_mi(acts[:, rows], acts, 5))
+    assert fixed[0, 1] > fixed[0, 2]  # the planted near-copy is the most redundant
 
 
 @pytest.fixture(scope="module")

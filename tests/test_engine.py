@@ -247,3 +247,27 @@ def test_evaluations_that_return_sites_refuse_nan_naming_the_site(tiny_spec_file
     with pytest.raises(NonFiniteActivationError,
                        match=r"site 'layer3\.0\.post_add' \(evaluation\) has \d+ non-finite"):
         engine.evaluate(model, sites=[site])
+
+
+def test_layer_mi_writes_diagnostics_for_a_plugin_estimator_too(tmp_path, monkeypatch,
+                                                                 tiny_spec_file):
+    """diagnostics.parquet has its estimator-free columns for any estimator; only the
+    ones an estimator adds (interfaces.Diagnoses) depend on it."""
+    pytest.importorskip("mi_probe_ksg")
+    import polars as pl
+
+    from mi_probe import cli
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(["mi_probe_ksg.plugin"], autoload=False)
+    spec = tiny_spec_file("")
+    spec.write_text(spec.read_text().replace("estimator: {kind: histogram, bins: 8}",
+                                             "estimator: {kind: ksg}"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--cache-dir",
+                     str(tmp_path / "cache"), "--no-progress"], pm=pm) == 0
+    diag = pl.read_parquet(tmp_path / "r" / "tables" / "diagnostics.parquet")
+    layer = pl.read_parquet(tmp_path / "r" / "tables" / "layer_mi.parquet")
+    assert diag.height == layer.height > 0
+    assert {"n_samples", "channels", "log_n", "n_constant"} <= set(diag.columns)
+    assert "frac_edge_bins" not in diag.columns  # a histogram fact, not the KSG's

@@ -131,21 +131,26 @@ class VGG(nn.Module):
 
 
 def _fake_ctx(model, arch="vgg11", adapter="auto"):
+    def choose(m):  # the engine's rule: the forced adapter, else the first that claims
+        names = [adapter] if adapter != "auto" else ["resnet", "vgg", "generic"]
+        return next(a for a in (ADAPTERS[n]() for n in names) if a.claims(m, arch))
+
     return SimpleNamespace(
         spec=SimpleNamespace(seeds=[0], sites=SimpleNamespace(adapter=adapter),
                              model=SimpleNamespace(arch=arch)),
-        model=lambda seed, state: model,
+        model=lambda seed, state: model, adapter=choose,
         plugin=lambda kind, name: ADAPTERS[name]())
 
 
 def test_a_vgg_is_refused_clearly():
     exp = SkipGain(SkipGainParams())
-    with pytest.raises(SpecError, match=r"skip_gain needs a ResNet.*'vgg11' is a VGG"):
+    with pytest.raises(SpecError, match=r"skip_gain needs a site adapter with "
+                       r"skip_gain_hooks.*'vgg11' is a VGG handled by adapter 'vgg'"):
         exp.plan(_fake_ctx(VGG()))
 
 
 def test_a_forced_other_adapter_is_refused(model):
-    with pytest.raises(SpecError, match="sites.adapter is 'generic'"):
+    with pytest.raises(SpecError, match="handled by adapter 'generic'"):
         SkipGain(SkipGainParams()).plan(_fake_ctx(model, "test_resnet", "generic"))
     assert list(SkipGain(SkipGainParams()).plan(_fake_ctx(model, "test_resnet")).units) == ["seed=0"]
 

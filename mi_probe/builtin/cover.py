@@ -27,7 +27,8 @@ from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
 from mi_probe.functional.selection import MASS_SLACK, mass_set, random_set
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, TRAINED
+from mi_probe.interfaces import TRAINED, PairMI, Plan, RunContext
+from mi_probe.errors import SpecError
 
 SETS = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
@@ -47,8 +48,9 @@ class CoverParams(ChannelMassParams):
     variant: Literal["plain", "energy"] = Field(
         "plain", description="plain: zero the set; energy: zero and rescale the rest to the "
         "pre-ablation L2 norm")
-    pair_bins: int | None = Field(None, ge=2, description="bins for inter-channel MI; default: "
-                                  "the estimator's `bins`, else 20")
+    pair_bins: int | None = Field(None, ge=2, description="bins of a histogram for "
+                                  "inter-channel MI; default: the estimator's own pair_mi "
+                                  "(an estimator without one needs pair_bins)")
 
     _q_range = field_validator("q")(check_mass_levels)
 
@@ -104,11 +106,21 @@ class CoverExperiment:
     def plan(self, ctx: RunContext) -> Plan:
         return seed_units(ctx)
 
-    def _bins(self, ctx: RunContext) -> int:
-        if self.params.pair_bins is not None:
-            return self.params.pair_bins
-        bins = getattr(ctx.estimator, "bins", None)
-        return int(bins) if isinstance(bins, int) and bins >= 2 else DEFAULT_PAIR_BINS
+    def check_spec(self, spec, estimator) -> None:
+        if self.params.pair_bins is None and not isinstance(estimator, PairMI):
+            raise SpecError(f"cover ranks channels by their pairwise MI to the cover, but "
+                            f"estimator {estimator.name!r} has no pair_mi; set "
+                            f"experiment.pair_bins (e.g. {DEFAULT_PAIR_BINS}) to count pairs "
+                            f"with a histogram of that many bins")
+
+    def _pair_block(self, ctx: RunContext, acts: torch.Tensor, rows: torch.Tensor
+                    ) -> torch.Tensor:
+        """I(T_r; T_d) for the channels ``rows`` against every channel: the estimator's
+        own pair_mi, or a ``pair_bins`` histogram (min/max range) when the spec asks."""
+        if self.params.pair_bins is None:
+            return ctx.estimator.pair_mi(acts[:, rows.to(acts.device)], acts)
+        codes = bin_uniform(acts, self.params.pair_bins)
+        return pair_mi_from_codes(codes[:, rows.to(codes.device)], codes, self.params.pair_bins)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
@@ -117,7 +129,6 @@ class CoverExperiment:
         cap = ctx.capture(seed, state)
         baseline = cap.accuracy
         masses = site_masses(ctx, cap, self.params, seed, state)
-        bins = self._bins(ctx)
         iv_name = "knockout" if self.params.variant == "plain" else "energy"
         rows, mass_rows = [], []
         for site in cap.sites:
@@ -137,8 +148,7 @@ class CoverExperiment:
             ctx.progress(f"seed {seed}: covers at {site.name}")
             # Covers are prefixes of one ranking, so the largest holds every smaller one:
             # one (|largest|, C) pair-MI block serves every q.
-            codes = bin_uniform(cap.acts[site.name], bins, getattr(ctx.estimator, "quantile", None))
-            block = pair_mi_from_codes(codes[:, largest], codes, bins)
+            block = self._pair_block(ctx, cap.acts[site.name], largest)
             row_of = {int(c): i for i, c in enumerate(largest.tolist())}
             for q, cover in covers.items():
                 if cover.numel() == 0:

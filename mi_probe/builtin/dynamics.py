@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.errors import RunError, SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, Site, TrainingRequest
+from mi_probe.interfaces import Diagnoses, Plan, RunContext, Site, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 from mi_probe.train import derive_seed
 
@@ -327,7 +327,7 @@ class Dynamics:
                     continue
                 i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
                 i_xt_c = est.input_mi(acts)
-                diag = est.diagnostics(acts) if hasattr(est, "diagnostics") else {}
+                diag = est.diagnostics(acts) if isinstance(est, Diagnoses) else {}
                 entry = {"i_ty": _finite(i_ty_c.mean()),
                          "i_xt": _finite(i_xt_c.mean()) if i_xt_c is not None else None,
                          "frac_edge_bins": diag.get("frac_edge_bins")}

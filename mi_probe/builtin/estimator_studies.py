@@ -22,7 +22,7 @@ from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.errors import SpecError
 from mi_probe.functional.histogram import plugin_bias
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RANDOM, RunContext, TRAINED
+from mi_probe.interfaces import PairMI, Plan, RANDOM, RunContext, TRAINED
 
 
 class LayerPairsParams(BaseModel):
@@ -67,10 +67,12 @@ class LayerPairs:
     def __init__(self, params: LayerPairsParams):
         self.params = params
 
-    def plan(self, ctx: RunContext) -> Plan:
-        if not hasattr(ctx.estimator, "pair_mi"):
+    def check_spec(self, spec: Any, estimator: Any) -> None:
+        if not isinstance(estimator, PairMI):
             raise SpecError(f"layer_pairs needs an estimator with pair_mi; "
-                            f"{ctx.estimator.name!r} has none")
+                            f"{estimator.name!r} has none")
+
+    def plan(self, ctx: RunContext) -> Plan:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:

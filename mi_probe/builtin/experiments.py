@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RANDOM, RunContext, TRAINED
+from mi_probe.interfaces import Diagnoses, Plan, RANDOM, RunContext, TRAINED
 from mi_probe.analysis import seed_units, site_row, unit_seed
 from mi_probe.tables import aggregate_seeds
 
@@ -72,10 +72,13 @@ class LayerMIExperiment:
                 nulls = [est.label_mi(acts, cap.labels[perm], ctx.num_classes) for perm in perms]
                 null_c = torch.stack(nulls).mean(0) if nulls else None
                 null_layer = torch.stack([v.mean() for v in nulls]) if nulls else None
-                if hasattr(est, "diagnostics"):
-                    diags.append({**site_row(seed, state, site), "n_samples": n,
-                                  "channels": site.channels, "log_n": math.log(n),
-                                  **est.diagnostics(acts)})
+                # every estimator gets the estimator-free facts; one that Diagnoses adds
+                # its own (the histogram: edge bins, near-cap channels, bin range)
+                constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
+                diags.append({**site_row(seed, state, site), "n_samples": n,
+                              "channels": site.channels, "log_n": math.log(n),
+                              "n_constant": constant,
+                              **(est.diagnostics(acts) if isinstance(est, Diagnoses) else {})})
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None

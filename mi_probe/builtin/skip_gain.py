@@ -29,10 +29,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, unit_seed
-from mi_probe.errors import MiProbeError, SpecError
+from mi_probe.errors import SpecError
 from mi_probe.functional.concentration import gini, top_k_share
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RANDOM, RunContext, Site, TRAINED
+from mi_probe.interfaces import HasSkipGainHooks, Plan, RANDOM, RunContext, Site, TRAINED
 
 
 class SkipGainParams(ChannelMassParams):
@@ -59,22 +59,16 @@ class SkipGainParams(ChannelMassParams):
         return value
 
 
-def resnet_adapter(ctx: RunContext, model):
-    """The ResNet adapter for ``model``; SpecError naming the model otherwise."""
-    forced = getattr(ctx.spec.sites, "adapter", "auto")
-    arch = ctx.spec.model.arch
-    if forced not in ("auto", "resnet"):
-        raise SpecError(f"skip_gain works on ResNets through the resnet site adapter, but "
-                        f"sites.adapter is {forced!r}; use adapter: auto or resnet")
-    try:
-        adapter = ctx.plugin("adapters", "resnet")
-    except MiProbeError:
-        adapter = None
-    if (adapter is None or not adapter.claims(model, arch)
-            or not hasattr(adapter, "skip_gain_hooks")):
-        raise SpecError(f"skip_gain needs a ResNet with residual blocks (timm ResNet of "
-                        f"BasicBlock/Bottleneck), but model.arch {arch!r} is a "
-                        f"{type(model).__name__}; use e.g. resnet18 or resnet50")
+def resnet_adapter(ctx: RunContext, model) -> HasSkipGainHooks:
+    """The run's site adapter for ``model`` (``ctx.adapter``: the spec's, or the first
+    that claims it, built-in or third-party) if it can scale a block's shortcut;
+    SpecError naming the model otherwise."""
+    adapter = ctx.adapter(model)
+    if not isinstance(adapter, HasSkipGainHooks):
+        raise SpecError(f"skip_gain needs a site adapter with skip_gain_hooks (built in: the "
+                        f"resnet adapter, for timm ResNets of BasicBlock/Bottleneck), but "
+                        f"model.arch {ctx.spec.model.arch!r} is a {type(model).__name__} "
+                        f"handled by adapter {adapter.name!r}; use e.g. resnet18 or resnet50")
     return adapter
 
 

@@ -21,12 +21,12 @@ from torch import nn
 
 from mi_probe.analysis import (ChannelMassParams, check_mass_levels, mean_over_draws,
                                site_masses, site_row)
-from mi_probe.errors import MiProbeError, RunError, SpecError
+from mi_probe.errors import RunError, SpecError
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.masses import set_overlap
 from mi_probe.functional.selection import bottom_set, mass_set, select
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, Site, TRAINED
+from mi_probe.interfaces import HasProducers, Plan, RunContext, Site, TRAINED
 
 #: Per-channel tensors copied for each producer role.
 ROLE_TENSORS = {"conv": ("weight", "bias"),
@@ -59,19 +59,15 @@ class TransplantParams(ChannelMassParams):
         return value
 
 
-def find_adapter(ctx: RunContext, model: nn.Module, method: str):
-    """The adapter of ``model`` (the spec's forced one, else the first built-in that
-    claims it) if it offers ``method``; None otherwise."""
-    forced = getattr(ctx.spec.sites, "adapter", "auto")
-    names = [forced] if forced != "auto" else ["resnet", "vgg"]
-    for name in names:
-        try:
-            adapter = ctx.plugin("adapters", name)
-        except MiProbeError:
-            continue
-        if adapter.claims(model, ctx.spec.model.arch) and hasattr(adapter, method):
-            return adapter
-    return None
+def producers_adapter(ctx: RunContext, model: nn.Module) -> HasProducers:
+    """The run's site adapter for ``model`` (``ctx.adapter``: the spec's, or the first
+    that claims it, built-in or third-party), if it can name producers; SpecError else."""
+    adapter = ctx.adapter(model)
+    if not isinstance(adapter, HasProducers):
+        raise SpecError(f"transplant needs a site adapter with producers(model, site); the "
+                        f"adapter {adapter.name!r} chosen for {ctx.spec.model.arch} has none "
+                        f"(built in: resnet, vgg)")
+    return adapter
 
 
 def transplant_channels(recipient: nn.Module, donor: nn.Module,
@@ -141,10 +137,7 @@ class Transplant:
               site_masses_rows: list[dict]) -> list[dict]:
         recipient = ctx.model(recipient_seed, TRAINED)
         donor = ctx.model(donor_seed, TRAINED)
-        adapter = find_adapter(ctx, recipient, "producers")
-        if adapter is None:
-            raise SpecError(f"transplant needs a site adapter with producers(); none of the "
-                            f"built-in adapters (resnet, vgg) handles {ctx.spec.model.arch}")
+        adapter = producers_adapter(ctx, recipient)
         cap = ctx.capture(donor_seed, TRAINED)
         masses = site_masses(ctx, cap, self.params, donor_seed, TRAINED)
         baseline = ctx.evaluate(recipient).accuracy

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mi_probe.errors import EstimatorError
-from mi_probe.interfaces import LayerMI
+from mi_probe.interfaces import LayerMI, PairMI
 
 #: spacing of the grid that the ``grid`` independent channel is rounded to
 GRID = 1 / 8
@@ -406,7 +406,7 @@ def check_estimator(estimator, *, n: int = 4000, channels: int = 4, num_classes:
     # 13-14. pairs: one call for all Gaussians (they share the column a), one for the ReLU
     gaussian: dict[float, tuple[float, float]] = {}
     relu_pair: tuple[float, float] | None = None
-    if not hasattr(estimator, "pair_mi"):
+    if not isinstance(estimator, PairMI):
         skipped["gaussian"] = skipped["relu_gaussian"] = "the estimator has no pair_mi"
     else:
         if rhos:
