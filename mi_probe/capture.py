@@ -2,7 +2,10 @@
 
 Capture pools each site's output inside the hook (memory O(N·C) per site), stores a
 detached copy that no later in-place op can overwrite, and removes every hook in a
-``finally`` (also when the forward pass raises).
+``finally`` (also when the forward pass raises). Each site's pooled rows are copied into
+one preallocated (N, C) tensor as the batches arrive (``_Rows``), so a capture holds one
+allocation per site, not one small tensor per site and batch interleaved on the heap
+with the (much larger, short-lived) activations, and needs no second copy to join them.
 """
 
 from __future__ import annotations
@@ -90,6 +93,63 @@ def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, 
     return handles
 
 
+class _Rows:
+    """The pooled rows of one site, copied into one tensor as they arrive; a drop-in for
+    the per-site list of ``add_pooling_hooks`` (it only calls ``append``).
+
+    The tensor is allocated at the first part with ``rows_hint`` rows (the evaluation
+    set's size when the loader tells it), else ``batches_hint`` times the first part's
+    rows, else the first part's rows; it grows (to at least twice its size) only when
+    more rows arrive. ``result()`` is the (rows, C) tensor, bit-identical to
+    ``torch.cat`` of the parts; when fewer rows arrived than were allocated it is a
+    compact copy, so the returned tensor never holds spare rows."""
+
+    __slots__ = ("rows_hint", "batches_hint", "buffer", "rows", "calls")
+
+    def __init__(self, rows_hint: int | None = None, batches_hint: int | None = None) -> None:
+        self.rows_hint = rows_hint
+        self.batches_hint = batches_hint
+        self.buffer: torch.Tensor | None = None
+        self.rows = 0
+        self.calls = 0
+
+    def append(self, part: torch.Tensor) -> None:
+        self.calls += 1
+        end = self.rows + part.shape[0]
+        if self.buffer is None:
+            capacity = self.rows_hint or (self.batches_hint or 1) * part.shape[0]
+            self.buffer = torch.empty((max(capacity, end), *part.shape[1:]), dtype=part.dtype,
+                                      device=part.device)
+        elif part.shape[1:] != self.buffer.shape[1:]:
+            torch.cat([self.buffer[:0], part])  # raises what torch.cat of the parts raised
+        if end > self.buffer.shape[0]:
+            grown = torch.empty((max(end, 2 * self.buffer.shape[0]), *self.buffer.shape[1:]),
+                                dtype=self.buffer.dtype, device=self.buffer.device)
+            grown[:self.rows].copy_(self.buffer[:self.rows])
+            self.buffer = grown
+        self.buffer[self.rows:end].copy_(part)
+        self.rows = end
+
+    def result(self) -> torch.Tensor:
+        if self.buffer is None:
+            return torch.cat([])  # no part: the error torch.cat of no parts gives
+        if self.rows == self.buffer.shape[0]:
+            return self.buffer
+        return self.buffer[:self.rows].clone()
+
+
+def _size_hints(loader: Iterable) -> tuple[int | None, int | None]:
+    """(samples, batches) the loader says it yields, where it says it (a DataLoader: its
+    dataset's length and its number of batches); only sizes the capture's allocation."""
+    hints = []
+    for obj in (getattr(loader, "dataset", None), loader):
+        try:
+            hints.append(int(len(obj)) if obj is not None else None)
+        except (TypeError, NotImplementedError):
+            hints.append(None)
+    return hints[0], hints[1]
+
+
 def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: torch.device,
             interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
             progress: bool = False, desc: str = "capture",
@@ -100,7 +160,8 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     for _, intervention, _ in interventions:
         intervention.reset(generator)
-    store: dict[str, list] = {}
+    rows_hint, batches_hint = _size_hints(loader)
+    store: dict[str, _Rows] = {site.name: _Rows(rows_hint, batches_hint) for site in sites}
     labels, logits = [], []
     position = [0]
     was_training = model.training
@@ -135,14 +196,13 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
     n = sum(len(y) for y in labels)
     acts = {}
     for site in sites:
-        parts = store.get(site.name, [])
-        rows = sum(part.shape[0] for part in parts)
-        if rows != n:
-            raise SiteError(f"site {site.name!r} (module {site.module!r}) gave {rows} pooled rows "
-                            f"for {n} samples: its module ran "
-                            f"{'never' if not parts else f'{len(parts)} times for {len(labels)} batches'}"
+        parts = store[site.name]
+        if parts.rows != n:
+            raise SiteError(f"site {site.name!r} (module {site.module!r}) gave {parts.rows} "
+                            f"pooled rows for {n} samples: its module ran "
+                            f"{'never' if not parts.calls else f'{parts.calls} times for {len(labels)} batches'}"
                             " (a site module must run exactly once per forward pass)")
-        acts[site.name] = torch.cat(parts)
+        acts[site.name] = parts.result()
     return Captured(acts=acts, labels=torch.cat(labels).long(), logits=torch.cat(logits),
                     sites=list(sites))
 
