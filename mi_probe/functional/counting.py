@@ -7,9 +7,10 @@ channel-pair tables come from a per-call lookup table of p·log p over the possi
 counts 0..N, so a pair costs N increments plus B² table reads, and I(i;j) = I(j;i) is
 used when both sides are the same layer.
 
-Binning reproduces :func:`mi_probe.functional.histogram.bin_uniform` bit for bit: the
-same float64 operations in the same order, ((x·h − lo) / width · B, floored and clamped,
-h = ½ only for columns whose range overflows a double).
+Binning reproduces :func:`mi_probe.functional.histogram.bin_uniform` bit for bit: codes
+are floor((x·h − lo) / width · B) in float64, clamped (h = ½ only for columns whose range
+overflows a double). The kernels multiply by B / width and recompute, by that quotient,
+the rare values within 1e-12·B of a bin edge, where the two could differ.
 
 Kernels release the GIL; the wrappers split the work over ``threads`` Python threads
 (each output cell is computed by one thread in a fixed order, so results do not depend
