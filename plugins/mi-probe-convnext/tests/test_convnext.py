@@ -14,11 +14,11 @@ Models: timm's ``test_convnext2`` (1 block per stage, channels-last MLP:
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import json
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -486,16 +486,23 @@ def readme_snippet() -> str:
     return match.group(1)
 
 
+#: the README's adapter snippet, kept as a real module so the test imports it (no exec)
+SNIPPET = Path(__file__).with_name("readme_adapter.py")
+
+
 @pytest.mark.parametrize("arch", ["test_convnext", "convnext_atto"])
 def test_readme_snippet_runs_and_matches_the_plugin(arch, monkeypatch):
-    """The < 40-line adapter in README.md (the docs' worked example) executes as a plugin
-    module and gives exactly the plugin's sites."""
+    """The < 40-line adapter in README.md (the docs' worked example) is, verbatim,
+    tests/readme_adapter.py; imported as a plugin module it gives exactly the plugin's
+    sites."""
     code = readme_snippet()
+    assert code == SNIPPET.read_text(), "README snippet and tests/readme_adapter.py differ"
     assert len(code.splitlines()) < 40
-    module = types.ModuleType("convnext_snippet")
+    spec = importlib.util.spec_from_file_location("convnext_snippet", SNIPPET)
+    module = importlib.util.module_from_spec(spec)
     # as for any imported plugin module (pydantic resolves annotations through it)
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(code, str(README), "exec"), module.__dict__)
+    spec.loader.exec_module(module)
     snippet_pm = get_plugin_manager([module], autoload=False)
     model = build_model(arch, K, 0)
     adapter = select_adapter(snippet_pm, model, arch)
