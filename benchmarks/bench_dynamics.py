@@ -68,9 +68,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
 
-from mi_probe.builtin.dynamics import Dynamics, summarise  # noqa: E402
+from mi_probe.builtin.experiments.dynamics import Dynamics, summarise  # noqa: E402
 from mi_probe.data import make_loader  # noqa: E402
-from mi_probe.engine import Engine  # noqa: E402
+from mi_probe.runner.context import Engine  # noqa: E402
 from mi_probe.interfaces import Captured  # noqa: E402
 from mi_probe.plugins import get_plugin_manager  # noqa: E402
 from mi_probe.spec import load_spec  # noqa: E402
@@ -331,7 +331,7 @@ def run_paper(arch: str, args, pm, workdir: Path) -> dict[str, Any]:
         "model.train.num_workers=0"], pm)
     engine = Engine(spec, pm, cache_dir=workdir / "cache", log=lambda _m: None,
                     progress=False)
-    model = engine._build(0).to(engine.device)
+    model = engine.build_model(0).to(engine.device)
     sites = engine.sites(model)
     cfg = raw.model.train
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -46,7 +46,7 @@ import torch.nn.functional as tnf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams  # noqa: E402
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams  # noqa: E402
 from mi_probe.functional import counting  # noqa: E402
 from mi_probe.functional import histogram as FH  # noqa: E402
 from mi_probe.functional import pairwise as FP  # noqa: E402

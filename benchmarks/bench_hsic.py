@@ -29,11 +29,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mi_probe.builtin.hsic import HSICParams, HSICRegularizer, NHSICParams  # noqa: E402
+from mi_probe.builtin.adapters.resnet import ResNetAdapter  # noqa: E402
+from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer  # noqa: E402
+from mi_probe.builtin.regularizers.nhsic import NHSICParams  # noqa: E402
 from mi_probe.capture import add_pooling_hooks, removing  # noqa: E402
 from mi_probe.models import build_model  # noqa: E402
 from mi_probe.sites import resolve_sites  # noqa: E402
-from mi_probe.sites.resnet import ResNetAdapter  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -18,8 +18,8 @@ as interventions, not as capture):
 * estimators: the histogram estimator's methods and ``analysis.channel_masses`` (class
   masses with their shuffled-label nulls);
 * interventions: ``Engine.evaluate`` with interventions (the knockout evaluations); sub-row:
-  ``Engine._site_outputs``, the per-site full-output cache the suffix evaluations start from;
-* report: ``engine._render`` (Altair charts, PNG through vl-convert, HTML, index.html);
+  ``Evaluator.site_outputs``, the per-site full-output cache the suffix evaluations start from;
+* report: ``runner.rendering.render`` (Altair charts, PNG through vl-convert, HTML, index.html);
   sub-rows: ``vl_convert.vegalite_to_png`` and ``report.chart_html``;
 * other: the rest (CLI and spec, data loading, site resolution, tables, checks, run.json),
   with sub-rows for ``Engine.__init__``, table writing/merging and the experiment's
@@ -59,13 +59,14 @@ MAIN = ("import", "training", "capture", "estimators", "interventions", "report"
 SELECTED = [
     ("train.py", "train_model"), ("train.py", "_evaluate"), ("train.py", "_save_checkpoint"),
     ("_tensor.py", "backward"), ("distributed.py", "__getitem__"),
-    ("engine.py", "capture"), ("engine.py", "_site_outputs"), ("engine.py", "_suffix_evaluate"),
-    ("engine.py", "_model_fingerprint"), ("engine.py", "_render"), ("engine.py", "__init__"),
+    ("context.py", "capture"), ("evaluation.py", "site_outputs"),
+    ("evaluation.py", "_suffix_evaluate"), ("evaluation.py", "model_fingerprint"),
+    ("rendering.py", "render"), ("context.py", "__init__"),
     ("capture.py", "capture"), ("analysis.py", "channel_masses"),
-    ("estimators.py", "label_mi"), ("estimators.py", "_codes"), ("histogram.py", "bin_uniform"),
+    ("histogram.py", "label_mi"), ("histogram.py", "_codes"), ("histogram.py", "bin_uniform"),
     ("report.py", "save_chart"), ("report.py", "chart_html"), ("report.py", "render_run"),
-    ("report.py", "write_index"), ("tables.py", "write_parquet"), ("data.py", "load"),
-    ("knockout.py", "run_unit"), ("interventions.py", "__call__")]
+    ("report.py", "write_index"), ("tables.py", "write_parquet"), ("digits.py", "load"),
+    ("semantic_knockout.py", "run_unit"), ("knockout.py", "__call__")]
 
 
 # ----------------------------------------------------------------------------- child
@@ -147,13 +148,15 @@ def child(args) -> None:
 
     # The modules whose functions are timed must be imported to be patched; their import
     # time is charged to "import" as it would be anyway.
-    from mi_probe import cli, engine, train
-    from mi_probe.builtin import estimators, knockout
+    from mi_probe import cli, train
+    from mi_probe.runner import context, driver, evaluation, training
+    from mi_probe.builtin.estimators import histogram
+    from mi_probe.builtin.experiments import knockout, semantic_knockout
 
     from mi_probe import distributed
 
-    E = engine.Engine
-    stages.wrap(engine, "cached_training", "training")
+    E = context.Engine
+    stages.wrap(training, "cached_training", "training")
     stages.wrap(train, "_save_checkpoint", "training:checkpoint writes")
     stages.wrap(train, "save_weights", "training:checkpoint writes")
     stages.wrap(train, "_evaluate", "training:validation passes")
@@ -161,19 +164,22 @@ def child(args) -> None:
     stages.wrap(E, "capture", "capture")
     stages.wrap(E, "evaluate", lambda self, model, interventions=(), *a, **k:
                 "interventions" if interventions else "capture")
-    stages.wrap(E, "_suffix_evaluate", lambda self, model, site, *a, **k:
+    stages.wrap(evaluation.Evaluator, "_suffix_evaluate", lambda self, model, site, *a, **k:
                 f"interventions:suffix forward from {site.name}")
-    stages.wrap(E, "_site_outputs", "interventions:site-output cache (forward to the site)")
-    stages.wrap(engine, "_model_fingerprint", "interventions:model fingerprint checks")
+    stages.wrap(evaluation.Evaluator, "site_outputs",
+                "interventions:site-output cache (forward to the site)")
+    stages.wrap(evaluation, "model_fingerprint", "interventions:model fingerprint checks")
     stages.wrap(E, "__init__", "other:engine init (data, plugins)")
     for name in ("label_mi", "input_mi", "layer_mi", "diagnostics", "pair_mi"):
-        stages.wrap(estimators.HistogramEstimator, name, "estimators")
+        stages.wrap(histogram.HistogramEstimator, name, "estimators")
     stages.wrap(knockout, "channel_masses", "estimators")
-    stages.wrap(engine, "_render", "report")
-    stages.wrap(engine, "write_parquet", "other:tables (merge, write, finalize)")
-    stages.wrap(engine, "concat_tables", "other:tables (merge, write, finalize)")
-    stages.wrap(knockout.SemanticKnockout, "finalize", "other:tables (merge, write, finalize)")
-    stages.wrap(engine, "evaluate_checks", "other:checks")
+    stages.wrap(semantic_knockout, "channel_masses", "estimators")
+    stages.wrap(driver, "render", "report")
+    stages.wrap(driver, "write_parquet", "other:tables (merge, write, finalize)")
+    stages.wrap(driver, "concat_tables", "other:tables (merge, write, finalize)")
+    stages.wrap(semantic_knockout.SemanticKnockout, "finalize",
+                "other:tables (merge, write, finalize)")
+    stages.wrap(driver, "evaluate_checks", "other:checks")
     from mi_probe import report
 
     stages.wrap(report, "chart_html", "report:chart html")

@@ -4,7 +4,7 @@ Histogram mutual information on pooled activations of any timm backbone, per lay
 per channel, for trained and randomly initialised models, from one YAML spec.
 
 Names are imported lazily, so a plugin importing ``mi_probe.hookspecs`` does not pull
-in the engine.
+in the run machinery.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run": "mi_probe.engine", "rerender": "mi_probe.engine", "Engine": "mi_probe.engine",
-    "RunOutcome": "mi_probe.engine",
+    "run": "mi_probe.api", "load_run": "mi_probe.api", "Run": "mi_probe.api",
+    "rerender": "mi_probe.runner.driver",
+    "RunOutcome": "mi_probe.runner.driver", "Engine": "mi_probe.runner.context",
     "load_spec": "mi_probe.spec",
     "get_plugin_manager": "mi_probe.plugins",
     "hookimpl": "mi_probe.hookspecs",

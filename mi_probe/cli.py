@@ -16,13 +16,20 @@ from typing import Any, Sequence
 from mi_probe.errors import MiProbeError
 
 
+def _version() -> str:
+    from mi_probe import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mi-probe", description=(
         "Measure mutual information in timm backbones from one YAML spec."))
+    parser.add_argument("--version", action="version", version=f"mi-probe {_version()}")
     parser.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE as an extra plugin (also: MI_PROBE_PLUGINS); "
                         "-p no:NAME blocks a built-in or installed plugin, e.g. "
-                        "no:mi_probe.builtin.knockout, so another can replace it")
+                        "no:mi_probe.builtin.experiments.knockout, so another can replace it")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a spec and write a report")
@@ -30,11 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default reports/<name>/<time>/); "
                      "an unfinished run of the same spec there is resumed")
     run.add_argument("--resume", action="store_true",
-                     help="resume the latest unfinished run of this spec under reports/")
+                     help="resume the latest unfinished run of this spec (found through the "
+                     "cache's run index, from any folder, or under ./reports/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set model.train.epochs=3")
-    run.add_argument("--cache-dir", type=Path, help="trained-model cache "
-                     "(default $MI_PROBE_CACHE or reports/.cache)")
+    run.add_argument("--cache-dir", type=Path, help="trained-model cache (default "
+                     "$MI_PROBE_CACHE, else the user cache folder, e.g. ~/.cache/mi-probe)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--profile", choices=["tiny"], help="apply a run profile (tiny: small "
                      "models and data, for smoke tests; see mi_probe/profiles.py)")
@@ -79,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args, pm) -> int:
-    from mi_probe.engine import run
+    from mi_probe.runner.driver import run
     from mi_probe.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, pm, profile=args.profile,
@@ -100,7 +108,7 @@ def _cmd_run(args, pm) -> int:
 
 def _cmd_validate(args, pm) -> int:
     from mi_probe.analysis import validate_spec
-    from mi_probe.errors import SpecError
+    from mi_probe.preflight import preflight
     from mi_probe.spec import load_spec
 
     failed = 0
@@ -109,7 +117,8 @@ def _cmd_validate(args, pm) -> int:
             spec = load_spec(path, args.overrides, pm, profile=args.profile,
                              executor=args.executor)
             validate_spec(spec, pm.registry)
-        except SpecError as exc:
+            preflight(spec, pm)
+        except MiProbeError as exc:  # spec, model, site and claim refusals
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
         else:
@@ -178,19 +187,29 @@ def _cmd_sites(args, pm) -> int:
 
 
 def _cmd_plugins(args, pm) -> int:
+    """Each plugin (with its distribution's version, or blocked) and what it registered:
+    per entry its kind, name and the module that defines its factory."""
     from mi_probe.plugins import KINDS
 
     versions = pm.plugin_versions()
     registry = pm.registry
-    by_plugin: dict[str, list[str]] = {name: [] for name in versions}
+    by_plugin: dict[str, list[tuple[str, str]]] = {name: [] for name in versions}
     for kind in KINDS:
         for name, entry in registry.entries(kind).items():
-            by_plugin.setdefault(entry.plugin, []).append(f"{kind[:-1]} {name}")
+            module = getattr(entry.factory, "__module__", None) or entry.plugin
+            by_plugin.setdefault(entry.plugin, []).append((f"{kind[:-1]} {name}", module))
+    width = max((len(thing) for things in by_plugin.values() for thing, _ in things),
+                default=0)
     for plugin, things in by_plugin.items():
+        if pm.is_blocked(plugin):
+            print(f"{plugin} (blocked)")
+            continue
         version = versions.get(plugin) or "-"
         print(f"{plugin} ({version})")
-        for thing in things or ["(hooks only)"]:
-            print(f"  {thing}")
+        if not things:
+            print("  (hooks only)")
+        for thing, module in things:
+            print(f"  {thing:<{width}}  {module}")
     return 0
 
 
@@ -202,7 +221,7 @@ def _cmd_schema(args, pm) -> int:
 
 
 def _cmd_report(args, pm) -> int:
-    from mi_probe.engine import rerender
+    from mi_probe.runner.driver import rerender
 
     print(f"report: {rerender(args.run_dir, pm)}")
     return 0
@@ -223,9 +242,13 @@ def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
     except MiProbeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: finished units and training checkpoints are kept; run again "
-              "with the same --out (or --resume) to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        again = (f"mi-probe run {args.spec} --out {Path(run_dir).resolve()}"
+                 if run_dir is not None and args.command == "run" else
+                 "the same command with the same --out")
+        print("interrupted: finished units and training checkpoints are kept; continue with "
+              f"`{again}` (or --resume)", file=sys.stderr)
         return 130
 
 

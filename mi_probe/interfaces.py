@@ -209,6 +209,16 @@ class Binned(Protocol):
 
 
 @runtime_checkable
+class ExplainsEstimates(Protocol):
+    """Estimator ability: sentences for the report that qualify its values here (its
+    bias at this sample size, saturation, constant channels), from the merged tables."""
+
+    def notes(self, n_samples: int, num_classes: int, tables: Mapping[str, Any]) -> list[str]:
+        """Notes shown in index.html and stored in run.json, after the estimator's
+        settings."""
+
+
+@runtime_checkable
 class Regularizer(Protocol):
     """A training-loss term computed from pooled activations of chosen sites."""
 
@@ -381,6 +391,41 @@ class HasNotes(Protocol):
 
     def notes(self, tables: dict[str, Any]) -> list[str]:
         """Notes shown in index.html and stored in run.json."""
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The columns of one result table: ``required`` ones are always there (checked
+    when the run merges the table); ``optional`` ones appear with some settings.
+    ``open``: other columns may appear too (e.g. named by plugins), so a claim about an
+    undeclared column is only checked once the table exists."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    open: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+def as_schema(declared: "TableSchema | Sequence[str]") -> TableSchema:
+    """A declared schema; a plain column list means required columns, open to more."""
+    if isinstance(declared, TableSchema):
+        return declared
+    return TableSchema(tuple(declared), open=True)
+
+
+@runtime_checkable
+class DeclaresTables(Protocol):
+    """Experiment ability: the contract of the tables it writes (per-seed and helper
+    tables; derived ``summary_*`` tables need not be named). Every named table is
+    checked, when the run merges it, to hold its required columns; ``mi-probe validate``
+    and the start of a run refuse a ``checks:`` claim about a table the experiment does
+    not name, or about a column a closed schema does not have."""
+
+    #: table name -> TableSchema (or a list of required columns, open to more)
+    table_schemas: Mapping[str, "TableSchema | Sequence[str]"]
 
 
 @runtime_checkable

@@ -124,6 +124,8 @@ def reset_zero_norm_weights(model: nn.Module) -> int:
     norms = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)
     for module in model.modules():
         if isinstance(module, norms) and getattr(module, "weight", None) is not None:
+            if module.weight.is_meta:  # a structural build (preflight): no values to read
+                continue
             if torch.count_nonzero(module.weight) == 0:
                 with torch.no_grad():
                     module.weight.fill_(1.0)
@@ -155,11 +157,19 @@ def swap_activations(model: nn.Module, act: str) -> int:
 
 
 def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
-                head: str = "timm", zero_init_last: bool = False) -> nn.Module:
-    """A randomly initialised timm model, deterministic in ``seed``, in eval mode."""
+                head: str = "timm", zero_init_last: bool = False,
+                pretrained: str | None = None, pretrained_file: str | None = None
+                ) -> nn.Module:
+    """A timm model in eval mode: randomly initialised, deterministic in ``seed``; or,
+    with ``pretrained`` (``""`` for timm's default tag, else a tag such as ``a1_in1k``),
+    timm's pretrained weights (downloaded and cached by timm, or read from the local
+    ``pretrained_file``) with a new head for ``num_classes``, initialised from ``seed``."""
     import timm
 
     check_arch(arch)
+    if pretrained is not None:
+        return _pretrained_model(arch, num_classes, seed, act, head, pretrained,
+                                 pretrained_file)
     if head not in HEADS:
         raise ModelError(f"head: unknown head {head!r}; valid: {', '.join(HEADS)}")
     if act is not None and act not in ACT_FACTORIES:
@@ -179,6 +189,74 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
         if act is not None:
             swap_activations(model, act)
     return model.eval()
+
+
+def _pretrained_model(arch: str, num_classes: int, seed: int, act: str | None, head: str,
+                      tag: str, file: str | None) -> nn.Module:
+    import timm
+
+    name = f"{arch}.{tag}" if tag else arch
+    overlay = None
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"model.pretrained_file {path} does not exist")
+        overlay = {"file": str(path)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the new head
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay=overlay)
+        except (OSError, ConnectionError) as exc:
+            raise ModelError(f"could not get timm's pretrained weights {name!r}: "
+                             f"{type(exc).__name__}: {exc}. They are downloaded once (timm "
+                             "caches them); offline, give model.pretrained_file") from None
+        except RuntimeError as exc:  # e.g. a file of another architecture
+            raise CheckpointError(f"timm could not load pretrained weights {name!r}"
+                                  + (f" from {file}" if file else "") + f": {exc}") from None
+        except Exception as exc:  # unknown tags and the like
+            raise ModelError(f"timm could not build {name!r} with pretrained weights: "
+                             f"{type(exc).__name__}: {exc}") from None
+        if file is not None:
+            _check_pretrained_file(model, Path(file).expanduser(), name)
+        if head == "paper_vgg":
+            attach_paper_vgg_head(model, num_classes)
+        if act is not None:
+            swap_activations(model, act)
+    return model.eval()
+
+
+def _check_pretrained_file(model: nn.Module, path: Path, name: str) -> None:
+    """timm loads a file non-strictly when the head is replaced, so weights of another
+    architecture would leave layers silently random: every tensor of the model but its
+    classifier must come from the file, with the same shape."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+
+    def is_head(key: str) -> bool:
+        return any(key.startswith(c + ".") for c in classifiers)
+
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not is_head(k)}
+    missing = sorted(k for k in own if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in own and not is_head(k))
+    other = [k for k in own if k in shapes and shapes[k] != own[k]]
+    if missing or unexpected or other:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the model's tensors are not in the file "
+                         f"(e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors of the file are not in the model "
+                         f"(e.g. {unexpected[:3]})")
+        if other:
+            parts.append(f"{len(other)} have other shapes (e.g. {other[0]}: file "
+                         f"{shapes[other[0]]}, model {own[other[0]]})")
+        raise CheckpointError(f"model.pretrained_file {path} does not hold {name} weights: "
+                              + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------- weights

@@ -28,22 +28,41 @@ ENTRY_POINT_GROUP = "mi_probe"
 KINDS = ("estimators", "adapters", "datasets", "experiments", "metrics", "interventions",
          "regularizers", "reports", "executors")
 
-#: Built-in plugin modules, registered before anything else.
+#: Built-in plugin modules, registered before anything else: one per registered entry,
+#: ``mi_probe.builtin.<kind>.<name>`` (the layout rule of :mod:`mi_probe.builtin`).
 BUILTIN_PLUGINS = (
-    "mi_probe.builtin.estimators",
-    "mi_probe.builtin.adapters",
-    "mi_probe.builtin.datasets",
-    "mi_probe.builtin.experiments",
-    "mi_probe.builtin.interventions",
-    "mi_probe.builtin.concentration",
-    "mi_probe.builtin.knockout",
-    "mi_probe.builtin.estimator_studies",
-    "mi_probe.builtin.transplant",
-    "mi_probe.builtin.cover",
-    "mi_probe.builtin.skip_gain",
-    "mi_probe.builtin.hsic",
-    "mi_probe.builtin.dynamics",
-    "mi_probe.builtin.executors",
+    "mi_probe.builtin.estimators.histogram",
+    "mi_probe.builtin.adapters.vgg",
+    "mi_probe.builtin.adapters.resnet",
+    "mi_probe.builtin.adapters.generic",
+    "mi_probe.builtin.datasets.digits",
+    "mi_probe.builtin.datasets.imagefolder",
+    "mi_probe.builtin.datasets.imagenette",
+    "mi_probe.builtin.datasets.synthetic",
+    "mi_probe.builtin.experiments.layer_mi",
+    "mi_probe.builtin.experiments.concentration",
+    "mi_probe.builtin.experiments.knockout",
+    "mi_probe.builtin.experiments.shuffle",
+    "mi_probe.builtin.experiments.perturb",
+    "mi_probe.builtin.experiments.semantic_knockout",
+    "mi_probe.builtin.experiments.layer_pairs",
+    "mi_probe.builtin.experiments.estimator_sweep",
+    "mi_probe.builtin.experiments.transplant",
+    "mi_probe.builtin.experiments.cover",
+    "mi_probe.builtin.experiments.skip_gain",
+    "mi_probe.builtin.experiments.hsic_compare",
+    "mi_probe.builtin.experiments.dynamics",
+    "mi_probe.builtin.metrics.gini",
+    "mi_probe.builtin.metrics.norm_entropy",
+    "mi_probe.builtin.metrics.top_k_share",
+    "mi_probe.builtin.interventions.knockout",
+    "mi_probe.builtin.interventions.energy",
+    "mi_probe.builtin.interventions.shuffle",
+    "mi_probe.builtin.interventions.perturb",
+    "mi_probe.builtin.regularizers.hsic",
+    "mi_probe.builtin.regularizers.nhsic",
+    "mi_probe.builtin.executors.local",
+    "mi_probe.builtin.executors.ray",
 )
 
 
@@ -140,12 +159,39 @@ class MiProbePluginManager(pluggy.PluginManager):
             versions[name] = dist.version if dist is not None else None
         return versions
 
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """Register ``plugin`` as pluggy does, except that registering the same object
+        again (e.g. a module passed with ``-p MODULE`` that its setuptools entry point
+        loads once more) keeps the first registration and returns its name, and a name
+        already taken by another object is a :class:`PluginError` naming both."""
+        if plugin is None:
+            return super().register(plugin, name)
+        plugin_name = name or self.get_canonical_name(plugin)
+        if self.is_blocked(plugin_name):
+            return None
+        if self.is_registered(plugin):
+            return self.get_name(plugin)
+        taken = self.get_plugin(plugin_name)
+        if taken is not None:
+            raise PluginError(f"two different plugins are named {plugin_name!r}: "
+                              f"{_describe(taken)} (registered first) and {_describe(plugin)}; "
+                              "register only one of them under that name")
+        return super().register(plugin, name)
+
     def check_pending(self) -> None:  # noqa: D102 - documented on pluggy
         try:
             super().check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {exc.plugin!r} implements a hook that mi-probe does "
                               f"not define: {exc}") from None
+
+
+def _describe(plugin: Any) -> str:
+    """A plugin object for messages: a module by its name and file, else its repr."""
+    if isinstance(plugin, types.ModuleType):
+        where = getattr(plugin, "__file__", None)
+        return f"module {plugin.__name__}" + (f" ({where})" if where else "")
+    return repr(plugin)
 
 
 def _import_plugin(module_name: str) -> Any:
@@ -162,8 +208,10 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | No
 
     ``extra_plugins`` may hold modules/objects or importable module names, and
     ``"no:NAME"`` entries (as pytest's ``-p no:NAME``) that block the plugin NAME: a
-    built-in module (``mi_probe.builtin.knockout``, or just ``knockout``) or an entry
-    point's name, so that another plugin can register its entries instead.
+    built-in module (``mi_probe.builtin.experiments.knockout``, or just the part after
+    ``mi_probe.builtin.``, ``experiments.knockout``) or an entry point's name, so that
+    another plugin can register its entries instead. A module given here that an entry
+    point loads again is registered once (under the name given here).
     ``autoload=None`` reads ``MI_PROBE_DISABLE_PLUGIN_AUTOLOAD``.
     """
     pm = MiProbePluginManager(hookspecs.PROJECT)

@@ -55,8 +55,12 @@ def apply_profile(data: Any, profile: str | None) -> Any:
     if isinstance(model, dict):
         if isinstance(model.get("arch"), str):
             model["arch"] = tiny_arch(model["arch"])
-        if isinstance(model.get("weights"), str) and model["weights"].endswith(".safetensors"):
+        weights = model.get("weights")
+        if isinstance(weights, str) and weights not in ("train", "random"):
+            # a weights file or timm's pretrained weights fit the real arch, not the tiny
+            # stand-in: the tiny model is trained instead (same states, same tables)
             model["weights"] = "train"
+            model.pop("pretrained_file", None)
         train = model.setdefault("train", {})
         if isinstance(train, dict):
             epochs = train.get("epochs", 2)

@@ -39,6 +39,25 @@ FORMATS = ("png", "html", "svg")
 #: Default chart size (pixels); faceted panels are narrower so three fit side by side.
 WIDTH, HEIGHT, FACET_WIDTH, FACET_COLUMNS = 500, 300, 300, 3
 
+#: One colour per meaning in every chart: a model state, a channel selection or an
+#: activation keeps its colour from figure to figure (other categories use Vega's).
+PALETTE = {
+    "trained": "#1f77b4", "random": "#ff7f0e",
+    "trained (shuffled labels)": "#9ecae1", "random (shuffled labels)": "#fdd0a2",
+    "top": "#d62728", "bottom": "#2ca02c",
+    "relu": "#1f77b4", "tanh": "#9467bd",
+    "cross-entropy": "#1f77b4",
+}
+
+
+def color_scale(values: Sequence[Any]) -> Any:
+    """A colour scale fixing ``PALETTE`` colours when every value has one (else Vega's
+    default scheme, alt.Undefined)."""
+    values = [v for v in dict.fromkeys(values) if v is not None]
+    if not values or not all(isinstance(v, str) and v in PALETTE for v in values):
+        return alt.Undefined
+    return alt.Scale(domain=values, range=[PALETTE[v] for v in values])
+
 #: Fewest values for which a chart draws its 95% band. With two, the t-quantile (12.7)
 #: makes the band about nine standard deviations wide: it then shows the quantile more
 #: than the data, so the two seeds' own values are drawn as points instead.
@@ -236,7 +255,9 @@ def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_tit
     x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title, axis=_integer_axis(data, x))
     # Layers share the colour legend; opaque symbols so it matches the lines, not the band.
     color_enc = (alt.Color(_field(color), type="nominal", title=color,
-                           legend=alt.Legend(symbolOpacity=1))
+                           legend=alt.Legend(symbolOpacity=1),
+                           scale=color_scale(data[color].to_list()
+                                             if color in data.columns else []))
                  if color is not None else alt.Undefined)
     tooltip = [_tip(data, c) for c in dict.fromkeys([*extra_tooltip, x, color]) if c is not None]
     tooltip += [_tip(data, f"{y}_mean", f"{y} mean", ".4g"),
@@ -353,7 +374,9 @@ def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title
     color_enc = alt.Undefined
     if color is not None:
         color_type = "quantitative" if _is_numeric(frame, color) and color != "seed" else "nominal"
-        color_enc = alt.Color(_field(color), type=color_type, title=color)
+        color_enc = alt.Color(_field(color), type=color_type, title=color,
+                              scale=color_scale(frame[color].to_list())
+                              if color_type == "nominal" else alt.Undefined)
     chart = alt.Chart(_data(frame)).mark_circle(size=30, opacity=0.6).encode(
         x=alt.X(_field(x), type="quantitative", title=x_title or x),
         y=alt.Y(_field(y), type="quantitative", title=y_title or y),
@@ -528,6 +551,7 @@ table { border-collapse: collapse; font-size: 85%; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; } td.s { text-align: left; }
 .null { color: #999; } .truncated { color: #9a6700; font-style: italic; }
+.summary { color: #444; } details { margin-top: 2em; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
@@ -627,11 +651,45 @@ def _check_html(check: Mapping[str, Any]) -> str:
             + (f": {_esc(detail)}" if detail else "") + "</li>")
 
 
+def _run_summary(meta: Mapping[str, Any]) -> str:
+    """One line: status, seeds, device, evaluation samples, estimator, wall time."""
+    parts = []
+    if meta.get("status"):
+        parts.append(f"status <b>{_esc(meta['status'])}</b>")
+    if meta.get("seeds"):
+        parts.append(f"{len(meta['seeds'])} seed(s) {_esc(meta['seeds'])}")
+    data = meta.get("data") or {}
+    if isinstance(data, Mapping) and data.get("n_eval"):
+        parts.append(f"{_esc(data['n_eval'])} evaluation samples, "
+                     f"{len(data.get('classes', []))} classes")
+    estimator = meta.get("estimator")
+    if isinstance(estimator, Mapping) and estimator:
+        parts.append("estimator " + _esc(", ".join(f"{k}={v}" for k, v in estimator.items()
+                                                   if k in ("estimator", "bins", "range",
+                                                            "correction", "name"))))
+    if meta.get("device"):
+        parts.append(f"device {_esc(meta['device'])}")
+    total = (meta.get("timings") or {}).get("total_seconds")
+    if isinstance(total, (int, float)):
+        parts.append(f"{total:.0f} s")
+    return " &middot; ".join(parts)
+
+
+def _reading_order(tables: Mapping[str, pl.DataFrame]) -> list[str]:
+    """Summary tables first, then the others from the smallest: the long per-channel
+    tables (thousands of rows) come last instead of burying the key numbers."""
+    names = list(tables)
+    summaries = [n for n in names if n.startswith("summary_")]
+    rest = sorted((n for n in names if n not in summaries), key=lambda n: tables[n].height)
+    return summaries + rest
+
+
 def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
                 figures: Mapping[str, Mapping[str, Path]], tables: Mapping[str, pl.DataFrame],
                 notes: Sequence[str] = (), warnings: Sequence[str] = (), max_rows: int = 200,
                 checks: Sequence[Mapping[str, Any]] = ()) -> Path:
-    """Write ``run_dir/index.html``: meta, notes, warnings, checks, figures and tables.
+    """Write ``run_dir/index.html``: a one-line summary, the claims' verdicts, warnings,
+    notes, figures, tables (summaries first) and the metadata (collapsed, last).
 
     The page is self-contained (inline CSS, no scripts, no network); figures are linked
     by relative path so the run folder can be moved or archived as a whole. All text is
@@ -641,25 +699,30 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
     run_dir = Path(run_dir)
     if max_rows < 0:
         raise RunError(f"max_rows must be >= 0, got {max_rows}")
+    # Reading order of a paper: what was found (claims, caveats), the figures, the
+    # summary tables, then per-observation tables, and the full metadata last, collapsed.
     body = [f"<h1>{_esc(title)}</h1>"]
-    if meta:
-        items = "".join(f"<dt>{_esc(k)}</dt><dd>{_meta_value(v)}</dd>" for k, v in meta.items())
-        body.append(f'<dl class="meta">{items}</dl>')
-    nav = [f'<a href="#{_anchor("figure", n)}">{_esc(n)}</a>' for n in figures]
-    nav += [f'<a href="#{_anchor("table", n)}">{_esc(n)}</a>' for n in tables]
+    summary = _run_summary(meta)
+    if summary:
+        body.append(f'<p class="summary">{summary}</p>')
+    ordered = _reading_order(tables)
+    nav = ['<a href="#checks">claims</a>'] if checks else []
+    nav += ['<a href="#figures">figures</a>'] if figures else []
+    nav += [f'<a href="#{_anchor("table", n)}">{_esc(n)}</a>' for n in ordered]
+    nav += ['<a href="#metadata">metadata</a>'] if meta else []
     if nav:
         body.append("<nav>" + "".join(nav) + "</nav>")
-    if warnings:
-        items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
-        body.append(f'<h2 id="warnings">Warnings</h2><ul class="warnings">{items}</ul>')
     if checks:
         n_pass = sum(bool(c.get("passed")) for c in checks)
         items = "".join(_check_html(c) for c in checks)
-        body.append(f'<h2 id="checks">Checks ({n_pass}/{len(checks)} passed)</h2>'
+        body.append(f'<h2 id="checks">Claims ({n_pass} of {len(checks)} hold)</h2>'
                     f'<ul class="checks">{items}</ul>')
+    if warnings:
+        items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+        body.append(f'<h2 id="warnings">Warnings</h2><ul class="warnings">{items}</ul>')
     if notes:
         items = "".join(f"<li>{_esc(n)}</li>" for n in notes)
-        body.append(f'<h2 id="notes">Notes</h2><ul class="notes">{items}</ul>')
+        body.append(f'<h2 id="notes">How to read these numbers</h2><ul class="notes">{items}</ul>')
     if figures:
         body.append('<h2 id="figures">Figures</h2>')
         for name, files in figures.items():
@@ -675,9 +738,13 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
                              if link is not None else img)
             parts.append("</figure>")
             body.append("".join(parts))
-    if tables:
+    if ordered:
         body.append('<h2 id="tables">Tables</h2>')
-        body += [_table_html(name, frame, max_rows) for name, frame in tables.items()]
+        body += [_table_html(name, tables[name], max_rows) for name in ordered]
+    if meta:
+        items = "".join(f"<dt>{_esc(k)}</dt><dd>{_meta_value(v)}</dd>" for k, v in meta.items())
+        body.append('<details id="metadata"><summary>Run metadata (run.json: versions, '
+                    f'settings, timings, sites)</summary><dl class="meta">{items}</dl></details>')
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="UTF-8">\n'
             f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
-                      field_validator)
+                      field_validator, model_validator)
 
 from mi_probe.checks import Check
 from mi_probe.errors import SpecError
@@ -30,7 +30,8 @@ class TrainSpecBase(_Strict):
     """The paper's recipe: SGD + momentum + weight decay, ReduceLROnPlateau on validation
     accuracy, early stopping on validation accuracy; the best-accuracy epoch is kept."""
 
-    epochs: int = Field(15, ge=0, description="maximum training epochs")
+    epochs: int = Field(15, description="maximum training epochs (at least 1: the initial "
+                        "weights are the random state, not a trained one)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.01, gt=0, description="initial SGD learning rate")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -41,11 +42,27 @@ class TrainSpecBase(_Strict):
                                      "without a new best validation accuracy")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
+    @field_validator("epochs")
+    @classmethod
+    def _at_least_one_epoch(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"epochs must be at least 1, got {value}: with no training the "
+                             "'trained' state would be the initial weights. To measure "
+                             "initial weights, use the random state (experiment states: "
+                             "[random], or model.weights: random)")
+        return value
+
 
 class ModelSpecBase(_Strict):
     arch: str = Field(description="any timm architecture name, e.g. resnet18, vgg16")
     num_classes: int | None = Field(None, ge=2, description="defaults to the data's classes")
-    weights: str = Field("train", description="random | train | path/to/model.safetensors")
+    weights: str = Field("train", description="train (train the model per seed) | random | "
+                         "path/to/model.safetensors | pretrained (timm's default pretrained "
+                         "weights for arch, with a new head for the data's classes) | a timm "
+                         "hub tag <arch>.<tag>, e.g. resnet50.a1_in1k")
+    pretrained_file: str | None = Field(
+        None, description="with weights: pretrained or a tag, load timm's weights from this "
+        "local .safetensors file instead of downloading them (offline machines)")
     act: Literal["relu", "tanh"] | None = Field(
         None, description="swap every activation of the network to this one (None: as built)")
     head: Literal["timm", "paper_vgg"] = Field(
@@ -59,10 +76,45 @@ class ModelSpecBase(_Strict):
     @field_validator("weights")
     @classmethod
     def _weights_kind(cls, value: str) -> str:
-        if value in ("random", "train") or value.endswith(".safetensors"):
+        if value in ("random", "train", "pretrained") or value.endswith(".safetensors"):
             return value
-        raise ValueError(f"expected 'random', 'train' or a path to a .safetensors file, got "
-                         f"{value!r} (pickled checkpoints such as .pt/.pth are never loaded)")
+        pickled = value.lower().endswith((".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle",
+                                          ".tar"))
+        if not pickled and re.fullmatch(r"[A-Za-z0-9_]+\.[A-Za-z0-9_]+", value):
+            return value  # a timm hub tag, checked against arch below
+        raise ValueError(f"expected 'random', 'train', 'pretrained', a timm tag such as "
+                         f"'resnet50.a1_in1k' or a path to a .safetensors file, got {value!r} "
+                         "(pickled checkpoints such as .pt/.pth are never loaded)")
+
+    @field_validator("pretrained_file")
+    @classmethod
+    def _pretrained_file_kind(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith(".safetensors"):
+            raise ValueError(f"expected a .safetensors file, got {value!r} (pickled "
+                             "checkpoints such as .pt/.pth are never loaded)")
+        return value
+
+    @model_validator(mode="after")
+    def _pretrained_fits(self) -> "ModelSpecBase":
+        tagged = pretrained_tag(self.weights)
+        if tagged is not None and tagged[0] not in (self.arch, ""):
+            raise ValueError(f"weights {self.weights!r} are a tag of {tagged[0]!r}, but arch "
+                             f"is {self.arch!r}; use weights: pretrained, or arch: "
+                             f"{tagged[0]}")
+        if self.pretrained_file is not None and tagged is None:
+            raise ValueError(f"pretrained_file is only used with weights: pretrained (or a "
+                             f"timm tag); weights is {self.weights!r}")
+        return self
+
+
+def pretrained_tag(weights: str) -> tuple[str, str] | None:
+    """(arch, tag) of pretrained weights (``("", "")`` for timm's default), else None."""
+    if weights == "pretrained":
+        return "", ""
+    if weights in ("random", "train") or weights.endswith(".safetensors"):
+        return None
+    arch, _, tag = weights.partition(".")
+    return arch, tag
 
 
 class SitesSpecBase(_Strict):
@@ -192,9 +244,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(data: dict, overrides: Sequence[str]) -> set[tuple[str, ...]]:
-    """Apply ``--set`` overrides in place; returns the overridden key paths."""
-    touched = set()
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict[tuple[str, ...], str]:
+    """Apply ``--set`` overrides in place; returns each overridden key path with the
+    ``--set`` argument that set it (errors below it are blamed on that argument)."""
+    touched: dict[tuple[str, ...], str] = {}
     for item in overrides:
         parts, value = parse_override(item)
         node: Any = data
@@ -223,7 +276,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> set[tuple[str, ...]
             node[last] = value
         else:
             raise SpecError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a mapping")
-        touched.add(tuple(parts))
+        touched[tuple(parts)] = item
     return touched
 
 
@@ -344,8 +397,19 @@ def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[
     return f"{field}: {msg} (got {value!r})"
 
 
+def _blamed_override(path: Sequence[str], overridden: dict[tuple[str, ...], str]) -> str | None:
+    """The ``--set`` argument an error at ``path`` comes from: one that set the path or
+    a field above it, or one that created the (unknown) key the error is about."""
+    path = tuple(path)
+    for keys, item in overridden.items():
+        if path[:len(keys)] == keys or (path and keys[:len(path)] == path):
+            return item
+    return None
+
+
 def validate_data(spec_cls: type[BaseModel], data: Any, source: str,
-                  root: yaml.Node | None = None, overridden: set | None = None) -> Any:
+                  root: yaml.Node | None = None,
+                  overridden: dict[tuple[str, ...], str] | None = None) -> Any:
     """Validate a spec mapping; raise SpecError with one located line per problem."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec must be a mapping with name, data, model and "
@@ -357,8 +421,9 @@ def validate_data(spec_cls: type[BaseModel], data: Any, source: str,
         for err in exc.errors():
             path, line = _walk(data, root, err["loc"])
             where = source
-            if overridden and any(tuple(path[:len(o)]) == o for o in overridden):
-                where = "--set"
+            blamed = _blamed_override(path, overridden or {})
+            if blamed is not None:
+                where = f"--set {blamed}"
             elif line is not None:
                 where = f"{source}:{line}"
             problems.append(f"{where}: {_describe_error(err, spec_cls, data, path)}")
@@ -414,7 +479,7 @@ def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: An
         current = data.get("executor")
         if not (isinstance(current, dict) and current.get("kind") == executor):
             data["executor"] = {"kind": executor}
-    overridden = apply_overrides(data, overrides) if isinstance(data, dict) else set()
+    overridden = apply_overrides(data, overrides) if isinstance(data, dict) else {}
     return validate_data(spec_model(pm), data, source, root, overridden)
 
 

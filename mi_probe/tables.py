@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import polars as pl
 
@@ -20,29 +20,21 @@ from mi_probe.errors import RunError
 #: Columns every per-site table carries.
 SITE_COLUMNS = ("seed", "state", "site", "depth", "site_kind")
 
-#: Required columns of the core tables (more columns are allowed).
-SCHEMAS: dict[str, tuple[str, ...]] = {
-    "layer_mi": SITE_COLUMNS + ("i_xt", "i_ty"),
-    "channel_mi": SITE_COLUMNS + ("channel", "i_xt", "i_ty"),
-    "concentration": SITE_COLUMNS + ("gini", "top_k", "top_k_share", "norm_entropy"),
-    "layer_pairs": SITE_COLUMNS + ("site_b", "depth_b", "mi"),
-    "knockout": SITE_COLUMNS + ("q", "selection", "variant", "n_channels", "accuracy",
-                                "baseline_accuracy", "drop"),
-    "semantic_knockout": SITE_COLUMNS + ("class", "q", "selection", "n_channels",
-                                         "class_accuracy", "baseline_class_accuracy", "drop",
-                                         "other_classes_change"),
+#: Required columns of the table the run itself writes whatever the experiment, when
+#: models are trained (experiments declare theirs: ``interfaces.DeclaresTables``).
+CORE_SCHEMAS: dict[str, tuple[str, ...]] = {
     "training": ("seed", "epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds",
                  "regularizer"),
-    "dynamics": ("seed", "epoch", "act", "site", "depth", "i_xt", "i_ty", "val_acc"),
-    "evaluation": ("seed", "state", "accuracy", "n_samples"),
 }
 
-
-def check_schema(name: str, frame: pl.DataFrame) -> None:
-    """Raise RunError when a core table lacks a contract column."""
-    required = SCHEMAS.get(name)
-    if required is None:
+def check_schema(name: str, frame: pl.DataFrame,
+                 schemas: Mapping[str, Any]) -> None:
+    """Raise RunError when a declared table lacks one of its required columns
+    (``schemas`` maps names to ``interfaces.TableSchema`` or required-column lists)."""
+    declared = schemas.get(name)
+    if declared is None:
         return
+    required = getattr(declared, "required", declared)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise RunError(f"table {name!r} is missing contract columns {missing}; "

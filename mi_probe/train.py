@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from mi_probe.capture import add_pooling_hooks, removing
 from mi_probe.data import make_loader
 from mi_probe.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
                                   training_copy)
-from mi_probe.errors import CheckpointError, MiProbeError
+from mi_probe.errors import CheckpointError, MiProbeError, RunError
 from mi_probe.interfaces import DataBundle, Regularizer, Site
 from mi_probe.models import RECIPE_VERSION, load_weights, save_weights
 from mi_probe.tables import atomic_write_text
@@ -323,8 +324,44 @@ def cached_training(build: Callable[[], nn.Module], payload: Mapping[str, Any], 
                     ) -> tuple[nn.Module, list[dict[str, Any]], Path]:
     """The trained model for ``payload`` from ``cache_dir/models/<key>/``, training (or
     resuming) it when absent. Returns (model on device, training history, folder).
-    Under ``dist_ctx`` every rank calls this; rank 0 alone writes the cache."""
+    Under ``dist_ctx`` every rank calls this; rank 0 alone writes the cache. Otherwise
+    a file lock beside the folder makes a second process that wants the same model wait
+    for the first and then load it, instead of training it into the same folder."""
     folder = Path(cache_dir) / "models" / cache_key(payload)
+    args = (build, payload, meta, data, cfg, seed, device, folder, regularizers,
+            eval_batch_size, progress, log, on_epoch_end, dist_ctx)
+    if dist_ctx is not None:
+        return _cached_training(*args)
+    with model_lock(folder, log):
+        return _cached_training(*args)
+
+
+@contextmanager
+def model_lock(folder: Path, log: Callable[[str], None]):
+    """Hold ``<folder>.lock`` (waiting, with a message, while another process holds it)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"another mi-probe process is training this model into {folder}; waiting "
+                "for it to finish (then its result is used)")
+            lock.acquire()
+    except OSError as exc:
+        raise RunError(f"cannot write to the model cache {folder.parent}: "
+                       f"{exc.strerror or exc}; choose a writable --cache-dir (or set "
+                       "MI_PROBE_CACHE)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _cached_training(build, payload, meta, data, cfg, seed, device, folder, regularizers,
+                     eval_batch_size, progress, log, on_epoch_end, dist_ctx):
     model = build()
     final = folder / "model.safetensors"
     info = folder / "training.json"

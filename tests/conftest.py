@@ -23,6 +23,13 @@ counting.warm_up()
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _own_model_cache(tmp_path, monkeypatch):
+    """Each test gets its own default model cache (never the user's ~/.cache/mi-probe);
+    a test that sets MI_PROBE_CACHE or passes a cache folder overrides it."""
+    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "default-model-cache"))
+
+
 @pytest.fixture(scope="session")
 def pm():
     return get_plugin_manager(autoload=False)
@@ -94,7 +101,7 @@ def shared_cache(tmp_path_factory):
 def tiny_engine(pm, shared_cache):
     """``make(folder, text)``: an Engine for spec ``text`` written to ``folder``, with the
     shared tiny-model cache (module fixtures of the experiment tests use it)."""
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
     from mi_probe.spec import load_spec
 
     def make(folder: Path, text: str):

@@ -23,7 +23,7 @@ import scipy.stats  # noqa: E402,F401
 import sklearn.model_selection  # noqa: E402,F401
 import vl_convert  # noqa: E402,F401
 
-import mi_probe.engine  # noqa: E402,F401
+import mi_probe.runner.driver  # noqa: E402,F401
 import mi_probe.report  # noqa: E402,F401
 import mi_probe.testing.stages  # noqa: E402,F401
 from mi_probe.plugins import get_plugin_manager  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.errors import EstimatorError
 from mi_probe.interfaces import LayerMI
 from mi_probe.testing import (check_estimator, closed_form_label_mi, label_problems,

@@ -11,7 +11,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mi_probe.builtin.cover import (CoverExperiment, CoverParams, mean_pair_mi, redundant_set)
+from mi_probe.builtin.experiments.cover import (CoverExperiment, CoverParams, mean_pair_mi,
+                                                redundant_set)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.histogram import bin_uniform, label_mi_from_codes
 from mi_probe.functional.pairwise import pair_mi_from_codes
@@ -134,7 +135,7 @@ def test_params_and_bins():
     with pytest.raises(ValidationError, match="greater than or equal to 2"):
         CoverParams(pair_bins=1)
     # pairs come from the estimator's own pair_mi; one without it needs pair_bins
-    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
     from mi_probe.errors import SpecError
 
     no_pairs = SimpleNamespace(name="ksg")
@@ -148,7 +149,7 @@ def test_params_and_bins():
 def test_redundancy_uses_the_estimators_pairs_or_the_requested_histogram():
     """Default: the estimator's pair_mi (its bins and range); pair_bins: a min/max
     histogram of that many bins, whatever the estimator."""
-    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
     from mi_probe.functional.pairwise import pair_mi
 
     g = torch.Generator().manual_seed(3)

@@ -12,6 +12,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from mi_probe import data
+from mi_probe.builtin.datasets.digits import DigitsParams, DigitsSource
+from mi_probe.builtin.datasets.imagefolder import ImageFolderParams, ImageFolderSource
+from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
 from mi_probe.errors import DataError
 
 MEAN = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1)
@@ -43,8 +46,8 @@ def make_folder(root: Path, classes=("a", "b", "c"), splits=("train", "val"), n:
     return root
 
 
-def folder_source(root: Path | str, **kw) -> data.ImageFolderSource:
-    return data.ImageFolderSource(data.ImageFolderParams(root=str(root), image_size=16, **kw))
+def folder_source(root: Path | str, **kw) -> ImageFolderSource:
+    return ImageFolderSource(ImageFolderParams(root=str(root), image_size=16, **kw))
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -175,21 +178,21 @@ def test_imagefolder_corrupt_file_named_on_access_and_by_verify(tmp_path):
 
 def test_imagefolder_params_validation():
     with pytest.raises(ValidationError):
-        data.ImageFolderParams(root="x", image_size=4)
+        ImageFolderParams(root="x", image_size=4)
     with pytest.raises(ValidationError):
-        data.ImageFolderParams(root="x", crop_scale=(0.9, 0.5))
+        ImageFolderParams(root="x", crop_scale=(0.9, 0.5))
     with pytest.raises(ValidationError):
-        data.ImageFolderParams(root="x", max_per_class=0)
+        ImageFolderParams(root="x", max_per_class=0)
     with pytest.raises(ValidationError):
-        data.ImageFolderParams(root="x", colour="blue")
-    assert data.ImageFolderParams(root="x", crop_scale=[0.5, 1.0]).crop_scale == (0.5, 1.0)
+        ImageFolderParams(root="x", colour="blue")
+    assert ImageFolderParams(root="x", crop_scale=[0.5, 1.0]).crop_scale == (0.5, 1.0)
 
 
 # ----------------------------------------------------------------------------- digits
 
 @pytest.fixture(scope="module")
 def digits():
-    return data.DigitsSource(data.DigitsParams()).load()
+    return DigitsSource(DigitsParams()).load()
 
 
 def test_digits_split_sizes_and_stratification(digits):
@@ -207,7 +210,7 @@ def test_digits_split_sizes_and_stratification(digits):
 def test_digits_images_and_normalisation(digits):
     x, y = digits.val[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= y <= 9
-    val = digits.val.images
+    val = torch.stack([digits.val[i][0] for i in range(len(digits.val))])
     raw = val * STD.unsqueeze(0) + MEAN.unsqueeze(0)
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
     assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5)   # grayscale replicated
@@ -216,10 +219,10 @@ def test_digits_images_and_normalisation(digits):
 
 
 def test_digits_split_deterministic_and_seeded(digits):
-    again = data.DigitsSource(data.DigitsParams()).load()
+    again = DigitsSource(DigitsParams()).load()
     assert torch.equal(again.val.images, digits.val.images)
     assert torch.equal(again.val.labels, digits.val.labels)
-    other = data.DigitsSource(data.DigitsParams(split_seed=1, augment=False)).load()
+    other = DigitsSource(DigitsParams(split_seed=1, augment=False)).load()
     assert not torch.equal(other.val.images, digits.val.images)
 
 
@@ -227,7 +230,7 @@ def test_digits_augmentation(digits):
     torch.manual_seed(0)
     assert not torch.equal(digits.train[0][0], digits.train[0][0])
     assert digits.train[0][0].shape == (3, 32, 32)
-    plain = data.DigitsSource(data.DigitsParams(augment=False, image_size=8,
+    plain = DigitsSource(DigitsParams(augment=False, image_size=8,
                                                 val_fraction=0.25)).load()
     assert torch.equal(plain.train[0][0], plain.train[0][0])
     assert plain.train[0][0].shape == (3, 8, 8)
@@ -236,15 +239,15 @@ def test_digits_augmentation(digits):
 
 def test_digits_params_reject_bad_values():
     with pytest.raises(ValidationError):
-        data.DigitsParams(val_fraction=1.0)
+        DigitsParams(val_fraction=1.0)
     with pytest.raises(ValidationError):
-        data.DigitsParams(hflip=True, extra_key=1)
+        DigitsParams(hflip=True, extra_key=1)
 
 
 # ----------------------------------------------------------------------------- synthetic
 
-def synthetic(**kw) -> tuple[data.SyntheticSource, object]:
-    source = data.SyntheticSource(data.SyntheticParams(**kw))
+def synthetic(**kw) -> tuple[SyntheticSource, object]:
+    source = SyntheticSource(SyntheticParams(**kw))
     return source, source.load()
 
 
@@ -287,14 +290,14 @@ def test_synthetic_augment_option():
 
 def test_synthetic_params_reject_unknown_keys():
     with pytest.raises(ValidationError, match="bogus"):
-        data.SyntheticParams(bogus=1)
+        SyntheticParams(bogus=1)
     with pytest.raises(ValidationError):
-        data.SyntheticParams(n_classes=1)
+        SyntheticParams(n_classes=1)
     with pytest.raises(ValidationError):
-        data.SyntheticParams(noise=-0.1)
-    assert data.SyntheticParams(kind="synthetic").kind == "synthetic"
+        SyntheticParams(noise=-0.1)
+    assert SyntheticParams(kind="synthetic").kind == "synthetic"
     with pytest.raises(ValidationError):
-        data.SyntheticParams(kind="digits")
+        SyntheticParams(kind="digits")
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -315,11 +318,12 @@ def test_make_loader_reproducible_order():
 
 def test_builtin_plugin_registers_all_sources():
     pytest.importorskip("mi_probe.hookspecs")
-    from mi_probe.builtin import datasets
+    from mi_probe.builtin.datasets import digits, imagefolder, synthetic
 
     seen = {}
-    datasets.mi_probe_register_datasets(lambda name, factory, model: seen.update(
-        {name: (factory, model)}))
+    for module in (digits, imagefolder, synthetic):
+        module.mi_probe_register_datasets(lambda name, factory, model: seen.update(
+            {name: (factory, model)}))
     assert set(seen) == {"digits", "imagefolder", "synthetic"}
     for name, (factory, model) in seen.items():
         assert model.model_fields["kind"].default == name

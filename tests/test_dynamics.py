@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mi_probe import cli
-from mi_probe.builtin.dynamics import (Dynamics, DynamicsParams, final_sites, ls_slope,
-                                       plateau_epoch, summarise)
-from mi_probe.engine import Engine
+from mi_probe.builtin.experiments.dynamics import (Dynamics, DynamicsParams, final_sites,
+                                                   ls_slope, plateau_epoch, summarise)
+from mi_probe.runner.context import Engine
 from mi_probe.spec import load_spec
-from mi_probe.tables import SCHEMAS
+from mi_probe.builtin.experiments.dynamics import TABLE_SCHEMAS
 
 TINY = """\
 name: tiny_dynamics
@@ -81,7 +81,7 @@ def test_tracker_records_the_edge_bin_share_that_follows_the_tails():
     clipped 0.1% tails included) with or without the outlier, and keeps its I(X;T)."""
     from types import SimpleNamespace
 
-    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
     from mi_probe.interfaces import Captured, Site
 
     g = torch.Generator().manual_seed(0)
@@ -164,7 +164,7 @@ def test_dynamics_end_to_end_and_cached_tracking(run_cli, tiny_spec_file, tmp_pa
     assert code == 0, err
     tables = tmp_path / "r" / "tables"
     dyn = pl.read_parquet(tables / "dynamics.parquet")
-    assert set(SCHEMAS["dynamics"]) <= set(dyn.columns)
+    assert set(TABLE_SCHEMAS["dynamics"].required) <= set(dyn.columns)
     assert sorted(dyn["act"].unique()) == ["relu", "tanh"]
     for act in ("relu", "tanh"):
         part = dyn.filter(pl.col("act") == act)
@@ -209,7 +209,7 @@ def _engine(tmp_path, pm, extra: str = ""):
 
 
 def test_stratified_subsample_is_proportional_seeded_and_reproducible():
-    from mi_probe.builtin.dynamics import stratified_subsample
+    from mi_probe.builtin.experiments.dynamics import stratified_subsample
 
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)[torch.randperm(
         100, generator=torch.Generator().manual_seed(1))]
@@ -238,7 +238,7 @@ def test_track_samples_tracks_the_same_stratified_rows_every_epoch(tmp_path, pm)
     seeded stratified subsample of the evaluation labels), its values are the
     estimator's on exactly those rows of a full capture, training is unchanged, and the
     rows carry n_samples and the plug-in bias (B-1)(K-1)/(2n)."""
-    from mi_probe.builtin.dynamics import eval_labels, stratified_subsample
+    from mi_probe.builtin.experiments.dynamics import eval_labels, stratified_subsample
 
     engine = _engine(tmp_path, pm, ", track_samples: 21, track_seed: 5")
     experiment = Dynamics(engine.spec.experiment)
@@ -296,7 +296,7 @@ def test_track_samples_is_part_of_the_cache_key_and_the_default_key_is_unchanged
     import hashlib
     import json
 
-    from mi_probe.builtin.dynamics import TRACK_VERSION
+    from mi_probe.builtin.experiments.dynamics import TRACK_VERSION
 
     engine = _engine(tmp_path, pm)
     spec = engine.spec

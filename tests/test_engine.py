@@ -11,9 +11,12 @@ import torch
 
 from mi_probe import cli
 from mi_probe.models import build_model, save_weights
-from mi_probe.tables import SCHEMAS
+from mi_probe.builtin.experiments.layer_mi import TABLE_SCHEMAS
+from mi_probe.tables import CORE_SCHEMAS
 
-CONTRACT = {name: SCHEMAS[name] for name in ("layer_mi", "channel_mi", "training", "evaluation")}
+CONTRACT = {**{name: TABLE_SCHEMAS[name].required for name in ("layer_mi", "channel_mi",
+                                                                "evaluation")},
+            "training": CORE_SCHEMAS["training"]}
 
 
 def test_run_writes_the_contract(run_cli, tiny_spec_file, tmp_path):
@@ -71,7 +74,7 @@ def test_rerun_same_out_reuses_units_and_other_spec_is_refused(run_cli, tiny_spe
 
 
 def test_interrupted_run_resumes_only_missing_units(run_cli, tiny_spec_file, tmp_path, monkeypatch):
-    from mi_probe.builtin.experiments import LayerMIExperiment
+    from mi_probe.builtin.experiments.layer_mi import LayerMIExperiment
 
     original = LayerMIExperiment.run_unit
     done = []
@@ -234,7 +237,7 @@ def test_corrupt_image_is_named(run_cli, tiny_spec_file, tmp_path):
 
 
 def test_evaluations_that_return_sites_refuse_nan_naming_the_site(tiny_spec_file, tmp_path, pm):
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
     from mi_probe.errors import NonFiniteActivationError
     from mi_probe.spec import load_spec
 

@@ -11,11 +11,11 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from mi_probe import cli
-from mi_probe.builtin.estimator_studies import LayerPairs, LayerPairsParams
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
-from mi_probe.interfaces import Plan
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
+from mi_probe.builtin.experiments.layer_pairs import LayerPairs, LayerPairsParams
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import block_sizes, pair_mi_from_codes
+from mi_probe.interfaces import Plan
 from mi_probe.testing import gaussian_mi
 
 
@@ -290,8 +290,8 @@ def test_layer_pairs_matrix(run_spec):
 
 def test_layer_pairs_value_is_the_mean_pair_mi(pm, tiny_spec_file, tmp_path, monkeypatch):
     from conftest import TINY_SPEC
-    from mi_probe.builtin.estimator_studies import LayerPairs, LayerPairsParams
-    from mi_probe.engine import Engine
+    from mi_probe.builtin.experiments.layer_pairs import LayerPairs, LayerPairsParams
+    from mi_probe.runner.context import Engine
     from mi_probe.spec import load_spec
 
     text = TINY_SPEC.replace("weights: train", "weights: random")
@@ -343,8 +343,8 @@ def test_estimator_sweep_range_rows_are_the_quantile_estimator(pm, tiny_spec_fil
     """A quantile row holds exactly what HistogramEstimator(range: quantile) gives on the
     captured activations (full evaluation set), and differs from the min/max row."""
     from conftest import TINY_SPEC
-    from mi_probe.builtin.estimator_studies import EstimatorSweep, EstimatorSweepParams
-    from mi_probe.engine import Engine
+    from mi_probe.builtin.experiments.estimator_sweep import EstimatorSweep, EstimatorSweepParams
+    from mi_probe.runner.context import Engine
     from mi_probe.spec import load_spec
 
     text = TINY_SPEC.replace("weights: train", "weights: random").replace(
@@ -370,7 +370,7 @@ def test_estimator_sweep_range_settings_are_checked(pm, tiny_spec_file, capsys):
     from conftest import TINY_SPEC
     from pydantic import ValidationError
 
-    from mi_probe.builtin.estimator_studies import EstimatorSweepParams
+    from mi_probe.builtin.experiments.estimator_sweep import EstimatorSweepParams
 
     text = TINY_SPEC.replace("experiment: {kind: layer_mi}",
                              "experiment: {kind: estimator_sweep, bins: [8], reference_bins: 8, "
@@ -393,7 +393,7 @@ def test_estimator_sweep_without_a_range_parameter():
     SpecError naming the estimator."""
     from types import SimpleNamespace
 
-    from mi_probe.builtin.estimator_studies import EstimatorSweep, EstimatorSweepParams
+    from mi_probe.builtin.experiments.estimator_sweep import EstimatorSweep, EstimatorSweepParams
     from mi_probe.errors import SpecError
 
     class NoRange:

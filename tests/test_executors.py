@@ -13,7 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mi_probe.engine import run, spec_hash
+from mi_probe.runner.driver import run
+from mi_probe.runner.rundir import spec_hash
 from mi_probe.errors import RunError, SpecError, UnitsFailedError
 from mi_probe.plugins import get_plugin_manager
 from mi_probe.spec import load_spec, load_spec_text
@@ -142,7 +143,7 @@ def test_plugins_registered_as_objects_cannot_be_shipped_to_workers():
     pm = get_plugin_manager([Inline()], autoload=False)
     with pytest.raises(PluginError, match="registered as objects, not importable modules"):
         pm.recipe()
-    assert get_plugin_manager(["mi_probe.builtin.hsic"], autoload=False).recipe() == {
+    assert get_plugin_manager(["mi_probe.builtin.regularizers.hsic"], autoload=False).recipe() == {
         "extra_plugins": [], "autoload": False}  # already registered as a built-in
 
 
@@ -195,10 +196,10 @@ def test_ray_task_trains_with_ddp_and_refuses_requests_no_node_can_meet(sweep, p
                   log=messages.append, progress=False)
     assert outcome.status == "complete"
     assert "ray: submitted 1 train unit(s) (2 CPU, 0 GPU, 2 processes each)" in messages
-    (model_dir,) = (cache / "models").iterdir()
+    (model_dir,) = [p for p in (cache / "models").iterdir() if p.is_dir()]  # not the .lock
     assert json.loads((model_dir / "training.json").read_text())["processes"] == 2
     log = (out / "logs" / "train-train_seed=0.log").read_text()
-    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m mi_probe.jobs" in log
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m mi_probe.runner.worker" in log
     with pytest.raises(RunError, match=r"executor.train asks for 4 CPU\(s\) per unit but the "
                        r"largest node of the Ray cluster has 2; a unit runs on one node"):
         run(spec({"cpus": 4}), plugin_pm, out=folder / "too-big", cache_dir=folder / "c-big",
@@ -260,7 +261,8 @@ def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys):
 
 
 def test_two_requests_for_one_model_train_it_once(pm, tiny_spec_file, tmp_path):
-    from mi_probe.engine import Engine, _training_stage
+    from mi_probe.runner.context import Engine
+    from mi_probe.runner.driver import training_stage as _training_stage
     from mi_probe.interfaces import TrainingRequest
 
     engine = Engine(load_spec(tiny_spec_file(), pm=pm), pm, tmp_path / "cache",

@@ -24,7 +24,7 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import mutual_info_score
 
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.errors import EstimatorError, MiProbeError
 from mi_probe.functional import histogram as F
 from mi_probe.interfaces import Estimator, LayerMI

@@ -11,15 +11,17 @@ import torch
 from scipy.spatial.distance import pdist, squareform
 
 from mi_probe import cli
-from mi_probe.builtin.hsic import HSICCompareParams, HSICParams, HSICRegularizer, NHSICParams
-from mi_probe.data import SyntheticParams, SyntheticSource
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
+from mi_probe.builtin.experiments.hsic_compare import HSICCompareParams
+from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
+from mi_probe.builtin.regularizers.nhsic import NHSICParams
 from mi_probe.functional.hsic import (center, delta_kernel, hsic, median_bandwidth, nhsic,
                                       pairwise_sq_dists, rbf_kernel, rbf_kernel_minus_one)
 from mi_probe.models import build_model
 from mi_probe.sites import resolve_sites
-from mi_probe.sites.resnet import ResNetAdapter
 from mi_probe.spec import TrainSpecBase
-from mi_probe.tables import SCHEMAS
+from mi_probe.tables import CORE_SCHEMAS
 from mi_probe.train import train_model
 
 CPU = torch.device("cpu")
@@ -450,7 +452,7 @@ def test_hsic_compare_end_to_end(run_cli, tiny_spec_file, tmp_path):
     assert ce["epochs_to_target"].null_count() == 0
     assert (frame["final_epoch"] == 1).all()
     train = pl.read_parquet(tables / "training.parquet")
-    assert set(SCHEMAS["training"]) <= set(train.columns)
+    assert set(CORE_SCHEMAS["training"]) <= set(train.columns)
     assert train.group_by(["seed", "regularizer"]).len().height == 4
     summary = pl.read_parquet(tables / "summary_hsic_compare.parquet")
     assert summary.height == 2 and (summary["n_seeds"] == 2).all()

@@ -1,4 +1,4 @@
-"""Interventions (builtin/interventions.py) on hand-made tensors, and through the engine:
+"""Interventions (builtin/interventions/) on hand-made tensors, and through the engine:
 the cached-site fast path must give the same logits as the forward-hook path."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import torch
 from pydantic import ValidationError
 
 from mi_probe import capture as capture_mod
-from mi_probe.builtin.interventions import (EnergyKnockout, EnergyParams, Knockout,
-                                            KnockoutParams, Perturb, PerturbParams, Shuffle,
-                                            ShuffleParams)
+from mi_probe.builtin.interventions.energy import EnergyKnockout, EnergyParams
+from mi_probe.builtin.interventions.knockout import Knockout, KnockoutParams
+from mi_probe.builtin.interventions.perturb import Perturb, PerturbParams
+from mi_probe.builtin.interventions.shuffle import Shuffle, ShuffleParams
 from mi_probe.errors import EstimatorError, SpecError
 from mi_probe.interfaces import Intervention, Site
 
@@ -283,7 +284,7 @@ class Identity:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, pm):
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
     from mi_probe.spec import load_spec
 
     folder = tmp_path_factory.mktemp("iv")

@@ -245,7 +245,7 @@ def test_cuda_pair_counts_stay_exact_under_reduced_precision_matmul_settings():
 
 
 def test_without_numba_the_cpu_falls_back_to_the_torch_kernels(monkeypatch):
-    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
     from mi_probe.functional import counting
 
     x, y = activations(300, 8, 4, seed=6)

@@ -25,14 +25,17 @@ import torch
 from torch import nn
 
 from mi_probe import cli
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
-from mi_probe.builtin.interventions import (EnergyKnockout, EnergyParams, Knockout,
-                                            KnockoutParams, Shuffle, ShuffleParams)
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
+from mi_probe.builtin.interventions.energy import EnergyKnockout, EnergyParams
+from mi_probe.builtin.interventions.knockout import Knockout, KnockoutParams
+from mi_probe.builtin.interventions.shuffle import Shuffle, ShuffleParams
 from mi_probe.capture import capture
 from mi_probe.functional.selection import descending_order, mass_set, random_set
 from mi_probe.interfaces import SiteRef
 from mi_probe.sites import probe_sites
-from mi_probe.tables import SCHEMAS
+from mi_probe.builtin.experiments.concentration import ConcentrationExperiment, ConcentrationParams
+from mi_probe.builtin.experiments.knockout import SWEEP_COLUMNS
+from mi_probe.builtin.experiments.semantic_knockout import TABLE_SCHEMAS as SEMANTIC_TABLES
 
 K = 4
 LAST = "layer4.0.post_add"
@@ -166,7 +169,7 @@ def workdir(tmp_path_factory):
 def planted(workdir, pm):
     """Train test_resnet through the spec path (cached under workdir), plant S, save."""
     from mi_probe.data import make_loader
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
     from mi_probe.models import model_meta, save_weights
     from mi_probe.spec import load_spec
 
@@ -212,13 +215,13 @@ def planted(workdir, pm):
 @pytest.fixture
 def run_cli(workdir, monkeypatch, pm, capsys):
     """Run a spec through the CLI; checks after every unit that no hook is left."""
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
 
     checked = []
     original = Engine.end_unit
 
     def end_unit(self):
-        for model in self._models.values():
+        for model in self.models._models.values():
             assert _no_hooks(model), "hooks left on a model after the unit"
             checked.append(model)
         return original(self)
@@ -243,13 +246,15 @@ def _table(run_dir, name):
 
 def _contract(run_dir, name):
     frame = _table(run_dir, name)
-    assert set(SCHEMAS[name]) <= set(frame.columns), (name, frame.columns)
+    concentration = ConcentrationExperiment(ConcentrationParams()).table_schemas
+    required = {"knockout": SWEEP_COLUMNS, **SEMANTIC_TABLES, **concentration}[name].required
+    assert set(required) <= set(frame.columns), (name, frame.columns)
     return frame
 
 
 def _planted_capture(planted, workdir, pm):
     """Evaluation-set activations of the planted model, and the spec's estimator."""
-    from mi_probe.engine import Engine
+    from mi_probe.runner.context import Engine
     from mi_probe.spec import load_spec
 
     spec = load_spec(_spec(workdir, "check", "{kind: layer_mi, states: [trained]}",
@@ -354,7 +359,7 @@ def test_shuffle_and_perturb_runs(planted, run_cli, workdir):
     run_dir = run_cli(shuffle, workdir / "shuf")
     table = _table(run_dir, "shuffle")
     assert set(table["variant"].unique()) == {"shuffle"}
-    assert set(SCHEMAS["knockout"]) - {"variant"} <= set(table.columns)
+    assert set(SWEEP_COLUMNS.required) <= set(table.columns)
     last = table.filter((pl.col("site") == LAST) & (pl.col("q") == 1.0))
     drop = {s: last.filter(pl.col("selection") == s)["drop"].mean()
             for s in ("top", "random", "bottom")}

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mi_probe.analysis import ChannelMassParams, channel_masses, split_halves
-from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.errors import SpecError
 from mi_probe.functional import concentration as C
 from mi_probe.functional.masses import null_subtracted, set_overlap, signal_test

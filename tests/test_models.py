@@ -48,7 +48,7 @@ def _pre_add_pooled(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     """Pooled outputs of the last norm of every residual branch (the pre_add sites)."""
     from mi_probe.capture import capture
     from mi_probe.sites import resolve_sites
-    from mi_probe.sites.resnet import ResNetAdapter
+    from mi_probe.builtin.adapters.resnet import ResNetAdapter
 
     sites = resolve_sites(model, ResNetAdapter(), x[:2], include=["*.pre_add"])
     got = capture(model, sites, [(x, torch.zeros(len(x), dtype=torch.long))], torch.device("cpu"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import sys
 import textwrap
 import types
@@ -10,10 +12,10 @@ import pytest
 from pydantic import BaseModel
 
 from mi_probe import cli
-from mi_probe.engine import run
+from mi_probe.runner.driver import run
 from mi_probe.errors import PluginError, UnknownPluginError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.plugins import KINDS, get_plugin_manager
+from mi_probe.plugins import BUILTIN_PLUGINS, KINDS, get_plugin_manager
 from mi_probe.spec import load_spec
 
 from conftest import TINY_SPEC
@@ -73,7 +75,7 @@ def test_builtins_are_registered_like_plugins(pm):
     assert set(reg.entries("datasets")) >= {"digits", "imagefolder", "synthetic"}
     assert set(reg.entries("experiments")) >= {"layer_mi"}
     assert set(reg.entries("adapters")) >= {"vgg", "resnet", "generic"}
-    assert reg.get("estimators", "histogram").plugin == "mi_probe.builtin.estimators"
+    assert reg.get("estimators", "histogram").plugin == "mi_probe.builtin.estimators.histogram"
     for kind in KINDS:  # every hook exists, even those later issues fill
         assert hasattr(pm.hook, f"mi_probe_register_{kind}")
 
@@ -95,8 +97,9 @@ def test_throwaway_plugin_usable_from_spec_and_listed(throwaway, tiny_spec_file,
     assert layer["i_xt"].max() <= 0.6932  # a 2-symbol entropy is at most log 2
     assert cli.main(["plugins"], pm=pm) == 0
     out = capsys.readouterr().out
-    assert f"{throwaway} (-)\n  estimator sign_mi" in out
-    assert "mi_probe.builtin.estimators" in out and "estimator histogram" in out
+    assert re.search(rf"^{throwaway} \(-\)\n  estimator sign_mi +{throwaway}$", out, re.M)
+    assert re.search(r"^  estimator histogram +mi_probe\.builtin\.estimators\.histogram$", out,
+                     re.M)
 
 
 def test_cli_plugin_flag_imports_module(throwaway, capsys):
@@ -110,7 +113,7 @@ def test_unknown_plugin_module_is_a_clear_error(capsys):
 
 
 def _estimator_plugin(name: str, plugin_name: str):
-    from mi_probe.builtin.estimators import HistogramEstimator, HistogramParams
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 
     module = types.ModuleType(plugin_name)
 
@@ -125,7 +128,7 @@ def _estimator_plugin(name: str, plugin_name: str):
 def test_duplicate_name_names_both_plugins():
     pm = get_plugin_manager([_estimator_plugin("histogram", "copycat")], autoload=False)
     with pytest.raises(PluginError, match=r"estimator 'histogram' is registered twice: by plugin "
-                       r"'mi_probe.builtin.estimators' and by plugin 'copycat'"):
+                       r"'mi_probe.builtin.estimators.histogram' and by plugin 'copycat'"):
         pm.registry
 
 
@@ -181,13 +184,122 @@ def test_a_builtin_plugin_blocked_by_name_can_be_replaced(tmp_path, monkeypatch,
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
     with pytest.raises(PluginError, match="experiment 'layer_mi' is registered twice"):
         get_plugin_manager(["replacement_layer_mi"], autoload=False).registry
-    pm = get_plugin_manager(["no:experiments", "replacement_layer_mi"], autoload=False)
+    pm = get_plugin_manager(["no:experiments.layer_mi", "replacement_layer_mi"], autoload=False)
     assert pm.registry.get("experiments", "layer_mi").plugin == "replacement_layer_mi"
-    assert "no:experiments" in pm.recipe()["extra_plugins"]
-    assert pm.get_plugin("mi_probe.builtin.experiments") is None
+    assert "no:experiments.layer_mi" in pm.recipe()["extra_plugins"]
+    assert pm.get_plugin("mi_probe.builtin.experiments.layer_mi") is None
+    assert "concentration" in pm.registry.entries("experiments")  # only layer_mi is blocked
     monkeypatch.chdir(tmp_path)
     code = cli.main(["run", str(tiny_spec_file("")), "--out", str(tmp_path / "r"),
                      "--cache-dir", str(tmp_path / "cache"), "--no-progress"], pm=pm)
     assert code == 0
     frame = pl.read_parquet(tmp_path / "r" / "tables" / "layer_mi.parquet")
     assert frame["replaced"].all()
+
+
+# ----------------------------------------------------------------------------- layout
+
+def test_every_builtin_entry_has_its_own_plugin_module(pm):
+    """The layout rule of ``mi_probe.builtin``: the built-in entry NAME of kind KIND is
+    registered by the plugin module ``mi_probe.builtin.KIND.NAME`` (no exceptions), and
+    every public module of the kind folders is such a plugin, listed in BUILTIN_PLUGINS;
+    a kind folder's ``__init__.py`` holds only its docstring."""
+    import ast
+    from pathlib import Path
+
+    import mi_probe.builtin
+
+    owners = {}
+    for kind in KINDS:
+        for name, entry in pm.registry.entries(kind).items():
+            if entry.plugin.startswith("mi_probe.builtin."):
+                assert entry.plugin == f"mi_probe.builtin.{kind}.{name}", (kind, name)
+                owners[entry.plugin] = (kind, name)
+    assert sorted(owners) == sorted(BUILTIN_PLUGINS)
+    for module_name in BUILTIN_PLUGINS:
+        assert pm.get_plugin(module_name) is importlib.import_module(module_name)
+    root = Path(mi_probe.builtin.__file__).parent
+    modules = {f"mi_probe.builtin.{path.parent.name}.{path.stem}" for path in root.glob("*/*.py")
+               if not path.name.startswith("_")}
+    assert modules == set(BUILTIN_PLUGINS)
+    assert {path.parent.name for path in root.glob("*/__init__.py")} <= set(KINDS)
+    for init in root.glob("*/__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), init  # a docstring only
+
+
+@pytest.mark.parametrize("block", ["no:experiments.shuffle",
+                                   "no:mi_probe.builtin.experiments.shuffle"])
+def test_one_builtin_entry_is_blocked_by_its_module_name(block):
+    pm = get_plugin_manager([block], autoload=False)
+    experiments = pm.registry.entries("experiments")
+    assert "shuffle" not in experiments
+    assert {"knockout", "perturb"} <= set(experiments)  # its module only, not the sweep's
+    assert "shuffle" in pm.registry.entries("interventions")  # same name, another kind
+    assert pm.get_plugin("mi_probe.builtin.experiments.shuffle") is None
+    assert block in pm.recipe()["extra_plugins"]  # workers block it too
+
+
+def test_plugins_command_shows_the_module_of_every_entry(capsys, monkeypatch):
+    """Each entry line: kind, name and the module that defines its factory, under the
+    plugin that registered it."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    argv = ["-p", "no:experiments.layer_mi", "-p", "replacement_layer_mi", "plugins"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # shuffle is registered by its own module, whose factory subclasses knockout's sweep
+    assert re.search(r"^mi_probe\.builtin\.experiments\.shuffle \(-\)\n"
+                     r"  experiment shuffle +mi_probe\.builtin\.experiments\.shuffle$", out, re.M)
+    assert re.search(r"^  intervention shuffle +mi_probe\.builtin\.interventions\.shuffle$",
+                     out, re.M)
+    assert re.search(r"^  adapter vgg +mi_probe\.builtin\.adapters\.vgg$", out, re.M)
+    # a test plugin's entry: the factory is defined in the test plugin module
+    assert re.search(r"^replacement_layer_mi \(-\)\n  experiment layer_mi +replacement_layer_mi$",
+                     out, re.M)
+    assert re.search(r"^mi_probe\.builtin\.experiments\.layer_mi \(blocked\)$", out, re.M)
+    assert out.count("experiment layer_mi") == 1
+
+
+def test_a_module_given_with_p_that_an_entry_point_loads_again_is_registered_once(
+        throwaway, monkeypatch, capsys):
+    """``-p MODULE`` for an installed plugin: setuptools autoload then loads the same
+    module under its entry-point name; it stays registered once, under the -p name, with
+    its distribution's version."""
+    import importlib.metadata
+
+    class EntryPoint:
+        group, name = "mi_probe", "sign"
+
+        def load(self):
+            return importlib.import_module(throwaway)
+
+    class Distribution:
+        entry_points = [EntryPoint()]
+        metadata = {"name": "mi-probe-sign"}
+        version = "1.2.3"
+
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [Distribution()])
+    pm = get_plugin_manager([throwaway], autoload=True)
+    module = sys.modules[throwaway]
+    assert pm.get_name(module) == throwaway and pm.get_plugin("sign") is None
+    assert pm.registry.get("estimators", "sign_mi").plugin == throwaway
+    assert pm.plugin_versions()[throwaway] == "1.2.3"
+    assert pm.recipe() == {"extra_plugins": [throwaway], "autoload": True}
+    # the same through the command line (autoload on), where it used to crash
+    monkeypatch.setenv("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "0")
+    assert cli.main(["-p", throwaway, "plugins"]) == 0
+    out = capsys.readouterr().out
+    assert f"{throwaway} (1.2.3)\n  estimator sign_mi" in out and out.count("sign_mi") == 1
+    # the same module object again by another route: kept once as well
+    again = get_plugin_manager([throwaway, module], autoload=False)
+    assert again.get_name(module) == throwaway
+
+
+def test_two_plugins_with_one_name_are_a_plugin_error(throwaway):
+    impostor = types.ModuleType(throwaway)
+    with pytest.raises(PluginError, match=rf"two different plugins are named '{throwaway}': "
+                       rf"module {throwaway} \(.*{throwaway}\.py\) \(registered first\) and "
+                       rf"module {throwaway}; register only one"):
+        get_plugin_manager([throwaway, impostor], autoload=False)

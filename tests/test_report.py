@@ -339,8 +339,31 @@ def test_write_index_lists_everything_escapes_and_truncates(tmp_path: Path) -> N
     assert page.count("<tr>") == 1 + 200 + 1 + 1  # two header rows, 200 + 1 body rows
     assert "Warnings" in page and "estimator saturated at layer4" in page
     assert "log B = 3.00 nats per channel" in page
-    assert "Checks (1/2 passed)" in page
+    assert "Claims (1 of 2 hold)" in page
     assert re.search(r'class="fail">FAIL monotone: I\(X;T\) rose at depth 3', page)
+
+
+def test_the_page_reads_like_a_paper(tmp_path: Path) -> None:
+    """Verdicts first, then notes and figures, summary tables before long per-observation
+    tables, and the run metadata last, collapsed (it used to fill the first screens)."""
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "f.png").write_bytes(b"png")
+    long = pl.DataFrame({"channel": list(range(5000))})
+    short = pl.DataFrame({"site": ["a", "b"], "i_ty": [0.1, 0.2]})
+    summary = pl.DataFrame({"site": ["a"], "i_ty_mean": [0.1]})
+    meta = {"status": "complete", "seeds": [0, 1], "versions": {"torch": "2.4"},
+            "data": {"n_eval": 899, "classes": list("0123456789")}}
+    page = report.write_index(
+        tmp_path, "t", meta, {"f": {"png": tmp_path / "figures" / "f.png"}},
+        {"channel_mi": long, "layer_mi": short, "summary_layer_mi": summary},
+        notes=["a note"], checks=[{"name": "c", "passed": True}]).read_text()
+    order = [page.index(marker) for marker in (
+        'id="checks"', 'id="notes"', 'id="figures"', 'id="table-summary_layer_mi"',
+        'id="table-layer_mi"', 'id="table-channel_mi"', '<details id="metadata">')]
+    assert order == sorted(order), order
+    assert "status <b>complete</b> &middot; 2 seed(s) [0, 1] &middot; 899 evaluation " \
+        "samples, 10 classes" in page
+    assert page.index("&quot;torch&quot;") > page.index('<details id="metadata">')
 
 
 def test_table_preview_shows_each_interval_beside_its_n(tmp_path: Path) -> None:
@@ -411,7 +434,7 @@ def test_a_report_plugin_writes_after_index_html(tmp_path, monkeypatch, tiny_spe
     from pathlib import Path
 
     from mi_probe import cli
-    from mi_probe.engine import rerender
+    from mi_probe.runner.driver import rerender
     from mi_probe.plugins import get_plugin_manager
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))

@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch import nn
 
+from mi_probe.builtin.adapters.generic import GenericAdapter
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.adapters.vgg import VGGAdapter
 from mi_probe.capture import add_pooling_hooks, capture, check_finite, pooled_copy
 from mi_probe.errors import DataError, NonFiniteActivationError, SiteError, UnknownPluginError
 from mi_probe.interfaces import Captured, Site, SiteRef
 from mi_probe.models import build_model
 from mi_probe.plugins import get_plugin_manager
 from mi_probe.sites import filter_refs, get_module, pool, probe_sites, resolve_sites, select_adapter
-from mi_probe.sites.generic import GenericAdapter
-from mi_probe.sites.resnet import ResNetAdapter
-from mi_probe.sites.vgg import VGGAdapter
 
 CPU = torch.device("cpu")
 K = 10

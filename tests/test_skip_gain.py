@@ -12,12 +12,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from mi_probe.builtin.adapters import ADAPTERS
-from mi_probe.builtin.skip_gain import SkipGain, SkipGainParams
+from mi_probe.builtin.adapters.generic import GenericAdapter
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.adapters.vgg import VGGAdapter
+from mi_probe.builtin.experiments.skip_gain import SkipGain, SkipGainParams
 from mi_probe.errors import SiteError, SpecError
 from mi_probe.functional.concentration import gini
 from mi_probe.models import build_model
-from mi_probe.sites.resnet import ResNetAdapter
+
+ADAPTERS = {"vgg": VGGAdapter, "resnet": ResNetAdapter, "generic": GenericAdapter}
 
 TINY = """\
 name: tiny_skip

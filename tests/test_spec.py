@@ -47,7 +47,8 @@ def test_negative_bins_with_valid_kind_is_located(tmp_path, pm):
     with pytest.raises(SpecError, match=r"s.yaml:6: estimator.kind|seeds must be distinct") as exc:
         load_spec_text(path.read_text() + "", str(path), ["estimator.bins=-2"], pm)
     problems = "\n".join(exc.value.problems)
-    assert "--set: estimator.bins: Input should be greater than 1 (got -2)" in problems
+    assert "--set estimator.bins=-2: estimator.bins: Input should be greater than 1 (got -2)" \
+        in problems
     assert "seeds: seeds must be distinct, got [0, 0]" in problems
 
 
@@ -85,8 +86,9 @@ def test_missing_required_and_yaml_syntax(pm):
 
 def test_pickled_weights_refused(pm):
     text = THREE_ERRORS.replace("colour: blue", "weights: model.pt").replace("histgram", "histogram")
-    with pytest.raises(SpecError, match=r"model.weights: expected 'random', 'train' or a path to a "
-                       r"\.safetensors file, got 'model.pt' \(pickled checkpoints"):
+    with pytest.raises(SpecError, match=r"model.weights: expected 'random', 'train', 'pretrained', a timm "
+                       r"tag such as 'resnet50.a1_in1k' or a path to a \.safetensors file, got "
+                       r"'model.pt' \(pickled checkpoints"):
         load_spec_text(text, "w.yaml", pm=pm)
 
 
@@ -97,7 +99,7 @@ def test_overrides_parse_yaml_values_and_nest():
     assert data["model"]["train"]["epochs"] == 7
     assert data["seeds"] == [1, 2]
     assert data["sites"] == {"include": ["*.post_add"]}
-    assert ("model", "train", "epochs") in touched
+    assert touched[("model", "train", "epochs")] == "model.train.epochs=7"
     with pytest.raises(SpecError, match=r"expected key.path=value"):
         apply_overrides(data, ["model.arch"])
     with pytest.raises(SpecError, match=r"model.arch is not a mapping"):

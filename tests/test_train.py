@@ -9,10 +9,10 @@ from typing import Literal
 import pytest
 import torch
 
-from mi_probe.data import SyntheticParams, SyntheticSource
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
 from mi_probe.models import build_model
 from mi_probe.sites import resolve_sites
-from mi_probe.sites.resnet import ResNetAdapter
 from mi_probe.spec import TrainSpecBase
 from mi_probe.train import cached_training, train_model
 
@@ -152,7 +152,7 @@ def test_cache_trains_once(data, tmp_path):
     assert any("using cached trained model" in m for m in logs)
     assert same(m1, m2)
     _, _, other = cached_training(fresh, dict(payload, seed=1), {"arch": "test_resnet"}, data,
-                                  cfg(epochs=0), 1, CPU, tmp_path, progress=False, log=quiet)
+                                  cfg(epochs=1), 1, CPU, tmp_path, progress=False, log=quiet)
     assert other != folder
 
 

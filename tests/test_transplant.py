@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from torch import nn
 
 from mi_probe import cli
-from mi_probe.builtin.transplant import (Transplant, TransplantParams, default_pairs,
-                                         transplant_channels)
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.adapters.vgg import VGGAdapter
+from mi_probe.builtin.experiments.transplant import (Transplant, TransplantParams,
+                                                     default_pairs, transplant_channels)
 from mi_probe.errors import SpecError
 from mi_probe.interfaces import Site
 from mi_probe.models import build_model
-from mi_probe.sites.resnet import ResNetAdapter
-from mi_probe.sites.vgg import VGGAdapter
 
 TINY = """\
 name: tiny_transplant

@@ -1,6 +1,6 @@
 """Every registered experiment kind runs the same through the worker path.
 
-A worker (``jobs.run_job``: the body of a Ray task or a torchrun rank) builds a fresh
+A worker (``runner.worker.run_job``: the body of a Ray task or a torchrun rank) builds a fresh
 engine and a fresh experiment and calls ``run_unit`` with the plan from its payload,
 never ``plan`` itself. State an experiment kept between ``plan`` and ``run_unit`` is
 lost there (``estimator_sweep`` once failed with ``AttributeError: _estimators``). Each
@@ -16,8 +16,11 @@ import polars as pl
 import pytest
 import yaml
 
-from mi_probe import cli, jobs
-from mi_probe.engine import Engine, job_payload, unit_dir
+from mi_probe import cli
+from mi_probe.runner import worker
+from mi_probe.runner.context import Engine
+from mi_probe.runner.rundir import unit_dir
+from mi_probe.runner.stages import job_payload
 from mi_probe.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +64,7 @@ def test_units_recomputed_by_a_worker_equal_the_local_run(kind, pm, tmp_path, mo
     (remote / "units").mkdir(parents=True)
     (remote / "spec.yaml").write_text((local / "spec.yaml").read_text())
     for unit in plan.units:
-        receipt = jobs.run_job(job_payload(engine, "analysis", unit, remote, plan))
+        receipt = worker.run_job(job_payload(engine, "analysis", unit, remote, plan))
         assert receipt["unit"] == unit
         here = sorted(unit_dir(local, unit).glob("*.parquet"))
         there = sorted(unit_dir(remote, unit).glob("*.parquet"))
@@ -80,4 +83,4 @@ def test_a_payload_unit_outside_the_plan_is_refused(pm, tmp_path, monkeypatch, t
     engine = Engine(spec, pm, tmp_path / "cache", log=lambda _m: None, progress=False)
     payload = job_payload(engine, "analysis", "seed=7", tmp_path / "run", Plan(("seed=0",)))
     with pytest.raises(RunError, match=r"analysis unit seed=7 is not in the plan \(seed=0\)"):
-        jobs.run_job(payload)
+        worker.run_job(payload)

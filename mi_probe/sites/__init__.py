@@ -1,9 +1,10 @@
-"""Site adapters and site resolution.
+"""Site resolution and the site helpers.
 
-An adapter lists the sites of a model family (name, hooked module, kind). Resolution
-picks the adapter (forced by name, else the first that claims the model through the
-``mi_probe_resolve_adapter`` hook), filters sites by fnmatch patterns and measures
-each site's channel count and layout with one probe forward pass.
+An adapter lists the sites of a model family (name, hooked module, kind); the built-in
+ones are plugins in ``mi_probe/builtin/adapters/`` (this module never imports them).
+Resolution picks the adapter (forced by name, else the first that claims the model
+through the ``mi_probe_resolve_adapter`` hook), filters sites by fnmatch patterns and
+measures each site's channel count and layout with one probe forward pass.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def stage_sites(state: SpecState, pm: Any) -> str:
 
 
 def stage_run(state: SpecState, pm: Any, out: Path, cache_dir: Path) -> str:
-    from mi_probe.engine import run
+    from mi_probe.runner.driver import run
 
     state.outcome = run(state.spec, pm, out=out, cache_dir=cache_dir, progress=False,
                         log=lambda _m: None)

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Literal
 
-from mi_probe.builtin.experiments import LayerMIExperiment, LayerMIParams
+from mi_probe.builtin.experiments.layer_mi import LayerMIExperiment, LayerMIParams
 from mi_probe.hookspecs import hookimpl
 
 

@@ -1,9 +1,9 @@
 """A test plugin: its own ``layer_mi`` experiment, which can only be registered once the
-built-in one is blocked (``-p no:experiments``)."""
+built-in one is blocked (``-p no:experiments.layer_mi``)."""
 
 from __future__ import annotations
 
-from mi_probe.builtin.experiments import LayerMIExperiment, LayerMIParams
+from mi_probe.builtin.experiments.layer_mi import LayerMIExperiment, LayerMIParams
 from mi_probe.hookspecs import hookimpl
 
 

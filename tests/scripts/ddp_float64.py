@@ -11,13 +11,13 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from mi_probe.builtin.hsic import HSICParams, HSICRegularizer
-from mi_probe.data import SyntheticParams, SyntheticSource
+from mi_probe.builtin.adapters.resnet import ResNetAdapter
+from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
+from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
 from mi_probe.distributed import init_from_env
 from mi_probe.interfaces import DataBundle
 from mi_probe.models import build_model
 from mi_probe.sites import resolve_sites
-from mi_probe.sites.resnet import ResNetAdapter
 from mi_probe.spec import TrainSpecBase
 from mi_probe.train import train_model
 

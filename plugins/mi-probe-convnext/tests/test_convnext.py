@@ -344,7 +344,7 @@ def spec_text(arch="test_convnext2", cache=2048, experiment="{kind: layer_mi}", 
 
 
 def run_spec(pm, tmp_path, name, text):
-    from mi_probe.engine import run
+    from mi_probe.runner.driver import run
     from mi_probe.spec import load_spec_text
 
     spec = load_spec_text(text, "x.yaml", pm=pm)

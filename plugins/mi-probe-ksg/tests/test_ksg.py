@@ -435,7 +435,7 @@ def test_entry_point_discovery_and_spec_validation(pm):
 def test_engine_run_end_to_end(pm, tmp_path):
     import polars as pl
 
-    from mi_probe.engine import run
+    from mi_probe.runner.driver import run
     from mi_probe.spec import load_spec_text
 
     spec = load_spec_text(KSG_SPEC, "x.yaml", pm=pm)

@@ -1,0 +1,166 @@
+"""The Python API for notebooks and scripts: ``mi_probe.run`` and ``mi_probe.load_run``.
+
+    import mi_probe
+    result = mi_probe.run("specs/layer_mi.yaml", out="reports/mine", seeds=[0, 1],
+                          model__train__epochs=3)
+    result.tables["layer_mi"]          # polars DataFrames, by name
+    result.figures["layer_mi_by_depth"]  # Altair charts: they render in Jupyter
+    result.checks                      # the spec's claims with their verdicts
+    again = mi_probe.load_run("reports/mine")
+
+A run from Python is the same as ``mi-probe run``: the same spec validation, cache,
+run directory and report; the result object only reads what the run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mi_probe.errors import RunError, SpecError
+
+
+def _override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """Keyword overrides as ``--set`` arguments: ``model__train__epochs=3`` and
+    ``{"model.train.epochs": 3}`` both become ``model.train.epochs=3`` (values as JSON,
+    which YAML reads back exactly)."""
+    args = []
+    for key, value in overrides.items():
+        try:
+            text = json.dumps(value)
+        except TypeError:
+            raise SpecError(f"override {key}={value!r}: the value must be JSON-like (numbers, "
+                            "strings, lists, mappings)") from None
+        args.append(f"{key.replace('__', '.')}={text}")
+    return args
+
+
+def _load_spec(spec: Any, overrides: list[str], pm: Any, profile: str | None) -> Any:
+    from pydantic import BaseModel
+
+    from mi_probe.spec import dump_spec, load_spec, load_spec_text
+
+    if isinstance(spec, (str, Path)) and "\n" not in str(spec):
+        return load_spec(spec, overrides, pm, profile=profile)
+    if isinstance(spec, str):  # YAML text
+        return load_spec_text(spec, "<spec text>", overrides, pm, profile=profile)
+    if isinstance(spec, BaseModel):  # a validated spec: re-validate with the overrides
+        return load_spec_text(dump_spec(spec), "<spec object>", overrides, pm,
+                              profile=profile)
+    if isinstance(spec, Mapping):
+        import yaml
+
+        return load_spec_text(yaml.safe_dump(dict(spec), sort_keys=False), "<spec mapping>",
+                              overrides, pm, profile=profile)
+    raise SpecError(f"mi_probe.run: spec must be a path, YAML text, a mapping or a loaded "
+                    f"spec; got {type(spec).__name__}")
+
+
+class Run:
+    """A run directory, read back: its spec, status, tables, figures and claims.
+
+    Tables are read from ``tables/*.parquet`` on first use; figures are drawn from them
+    by the run's experiment, as ``mi-probe report`` does."""
+
+    def __init__(self, path: Path, pm: Any = None) -> None:
+        self.path = Path(path)
+        run_json = self.path / "run.json"
+        if not run_json.is_file():
+            raise RunError(f"{self.path} is not an mi-probe run directory (no run.json)")
+        self.meta: dict[str, Any] = json.loads(run_json.read_text())
+        self._pm = pm
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.path)!r}, status={self.status!r}, "
+                f"tables={sorted(self.tables) if self.status == 'complete' else '...'})")
+
+    @property
+    def pm(self) -> Any:
+        if self._pm is None:
+            from mi_probe.plugins import get_plugin_manager
+
+            self._pm = get_plugin_manager()
+        return self._pm
+
+    @property
+    def status(self) -> str:
+        """``complete``, ``running``, ``interrupted`` or ``failed``."""
+        return self.meta.get("status", "unknown")
+
+    @property
+    def index(self) -> Path:
+        """The HTML report."""
+        return self.path / "index.html"
+
+    @cached_property
+    def spec(self) -> Any:
+        from mi_probe.spec import load_spec
+
+        return load_spec(self.path / "spec.yaml", pm=self.pm)
+
+    @cached_property
+    def tables(self) -> dict[str, Any]:
+        """Result tables by name (polars DataFrames)."""
+        from mi_probe.tables import read_tables
+
+        folder = self.path / "tables"
+        if not folder.is_dir():
+            raise RunError(f"{self.path} has no tables yet (status {self.status!r}); finish "
+                           "the run with mi-probe run SPEC --out " + str(self.path))
+        return read_tables(folder)
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        """The spec's claims: name, kind, table, passed, detail, observed."""
+        return list(self.meta.get("checks", []))
+
+    @property
+    def failed_checks(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["passed"]]
+
+    @cached_property
+    def figures(self) -> dict[str, Any]:
+        """Altair charts by name, drawn by the run's experiment from its tables."""
+        from mi_probe.runner.rendering import figures_of
+
+        experiment = self.pm.registry.build("experiments", self.spec.experiment)
+        return figures_of(experiment, self.tables)
+
+    def table(self, name: str) -> Any:
+        """One table, with a message naming the tables there are when it is missing."""
+        if name not in self.tables:
+            raise RunError(f"run {self.path} has no table {name!r}; it has "
+                           f"{', '.join(sorted(self.tables))}")
+        return self.tables[name]
+
+
+def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
+        profile: str | None = None, resume: bool = False, plugins: Iterable[Any] = (),
+        progress: bool = False, log: Any = None, overrides: Mapping[str, Any] | None = None,
+        **kwoverrides: Any) -> Run:
+    """Run ``spec`` (a path, YAML text, a mapping or a loaded spec) and return the
+    :class:`Run`. Keyword overrides set spec fields, ``__`` separating levels
+    (``seeds=[0]``, ``model__train__epochs=3``); ``overrides`` takes dotted keys. Other
+    arguments are those of ``mi-probe run``; ``log`` receives progress lines (default:
+    none)."""
+    from mi_probe.plugins import get_plugin_manager
+    from mi_probe.runner.driver import run as run_spec
+
+    pm = get_plugin_manager(list(plugins))
+    args = _override_args({**(overrides or {}), **kwoverrides})
+    loaded = _load_spec(spec, args, pm, profile)
+    outcome = run_spec(loaded, pm, out=Path(out) if out is not None else None,
+                       cache_dir=cache_dir, resume=resume, progress=progress,
+                       log=log or (lambda _message: None))
+    if outcome.run_dir is None:
+        raise RunError(outcome.status)  # a torchrun rank other than 0 writes no run
+    return Run(outcome.run_dir, pm)
+
+
+def load_run(path: str | Path, *, plugins: Iterable[Any] = ()) -> Run:
+    """Reopen a run directory (finished or not) written by ``mi-probe run`` or ``run``."""
+    from mi_probe.plugins import get_plugin_manager
+
+    return Run(Path(path), get_plugin_manager(list(plugins)) if plugins else None)

@@ -1,0 +1,79 @@
+"""Built-in adapter ``vgg``: the output of every activation that follows a conv
+(post-ReLU in the paper's networks; post-tanh after an activation swap)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mi_probe.builtin.adapters._params import _params
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import SiteRef
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+
+
+class VGGAdapter:
+    name = "vgg"
+
+    def claims(self, model: nn.Module, arch: str) -> bool:
+        return type(model).__name__ == "VGG" and isinstance(getattr(model, "features", None),
+                                                            nn.Sequential)
+
+    def site_refs(self, model: nn.Module) -> list[SiteRef]:
+        refs = []
+        seen_conv = False
+        for idx, module in enumerate(model.features):
+            if isinstance(module, nn.Conv2d):
+                seen_conv = True
+            elif isinstance(module, ACTIVATIONS) and seen_conv:
+                refs.append(SiteRef(f"features.{idx}", f"features.{idx}", "post_act"))
+                seen_conv = False
+        return refs
+
+    def suffix(self, model: nn.Module, site) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The rest of the network after a ``post_act`` site, as a function of its output."""
+        if site.kind != "post_act":
+            return None
+        idx = int(site.module.split(".")[1])
+        rest = list(model.features)[idx + 1:]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            for module in rest:
+                x = module(x)
+            return model.forward_head(x)
+
+        return run
+
+    def producers(self, model: nn.Module, site) -> list[tuple[str, str]]:
+        """Modules whose out-channel rows produce a ``post_act`` site's channels, as
+        ``(module path, role)``: the nearest preceding conv (``conv``: weight and bias
+        rows) and any BatchNorm between it and the activation (``norm``, ``*_bn``
+        variants: weight, bias, running mean and variance entries). Other kinds: none."""
+        if site.kind != "post_act":
+            return []
+        idx = int(site.module.split(".")[1])
+        out: list[tuple[str, str]] = []
+        for j in range(idx - 1, -1, -1):
+            module = model.features[j]
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                out.insert(0, (f"features.{j}", "norm"))
+            elif isinstance(module, nn.Conv2d):
+                out.insert(0, (f"features.{j}", "conv"))
+                return out
+        return []
+
+
+@hookimpl
+def mi_probe_register_adapters(register):
+    register("vgg", lambda _params: VGGAdapter(), _params("vgg"))
+
+
+@hookimpl
+def mi_probe_resolve_adapter(model, arch):
+    adapter = VGGAdapter()
+    if adapter.claims(model, arch):
+        return adapter
+    return None

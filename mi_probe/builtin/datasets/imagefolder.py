@@ -1,0 +1,154 @@
+"""Built-in data source ``imagefolder``: images in the Imagenette2 folder layout, read
+lazily and decoded on access (helpers and conventions: :mod:`mi_probe.data`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from mi_probe.data import (EVAL_CROP_PCT, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD,
+                           CropScale, ImageFileDataset, load_rgb)
+from mi_probe.errors import DataError
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import DataBundle, Register
+
+
+class ImageFolderParams(BaseModel):
+    """Images in the Imagenette2 layout: ``root/<train_dir>/<class>/*.jpg`` and
+    ``root/<val_dir>/<class>/*``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["imagefolder"] = Field("imagefolder", description="data source name")
+    root: str = Field(..., min_length=1, description="dataset folder (~ is expanded)")
+    train_dir: str = Field("train", min_length=1, description="training split subfolder")
+    val_dir: str = Field("val", min_length=1, description="evaluation split subfolder")
+    image_size: int = Field(224, ge=8, le=4096, description="side S of the (3, S, S) images")
+    max_per_class: int | None = Field(None, ge=1,
+                                      description="use only the first n files (sorted) of "
+                                      "each class in both splits, for quick runs")
+    augment: bool = Field(True, description="apply training augmentation (crop, flip)")
+    crop_scale: CropScale = Field((0.08, 1.0),
+                                  description="RandomResizedCrop area range for training")
+    hflip: bool = Field(True, description="random horizontal flips in training")
+
+
+class ImageFolderSource:
+    """Reads an image folder lazily; the folder structure is checked in :meth:`load`
+    and each file is decoded when accessed."""
+
+    def __init__(self, params: ImageFolderParams):
+        self.params = params
+
+    @property
+    def root(self) -> Path:
+        return Path(os.path.expanduser(self.params.root))
+
+    def _layout(self) -> str:
+        p = self.params
+        return f"root/{p.train_dir}/<class>/, root/{p.val_dir}/<class>/"
+
+    def _class_dirs(self, split: Path) -> dict[str, Path]:
+        if not split.is_dir():
+            found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+            raise DataError(f"split folder {split} does not exist; expected the Imagenette2 "
+                            f"layout {self._layout()}; found subfolders {found} in {self.root}")
+        dirs = {d.name: d for d in sorted(split.iterdir())
+                if d.is_dir() and not d.name.startswith(".")}
+        if not dirs:
+            n_files = sum(1 for f in split.iterdir() if f.is_file())
+            raise DataError(f"split folder {split} has no class folders; expected "
+                            f"{split}/<class>/ holding images; found {n_files} loose files")
+        return dirs
+
+    def _files(self, split: Path, dirs: dict[str, Path]) -> dict[str, list[Path]]:
+        files = {name: sorted(f for f in d.iterdir()
+                              if f.is_file() and not f.name.startswith(".")
+                              and f.suffix.lower() in IMAGE_EXTENSIONS)
+                 for name, d in dirs.items()}
+        empty = [name for name, fs in files.items() if not fs]
+        if empty:
+            raise DataError(f"class folders without images in {split}: {', '.join(empty)}; "
+                            f"expected files with extensions "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        if self.params.max_per_class is not None:
+            files = {name: fs[:self.params.max_per_class] for name, fs in files.items()}
+        return files
+
+    def scan(self) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]]:
+        """Check the folder structure and list ``(classes, train samples, val samples)``."""
+        p, root = self.params, self.root
+        if not root.is_dir():
+            raise DataError(f"data folder {root} does not exist; expected the Imagenette2 "
+                            f"layout {self._layout()}")
+        train_split, val_split = root / p.train_dir, root / p.val_dir
+        train_dirs = self._class_dirs(train_split)
+        val_dirs = self._class_dirs(val_split)
+        if set(train_dirs) != set(val_dirs):
+            missing = sorted(set(train_dirs) - set(val_dirs))
+            extra = sorted(set(val_dirs) - set(train_dirs))
+            raise DataError(f"class folders of {val_split} differ from {train_split}: "
+                            f"missing in {p.val_dir}: {missing}; only in {p.val_dir}: {extra}")
+        classes = sorted(train_dirs)
+        index = {name: i for i, name in enumerate(classes)}
+        train_files = self._files(train_split, train_dirs)
+        val_files = self._files(val_split, val_dirs)
+        train = [(f, index[c]) for c in classes for f in train_files[c]]
+        val = [(f, index[c]) for c in classes for f in val_files[c]]
+        return classes, train, val
+
+    def eval_transform(self) -> "v2.Compose":
+        """Resize the shorter side to ``round(S / 0.875)``, center-crop S, normalise."""
+        from torchvision.transforms import v2
+
+        size = self.params.image_size
+        return v2.Compose([
+            v2.Resize(round(size / EVAL_CROP_PCT), antialias=True),
+            v2.CenterCrop(size),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def train_transform(self) -> "v2.Compose":
+        """RandomResizedCrop + optional flip, normalise (the eval transform when
+        ``augment`` is off)."""
+        from torchvision.transforms import v2
+
+        p = self.params
+        if not p.augment:
+            return self.eval_transform()
+        steps: list[Any] = [v2.RandomResizedCrop(p.image_size, scale=p.crop_scale,
+                                                 antialias=True)]
+        if p.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        return v2.Compose(steps)
+
+    def load(self) -> DataBundle:
+        classes, train, val = self.scan()
+        return DataBundle(
+            train=ImageFileDataset(train, self.train_transform()),
+            val=ImageFileDataset(val, self.eval_transform()),
+            classes=classes,
+            info={"n_train": len(train), "n_val": len(val), "root": str(self.root),
+                  "source": self.params.kind})
+
+    def verify(self) -> list[str]:
+        """Decode every file the source would use; return the paths that fail."""
+        _, train, val = self.scan()
+        bad = []
+        for path, _ in train + val:
+            try:
+                load_rgb(path)
+            except DataError:
+                bad.append(str(path))
+        return bad
+
+
+@hookimpl
+def mi_probe_register_datasets(register: Register) -> None:
+    register("imagefolder", ImageFolderSource, ImageFolderParams)

@@ -1,0 +1,2 @@
+"""Built-in MI estimators, one plugin module per registered estimator name
+(``histogram``)."""

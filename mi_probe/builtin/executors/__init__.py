@@ -1,0 +1,2 @@
+"""Built-in executors, one plugin module per registered executor name (``local``,
+``ray``)."""

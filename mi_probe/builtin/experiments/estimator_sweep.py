@@ -1,0 +1,251 @@
+"""Built-in experiment ``estimator_sweep`` (App. F): the main MI quantities across bin
+counts, bin ranges (min/max or quantile-clipped) and evaluation-set fractions, with the
+rank agreement of layers and channels against a reference setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mi_probe.analysis import seed_units, site_row, unit_seed
+from mi_probe.errors import SpecError
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import Plan, RunContext, TableSchema, TRAINED
+
+BinRange = Literal["minmax", "quantile"]
+
+
+class EstimatorSweepParams(BaseModel):
+    """Robustness of the MI quantities to the bin count, the bin range and the sample size."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["estimator_sweep"] = "estimator_sweep"
+    states: list[Literal["trained", "random"]] = Field([TRAINED], min_length=1)
+    bins: list[int] = Field([10, 20, 30, 50], min_length=1)
+    fractions: list[float] = Field([0.25, 0.5, 1.0], min_length=1,
+                                   description="fractions of the evaluation set (random subsets)")
+    ranges: list[BinRange] | None = Field(
+        None, min_length=1, description="bin ranges to sweep (the estimator's range "
+        "parameter; quantile uses its range_quantile). Default: [minmax, quantile] when the "
+        "estimator has a range parameter (the histogram does), else its own binning only "
+        "(range column null)")
+    reference_bins: int = Field(20, ge=2)
+    reference_fraction: float = Field(1.0, gt=0, le=1)
+    reference_range: BinRange = Field("minmax", description="the range of the reference "
+                                      "setting (ignored for estimators without a range)")
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, value):
+        if any(b < 2 for b in value):
+            raise ValueError(f"bin counts must be >= 2, got {value}")
+        return value
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, value):
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"fractions must lie in (0, 1], got {value}")
+        return value
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges(cls, value):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"ranges must be distinct, got {value}")
+        return value
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Spearman rank correlation (None when either side is constant or too short)."""
+    from scipy.stats import spearmanr
+
+    a_np, b_np = a.detach().cpu().double().numpy(), b.detach().cpu().double().numpy()
+    if len(a_np) < 3 or a_np.std() == 0 or b_np.std() == 0:
+        return None
+    return float(spearmanr(a_np, b_np).statistic)
+
+
+#: The tables a run writes (``interfaces.DeclaresTables``): required columns, then
+#: those that appear with some settings.
+TABLE_SCHEMAS = {
+    "estimator_sweep": TableSchema(
+        ("seed", "state", "site", "depth", "site_kind", "bins", "range", "fraction",
+         "n_samples", "i_ty"),
+        ("i_xt", "i_ty_bias")),
+    "estimator_sweep_agreement": TableSchema(
+        ("seed", "state", "bins", "range", "fraction", "n_samples"),
+        ("layer_rank_spearman", "channel_rank_spearman")),
+}
+
+
+class EstimatorSweep:
+    name = "estimator_sweep"
+    table_schemas = TABLE_SCHEMAS
+
+    def __init__(self, params: EstimatorSweepParams):
+        self.params = params
+        if params.reference_bins not in params.bins or \
+                params.reference_fraction not in params.fractions:
+            raise SpecError(f"experiment.reference_bins/reference_fraction "
+                            f"({params.reference_bins}, {params.reference_fraction}) must be "
+                            f"in bins {params.bins} and fractions {params.fractions}")
+
+    def plan(self, ctx: RunContext) -> Plan:
+        base = ctx.spec.estimator.model_dump(mode="json")
+        if "bins" not in base:
+            raise SpecError(f"estimator_sweep varies the bin count; estimator "
+                            f"{base['kind']!r} has no bins parameter")
+        p = self.params
+        if "range" in base:
+            ranges = p.ranges or ["minmax", "quantile"]
+            if p.reference_range not in ranges:
+                raise SpecError(f"experiment.reference_range ({p.reference_range!r}) must be "
+                                f"in ranges {ranges}")
+            reference_range = p.reference_range
+        elif p.ranges is not None:
+            raise SpecError(f"estimator_sweep.ranges varies the bin range; estimator "
+                            f"{base['kind']!r} has no range parameter (leave ranges unset)")
+        else:
+            ranges, reference_range = [None], None
+        # every (bins, range) estimator's params; range None = the estimator's own binning
+        grid = []
+        for b in p.bins:
+            for r in ranges:
+                params = {**base, "bins": b, **({"range": r} if r is not None else {})}
+                ctx.plugin("estimators", params.pop("kind"), **params)  # refuse bad values now
+                grid.append({"bins": b, "range": r, "params": {**params, "kind": base["kind"]}})
+        return seed_units(ctx, grid=grid, reference_range=reference_range)
+
+    @staticmethod
+    def _estimators(ctx: RunContext, plan: Plan) -> dict[tuple, Any]:
+        """(bins, range) -> estimator, built from the plan's grid."""
+        out = {}
+        for entry in plan.settings["grid"]:
+            params = dict(entry["params"])
+            out[(entry["bins"], entry["range"])] = ctx.plugin("estimators", params.pop("kind"),
+                                                              **params)
+        return out
+
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        rows, agreement = [], []
+        estimators = self._estimators(ctx, plan)
+        ref_key = (self.params.reference_bins, plan.settings["reference_range"],
+                   self.params.reference_fraction)
+        for state in self.params.states:
+            cap = ctx.capture(seed, state)
+            n = int(cap.labels.numel())
+            # keyed by (bins, range, fraction)
+            channel_values: dict[tuple, dict[str, torch.Tensor]] = {}
+            layer_values: dict[tuple, torch.Tensor] = {}
+            for fraction in self.params.fractions:
+                size = max(2, round(fraction * n))
+                idx = torch.randperm(n, generator=ctx.rng(seed, f"sweep/{state}/{fraction}"))[:size]
+                idx = idx.sort().values.to(cap.labels.device)
+                labels = cap.labels[idx]
+                for (b, r), est in estimators.items():
+                    per_site = {}
+                    for site in cap.sites:
+                        acts = cap.acts[site.name][idx]
+                        i_ty_c = est.label_mi(acts, labels, ctx.num_classes)
+                        i_xt_c = est.input_mi(acts)
+                        per_site[site.name] = i_ty_c
+                        rows.append({**site_row(seed, state, site), "bins": b, "range": r,
+                                     "fraction": fraction, "n_samples": size,
+                                     "i_xt": i_xt_c.mean().item() if i_xt_c is not None else None,
+                                     "i_ty": i_ty_c.mean().item(),
+                                     "i_ty_bias": est.bias(size, ctx.num_classes)})
+                    channel_values[(b, r, fraction)] = per_site
+                    layer_values[(b, r, fraction)] = torch.stack(
+                        [v.mean() for v in per_site.values()])
+            for key, per_site in channel_values.items():
+                chan = [spearman(per_site[s.name], channel_values[ref_key][s.name])
+                        for s in cap.sites]
+                chan = [c for c in chan if c is not None]
+                agreement.append({"seed": seed, "state": state, "bins": key[0],
+                                  "range": key[1], "fraction": key[2],
+                                  "n_samples": max(2, round(key[2] * n)),
+                                  "layer_rank_spearman": spearman(layer_values[key],
+                                                                  layer_values[ref_key]),
+                                  "channel_rank_spearman": (sum(chan) / len(chan) if chan
+                                                            else None)})
+        return {"estimator_sweep": pl.DataFrame(rows, schema_overrides={
+                    "i_xt": pl.Float64, "range": pl.Utf8}),
+                "estimator_sweep_agreement": pl.DataFrame(agreement, schema_overrides={
+                    "layer_rank_spearman": pl.Float64, "channel_rank_spearman": pl.Float64,
+                    "range": pl.Utf8})}
+
+    def finalize(self, ctx, tables):
+        from mi_probe.tables import aggregate_seeds
+
+        agree = _with_range(tables["estimator_sweep_agreement"])
+        return {"summary_estimator_sweep_agreement": aggregate_seeds(
+            agree,  # each column counts its own non-null seeds (<value>_n)
+            ["state", "bins", "range", "fraction"],
+            ["layer_rank_spearman", "channel_rank_spearman"])}
+
+    def figures(self, tables):
+        from mi_probe import report
+
+        sweep = _with_range(tables["estimator_sweep"])
+        p = self.params
+        # the reference range, or None for an estimator without one (range column null)
+        ref_range = p.reference_range if sweep["range"].null_count() < sweep.height else None
+        at_ref_range = pl.col("range").eq_missing(pl.lit(ref_range, dtype=pl.Utf8))
+        by_bins = sweep.filter(at_ref_range & (pl.col("fraction") == p.reference_fraction)
+                               ).with_columns(series=pl.format("{} bins", pl.col("bins")))
+        by_frac = sweep.filter(at_ref_range & (pl.col("bins") == p.reference_bins)
+                               ).with_columns(series=pl.format("{} samples", pl.col("n_samples")))
+        agree = _with_range(tables["estimator_sweep_agreement"]).filter(
+            at_ref_range).drop_nulls("layer_rank_spearman")
+        range_note = f", {ref_range} range" if ref_range else ""
+        # one panel (or heatmap) per state: trained and random values are never averaged
+        figs = {
+            "sweep_i_ty_by_bins": report.by_depth(by_bins, "i_ty", color="series",
+                                                  facet="state",
+                                                  title=f"I(T;Y) by depth for each bin "
+                                                        f"count{range_note}",
+                                                  y_title="I(T;Y) [nats]"),
+            "sweep_i_ty_by_samples": report.by_depth(by_frac, "i_ty", color="series",
+                                                     facet="state",
+                                                     title=f"I(T;Y) by depth for each sample "
+                                                           f"size ({p.reference_bins} bins"
+                                                           f"{range_note})",
+                                                     y_title="I(T;Y) [nats]"),
+        }
+        by_range = sweep.filter((pl.col("bins") == p.reference_bins)
+                                & (pl.col("fraction") == p.reference_fraction)
+                                ).drop_nulls("range")
+        if by_range["range"].n_unique() > 1:
+            for value, name in (("i_xt", "I(X;T)"), ("i_ty", "I(T;Y)")):
+                part = by_range.drop_nulls(value)
+                if part.height:
+                    figs[f"sweep_{value}_by_range"] = report.by_depth(
+                        part, value, color="range", facet="state",
+                        y_title=f"{name} [nats]",
+                        title=f"{name} by depth, min/max vs quantile-clipped bin range "
+                              f"({p.reference_bins} bins)")
+        for state in agree["state"].unique().sort():
+            figs[f"sweep_layer_rank_agreement_{state}"] = report.heatmap(
+                agree.filter(pl.col("state") == state), x="bins", y="fraction",
+                value="layer_rank_spearman", value_title="Spearman vs reference",
+                title=f"Rank agreement of layers with the reference setting, {state}"
+                      f"{range_note}")
+        return figs
+
+
+def _with_range(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with a ``range`` column (null in tables written before ranges existed)."""
+    if "range" in frame.columns:
+        return frame
+    return frame.with_columns(range=pl.lit(None, dtype=pl.Utf8))
+
+
+@hookimpl
+def mi_probe_register_experiments(register):
+    register("estimator_sweep", EstimatorSweep, EstimatorSweepParams)

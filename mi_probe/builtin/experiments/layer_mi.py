@@ -1,0 +1,184 @@
+"""Built-in experiment ``layer_mi`` (paper Fig. 1).
+
+Per seed and model state (trained / random init): per-channel I(T_c;Y) and I(X;T_c)
+for every site, the layer values (mean over channels, or the joint symbol), and the
+evaluation accuracy of the model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from mi_probe.errors import SpecError
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import Diagnoses, Plan, RANDOM, RunContext, TableSchema, TRAINED
+from mi_probe.analysis import seed_units, site_row, unit_seed
+from mi_probe.tables import aggregate_seeds
+
+SITE_KEYS = ["state", "site", "depth", "site_kind"]
+
+
+class LayerMIParams(BaseModel):
+    """Per-layer I(X;T) and I(T;Y) for trained and randomly initialised models."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["layer_mi"] = "layer_mi"
+    states: list[Literal["trained", "random"]] = Field(
+        [TRAINED, RANDOM], min_length=1, description="model states to measure")
+    reduce: str = Field("mean", description="layer reduction: mean over channels, or joint "
+                        "(the binned channel vector as one symbol); others if the estimator "
+                        "offers them")
+    channel_table: bool = Field(True, description="also write tables/channel_mi.parquet")
+    null_draws: int = Field(3, ge=0, description="shuffled-label null: the same estimate with "
+                            "labels permuted, this many draws, reported beside every value "
+                            "(i_ty_null, i_ty_null_sd); 0 turns it off")
+
+
+#: The tables a run writes (``interfaces.DeclaresTables``): required columns, then
+#: those that appear with some settings.
+TABLE_SCHEMAS = {
+    "layer_mi": TableSchema(
+        ("seed", "state", "site", "depth", "site_kind", "i_xt", "i_ty"),
+        ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "channels", "reduce")),
+    "channel_mi": TableSchema(
+        ("seed", "state", "site", "depth", "site_kind", "channel", "i_xt", "i_ty"),
+        ("i_ty_null", "i_ty_bias")),
+    "evaluation": TableSchema(
+        ("seed", "state", "accuracy", "n_samples"),
+        ()),
+    "diagnostics": TableSchema(
+        ("seed", "state", "site", "depth", "site_kind"),
+        ("n_samples", "channels", "log_n", "n_constant", "frac_edge_bins", "frac_near_cap",
+         "i_xt_cap", "bin_range", "frac_clipped"), open=True),
+}
+
+
+class LayerMIExperiment:
+    name = "layer_mi"
+    table_schemas = TABLE_SCHEMAS
+
+    def __init__(self, params: LayerMIParams):
+        self.params = params
+
+    def check_spec(self, spec: Any, estimator: Any) -> None:
+        reductions = {"mean"} | set(estimator.reductions)
+        if self.params.reduce not in reductions:
+            raise SpecError(f"experiment.reduce: estimator {estimator.name!r} has no "
+                            f"reduction {self.params.reduce!r}; valid: {sorted(reductions)}")
+
+    def plan(self, ctx: RunContext) -> Plan:
+        return seed_units(ctx)
+
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        seed = unit_seed(unit)
+        est = ctx.estimator
+        layers, channels, evals, diags = [], [], [], []
+        for state in self.params.states:
+            cap = ctx.capture(seed, state)
+            n = int(cap.labels.numel())
+            bias = est.bias(n, ctx.num_classes)
+            evals.append({"seed": seed, "state": state, "accuracy": cap.accuracy, "n_samples": n})
+            perms = [torch.randperm(n, generator=ctx.rng(seed, f"null/{state}/{d}")).to(
+                cap.labels.device) for d in range(self.params.null_draws)]
+            for site in cap.sites:
+                acts = cap.acts[site.name]
+                i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
+                i_xt_c = est.input_mi(acts)
+                nulls = [est.label_mi(acts, cap.labels[perm], ctx.num_classes) for perm in perms]
+                null_c = torch.stack(nulls).mean(0) if nulls else None
+                null_layer = torch.stack([v.mean() for v in nulls]) if nulls else None
+                # every estimator gets the estimator-free facts; one that Diagnoses adds
+                # its own (the histogram: edge bins, near-cap channels, bin range)
+                constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
+                diags.append({**site_row(seed, state, site), "n_samples": n,
+                              "channels": site.channels, "log_n": math.log(n),
+                              "n_constant": constant,
+                              **(est.diagnostics(acts) if isinstance(est, Diagnoses) else {})})
+                if self.params.reduce == "mean":
+                    i_ty = i_ty_c.mean().item()
+                    i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
+                else:
+                    layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
+                    i_xt, i_ty = layer.i_xt, layer.i_ty
+                base = site_row(seed, state, site)
+                layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
+                               "i_ty_null": null_layer.mean().item() if nulls else None,
+                               "i_ty_null_sd": (null_layer.std().item() if len(nulls) > 1
+                                                else None),
+                               "channels": site.channels, "reduce": self.params.reduce})
+                if self.params.channel_table:
+                    count = site.channels
+                    channels.append(pl.DataFrame({
+                        "seed": [seed] * count, "state": [state] * count,
+                        "site": [site.name] * count, "depth": [site.depth] * count,
+                        "site_kind": [site.kind] * count, "channel": list(range(count)),
+                        "i_xt": (i_xt_c.cpu().numpy() if i_xt_c is not None
+                                 else [None] * count),
+                        "i_ty": i_ty_c.cpu().numpy(),
+                        "i_ty_null": (null_c.cpu().numpy() if null_c is not None
+                                      else [None] * count),
+                        "i_ty_bias": [bias] * count}))
+        floats = {c: pl.Float64 for c in ("i_xt", "i_ty_null", "i_ty_null_sd")}
+        tables = {"layer_mi": pl.DataFrame(layers, schema_overrides=floats),
+                  "evaluation": pl.DataFrame(evals)}
+        if diags:
+            tables["diagnostics"] = pl.DataFrame(diags)
+        if channels:
+            tables["channel_mi"] = pl.concat(
+                [c.with_columns(pl.col("i_xt").cast(pl.Float64),
+                                pl.col("i_ty_null").cast(pl.Float64)) for c in channels])
+        return tables
+
+    def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        values = ["i_xt", "i_ty"] + (["i_ty_null"] if tables["layer_mi"]["i_ty_null"].drop_nulls().len()
+                                      else [])
+        out = {"summary_layer_mi": aggregate_seeds(tables["layer_mi"], SITE_KEYS, values)}
+        if "evaluation" in tables:
+            out["summary_evaluation"] = aggregate_seeds(tables["evaluation"], ["state"], ["accuracy"])
+        return out
+
+    def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+        from mi_probe import report
+
+        layer = tables["layer_mi"]
+        series = layer.select("seed", "state", "site", "depth", "site_kind", "i_ty")
+        if "i_ty_null" in layer.columns and layer["i_ty_null"].drop_nulls().len():
+            null = layer.select("seed", "state", "site", "depth", "site_kind",
+                                pl.col("i_ty_null").alias("i_ty")).with_columns(
+                state=pl.col("state") + " (shuffled labels)")
+            series = pl.concat([series, null])
+        i_ty = report.by_depth(series, "i_ty", color="state",
+                               title="Label information by depth, I(T;Y) (dashed: plug-in bias)",
+                               y_title="I(T;Y) [nats]")
+        if "i_ty_bias" in layer.columns and layer["i_ty_bias"].max():
+            import altair as alt
+
+            # drawn last and dark, so the null lines (light, shuffled labels) never hide it
+            rule = alt.Chart(alt.InlineData(values=[{"bias": float(layer["i_ty_bias"].max())}])
+                             ).mark_rule(strokeDash=[6, 3], color="#333", strokeWidth=1.5
+                                         ).encode(y=alt.Y("bias", type="quantitative"))
+            i_ty = alt.layer(i_ty, rule)
+        figs = {
+            "layer_i_ty": i_ty,
+            "layer_i_xt": report.by_depth(layer, "i_xt", color="state",
+                                          title="Input information by depth, I(X;T) = H(T)",
+                                          y_title="I(X;T) [nats]"),
+        }
+        summary = tables.get("summary_layer_mi")
+        if summary is not None:
+            figs["information_plane"] = report.scatter(
+                summary, x="i_xt_mean", y="i_ty_mean", color="state",
+                title="Information plane (mean over seeds)", tooltip=("site", "depth"),
+                x_title="I(X;T) [nats], mean over seeds",
+                y_title="I(T;Y) [nats], mean over seeds")
+        return figs
+
+
+@hookimpl
+def mi_probe_register_experiments(register):
+    register("layer_mi", LayerMIExperiment, LayerMIParams)

@@ -1,0 +1,34 @@
+"""Built-in intervention ``knockout``: zero the chosen channels."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mi_probe.builtin.interventions._base import _Base, _Params
+from mi_probe.hookspecs import hookimpl
+from mi_probe.interfaces import Site
+from mi_probe.sites import channel_axis
+
+
+class KnockoutParams(_Params):
+    """Zero the chosen channels."""
+
+    kind: Literal["knockout"] = "knockout"
+
+
+class Knockout(_Base):
+    name = "knockout"
+    variant = "plain"
+
+    def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
+                 start: int) -> torch.Tensor:
+        out = output.clone()
+        out.index_fill_(channel_axis(site.layout) % out.ndim, channels, 0.0)
+        return out
+
+
+@hookimpl
+def mi_probe_register_interventions(register):
+    register("knockout", Knockout, KnockoutParams)

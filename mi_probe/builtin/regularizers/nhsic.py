@@ -1,0 +1,25 @@
+"""Built-in regulariser ``nhsic``: ``hsic`` with the normalised criterion (kernel CKA),
+computed by the same :class:`HSICRegularizer` (see ``hsic.py`` for the loss)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
+from mi_probe.hookspecs import hookimpl
+
+
+class NHSICParams(HSICParams):
+    """Like ``hsic`` with the normalised criterion nHSIC = HSIC(K,L)/sqrt(HSIC(K,K)·HSIC(L,L))
+    (kernel CKA, in [0, 1]): penalty = −lam · Σ_l β_l · nHSIC(T_l, Y)."""
+
+    kind: Literal["nhsic"] = "nhsic"
+
+
+class NHSICRegularizer(HSICRegularizer):
+    """``HSICRegularizer`` with ``params.kind == "nhsic"``: the normalised criterion."""
+
+
+@hookimpl
+def mi_probe_register_regularizers(register):
+    register("nhsic", NHSICRegularizer, NHSICParams)

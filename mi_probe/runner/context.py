@@ -1,0 +1,184 @@
+"""Engine: the :class:`~mi_probe.interfaces.RunContext` experiments receive.
+
+It builds the spec's data, estimator, experiment and regularisers, resolves the
+adapter and sites once, and delegates models to :class:`~.training.ModelStore` and
+forward passes to :class:`~.evaluation.Evaluator`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from mi_probe import capture as capture_mod
+from mi_probe.data import make_loader
+from mi_probe.errors import DataError, SpecError
+from mi_probe.interfaces import Captured, Intervention, Site, TrainingRequest
+from mi_probe.models import resolve_device
+from mi_probe.runner.evaluation import Evaluator
+from mi_probe.runner.rundir import resolve_cache_dir
+from mi_probe.runner.training import ModelStore
+from mi_probe.sites import resolve_sites, select_adapter
+from mi_probe.train import derive_seed
+
+
+class Engine:
+    """Implements ``interfaces.RunContext`` for one spec."""
+
+    def __init__(self, spec: Any, pm: Any, cache_dir: Path | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 dist_ctx: Any = None):
+        self.spec = spec
+        self.pm = pm
+        self.registry = pm.registry
+        self.log = log
+        self.show_progress = progress
+        self.cache_dir = resolve_cache_dir(cache_dir)
+        from mi_probe.distributed import rank_device
+
+        self.device = rank_device(dist_ctx, resolve_device(spec.device))
+        self.warnings: list[str] = []
+        self._captures: dict[tuple[int, str], Captured] = {}
+        self._sites: list[Site] | None = None
+        self._adapter = None
+
+        self.data = self.registry.build("datasets", spec.data).load()
+        if len(self.data.val) < 2:
+            raise DataError(f"the evaluation set has {len(self.data.val)} samples; need at least 2")
+        self.class_names = list(self.data.classes)
+        self.num_classes = spec.model.num_classes or self.data.num_classes
+        if self.num_classes != self.data.num_classes:
+            raise DataError(f"model.num_classes is {spec.model.num_classes} but the data has "
+                            f"{self.data.num_classes} classes ({', '.join(self.class_names[:12])})")
+        self.estimator = self.registry.build("estimators", spec.estimator)
+        self.experiment = self.registry.build("experiments", spec.experiment)
+        self.regularizers = [self.registry.build("regularizers", p)
+                             for p in spec.model.train.regularizers]
+        val = self.data.val
+        if spec.eval.max_samples is not None and spec.eval.max_samples < len(val):
+            val = torch.utils.data.Subset(val, range(spec.eval.max_samples))
+        self.eval_set = val
+        self.models = ModelStore(self)
+        self.evaluator = Evaluator(self)
+
+    # ---------------------------------------------------------------- RunContext
+    @property
+    def trained_info(self) -> dict[int, dict[str, Any]]:
+        return self.models.trained_info
+
+    @property
+    def resolved_sites(self) -> list[Site] | None:
+        """The sites once a unit has resolved them (None before)."""
+        return None if self._sites is None else list(self._sites)
+
+    def build_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model of the spec, on the CPU."""
+        return self.models.build(seed)
+
+    def model(self, seed: int, state: str) -> nn.Module:
+        return self.models.model(seed, state)
+
+    def train(self, seed: int, *, model_overrides: dict[str, Any] | None = None,
+              regularizers: Sequence[Any] | None = None,
+              track: Callable[[nn.Module, int], dict[str, Any]] | None = None,
+              track_key: str | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+        return self.models.train(seed, model_overrides=model_overrides,
+                                 regularizers=regularizers, track=track, track_key=track_key)
+
+    def adapter(self, model: nn.Module):
+        if self._adapter is None:
+            self._adapter = select_adapter(self.pm, model, self.spec.model.arch,
+                                           self.spec.sites.adapter)
+        return self._adapter
+
+    def probe_input(self) -> torch.Tensor:
+        """Two evaluation images on the device: enough to probe site shapes."""
+        first = self.data.val[0][0]
+        return torch.stack([first, self.data.val[1][0]]).to(self.device)
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        if self._sites is None:
+            s = self.spec.sites
+            self._sites = resolve_sites(model, self.adapter(model), self.probe_input(),
+                                        s.include, s.exclude, self.spec.model.arch)
+        return list(self._sites)
+
+    def loader(self):
+        return make_loader(self.eval_set, self.spec.eval.batch_size, shuffle=False,
+                           num_workers=self.spec.model.train.num_workers,
+                           pin_memory=self.device.type == "cuda")
+
+    def capture(self, seed: int, state: str) -> Captured:
+        key = (seed, state)
+        if key not in self._captures:
+            model = self.model(seed, state)
+            self.progress(f"seed {seed}: capturing {state} activations")
+            cap = capture_mod.capture(model, self.sites(model), self.loader(), self.device,
+                                      progress=self.show_progress, desc=f"{state} seed {seed}")
+            self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
+                                                      f"{state} model, seed {seed}")
+            self._captures[key] = cap
+        return self._captures[key]
+
+    def evaluate(self, model: nn.Module,
+                 interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
+                 subset: torch.Tensor | None = None, sites: Sequence[Site] = (),
+                 generator: torch.Generator | None = None) -> Captured:
+        return self.evaluator.evaluate(model, interventions, subset, sites, generator)
+
+    def validate_plugin_params(self, kind: str, params: Any) -> Any:
+        """Params of a plugin entry, validated by its model (a params object passes)."""
+        from pydantic import BaseModel, ValidationError
+
+        if isinstance(params, BaseModel):
+            return params
+        if not isinstance(params, dict) or "kind" not in params:
+            raise SpecError(f"{kind[:-1]} parameters must be a mapping with 'kind'; got {params!r}")
+        entry = self.registry.get(kind, params["kind"])
+        try:
+            return entry.params_model(**params)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                        for e in exc.errors()]
+            raise SpecError(f"invalid parameters for {kind[:-1]} {params['kind']!r}",
+                            problems) from None
+
+    def plugin(self, kind: str, name: str, **params: Any) -> Any:
+        validated = self.validate_plugin_params(kind, {"kind": name, **params})
+        return self.registry.get(kind, name).factory(validated)
+
+    def rng(self, seed: int, purpose: str) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(seed, purpose))
+
+    def progress(self, message: str) -> None:
+        self.log(message)
+
+    # ---------------------------------------------------------------- training stage
+    def training_requests(self) -> list[TrainingRequest]:
+        return self.models.requests()
+
+    def training_units(self) -> dict[str, TrainingRequest]:
+        return self.models.units()
+
+    def training_folder(self, request: TrainingRequest) -> Path:
+        return self.models.folder(request)
+
+    def is_trained(self, request: TrainingRequest) -> bool:
+        return self.models.is_trained(request)
+
+    def run_training(self, request: TrainingRequest, dist_ctx: Any = None) -> None:
+        try:
+            self.models.run_training(request, dist_ctx)
+        finally:
+            self.end_unit()
+
+    # ---------------------------------------------------------------- units
+    def end_unit(self) -> list[dict[str, Any]]:
+        """Free per-unit caches; return the training rows recorded during the unit."""
+        rows = self.models.take_history()
+        self._captures.clear()
+        self.evaluator.clear()
+        return rows

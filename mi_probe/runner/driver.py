@@ -1,0 +1,277 @@
+"""run(spec): validate -> build data and models -> training stage -> analysis stage ->
+merge tables -> claims -> report.
+
+Each stage is a list of independent units handed to the spec's executor, which runs
+them here or in worker processes (:mod:`.worker`). Finished units are kept, so an
+interrupted run resumes; trained models live in the shared cache and resume from their
+last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import polars as pl
+
+from mi_probe.analysis import validate_spec
+from mi_probe.checks import evaluate_checks
+from mi_probe.errors import MiProbeError, RunError, SpecError, UnitsFailedError
+from mi_probe.interfaces import DeclaresTables, StageJobs
+from mi_probe.models import resolve_device
+from mi_probe.preflight import preflight
+from mi_probe.runner.context import Engine
+from mi_probe.runner.rendering import render, run_notes
+from mi_probe.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writable, git_commit,
+                                    is_unit_done, prepare_run_dir, read_unit, remember_run,
+                                    resolve_cache_dir, spec_hash, unit_dir, versions)
+from mi_probe.runner.stages import check_failures, job_payload, run_analysis_unit
+from mi_probe.runner.worker import run_job
+from mi_probe.spec import dump_spec
+from mi_probe.tables import (CORE_SCHEMAS, atomic_write_text, check_schema, concat_tables,
+                             read_tables, write_json, write_parquet)
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    index: Path | None
+    status: str
+    warnings: list[str] = field(default_factory=list)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: verdicts of the spec's claims (see checks.py)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["passed"]]
+
+
+def table_schemas(experiment: Any) -> dict[str, Sequence[str]]:
+    """Required columns of every table a run of ``experiment`` may write: the core's
+    (training, evaluation) and the experiment's own declaration."""
+    declared: Mapping[str, Sequence[str]] = (
+        experiment.table_schemas if isinstance(experiment, DeclaresTables) else {})
+    return {**CORE_SCHEMAS, **declared}
+
+
+def training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
+                   log: Callable[[str], None]) -> None:
+    """Train every model the experiment needs that the cache does not hold yet."""
+    units = engine.training_units()
+    cached = [engine.is_trained(r) for r in units.values()]
+    if dist_ctx is not None:
+        cached = dist_ctx.main_decides(cached)  # rank 0 decides for everyone
+    todo = [label for label, done in zip(units, cached) if not done]
+    if len(todo) < len(units):
+        log(f"{len(units) - len(todo)} of {len(units)} trained model(s) are in the "
+            f"cache {engine.cache_dir / 'models'}")
+    if not todo:
+        return
+    jobs = StageJobs(
+        "train", todo,
+        run_here=lambda label: engine.run_training(units[label], dist_ctx),
+        payload=lambda label: job_payload(engine, "train", label, run_dir),
+        entry=run_job, log=log)
+    check_failures("train", executor.run(jobs), run_dir)
+
+
+def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | None = None,
+        resume: bool = False, log: Callable[[str], None] = print, progress: bool = True,
+        reports: Path = DEFAULT_REPORTS) -> RunOutcome:
+    """Run a validated spec end to end; returns where the results are.
+
+    Two stages, each a list of independent units handed to the spec's executor: the
+    training stage (one unit per model the experiment needs, cached by content) and
+    the analysis stage (the experiment's units, written to ``<run>/units/``). Under
+    torchrun every rank trains (DDP); rank 0 alone analyses and writes the run."""
+    from mi_probe.distributed import init_from_env, launched_world_size
+    from mi_probe.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    validate_spec(spec, pm.registry)  # refusals that need no data or model, before any work
+    preflight(spec, pm)  # architecture, site patterns, claims: on the meta device, in a second
+    dist_ctx = None
+    if launched_world_size() > 1:
+        if spec.executor.kind != "local":
+            raise SpecError(f"under torchrun the executor must be 'local' (found "
+                            f"{spec.executor.kind!r}); a Ray executor starts torchrun itself "
+                            "when executor.train.processes or gpus asks for several")
+        dist_ctx = init_from_env(resolve_device(spec.device).type)
+    if dist_ctx is not None and not dist_ctx.is_main:
+        return _follower_rank(spec, pm, cache_dir, dist_ctx)
+    cache_dir = resolve_cache_dir(cache_dir)
+    run_dir, resuming = prepare_run_dir(spec, out, resume, reports, cache_dir)
+    check_writable(run_dir)
+    with RunLock(run_dir), terminate_as_interrupt():
+        remember_run(cache_dir, spec, run_dir)
+        return _run_locked(spec, pm, run_dir, resuming, cache_dir, log, progress, dist_ctx)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``): handled like Ctrl-C, so the run is marked
+    interrupted and keeps its finished units."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """Raise :class:`Terminated` in the main thread on SIGTERM while the run lasts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Path,
+                log: Callable[[str], None], progress: bool, dist_ctx: Any) -> RunOutcome:
+    started = time.time()
+    meta: dict[str, Any] = {
+        "name": spec.name, "status": "running", "spec_hash": spec_hash(spec),
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "versions": versions(), "git_commit": git_commit(), "seeds": list(spec.seeds),
+        "argv": sys.argv, "warnings": [], "executor": spec.executor.model_dump(mode="json"),
+        "training_processes": dist_ctx.world_size if dist_ctx else 1}
+    atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
+    write_json(run_dir / "run.json", meta)
+    log(f"run directory: {run_dir}" + ("  (resuming)" if resuming else ""))
+    engine = executor = None
+    try:
+        engine = Engine(spec, pm, cache_dir, log, progress, dist_ctx=dist_ctx)
+        executor = pm.registry.build("executors", spec.executor)
+        meta.update(device=str(engine.device), data={
+            "classes": engine.class_names, "n_train": len(engine.data.train),
+            "n_eval": len(engine.eval_set), **engine.data.info},
+            estimator=engine.estimator.describe())
+        plan = engine.experiment.plan(engine)
+        units = list(plan.units)
+        todo = [u for u in units if not is_unit_done(run_dir, u)]
+        needs_models = bool(todo)
+        if dist_ctx is not None:
+            (needs_models,) = dist_ctx.main_decides([needs_models])
+        if needs_models:  # a finished run re-run after its cache was cleared trains nothing
+            training_stage(engine, executor, run_dir, dist_ctx, log)
+        if dist_ctx is not None:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+            dist_ctx = None
+
+        if len(todo) < len(units):
+            log(f"reused {len(units) - len(todo)} finished unit(s) from {run_dir / 'units'}")
+
+        def here(unit: str) -> None:
+            log(f"finished {unit} in {run_analysis_unit(engine, run_dir, unit, plan):.1f}s")
+
+        jobs = StageJobs("analysis", todo, run_here=here,
+                         payload=lambda unit: job_payload(engine, "analysis", unit, run_dir,
+                                                          plan),
+                         entry=run_job, log=log)
+        check_failures("analysis", executor.run(jobs) if todo else {}, run_dir)
+
+        parts, timings, trained, sites = [], {}, {}, None
+        for unit in units:
+            loaded = read_unit(run_dir, unit)
+            if loaded is None:
+                raise RunError(f"unit {unit} reported success but {unit_dir(run_dir, unit)} "
+                               "has no done.json; is the run directory on a path every "
+                               "worker shares?")
+            tables_of_unit, info = loaded
+            parts.append(tables_of_unit)
+            timings[unit] = info.get("seconds")
+            meta["warnings"] += info.get("warnings", [])
+            for seed, variants in info.get("trained_models", {}).items():
+                trained.setdefault(seed, {}).update(variants)
+            sites = sites or info.get("sites")
+        for seed, variants in engine.trained_info.items():
+            trained.setdefault(str(seed), {}).update(variants)
+        tables = concat_tables(parts)
+        tables.update(engine.experiment.finalize(engine, tables))
+        schemas = table_schemas(engine.experiment)
+        for name, frame in tables.items():
+            check_schema(name, frame, schemas)
+            write_parquet(run_dir / "tables" / f"{name}.parquet", frame)
+        here_sites = engine.resolved_sites
+        meta.update(trained_models=trained,
+                    sites=[vars(s) for s in here_sites] if here_sites else (sites or []),
+                    timings={"units_seconds": timings, "total_seconds": time.time() - started},
+                    status="complete",
+                    finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        notes = run_notes(engine.estimator, engine.experiment, len(engine.eval_set),
+                          engine.num_classes, tables)
+        meta["notes"] = notes
+        meta["checks"] = evaluate_checks(list(spec.checks), tables)
+        write_json(run_dir / "run.json", meta)
+        index = render(run_dir, engine.experiment, tables, meta, notes, spec, pm)
+        return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
+    except KeyboardInterrupt as exc:
+        meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        write_json(run_dir / "run.json", meta)
+        exc.run_dir = run_dir  # the CLI's hint names it
+        raise
+    except MiProbeError as exc:
+        meta.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, UnitsFailedError):
+            meta["failed_units"] = exc.failures
+        write_json(run_dir / "run.json", meta)
+        raise
+    except Exception as exc:
+        meta.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc())
+        write_json(run_dir / "run.json", meta)
+        raise
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) -> RunOutcome:
+    """A torchrun rank other than 0: help train, write nothing, leave."""
+    import torch.distributed
+
+    try:
+        engine = Engine(spec, pm, cache_dir, log=lambda _m: None, progress=False,
+                        dist_ctx=dist_ctx)
+        engine.experiment.plan(engine)
+        (needs_models,) = dist_ctx.main_decides([False])  # rank 0's answer
+        if needs_models:
+            local = pm.registry.get("executors", "local")
+            training_stage(engine, local.factory(local.params_model()), None, dist_ctx,
+                           lambda _m: None)
+    finally:
+        torch.distributed.destroy_process_group()
+    return RunOutcome(None, None, f"trained as rank {dist_ctx.rank}")
+
+
+def rerender(run_dir: Path, pm: Any = None) -> Path:
+    """Redraw figures and index.html of a finished run from its tables and spec."""
+    from mi_probe.plugins import get_plugin_manager
+    from mi_probe.spec import load_spec
+
+    pm = pm or get_plugin_manager()
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise RunError(f"{run_dir} is not an mi-probe run directory (no run.json)")
+    spec = load_spec(run_dir / "spec.yaml", pm=pm)
+    meta = json.loads((run_dir / "run.json").read_text())
+    tables = read_tables(run_dir / "tables")
+    experiment = pm.registry.build("experiments", spec.experiment)
+    meta["checks"] = evaluate_checks(list(spec.checks), tables)
+    return render(run_dir, experiment, tables, meta, meta.get("notes", []), spec, pm)

@@ -1,0 +1,316 @@
+"""What a new user hits first (issue 14, items 1-3 and 5): mistakes refused before any
+training, clear errors instead of tracebacks, honest states, signals, locks, a cache
+that does not depend on the working directory, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from mi_probe import cli
+from mi_probe.errors import DataError, RunError, SpecError
+from mi_probe.runner import driver
+from mi_probe.runner.rundir import RunLock, default_cache_dir
+from mi_probe.spec import load_spec, load_spec_text
+
+
+
+def spec_text(tiny_text: str, *replacements: tuple[str, str], extra: str = "") -> str:
+    for old, new in replacements:
+        assert old in tiny_text, old
+        tiny_text = tiny_text.replace(old, new)
+    return tiny_text + extra
+
+
+@pytest.fixture
+def tiny_text():
+    from conftest import TINY_SPEC
+
+    return TINY_SPEC
+
+
+@pytest.fixture
+def two_seeds(tiny_text):
+    return tiny_text.replace("seeds: [0]", "seeds: [0, 1]")
+
+
+def run_cli(pm, capsys, *argv):
+    code = cli.main(["run", *map(str, argv), "--no-progress"], pm=pm)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------- 1. fail before training
+
+BAD_SPECS = {
+    "site pattern": (("*.post_add", "*.post_addd"), r"site pattern\(s\) \['\*\.post_addd'\] "
+                     r"match no site of test_resnet"),
+    "architecture": (("arch: test_resnet", "arch: resnt18"),
+                     r"unknown model architecture 'resnt18'.*did you mean 'resnet18'"),
+    "claim table": (None, r"table 'layer_mii' is not one experiment 'layer_mi' writes.*did you "
+                    r"mean 'layer_mi'"),
+    "claim column": (None, r"table 'layer_mi' has no column 'i_tyy'.*did you mean 'i_ty'"),
+}
+CLAIMS = {
+    "claim table": "checks:\n  - {name: x, kind: bound, table: layer_mii, value: i_ty, min: 0}\n",
+    "claim column": "checks:\n  - {name: x, kind: bound, table: layer_mi, value: i_tyy, min: 0}\n",
+}
+
+
+def bad_spec(case: str, folder: Path, tiny_text: str) -> tuple[Path, str]:
+    """The spec file of a BAD_SPECS case, and the message expected for it."""
+    replacement, message = BAD_SPECS[case]
+    path = folder / "bad.yaml"
+    path.write_text(spec_text(tiny_text, *([replacement] if replacement else []),
+                              extra=CLAIMS.get(case, "")))
+    return path, message
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_validate_refuses_what_run_would_refuse_after_training(case, pm, tmp_path, capsys,
+                                                               tiny_text):
+    path, message = bad_spec(case, tmp_path, tiny_text)
+    code = cli.main(["validate", str(path)], pm=pm)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, err, re.S), err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_run_refuses_before_any_training_or_run_directory(case, pm, tmp_path, capsys,
+                                                          tiny_text):
+    path, message = bad_spec(case, tmp_path, tiny_text)
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    code, _, err = run_cli(pm, capsys, path, "--out", out, "--cache-dir", cache)
+    assert code != 0 and "Traceback" not in err
+    assert re.search(message, err, re.S), err
+    assert not (cache / "models").exists(), "a model was trained before the refusal"
+    assert not out.exists()
+
+
+def test_a_claim_about_a_summary_table_is_left_to_the_run(pm, tmp_path, tiny_text):
+    text = tiny_text + ("checks:\n  - {name: s, kind: bound, table: summary_layer_mi, "
+                        "value: i_ty_mean, min: 0}\n")
+    from mi_probe.preflight import preflight
+
+    preflight(load_spec_text(text, "s.yaml", pm=pm), pm)  # no error
+
+
+# ------------------------------------------------------------- 2. clear errors, honest state
+
+def test_an_out_folder_that_cannot_be_created_is_a_clear_error(pm, tmp_path, capsys,
+                                                               tiny_spec_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run_cli(pm, capsys, tiny_spec_file(), "--out", blocker / "run")
+    assert code == 1 and "Traceback" not in err
+    assert f"cannot create the run directory {blocker / 'run'}" in err
+    assert "choose a writable --out" in err
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(pm, tmp_path, capsys,
+                                                                tiny_spec_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run_cli(pm, capsys, tiny_spec_file(), "--out", tmp_path / "run",
+                           "--cache-dir", blocker / "cache")
+    assert code == 1 and "Traceback" not in err
+    assert f"cannot write to the model cache {blocker / 'cache' / 'models'}" in err
+    assert "--cache-dir" in err
+
+
+def test_digits_at_1024_px_are_upsampled_per_item(pm):
+    entry = pm.registry.get("datasets", "digits")
+    bundle = entry.factory(entry.params_model(image_size=1024)).load()
+    assert tuple(bundle.val.images.shape[1:]) == (8, 8)  # nothing resized up front
+    image, label = bundle.val[0]
+    assert image.shape == (3, 1024, 1024) and image.dtype == torch.float32
+    train_image, _ = bundle.train[0]
+    assert train_image.shape == (3, 1024, 1024)
+
+
+def test_a_data_set_that_cannot_fit_is_refused_with_the_estimate(pm, monkeypatch):
+    from mi_probe import data
+
+    monkeypatch.setattr(data, "available_memory", lambda: 2**30)  # 1 GiB available
+    entry = pm.registry.get("datasets", "synthetic")
+    source = entry.factory(entry.params_model(n_train=256, n_val=256, image_size=512))
+    with pytest.raises(DataError, match=r"512 images of 3x512x512 float32 would take 1\.5 "
+                       r"GiB in memory, more than 50% of the 1\.0 GiB available"):
+        source.load()
+
+
+def test_zero_epochs_is_refused_not_labelled_trained(pm, tiny_text):
+    with pytest.raises(SpecError) as exc:
+        load_spec_text(tiny_text, "s.yaml", ["model.train.epochs=0"], pm)
+    problems = "\n".join(exc.value.problems)
+    assert "--set model.train.epochs=0: model.train.epochs" in problems
+    assert "epochs must be at least 1, got 0" in problems and "random state" in problems
+
+
+def test_a_set_argument_is_blamed_for_its_own_mistake(pm, tiny_text):
+    with pytest.raises(SpecError) as exc:
+        load_spec_text(tiny_text, "s.yaml", ["foo.bar=1"], pm)
+    problems = "\n".join(exc.value.problems)
+    assert problems.startswith("--set foo.bar=1: "), problems
+    assert "s.yaml:" not in problems
+
+
+def _interrupt_after_first_unit(monkeypatch, how):
+    """Make the first finished analysis unit be followed by ``how()`` (a signal or a
+    KeyboardInterrupt), as a user's Ctrl-C or a scheduler's SIGTERM would."""
+    original = driver.run_analysis_unit
+    calls = []
+
+    def unit(engine, run_dir, name, plan):
+        seconds = original(engine, run_dir, name, plan)
+        calls.append(name)
+        if len(calls) == 1:
+            how()
+        return seconds
+
+    monkeypatch.setattr(driver, "run_analysis_unit", unit)
+    return calls
+
+
+def test_sigterm_is_handled_like_ctrl_c(pm, tmp_path, two_seeds, monkeypatch):
+    spec = load_spec_text(two_seeds, "s.yaml", pm=pm)
+    _interrupt_after_first_unit(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as exc:
+        driver.run(spec, pm, out=out, cache_dir=tmp_path / "cache", progress=False,
+                   log=lambda _m: None)
+    assert isinstance(exc.value, driver.Terminated) and exc.value.run_dir == out
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert (out / "units" / "seed=0" / "done.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is removed afterwards
+    resumed = driver.run(spec, pm, out=out, cache_dir=tmp_path / "cache", progress=False,
+                         log=lambda _m: None)
+    assert resumed.status == "complete" and set(resumed.tables["layer_mi"]["seed"]) == {0, 1}
+
+
+def test_the_interrupt_hint_and_resume_agree_from_another_folder(pm, tmp_path, capsys,
+                                                                 two_seeds, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(two_seeds)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    calls = _interrupt_after_first_unit(monkeypatch, ctrl_c)
+    code, _, err = run_cli(pm, capsys, spec)  # default run folder under ./reports
+    assert code == 130
+    run_dir = next((first / "reports" / "tiny").iterdir())
+    assert f"--out {run_dir.resolve()}`" in err and "--resume" in err
+    monkeypatch.chdir(second)  # a new terminal, somewhere else
+    code, out, err = run_cli(pm, capsys, spec, "--resume")
+    assert code == 0, err
+    assert f"run directory: {run_dir.resolve()}  (resuming)" in err
+    assert "reused 1 finished unit(s)" in err and calls[-1] == "seed=1"
+    assert not (second / "reports").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(
+        pm, tmp_path, capsys, tiny_spec_file):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):  # the first run, still going
+        code, _, err = run_cli(pm, capsys, tiny_spec_file(), "--out", out)
+    assert code == 1
+    assert f"another mi-probe run is writing to {out}" in err and "another --out" in err
+    code, _, err = run_cli(pm, capsys, tiny_spec_file(), "--out", out)  # once it ended
+    assert code == 0, err
+
+
+def test_a_second_process_waits_for_the_model_another_is_training(tmp_path):
+    from filelock import FileLock
+
+    from mi_probe.train import model_lock
+
+    folder = tmp_path / "models" / "abc"
+    folder.parent.mkdir(parents=True)
+    holder = FileLock(str(folder) + ".lock")  # another process, training this model
+    holder.acquire()
+    messages, done = [], threading.Event()
+
+    def second():
+        with model_lock(folder, messages.append):
+            done.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    for _ in range(500):
+        if messages:
+            break
+        time.sleep(0.01)
+    assert messages and "another mi-probe process is training this model" in messages[0]
+    assert not done.is_set()  # still waiting
+    holder.release()
+    thread.join(timeout=30)
+    assert done.is_set()
+
+
+# ------------------------------------------------------------- 3. the working directory
+
+def test_the_default_cache_is_the_user_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("MI_PROBE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):  # platformdirs: XDG on Linux
+        assert default_cache_dir() == tmp_path / "xdg" / "mi-probe"
+    monkeypatch.setenv("MI_PROBE_CACHE", "~/somewhere")
+    assert default_cache_dir() == Path.home() / "somewhere"
+
+
+def test_runs_record_absolute_cache_paths(pm, tmp_path, monkeypatch, tiny_spec_file):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(tiny_spec_file(), pm=pm)
+    outcome = driver.run(spec, pm, out=Path("run"), cache_dir=Path("relative-cache"),
+                         progress=False, log=lambda _m: None)
+    info = json.loads((outcome.run_dir / "run.json").read_text())
+    cache = info["trained_models"]["0"]["default"]["cache"]
+    assert Path(cache).is_absolute() and Path(cache).is_relative_to(tmp_path / "relative-cache")
+
+
+# ------------------------------------------------------------- 5. the Python API
+
+def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, monkeypatch):
+    import altair as alt
+
+    import mi_probe
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_spec_file(extra="checks:\n  - {name: finite, kind: bound, table: layer_mi, "
+                                "value: i_ty, min: 0}\n")
+    result = mi_probe.run(path, out=tmp_path / "api", seeds=[0, 1],
+                          model__train__epochs=1, overrides={"eval.batch_size": 32})
+    assert isinstance(result, mi_probe.Run) and result.status == "complete"
+    layer = result.tables["layer_mi"]
+    assert isinstance(layer, pl.DataFrame) and set(layer["seed"]) == {0, 1}
+    assert result.spec.model.train.epochs == 1 and result.spec.eval.batch_size == 32
+    assert [c["name"] for c in result.checks] == ["finite"] and not result.failed_checks
+    assert result.figures and all(isinstance(c, alt.TopLevelMixin)
+                                  for c in result.figures.values())
+    assert result.index.is_file()
+    again = mi_probe.load_run(tmp_path / "api")
+    assert again.tables["layer_mi"].equals(layer) and again.checks == result.checks
+    with pytest.raises(RunError, match=r"has no table 'nope'; it has .*layer_mi"):
+        again.table("nope")
+    with pytest.raises(RunError, match=r"is not an mi-probe run directory"):
+        mi_probe.load_run(tmp_path)
+    with pytest.raises(SpecError, match=r"--set model.train.epochs=0"):
+        mi_probe.run(path, out=tmp_path / "bad", model__train__epochs=0)
