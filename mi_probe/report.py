@@ -129,6 +129,20 @@ def _integer_axis(frame: pl.DataFrame, column: str) -> Any:
     return alt.Axis(values=list(range(lo, hi + 1)), format="d") if hi - lo <= 20 else alt.Undefined
 
 
+def _site_axis(frame: pl.DataFrame) -> Any:
+    """A depth axis labelled with site names (one tick per depth) when every depth is one
+    site, so a reader sees ``layer3.1.post_add`` rather than 11."""
+    if frame.height == 0 or "site" not in frame.columns or not frame.schema["depth"].is_integer():
+        return alt.Undefined
+    pairs = frame.select("depth", "site").unique()
+    if pairs["depth"].n_unique() != pairs.height or pairs.height > 40:
+        return alt.Undefined
+    names = {int(d): str(s) for d, s in pairs.iter_rows()}
+    lookup = "{" + ", ".join(f"{d}: {json.dumps(s)}" for d, s in sorted(names.items())) + "}"
+    return alt.Axis(values=sorted(names), labelExpr=f"{lookup}[datum.value]", labelAngle=-45,
+                    labelLimit=160, labelOverlap=False, labelFontSize=9 if len(names) > 12 else 10)
+
+
 def _tip(frame: pl.DataFrame, column: str, title: str | None = None,
          fmt: str | None = None) -> alt.Tooltip:
     """Tooltip for a column; the type is explicit because the data is inline (not pandas)."""
@@ -238,7 +252,8 @@ def _js_field(name: str) -> str:
 
 def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_title: str,
                     y_title: str, extra_tooltip: Sequence[str] = (),
-                    points: bool = True, replicate: str | None = "seed") -> list[alt.Chart]:
+                    points: bool = True, replicate: str | None = "seed",
+                    x_axis: Any = None) -> list[alt.Chart]:
     """Layers of a mean-over-seeds chart drawn from ``_chart_data`` rows.
 
     * a mean line (with points), its tooltip giving the 95% interval and its n;
@@ -252,7 +267,8 @@ def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_tit
     """
     n = f"{y}{N_SUFFIX}"
     is_mean = alt.FieldEqualPredicate(field=_ROW_KIND, equal="mean")
-    x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title, axis=_integer_axis(data, x))
+    x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title,
+                  axis=x_axis if x_axis is not None else _integer_axis(data, x))
     # Layers share the colour legend; opaque symbols so it matches the lines, not the band.
     color_enc = (alt.Color(_field(color), type="nominal", title=color,
                            legend=alt.Legend(symbolOpacity=1),
@@ -333,7 +349,8 @@ def by_depth(frame: pl.DataFrame, y: str, color: str = "state", title: str = "",
     agg, values, replicate = _aggregate(frame, by, y, replicate, "by_depth")
     data = _chart_data(agg, values, by, y, "depth", [c for c in (color, facet) if c])
     layers = _mean_ci_layers(data, "depth", y, color, x_title, y_title or y,
-                             extra_tooltip=["site"], replicate=replicate)
+                             extra_tooltip=["site"], replicate=replicate,
+                             x_axis=_site_axis(agg))
     chart = alt.layer(*layers, data=_data(data))
     note = _interval_note(agg, f"{y}{N_SUFFIX}", _plural(replicate))
     heading = _title(title, subtitle, note)
@@ -585,9 +602,10 @@ def _meta_value(value: Any) -> str:
 
 
 def _relative(run_dir: Path, path: Path) -> str:
-    """URL (escaped for an attribute) of ``path`` relative to the index page."""
+    """URL (escaped for an attribute) of ``path`` relative to the index page (a relative
+    ``path`` is taken as relative to the run directory already)."""
     path = Path(path)
-    rel = os.path.relpath(path, run_dir) if path.is_absolute() else str(path)
+    rel = os.path.relpath(path, Path(run_dir).resolve()) if path.is_absolute() else str(path)
     return _esc(quote(Path(rel).as_posix()))
 
 
@@ -664,9 +682,10 @@ def _run_summary(meta: Mapping[str, Any]) -> str:
                      f"{len(data.get('classes', []))} classes")
     estimator = meta.get("estimator")
     if isinstance(estimator, Mapping) and estimator:
-        parts.append("estimator " + _esc(", ".join(f"{k}={v}" for k, v in estimator.items()
-                                                   if k in ("estimator", "bins", "range",
-                                                            "correction", "name"))))
+        name = estimator.get("estimator") or estimator.get("name") or "?"
+        settings = ", ".join(f"{k}={v}" for k, v in estimator.items()
+                             if k in ("bins", "range", "correction"))
+        parts.append(f"estimator {_esc(name)}" + (f" ({_esc(settings)})" if settings else ""))
     if meta.get("device"):
         parts.append(f"device {_esc(meta['device'])}")
     total = (meta.get("timings") or {}).get("total_seconds")
@@ -765,7 +784,9 @@ def render_run(run_dir: Path, figures_charts: Mapping[str, AnyChart],
     written with the failure among its warnings, then RunError names the failed figures.
     ``title`` defaults to meta's ``spec``/``name`` or the folder name.
     """
-    run_dir = Path(run_dir)
+    # absolute, so the saved figures' paths are too: with a relative run directory (the
+    # default reports/<name>/<time>) every image link once repeated that prefix and broke
+    run_dir = Path(run_dir).resolve()
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise RunError(f"unknown figure format(s) {unknown}; valid formats are {list(FORMATS)}")

@@ -457,3 +457,73 @@ def test_a_report_plugin_writes_after_index_html(tmp_path, monkeypatch, tiny_spe
         "report: {formats: [png]}", "report: {formats: [png], writers: [{kind: pdf}]}"))
     assert cli.main(["validate", str(bad)], pm=pm) == 2
     assert "table_summary" in capsys.readouterr().err
+
+
+def test_one_colour_per_state_in_every_chart() -> None:
+    """A state keeps its colour from chart to chart (orange once meant "random (shuffled
+    labels)" in one figure and "trained" in the next)."""
+    rows = [{"seed": s, "state": st, "site": f"s{d}", "depth": d, "site_kind": "k",
+             "v": float(d + s)} for s in (0, 1, 2) for st in ("trained", "random")
+            for d in range(3)]
+    frame = pl.DataFrame(rows)
+    only_trained = frame.filter(pl.col("state") == "trained")
+
+    def scale_of(chart) -> dict:
+        spec = chart.to_dict()
+        for layer in spec.get("layer", []):
+            color = layer.get("encoding", {}).get("color", {})
+            if "scale" in color:
+                return dict(zip(color["scale"]["domain"], color["scale"]["range"]))
+        raise AssertionError("no colour scale")
+
+    both = scale_of(report.by_depth(frame, "v", color="state"))
+    one = scale_of(report.by_depth(only_trained, "v", color="state"))
+    assert both["trained"] == one["trained"] == report.PALETTE["trained"]
+    assert both["random"] == report.PALETTE["random"] != both["trained"]
+
+
+def test_depth_axes_name_the_sites() -> None:
+    rows = [{"seed": s, "state": "trained", "site": name, "depth": d, "site_kind": "k",
+             "v": 1.0 + s} for s in (0, 1) for d, name in enumerate(["stem", "layer1.0"])]
+    spec = report.by_depth(pl.DataFrame(rows), "v").to_dict()
+    axes = [layer["encoding"]["x"].get("axis", {}) for layer in spec["layer"]]
+    assert any('{0: "stem", 1: "layer1.0"}[datum.value]' == a.get("labelExpr") for a in axes)
+
+
+def test_screenshots_of_the_page_in_headless_chromium(tmp_path: Path) -> None:
+    """scripts/report_screenshots.py: the first screen and each figure as the page shows
+    them (skipped where no Chromium is installed)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "report_screenshots.py"
+    spec = importlib.util.spec_from_file_location("report_screenshots", script)
+    shots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shots)
+    if shots.find_chromium() is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    rows = [{"seed": s, "state": st, "site": f"s{d}", "depth": d, "site_kind": "k",
+             "v": float(d + s)} for s in (0, 1, 2) for st in ("trained", "random")
+            for d in range(3)]
+    report.render_run(tmp_path, {"v_by_depth": report.by_depth(pl.DataFrame(rows), "v")},
+                      {"t": pl.DataFrame(rows)}, {"status": "complete"}, formats=["png"],
+                      checks=[{"name": "c", "passed": True}])
+    assert shots.main([str(tmp_path), "--out", str(tmp_path / "shots")]) == 0
+    from PIL import Image
+
+    for name in ("top", "figure-v_by_depth"):
+        image = Image.open(tmp_path / "shots" / f"{name}.png").convert("L")
+        assert image.size[0] == 1280
+        low, high = image.getextrema()
+        assert high - low > 100, f"{name}.png is blank"
+
+
+def test_links_work_when_the_run_directory_is_relative(tmp_path: Path, monkeypatch) -> None:
+    """`make demo` writes to the relative reports/<name>/<time>/: its index.html once
+    linked reports/<name>/<time>/figures/x.png from inside that folder (broken)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"seed": s, "x": float(x), "y": float(x * s)} for s in (0, 1, 2) for x in range(3)]
+    index = report.render_run(Path("reports/demo/t1"), {"curve": report.line(
+        pl.DataFrame(rows), "x", "y")}, {}, {}, formats=["png", "html"])
+    page = index.read_text()
+    assert '<img src="figures/curve.png"' in page and '<a href="figures/curve.html"' in page
+    assert (index.parent / "figures" / "curve.png").is_file()
