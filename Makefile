@@ -8,7 +8,7 @@ DEMO_SPEC ?= specs/semantic_knockout.yaml
 # Plugin distributions shipped in this repository (installed like third-party ones).
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
-.PHONY: demo test install clean-reports
+.PHONY: demo test study install clean-reports
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 MI_PROBE_REQUIRE_RAY=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS)) \
 		specs --mi-probe-claims-as-warnings
+
+# The paper's claims on ../shared/data/imagenette-dev: runs (or resumes) every spec of
+# specs/study, reusing cached models, and regenerates docs/reproduction.md.
+study: $(STAMP)
+	$(VENV)/bin/mi-probe study specs/study
 
 clean-reports:
 	rm -rf reports

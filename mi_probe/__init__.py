@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "run": "mi_probe.api", "load_run": "mi_probe.api", "Run": "mi_probe.api",

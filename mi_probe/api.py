@@ -42,7 +42,10 @@ def _load_spec(spec: Any, overrides: list[str], pm: Any, profile: str | None) ->
 
     from mi_probe.spec import dump_spec, load_spec, load_spec_text
 
-    if isinstance(spec, (str, Path)) and "\n" not in str(spec):
+    looks_like_path = isinstance(spec, Path) or (
+        isinstance(spec, str) and "\n" not in spec and not spec.lstrip().startswith("{")
+        and (spec.endswith((".yaml", ".yml")) or Path(spec).exists()))
+    if looks_like_path:
         return load_spec(spec, overrides, pm, profile=profile)
     if isinstance(spec, str):  # YAML text
         return load_spec_text(spec, "<spec text>", overrides, pm, profile=profile)

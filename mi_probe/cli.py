@@ -1,4 +1,4 @@
-"""Command line: mi-probe run | validate | sites | plugins | schema | report.
+"""Command line: mi-probe run | validate | check | study | sites | plugins | schema | report.
 
 User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
 and exit non-zero (2 for spec errors).
@@ -68,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--claims-as-warnings", action="store_true",
                      help="report failed claims without failing (tiny models need not show "
                      "paper effects)")
+
+    study = sub.add_parser("study", help="run every spec of a folder (each states paper "
+                           "claims as checks) and write the reproduction document")
+    study.add_argument("folder", type=Path)
+    study.add_argument("--out", type=Path, default=Path("reports/study"),
+                       help="where the run directories go (default reports/study)")
+    study.add_argument("--doc", type=Path, default=Path("docs/reproduction.md"))
+    study.add_argument("--figures", type=Path, default=Path("docs/reproduction"),
+                       help="folder the document's figures are copied to")
+    study.add_argument("--only", action="append", default=[], metavar="NAME",
+                       help="run only this spec (name or file stem; repeatable)")
+    study.add_argument("--report-only", action="store_true",
+                       help="only regenerate the document from the existing runs")
+    study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for run)")
+    study.add_argument("--profile", choices=["tiny"], help="as for run (smoke tests)")
 
     sites = sub.add_parser("sites", help="list the sites of a timm architecture")
     sites.add_argument("arch")
@@ -213,6 +228,18 @@ def _cmd_plugins(args, pm) -> int:
     return 0
 
 
+def _cmd_study(args, pm) -> int:
+    from mi_probe.study import run_study, write_reproduction
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.report_only:
+        run_study(args.folder, args.out, pm, only=args.only, cache_dir=args.cache_dir,
+                  profile=args.profile, log=log)
+    doc = write_reproduction(args.folder, args.out, args.doc, args.figures, pm)
+    print(f"reproduction: {doc}")
+    return 0
+
+
 def _cmd_schema(args, pm) -> int:
     from mi_probe.spec import json_schema
 
@@ -227,7 +254,8 @@ def _cmd_report(args, pm) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "sites": _cmd_sites,
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "study": _cmd_study,
+            "sites": _cmd_sites,
             "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report}
 
 
@@ -244,12 +272,40 @@ def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
-        again = (f"mi-probe run {args.spec} --out {Path(run_dir).resolve()}"
+        again = (continue_command(list(sys.argv[1:] if argv is None else argv), args.spec,
+                                  Path(run_dir))
                  if run_dir is not None and args.command == "run" else
                  "the same command with the same --out")
         print("interrupted: finished units and training checkpoints are kept; continue with "
-              f"`{again}` (or --resume)", file=sys.stderr)
+              f"`{again}` (or the same command with --resume)", file=sys.stderr)
         return 130
+
+
+def continue_command(argv: Sequence[str], spec: str, run_dir: Path) -> str:
+    """The command that continues an interrupted run from any folder: the same
+    arguments (--set, --profile, --cache-dir, -p ...), the spec and the cache made
+    absolute, and --out the run directory."""
+    import shlex
+
+    tokens: list[str] = []
+    skip = False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if token == "--resume" or token.startswith("--out="):
+            continue
+        if token == "--out":
+            skip = True
+            continue
+        after_cache = i > 0 and argv[i - 1] == "--cache-dir"
+        if token == spec or after_cache:
+            token = str(Path(token).resolve())
+        elif token.startswith("--cache-dir="):
+            token = "--cache-dir=" + str(Path(token.split("=", 1)[1]).resolve())
+        tokens.append(token)
+    tokens += ["--out", str(run_dir.resolve())]
+    return "mi-probe " + " ".join(shlex.quote(t) for t in tokens)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -202,6 +202,32 @@ def _import_plugin(module_name: str) -> Any:
                           f"(from MI_PROBE_PLUGINS or --plugin): {exc}") from None
 
 
+def _check_blockable(name: str) -> None:
+    """``no:NAME`` must name a built-in module or an installed plugin: a name that blocks
+    nothing (e.g. ``no:knockout`` from before built-ins had one module per entry) is an
+    error, not a silent no-op."""
+    import importlib.metadata as md
+    import importlib.util
+
+    if name in BUILTIN_PLUGINS:
+        return
+    entry_points = {ep.name for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+    if name in entry_points:
+        return
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return  # an importable module given as a plugin elsewhere
+    except (ImportError, ValueError):
+        pass
+    short = [b[len("mi_probe.builtin."):] for b in BUILTIN_PLUGINS]
+    same_entry = [s for s in short if s.rsplit(".", 1)[-1] == name]
+    close = same_entry or difflib.get_close_matches(name, short + sorted(entry_points), n=3)
+    hint = f"; did you mean {', '.join('no:' + c for c in close)}?" if close else ""
+    raise PluginError(f"-p no:{name} blocks nothing: no built-in plugin module "
+                      f"(mi_probe.builtin.<kind>.<name>) or installed plugin is named "
+                      f"{name!r}{hint}")
+
+
 def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | None = None
                        ) -> MiProbePluginManager:
     """Build a fresh plugin manager: built-ins, then extra plugins, then entry points.
@@ -224,6 +250,7 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | No
     for name in blocked:
         full = f"mi_probe.builtin.{name}" if f"mi_probe.builtin.{name}" in BUILTIN_PLUGINS \
             else name
+        _check_blockable(full)
         pm.set_blocked(full)
         pm.extra_modules.append(f"no:{name}")  # workers block it too
     for name in BUILTIN_PLUGINS:

@@ -14,6 +14,7 @@ import difflib
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from mi_probe.errors import SpecError
 from mi_probe.interfaces import DeclaresTables, TableSchema, as_schema
@@ -31,13 +32,35 @@ def structural_model(spec: Any, num_classes: int | None = None) -> torch.nn.Modu
                            m.zero_init_last)
 
 
+def regularizer_params(spec: Any, registry: Any) -> list[Any]:
+    """Every regulariser the run may train with: the model's, and those an experiment
+    names in its own parameters (e.g. ``hsic_compare``'s ``regularizer``)."""
+    entries = registry.entries("regularizers")
+
+    def found(value: Any) -> list[Any]:
+        if isinstance(value, (list, tuple)):
+            return [p for item in value for p in found(item)]
+        if isinstance(value, dict) and value.get("kind") in entries:
+            try:  # given as a mapping: the experiment validates it, report only sites here
+                return [entries[value["kind"]].params_model(**value)]
+            except ValidationError:
+                return []
+        entry = entries.get(getattr(value, "kind", None))
+        return [value] if entry is not None and isinstance(value, entry.params_model) else []
+
+    params = list(spec.model.train.regularizers)
+    for name in type(spec.experiment).model_fields:
+        params += found(getattr(spec.experiment, name))
+    return params
+
+
 def check_sites(spec: Any, pm: Any, model: torch.nn.Module) -> None:
     """The spec's site patterns, and each regulariser's, must match sites of the model."""
     m = spec.model
     adapter = select_adapter(pm, model, m.arch, spec.sites.adapter)
     refs = adapter.site_refs(model)
     filter_refs(refs, spec.sites.include, spec.sites.exclude, m.arch)
-    for params in m.train.regularizers:
+    for params in regularizer_params(spec, pm.registry):
         reg = pm.registry.build("regularizers", params)
         filter_refs(refs, list(reg.site_patterns), (), m.arch)
 

@@ -31,7 +31,8 @@ class TrainSpecBase(_Strict):
     accuracy, early stopping on validation accuracy; the best-accuracy epoch is kept."""
 
     epochs: int = Field(15, description="maximum training epochs (at least 1: the initial "
-                        "weights are the random state, not a trained one)")
+                        "weights are the random state, not a trained one)",
+                        json_schema_extra={"minimum": 1})
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.01, gt=0, description="initial SGD learning rate")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -245,8 +246,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict[tuple[str, ...], str]:
-    """Apply ``--set`` overrides in place; returns each overridden key path with the
-    ``--set`` argument that set it (errors below it are blamed on that argument)."""
+    """Apply ``--set`` overrides in place; returns each overridden key path, and each key
+    an override created, with the ``--set`` argument responsible (errors at or below it
+    are blamed on that argument)."""
     touched: dict[tuple[str, ...], str] = {}
     for item in overrides:
         parts, value = parse_override(item)
@@ -261,6 +263,8 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict[tuple[str, ...
             if not isinstance(node, dict):
                 raise SpecError(f"--set {item!r}: {'.'.join(parts[:i])} is not a mapping")
             if part not in node or node[part] is None:
+                if part not in node:  # an unknown key the override created
+                    touched.setdefault(tuple(parts[:i + 1]), item)
                 node[part] = {}
             elif not isinstance(node[part], (dict, list)):
                 raise SpecError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping "
@@ -399,10 +403,11 @@ def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[
 
 def _blamed_override(path: Sequence[str], overridden: dict[tuple[str, ...], str]) -> str | None:
     """The ``--set`` argument an error at ``path`` comes from: one that set the path or
-    a field above it, or one that created the (unknown) key the error is about."""
+    a field above it, or one that created the (unknown) key the error is about (created
+    keys are recorded by :func:`apply_overrides`)."""
     path = tuple(path)
     for keys, item in overridden.items():
-        if path[:len(keys)] == keys or (path and keys[:len(path)] == path):
+        if path[:len(keys)] == keys:
             return item
     return None
 

@@ -350,6 +350,9 @@ def model_lock(folder: Path, log: Callable[[str], None]):
             log(f"another mi-probe process is training this model into {folder}; waiting "
                 "for it to finish (then its result is used)")
             lock.acquire()
+    except NotImplementedError as exc:  # a filesystem without locks (older filelock)
+        raise RunError(f"cannot lock {folder}.lock in the model cache ({exc}); put the cache "
+                       "on a filesystem that supports file locks (--cache-dir)") from None
     except OSError as exc:
         raise RunError(f"cannot write to the model cache {folder.parent}: "
                        f"{exc.strerror or exc}; choose a writable --cache-dir (or set "

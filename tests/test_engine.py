@@ -14,9 +14,20 @@ from mi_probe.models import build_model, save_weights
 from mi_probe.builtin.experiments.layer_mi import TABLE_SCHEMAS
 from mi_probe.tables import CORE_SCHEMAS
 
-CONTRACT = {**{name: TABLE_SCHEMAS[name].required for name in ("layer_mi", "channel_mi",
-                                                                "evaluation")},
-            "training": CORE_SCHEMAS["training"]}
+SITE = ("seed", "state", "site", "depth", "site_kind")
+#: The contract other tools read, written out here so that dropping a column from both
+#: the code and its declared schema still fails a test.
+CONTRACT = {"layer_mi": SITE + ("i_xt", "i_ty"),
+            "channel_mi": SITE + ("channel", "i_xt", "i_ty"),
+            "evaluation": ("seed", "state", "accuracy", "n_samples"),
+            "training": ("seed", "epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds",
+                         "regularizer")}
+
+
+def test_the_declared_schemas_keep_the_contract():
+    for name in ("layer_mi", "channel_mi", "evaluation"):
+        assert set(CONTRACT[name]) <= set(TABLE_SCHEMAS[name].required), name
+    assert set(CONTRACT["training"]) <= set(CORE_SCHEMAS["training"])
 
 
 def test_run_writes_the_contract(run_cli, tiny_spec_file, tmp_path):

@@ -303,3 +303,11 @@ def test_two_plugins_with_one_name_are_a_plugin_error(throwaway):
                        rf"module {throwaway} \(.*{throwaway}\.py\) \(registered first\) and "
                        rf"module {throwaway}; register only one"):
         get_plugin_manager([throwaway, impostor], autoload=False)
+
+
+def test_blocking_a_name_that_blocks_nothing_is_an_error():
+    """`no:knockout` named a module before built-ins had one module per entry; now it would
+    silently block nothing."""
+    with pytest.raises(PluginError, match=r"-p no:knockout blocks nothing.*did you mean "
+                       r"no:experiments.knockout, no:interventions.knockout\?"):
+        get_plugin_manager(["no:knockout"], autoload=False)

@@ -10,7 +10,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import polars as pl
@@ -213,12 +212,13 @@ def test_the_interrupt_hint_and_resume_agree_from_another_folder(pm, tmp_path, c
         raise KeyboardInterrupt
 
     calls = _interrupt_after_first_unit(monkeypatch, ctrl_c)
-    code, _, err = run_cli(pm, capsys, spec)  # default run folder under ./reports
+    code, _, err = run_cli(pm, capsys, spec, "--set", "eval.batch_size=30")  # ./reports/...
     assert code == 130
     run_dir = next((first / "reports" / "tiny").iterdir())
-    assert f"--out {run_dir.resolve()}`" in err and "--resume" in err
+    assert (f"`mi-probe run {spec.resolve()} --set eval.batch_size=30 --no-progress --out "
+            f"{run_dir.resolve()}`") in err and "--resume" in err
     monkeypatch.chdir(second)  # a new terminal, somewhere else
-    code, out, err = run_cli(pm, capsys, spec, "--resume")
+    code, out, err = run_cli(pm, capsys, spec, "--set", "eval.batch_size=30", "--resume")
     assert code == 0, err
     assert f"run directory: {run_dir.resolve()}  (resuming)" in err
     assert "reused 1 finished unit(s)" in err and calls[-1] == "seed=1"
@@ -238,6 +238,9 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(
 
 
 def test_a_second_process_waits_for_the_model_another_is_training(tmp_path):
+    """The second waits (with a message) while the first holds the model's lock, and
+    goes on once it is released. Events, not sleeps: under load only the failure path
+    waits for the generous timeouts."""
     from filelock import FileLock
 
     from mi_probe.train import model_lock
@@ -246,23 +249,26 @@ def test_a_second_process_waits_for_the_model_another_is_training(tmp_path):
     folder.parent.mkdir(parents=True)
     holder = FileLock(str(folder) + ".lock")  # another process, training this model
     holder.acquire()
-    messages, done = [], threading.Event()
+    messages, waiting, done = [], threading.Event(), threading.Event()
+
+    def log(message):
+        messages.append(message)
+        waiting.set()
 
     def second():
-        with model_lock(folder, messages.append):
+        with model_lock(folder, log):
             done.set()
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    for _ in range(500):
-        if messages:
-            break
-        time.sleep(0.01)
-    assert messages and "another mi-probe process is training this model" in messages[0]
-    assert not done.is_set()  # still waiting
-    holder.release()
-    thread.join(timeout=30)
-    assert done.is_set()
+    thread = threading.Thread(target=second, daemon=True)
+    try:
+        thread.start()
+        assert waiting.wait(timeout=120), "the second process never said it waits"
+        assert "another mi-probe process is training this model" in messages[0]
+        assert not done.is_set()  # blocked on the lock until the first releases it
+    finally:
+        holder.release()
+    assert done.wait(timeout=120)
+    thread.join(timeout=120)
 
 
 # ------------------------------------------------------------- 3. the working directory
@@ -314,3 +320,13 @@ def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, mon
         mi_probe.load_run(tmp_path)
     with pytest.raises(SpecError, match=r"--set model.train.epochs=0"):
         mi_probe.run(path, out=tmp_path / "bad", model__train__epochs=0)
+
+
+def test_sites_of_a_regulariser_named_by_the_experiment_are_checked_before_training(
+        pm, tmp_path, capsys, tiny_text):
+    text = tiny_text.replace("experiment: {kind: layer_mi}", "experiment: {kind: hsic_compare, "
+                             "regularizer: {kind: hsic, sites: ['*.post_addd']}}")
+    path = tmp_path / "h.yaml"
+    path.write_text(text)
+    assert cli.main(["validate", str(path)], pm=pm) == 2
+    assert "site pattern(s) ['*.post_addd'] match no site" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sys
 import time
 import traceback
@@ -62,6 +63,20 @@ def table_schemas(experiment: Any) -> dict[str, Sequence[str]]:
     return {**CORE_SCHEMAS, **declared}
 
 
+def undeclared_columns(name: str, frame: pl.DataFrame,
+                       schemas: Mapping[str, Any]) -> list[str]:
+    """A warning when a table has columns its closed schema does not declare (claims
+    about them would be refused before a run)."""
+    schema = schemas.get(name)
+    if schema is None or isinstance(schema, (list, tuple)) or getattr(schema, "open", True):
+        return []
+    extra = [c for c in frame.columns if c not in schema.columns]
+    if not extra:
+        return []
+    return [f"table {name!r} has columns its experiment's schema does not declare: {extra} "
+            "(claims about them are refused before a run; declare them as optional)"]
+
+
 def training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
                    log: Callable[[str], None]) -> None:
     """Train every model the experiment needs that the cache does not hold yet."""
@@ -107,12 +122,40 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
         dist_ctx = init_from_env(resolve_device(spec.device).type)
     if dist_ctx is not None and not dist_ctx.is_main:
         return _follower_rank(spec, pm, cache_dir, dist_ctx)
+    if cache_dir is None and Path("reports/.cache/models").is_dir() \
+            and "MI_PROBE_CACHE" not in os.environ:
+        log(f"note: models cached under {Path('reports/.cache').resolve()} (the default "
+            "before version 0.2) are not used; the cache is now the user cache folder. "
+            "Set MI_PROBE_CACHE=reports/.cache (or --cache-dir) to keep using them")
     cache_dir = resolve_cache_dir(cache_dir)
     run_dir, resuming = prepare_run_dir(spec, out, resume, reports, cache_dir)
     check_writable(run_dir)
-    with RunLock(run_dir), terminate_as_interrupt():
+    run_dir = run_dir.absolute()
+    with RunLock(run_dir), terminate_as_interrupt(), _in_run_folder(run_dir, resuming, log):
         remember_run(cache_dir, spec, run_dir)
         return _run_locked(spec, pm, run_dir, resuming, cache_dir, log, progress, dist_ctx)
+
+
+@contextmanager
+def _in_run_folder(run_dir: Path, resuming: bool, log: Callable[[str], None]):
+    """A resumed run works in the folder it was started from, so the spec's relative
+    paths (data.root, weights) mean what they meant then."""
+    import json as _json
+
+    here = Path.cwd()
+    started_in = None
+    if resuming and (run_dir / "run.json").is_file():
+        started_in = _json.loads((run_dir / "run.json").read_text()).get("cwd")
+    if started_in is None or Path(started_in) == here or not Path(started_in).is_dir():
+        yield
+        return
+    log(f"resuming in the folder the run was started from, {started_in} (relative paths "
+        "of the spec mean what they meant there)")
+    os.chdir(started_in)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 class Terminated(KeyboardInterrupt):
@@ -147,7 +190,8 @@ def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Pa
         "name": spec.name, "status": "running", "spec_hash": spec_hash(spec),
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "versions": versions(), "git_commit": git_commit(), "seeds": list(spec.seeds),
-        "argv": sys.argv, "warnings": [], "executor": spec.executor.model_dump(mode="json"),
+        "argv": sys.argv, "cwd": os.getcwd(), "warnings": [],
+        "executor": spec.executor.model_dump(mode="json"),
         "training_processes": dist_ctx.world_size if dist_ctx else 1}
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "run.json", meta)
@@ -207,6 +251,7 @@ def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Pa
         schemas = table_schemas(engine.experiment)
         for name, frame in tables.items():
             check_schema(name, frame, schemas)
+            meta["warnings"] += undeclared_columns(name, frame, schemas)
             write_parquet(run_dir / "tables" / f"{name}.parquet", frame)
         here_sites = engine.resolved_sites
         meta.update(trained_models=trained,
@@ -221,11 +266,15 @@ def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Pa
         write_json(run_dir / "run.json", meta)
         index = render(run_dir, engine.experiment, tables, meta, notes, spec, pm)
         return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # SystemExit: Ray's own SIGTERM handler (installed by ray.init, after ours) exits
         meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
         write_json(run_dir / "run.json", meta)
-        exc.run_dir = run_dir  # the CLI's hint names it
-        raise
+        interrupt = exc if isinstance(exc, KeyboardInterrupt) else Terminated(f"exit {exc.code}")
+        interrupt.run_dir = run_dir  # the CLI's hint names it
+        if interrupt is exc:
+            raise
+        raise interrupt from None
     except MiProbeError as exc:
         meta.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, UnitsFailedError):

@@ -50,6 +50,9 @@ def spec_hash(spec: Any) -> str:
     """The identity of a run's results: the resolved spec without ``executor`` (where
     units run does not change what they compute)."""
     data = spec.model_dump(mode="json", exclude={"executor"})
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("pretrained_file") is None:
+        model.pop("pretrained_file", None)  # added in 0.2: keep the hashes of earlier runs
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -164,6 +167,9 @@ def prepare_run_dir(spec: Any, out: Path | None, resume: bool, reports: Path = D
             suffix += 1
     out = Path(out)
     run_json = out / "run.json"
+    if resume and not run_json.is_file():
+        raise RunError(f"--resume: {out} holds no run to resume (no run.json); drop "
+                       "--resume to start a new run there")
     if run_json.is_file():
         info = json.loads(run_json.read_text())
         if info.get("spec_hash") != digest:
@@ -213,6 +219,9 @@ class RunLock:
             raise RunError(f"another mi-probe run is writing to {self.path.parent} (it holds "
                            f"{self.path}); wait for it to finish, or choose another "
                            "--out") from None
+        except (OSError, NotImplementedError) as exc:  # a filesystem without locks
+            raise RunError(f"cannot lock {self.path} ({type(exc).__name__}: {exc}); run "
+                           "from a filesystem that supports file locks") from None
         return self
 
     def __exit__(self, *exc: Any) -> None:

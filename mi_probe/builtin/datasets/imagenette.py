@@ -45,7 +45,13 @@ class ImagenetteSource(ImageFolderSource):
         return super().root / SIZES[self.params.size]
 
     def _torchvision(self, split: str):
-        from torchvision.datasets import Imagenette
+        try:
+            from torchvision.datasets import Imagenette
+        except ImportError:
+            import torchvision
+
+            raise DataError(f"data kind imagenette needs torchvision >= 0.17 (it has "
+                            f"datasets.Imagenette); found {torchvision.__version__}") from None
 
         p = self.params
         try:
