@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder the document's figures are copied to")
     study.add_argument("--only", action="append", default=[], metavar="NAME",
                        help="run only this spec (name or file stem; repeatable)")
+    study.add_argument("--readme", type=Path, default=Path("README.md"),
+                       help="also refresh the findings between the study markers of this "
+                       "file (skipped when it has none)")
     study.add_argument("--report-only", action="store_true",
                        help="only regenerate the document from the existing runs")
     study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for run)")
@@ -229,13 +232,15 @@ def _cmd_plugins(args, pm) -> int:
 
 
 def _cmd_study(args, pm) -> int:
-    from mi_probe.study import run_study, write_reproduction
+    from mi_probe.study import run_study, update_readme, write_reproduction
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if not args.report_only:
         run_study(args.folder, args.out, pm, only=args.only, cache_dir=args.cache_dir,
                   profile=args.profile, log=log)
     doc = write_reproduction(args.folder, args.out, args.doc, args.figures, pm)
+    if update_readme(args.readme, args.doc, args.folder, args.out, pm):
+        print(f"findings refreshed in {args.readme}")
     print(f"reproduction: {doc}")
     return 0
 

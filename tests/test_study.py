@@ -121,3 +121,24 @@ def test_study_specs_state_claims_and_share_one_model_block():
     assert all(len(s["seeds"]) >= 3 for s in specs.values())
     r18 = [s for name, s in specs.items() if name.startswith("r18_")]
     assert len({json.dumps([s["model"], s["data"]], sort_keys=True) for s in r18}) == 1
+
+
+def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
+    from mi_probe.study import README_BEGIN, README_END, update_readme
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    from conftest import TINY_SPEC
+
+    (folder / "a.yaml").write_text(TINY_SPEC.replace("name: tiny", "name: study_a"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{README_BEGIN}\nold text\n{README_END}\nafter\n")
+    assert update_readme(readme, tmp_path / "docs" / "reproduction.md", folder,
+                         tmp_path / "runs", pm)
+    text = readme.read_text()
+    assert "old text" not in text and "- *a*: not run yet" in text
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "[docs/reproduction.md](docs/reproduction.md)" in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not update_readme(plain, tmp_path / "d.md", folder, tmp_path / "runs", pm)
