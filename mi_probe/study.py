@@ -39,6 +39,8 @@ import polars as pl
 from mi_probe.errors import RunError, SpecError
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+#: figures per run copied into the document (all of them stay in the run directory)
+KEY_FIGURES = 2
 
 #: Where this study's setting departs from the paper's, named in every verdict that is
 #: not "holds" (the document says which could explain it).
@@ -271,8 +273,24 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any]) -> SpecRecor
         return record
     tables = read_tables(run_dir / "tables")
     record.claims = [verdict(check, tables) for check in spec.checks]
-    record.figures = sorted((run_dir / "figures").glob("*.png"))
+    # the key figures: the experiment's own (the training curve is in every run), at most
+    # KEY_FIGURES per run, to keep the document and the repository light
+    words = {w for check in spec.checks for w in check.value.split("_") if len(w) > 2}
+    figures = [f for f in sorted((run_dir / "figures").glob("*.png"))
+               if f.stem != "training_val_acc"]
+    # those that show a claim's quantity first (gini_raw -> gini_by_depth)
+    record.figures = sorted(figures, key=lambda f: not any(w in f.stem for w in words))[
+        :KEY_FIGURES]
     return record
+
+
+def _copy_small(source: Path, target: Path) -> None:
+    """Copy a chart PNG with a 256-colour palette (charts have few colours; about a
+    quarter of the size, for a document kept in the repository)."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colors=256).save(target, optimize=True)
 
 
 def _fmt(value: float | None) -> str:
@@ -363,7 +381,7 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
                          f"{_measured(claim)}; {claim.reason}.")
         for figure in record.figures:
             target = figures_dir / f"{record.name}-{figure.name}"
-            shutil.copyfile(figure, target)
+            _copy_small(figure, target)
             lines += ["", f"![{record.name}: {figure.stem}]({rel}/{target.name})"]
         lines.append("")
     others = [c for r in records for c in r.claims if c.verdict != HOLDS]
