@@ -54,7 +54,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +74,7 @@ from mi_probe.interfaces import Captured  # noqa: E402
 from mi_probe.plugins import get_plugin_manager  # noqa: E402
 from mi_probe.spec import load_spec  # noqa: E402
 from mi_probe.train import evaluate_sums  # noqa: E402
+from provenance import commit  # noqa: E402  (benchmarks/provenance.py)
 
 #: Imagenette2 (full size) split sizes: the paper specs' data.
 IMAGENETTE_TRAIN, IMAGENETTE_VAL = 9469, 3925
@@ -83,17 +83,6 @@ TEN_PERCENT = 0.10
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
-        return head + ("+dirty" if dirty.strip() else "") if head else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ----------------------------------------------------------------------------- timing
@@ -493,7 +482,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     pm = get_plugin_manager()
-    meta = {"benchmark": "dynamics_tracking_overhead", "quick": q, "commit": _commit(),
+    meta = {"benchmark": "dynamics_tracking_overhead", "quick": q, "commit": commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "loadavg_start": _load(), "argv": sys.argv[1:]}

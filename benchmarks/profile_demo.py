@@ -52,6 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import commit  # noqa: E402  (benchmarks/provenance.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MAIN = ("import", "training", "capture", "estimators", "interventions", "report", "other")
@@ -215,17 +217,6 @@ def _timed_process(argv: list[str], runs: int, cwd: Path) -> dict:
             "runs_s": walls, "exit_codes": sorted(set(codes))}
 
 
-def _commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
-        return head + ("+dirty" if dirty.strip() else "") if head else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def breakdown(stages: dict[str, float], wall: float) -> tuple[list[dict], list[dict]]:
     """Main stages (sub-rows folded into their stage) and the sub-rows, in s and %."""
     main = {name: 0.0 for name in MAIN}
@@ -247,7 +238,7 @@ def parent(args) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     spec = (ROOT / args.spec).resolve() if not Path(args.spec).is_absolute() else Path(args.spec)
     meta = {"benchmark": "demo_profile", "spec": str(spec.relative_to(ROOT)),
-            "commit": _commit(), "torch": torch.__version__,
+            "commit": commit(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "cprofile": not args.no_cprofile,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
