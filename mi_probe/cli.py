@@ -235,13 +235,18 @@ def _cmd_study(args, pm) -> int:
     from mi_probe.study import run_study, update_readme, write_reproduction
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    failures = []
     if not args.report_only:
-        run_study(args.folder, args.out, pm, only=args.only, cache_dir=args.cache_dir,
-                  profile=args.profile, log=log)
+        failures = run_study(args.folder, args.out, pm, only=args.only,
+                             cache_dir=args.cache_dir, profile=args.profile, log=log)
     doc = write_reproduction(args.folder, args.out, args.doc, args.figures, pm)
     if update_readme(args.readme, args.doc, args.folder, args.out, pm):
         print(f"findings refreshed in {args.readme}")
     print(f"reproduction: {doc}")
+    if failures:  # the document is written from what finished; the failures are named
+        print(f"error: {len(failures)} study spec(s) failed:\n  " + "\n  ".join(failures),
+              file=sys.stderr)
+        return 1
     return 0
 
 

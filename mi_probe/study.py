@@ -8,6 +8,13 @@ the measured effect as a mean and 95% t-interval over seeds with n, the paper's
 statement and a verdict, plus each run's figures as PNG. The document is generated;
 editing it by hand is pointless, the next ``make study`` rewrites it.
 
+Where a claim does not hold, the document names the known differences from the paper's
+setting that bear on its quantity (``known_differences``), and the explanation specs of
+``<folder>/explain/`` that re-test it: ``<baseline stem>--<what>.yaml`` runs the baseline
+spec's claims in a changed setting (say, more epochs for one seed), and both runs are
+evaluated side by side on the same seeds. A run directory made from an earlier version
+of a spec is reported as stale, never as the current spec's result.
+
 Verdicts come from per-seed values (sites, classes and draws of a seed are averaged
 first: they are not independent observations):
 
@@ -42,20 +49,27 @@ HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 #: figures per run copied into the document (all of them stay in the run directory)
 KEY_FIGURES = 2
 
-#: Where this study's setting departs from the paper's, named in every verdict that is
-#: not "holds" (the document says which could explain it).
-KNOWN_DIFFERENCES = {
-    "image size": "64 px inputs (the paper: 224 px), so late layers see 2x2 maps",
-    "epochs": "12 epochs with early stopping after 6 (the paper: up to 200, patience 25)",
-    "data size": "2,200 training and 1,000 evaluation images (the paper: Imagenette2's "
-                 "9,469 / 3,925)",
-    "architecture": "ResNet-18 as in the paper; a VGG at reduced size where run",
-    "bias correction": "per-channel histogram MI is biased upwards by about "
-                       "(B-1)(K-1)/2N = 0.0855 nats at N = 1,000 (B = 20, K = 10); raw "
-                       "and null-corrected masses can disagree",
-    "layer reduction": "the layer-level I(T;Y) is the mean over channels (the paper does "
-                       "not define its reduction)",
-}
+#: The paper's three central claims (exact check names of specs/study): they head the
+#: README's findings, for every architecture that states them.
+HEADLINE_CLAIMS = (
+    "Fig. 1: label MI I(T;Y) rises with depth in the trained network",
+    "Figs. 3-4: training concentrates label MI in the last stage (Gini, bias-corrected masses)",
+    "Fig. 5: top-MI knockouts cost more accuracy than random ones at q = 0.5",
+)
+#: architectures the paper trained
+PAPER_ARCHS = ("vgg16", "resnet18", "resnet50")
+#: tables whose values are MI estimates (the histogram's bias bears on them), with their
+#: derived tables (``dynamics_summary``, ``estimator_sweep_agreement``)
+MI_TABLES = frozenset({"layer_mi", "layer_pairs", "concentration", "dynamics",
+                       "estimator_sweep"})
+#: tables of layer-level MI (the undefined layer reduction bears on them)
+LAYER_TABLES = frozenset({"layer_mi", "dynamics"})
+
+
+def _in_family(table: str, family: frozenset[str]) -> bool:
+    return any(table == name or table.startswith(name + "_") for name in family)
+#: folder of explanation specs inside a study folder; ``<baseline stem>--<what>.yaml``
+EXPLAIN_FOLDER = "explain"
 
 
 @dataclass
@@ -84,6 +98,13 @@ class SpecRecord:
     figures: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     invocations: int = 0
+    #: explanation specs: the study spec whose claims they re-test in another setting
+    baseline: Path | None = None
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def arch(self) -> str:
+        return str(self.setting.get("arch"))
 
 
 # ------------------------------------------------------------------ per-seed statistics
@@ -201,12 +222,36 @@ def verdict(check: Any, tables: dict[str, pl.DataFrame]) -> ClaimResult:
 # ------------------------------------------------------------------ running
 
 def spec_files(folder: Path) -> list[Path]:
+    """The study's specs (one or more paper claims each), in name order."""
     if not folder.is_dir():
         raise SpecError(f"study folder {folder} does not exist")
     files = sorted(p for p in folder.glob("*.yaml"))
     if not files:
         raise SpecError(f"study folder {folder} holds no .yaml specs")
     return files
+
+
+def explanation_files(folder: Path) -> list[tuple[Path, Path]]:
+    """``(explanation spec, baseline spec)`` pairs of ``folder/explain/``.
+
+    An explanation spec re-tests claims of one study spec in a changed setting (more
+    epochs, another estimator ...); its file name is ``<baseline stem>--<what>.yaml``.
+    """
+    explain = folder / EXPLAIN_FOLDER
+    pairs = []
+    for path in sorted(explain.glob("*.yaml")) if explain.is_dir() else []:
+        stem, sep, what = path.stem.partition("--")
+        baseline = folder / f"{stem}.yaml"
+        if not sep or not what:
+            raise SpecError(f"explanation spec {path}: name it <baseline>--<what>.yaml, where "
+                            f"<baseline>.yaml is the study spec it re-tests (e.g. "
+                            f"r18_concentration--40_epochs.yaml)")
+        if not baseline.is_file():
+            raise SpecError(f"explanation spec {path} re-tests {baseline.name}, which is not "
+                            f"a spec of {folder}; valid baselines: "
+                            f"{[p.stem for p in spec_files(folder)]}")
+        pairs.append((path, baseline))
+    return pairs
 
 
 def _ledger(out: Path) -> dict[str, Any]:
@@ -216,16 +261,26 @@ def _ledger(out: Path) -> dict[str, Any]:
 
 def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
               cache_dir: Path | None = None, profile: str | None = None,
-              log: Callable[[str], None] = print) -> None:
-    """Run (or resume) every spec of ``folder`` into ``out/<spec name>``, recording the
-    wall time of each invocation in ``out/ledger.json``."""
+              log: Callable[[str], None] = print) -> list[str]:
+    """Run (or resume) every spec of ``folder``, then its explanation specs, each into
+    ``out/<spec name>``, recording the wall time of each invocation in
+    ``out/ledger.json``. A spec that fails does not stop the others; returns the
+    failures as ``"<name>: <reason>"``."""
     from mi_probe.runner.driver import run
     from mi_probe.spec import load_spec
     from mi_probe.tables import write_json
 
+    paths = spec_files(folder) + [p for p, _ in explanation_files(folder)]
+    specs = [(path, load_spec(path, pm=pm, profile=profile)) for path in paths]
+    if only:
+        known = {n for path, spec in specs for n in (spec.name, path.stem)}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise SpecError(f"--only {', '.join(unknown)}: no such spec in {folder}; valid: "
+                            f"{sorted(path.stem for path, _ in specs)}")
     out.mkdir(parents=True, exist_ok=True)
-    for path in spec_files(folder):
-        spec = load_spec(path, pm=pm, profile=profile)
+    failures = []
+    for path, spec in specs:
         if only and spec.name not in only and path.stem not in only:
             continue
         log(f"study: {path} -> {out / spec.name}")
@@ -236,6 +291,7 @@ def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
             status = "complete"
         except RunError as exc:
             status = f"failed: {exc}"
+            failures.append(f"{spec.name}: {exc}")
             log(f"study: {spec.name} {status}")
         finally:
             ledger = _ledger(out)
@@ -243,36 +299,50 @@ def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
                 "started": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
                 "seconds": time.time() - started, "status": status})
             write_json(out / "ledger.json", ledger)
+    return failures
 
 
 # ------------------------------------------------------------------ the document
 
-def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any]) -> SpecRecord:
+def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
+            baseline: Path | None = None) -> SpecRecord:
+    from mi_probe.runner.rundir import spec_hash
     from mi_probe.spec import load_spec
     from mi_probe.tables import read_tables
 
     spec = load_spec(path, pm=pm)
     run_dir = out / spec.name
-    record = SpecRecord(path, spec.name, spec.description or "", run_dir)
+    record = SpecRecord(path, spec.name, spec.description or "", run_dir, baseline=baseline)
     entries = ledger.get(spec.name, [])
     record.seconds = sum(e["seconds"] for e in entries)
     record.invocations = len(entries)
     m, data = spec.model, spec.data
     record.setting = {"arch": m.arch, "weights": m.weights,
                       "image_size": getattr(data, "image_size", None),
-                      "epochs": m.train.epochs, "seeds": list(spec.seeds),
+                      "crop_scale": getattr(data, "crop_scale", None),
+                      "epochs": m.train.epochs, "plateau": m.train.plateau_patience,
+                      "early_stop": m.train.early_stop_patience, "seeds": list(spec.seeds),
+                      "n_seeds": len(spec.seeds),
+                      "bins": getattr(spec.estimator, "bins", None),
+                      "estimator": spec.estimator.kind,
                       "sites": list(spec.sites.include), "experiment": spec.experiment.kind}
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         return record
     info = json.loads(info_path.read_text())
     record.status = info.get("status", "unknown")
-    record.setting.update(n_train=info.get("data", {}).get("n_train"),
-                          n_eval=info.get("data", {}).get("n_eval"), device=info.get("device"))
+    facts = info.get("data", {})
+    record.setting.update(n_train=facts.get("n_train"), n_eval=facts.get("n_eval"),
+                          classes=len(facts.get("classes") or []) or None,
+                          device=info.get("device"))
+    if info.get("spec_hash") != spec_hash(spec):
+        # never report a run of an earlier version of the spec as if it were this one
+        record.status = "stale (the spec changed after this run; rerun it)"
+        return record
     if record.status != "complete":
         return record
-    tables = read_tables(run_dir / "tables")
-    record.claims = [verdict(check, tables) for check in spec.checks]
+    record.tables = read_tables(run_dir / "tables")
+    record.claims = [verdict(check, record.tables) for check in spec.checks]
     # the key figures: the experiment's own (the training curve is in every run), at most
     # KEY_FIGURES per run, to keep the document and the repository light
     words = {w for check in spec.checks for w in check.value.split("_") if len(w) > 2}
@@ -282,6 +352,16 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any]) -> SpecRecor
     record.figures = sorted(figures, key=lambda f: not any(w in f.stem for w in words))[
         :KEY_FIGURES]
     return record
+
+
+def study_records(folder: Path, out: Path, pm: Any) -> tuple[list[SpecRecord],
+                                                             list[SpecRecord]]:
+    """The study's records and its explanation records, read from ``out``."""
+    ledger = _ledger(out)
+    main = [_record(path, out, pm, ledger) for path in spec_files(folder)]
+    explain = [_record(path, out, pm, ledger, baseline=base)
+               for path, base in explanation_files(folder)]
+    return main, explain
 
 
 def _copy_small(source: Path, target: Path) -> None:
@@ -320,18 +400,149 @@ def _machine() -> str:
                else "no GPU"))
 
 
+def _values(records: Sequence[SpecRecord], key: str) -> str:
+    """The distinct values of a setting over the runs, e.g. ``"10, 12"``."""
+    shown = {f"{v:,}" if isinstance(v, int) else json.dumps(v)
+             for r in records if (v := r.setting.get(key)) is not None}
+    return ", ".join(sorted(shown, key=lambda v: (len(v), v))) or "?"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A way this study's setting departs from the paper's, and which claims it bears on."""
+    name: str
+    text: str
+    applies: Callable[[SpecRecord, ClaimResult], bool]
+
+
+def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
+    """The known differences, with this study's side read from its runs."""
+    ran = [r for r in records if r.status == "complete"] or list(records)
+    sizes = sorted({r.setting["image_size"] for r in ran if r.setting.get("image_size")})
+    smallest = sizes[0] if sizes else None
+    biases = []
+    for r in ran:
+        bins, k, n = r.setting.get("bins"), r.setting.get("classes"), r.setting.get("n_eval")
+        if bins and k and n and r.setting.get("estimator") == "histogram":
+            biases.append(((bins - 1) * (k - 1) / (2 * n), bins, k, n))
+    bias = max(biases) if biases else None
+    always = lambda record, claim: True  # noqa: E731
+    off_paper = [r.arch for r in ran if r.arch not in PAPER_ARCHS]
+    return [
+        Difference("image size", f"{_values(ran, 'image_size')} px inputs"
+                   + (f", so a ResNet's last stage sees {smallest // 32}x{smallest // 32} maps"
+                      if smallest and smallest >= 32 else "")
+                   + "; the paper's settings as we encode them (specs/paper) use 224 px "
+                     "(7x7), which the summary we work from does not state", always),
+        Difference("epochs", f"{_values(ran, 'epochs')} epochs, the learning rate cut after "
+                   f"{_values(ran, 'plateau')} epochs without improvement, early stop after "
+                   f"{_values(ran, 'early_stop')}; the paper: plateau patience 10, early stop "
+                   "after 25 epochs without improvement (specs/paper allow 200 epochs), so "
+                   "our models are further from convergence", always),
+        Difference("data size", f"{_values(ran, 'n_train')} training / "
+                   f"{_values(ran, 'n_eval')} evaluation images (imagenette-dev); the paper: "
+                   "Imagenette2's full split (9,469 / 3,925)", always),
+        Difference("augmentation", f"random resized crops of scale {_values(ran, 'crop_scale')}"
+                   "; the paper's standard random resized crops take scale [0.08, 1]",
+                   always),
+        Difference("seeds", f"{_values(ran, 'n_seeds')} seeds per setting; the paper: five. Few seeds "
+                   "make wide intervals, so small effects come out inconclusive",
+                   lambda record, claim: claim.verdict == INCONCLUSIVE),
+        Difference("architecture", "the paper trained VGG-16, ResNet-18 and ResNet-50; "
+                   + (f"here {', '.join(sorted(set(off_paper)))} stands in for the VGG-16 "
+                      "(about 4x cheaper)" if off_paper else "here only the paper's own"),
+                   lambda record, claim: record.arch not in PAPER_ARCHS),
+        Difference("bias correction", (
+            f"per-channel histogram MI is biased upwards by about (B-1)(K-1)/2N = "
+            f"{bias[0]:.3g} nats (B = {bias[1]}, K = {bias[2]}, N = {bias[3]:,}); "
+            if bias else "histogram MI is biased upwards; ")
+            + "the bias is the same for every channel, so it moves levels and masses (hence "
+              "raw and null-corrected concentration can disagree) but not rankings",
+            lambda record, claim: _in_family(claim.table, MI_TABLES)),
+        Difference("layer reduction", "a layer's I(T;Y) and I(X;T) are the mean over its "
+                   "channels of per-channel MI; the paper does not define its reduction (a "
+                   "joint histogram over hundreds of channels saturates at H(Y))",
+                   lambda record, claim: _in_family(claim.table, LAYER_TABLES)),
+    ]
+
+
+def _restricted(tables: dict[str, pl.DataFrame], seeds: Sequence[int]) -> dict[str, pl.DataFrame]:
+    return {name: (frame.filter(pl.col("seed").is_in(list(seeds)))
+                   if "seed" in frame.columns else frame) for name, frame in tables.items()}
+
+
+def _training_line(tables: dict[str, pl.DataFrame], seeds: Sequence[int]) -> str:
+    frame = tables.get("training")
+    if frame is None or "val_acc" not in frame.columns:
+        return "–"
+    parts = []
+    for seed in seeds:
+        rows = frame.filter(pl.col("seed") == seed)
+        if "regularizer" in rows.columns and rows["regularizer"].n_unique() > 1:
+            rows = rows.filter(pl.col("regularizer").is_in(["none", None]))
+        if rows.height:
+            parts.append(f"seed {seed}: {rows['val_acc'].max():.3f} "
+                         f"({rows['epoch'].max()} epochs)")
+    return "; ".join(parts) or "–"
+
+
+@dataclass
+class ExplanationResult:
+    record: SpecRecord
+    base: SpecRecord | None
+    #: per claim of the explanation spec: (this run, baseline same seeds, baseline all seeds)
+    rows: list[tuple[ClaimResult, ClaimResult | None, ClaimResult | None]]
+
+
+def _explain(record: SpecRecord, main: Sequence[SpecRecord], pm: Any) -> ExplanationResult:
+    from mi_probe.spec import load_spec
+
+    base = next((r for r in main if r.path.resolve() == record.baseline.resolve()), None)
+    rows = []
+    if record.status == "complete":
+        spec = load_spec(record.path, pm=pm)
+        ready = base is not None and base.status == "complete"
+        for check, claim in zip(spec.checks, record.claims):
+            if ready:
+                same = verdict(check, _restricted(base.tables, record.setting["seeds"]))
+                rows.append((claim, same, verdict(check, base.tables)))
+            else:
+                rows.append((claim, None, None))
+    return ExplanationResult(record, base, rows)
+
+
+def _cell(claim: ClaimResult | None) -> str:
+    if claim is None:
+        return "– (baseline not run)"
+    text = _measured(claim)
+    return text + (f"; **{claim.verdict}**" if claim.n >= 2 else "")
+
+
+def _anchor(name: str) -> str:
+    """GitHub's anchor of a heading made of ``name``."""
+    return "".join(c for c in name.lower() if c.isalnum() or c in "-_ ").replace(" ", "-")
+
+
+def _setting_line(s: dict[str, Any]) -> str:
+    return (f"- setting: {s['arch']} ({s['weights']}), {s.get('image_size')} px, "
+            f"{s['epochs']} epochs, seeds {s['seeds']}, sites {s['sites']}"
+            + (f", {s.get('n_train')} training / {s.get('n_eval')} evaluation images"
+               if s.get("n_eval") else ""))
+
+
 def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm: Any) -> Path:
     """Write ``doc`` (and the figures under ``figures_dir``) from the runs in ``out``."""
     from mi_probe.runner.rundir import git_commit, versions
     from mi_probe.tables import atomic_write_text
 
-    ledger = _ledger(out)
-    records = [_record(path, out, pm, ledger) for path in spec_files(folder)]
+    records, explained = study_records(folder, out, pm)
+    explanations = [_explain(r, records, pm) for r in explained]
     if figures_dir.exists():
         shutil.rmtree(figures_dir)
     figures_dir.mkdir(parents=True)
     rel = os.path.relpath(figures_dir, doc.parent)
-    total = sum(r.seconds for r in records)
+    everything = records + explained
+    total = sum(r.seconds for r in everything)
     done = [r for r in records if r.status == "complete"]
     vers = versions()
     lines = [
@@ -344,67 +555,129 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
         f"{_dt.datetime.now().isoformat(timespec='minutes')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         f"- machine: {_machine()}",
-        f"- wall time of every study invocation so far: {total / 60:.1f} min over "
-        f"{sum(r.invocations for r in records)} run(s), model training included "
-        "(models are shared through the cache, so the first spec that needs one pays for it)",
-        f"- specs run: {len(done)} of {len(records)}",
+        f"- wall time of every study invocation recorded in `{out}/ledger.json`: "
+        f"{total / 60:.1f} min over {sum(r.invocations for r in everything)} run(s), model "
+        "training included (models are shared through the cache, so the first spec that "
+        "needs one pays for it)",
+        f"- specs run: {len(done)} of {len(records)}, and "
+        f"{sum(r.status == 'complete' for r in explained)} of {len(explained)} explanation "
+        "spec(s)",
         "",
         "## Verdicts",
         "",
         "Measured: the claim's quantity per seed (sites, classes and draws averaged within "
         "a seed), mean [95% t-interval] over seeds, n seeds.",
         "",
-        "| claim (the paper's statement) | measured | verdict |",
-        "|---|---|---|",
+        "| claim (the paper's statement) | model | measured | verdict |",
+        "|---|---|---|---|",
     ]
     for record in records:
         if record.status != "complete":
-            lines.append(f"| `{record.path.name}`: not run yet ({record.status}) | – | – |")
+            state = "not run yet" if record.status == "not run" else record.status
+            lines.append(f"| `{record.path.name}`: {state} | – | – | – |")
             continue
         for claim in record.claims:
-            lines.append(f"| {claim.name} | {claim.quantity}: {_measured(claim)} | "
-                         f"**{claim.verdict}** ({claim.reason}) |")
+            lines.append(f"| {claim.name} | {record.arch} | {claim.quantity}: "
+                         f"{_measured(claim)} | **{claim.verdict}** ({claim.reason}) |")
     lines += ["", "## Runs", ""]
     for record in records:
-        s = record.setting
-        lines += [f"### {record.name}", "", record.description, "",
-                  f"- spec: `{record.path}`; run directory: `{record.run_dir}`; status: "
-                  f"{record.status}",
-                  f"- setting: {s['arch']} ({s['weights']}), {s.get('image_size')} px, "
-                  f"{s['epochs']} epochs, seeds {s['seeds']}, sites {s['sites']}"
-                  + (f", {s.get('n_train')} training / {s.get('n_eval')} evaluation images"
-                     if s.get("n_eval") else ""),
-                  f"- wall time: {record.seconds / 60:.1f} min over {record.invocations} "
-                  "invocation(s)", ""]
-        for claim in record.claims:
-            lines.append(f"- **{claim.verdict}**: {claim.name}. {claim.quantity}: "
-                         f"{_measured(claim)}; {claim.reason}.")
-        for figure in record.figures:
-            target = figures_dir / f"{record.name}-{figure.name}"
-            _copy_small(figure, target)
-            lines += ["", f"![{record.name}: {figure.stem}]({rel}/{target.name})"]
-        lines.append("")
-    others = [c for r in records for c in r.claims if c.verdict != HOLDS]
-    lines += ["## Where the results differ from the paper", ""]
-    if others:
-        lines += [f"{len(others)} claim(s) do not hold or are inconclusive here. The known "
-                  "differences between this setting and the paper's, any of which could "
-                  "explain a difference:", ""]
-        lines += [f"- **{k}**: {v}" for k, v in KNOWN_DIFFERENCES.items()]
-        lines += ["", "Claims affected: " + "; ".join(f"{c.name} ({c.verdict})"
-                                                       for c in others) + "."]
-    else:
-        lines.append("Every claim that was run holds here.")
+        lines += _run_section(record, figures_dir, rel)
+    lines += _differences_section(records, explanations)
+    lines += _explanations_section(explanations, figures_dir, rel)
     atomic_write_text(doc, "\n".join(lines) + "\n")
     return doc
+
+
+def _run_section(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
+    lines = [f"### {record.name}", "", record.description, "",
+             f"- spec: `{record.path}`; run directory: `{record.run_dir}`; status: "
+             f"{record.status}",
+             _setting_line(record.setting),
+             f"- wall time: {record.seconds / 60:.1f} min over {record.invocations} "
+             "invocation(s)", ""]
+    for claim in record.claims:
+        lines.append(f"- **{claim.verdict}**: {claim.name}. {claim.quantity}: "
+                     f"{_measured(claim)}; {claim.reason}.")
+    return lines + _figure_lines(record, figures_dir, rel) + [""]
+
+
+def _figure_lines(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
+    """Copy the record's key figures next to the document and link them."""
+    lines = []
+    for figure in record.figures:
+        target = figures_dir / f"{record.name}-{figure.name}"
+        _copy_small(figure, target)
+        lines += ["", f"![{record.name}: {figure.stem}]({rel}/{target.name})"]
+    return lines
+
+
+def _differences_section(records: Sequence[SpecRecord],
+                         explanations: Sequence[ExplanationResult]) -> list[str]:
+    differences = known_differences(records)
+    lines = ["## Where the results differ from the paper", ""]
+    others = [(r, c) for r in records for c in r.claims if c.verdict != HOLDS]
+    if not others:
+        return lines + ["Every claim that was run holds here.", ""]
+    lines += ["The known differences between this setting and the paper's:", ""]
+    lines += [f"- **{d.name}**: {d.text}" for d in differences]
+    lines += ["", f"{len(others)} claim(s) do not hold or are inconclusive here; for each, the "
+              "differences that bear on its quantity (MI estimates are affected by the bias "
+              "and the layer reduction, accuracies of interventions are not), and the "
+              "explanations tested:", ""]
+    for record, claim in others:
+        names = [d.name for d in differences if d.applies(record, claim)]
+        lines.append(f"- {claim.name} ({record.arch}; **{claim.verdict}**, "
+                     f"{_measured(claim)}): could be explained by {', '.join(names)}.")
+        for ex in explanations:
+            if ex.base is not record:
+                continue
+            for this, same, _ in ex.rows:
+                if this.name == claim.name:
+                    seeds = ex.record.setting["seeds"]
+                    lines.append(f"  - tested in [{ex.record.name}](#{_anchor(ex.record.name)})"
+                                 f" ({ex.record.description}): seeds {seeds}: "
+                                 f"{_measured(this)} there vs {_cell(same)} in the study.")
+    lines.append("")
+    return lines
+
+
+def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir: Path,
+                          rel: str) -> list[str]:
+    if not explanations:
+        return []
+    lines = ["## Testing explanations", "",
+             f"Each spec under `{EXPLAIN_FOLDER}/` re-tests claims of one study spec (its "
+             "baseline, named before `--` in its file name) in a changed setting. Every claim "
+             "is evaluated on the explanation's run and on the baseline's run, for the same "
+             "seeds and for all of the baseline's seeds.", ""]
+    for ex in explanations:
+        record, seeds = ex.record, ex.record.setting["seeds"]
+        lines += [f"### {record.name}", "", record.description, "",
+                  f"- spec: `{record.path}`; baseline: `{record.baseline}`; run directory: "
+                  f"`{record.run_dir}`; status: {record.status}",
+                  _setting_line(record.setting),
+                  f"- wall time: {record.seconds / 60:.1f} min over {record.invocations} "
+                  "invocation(s)"]
+        if record.status == "complete" and ex.base is not None and ex.base.status == "complete":
+            lines.append(f"- best validation accuracy: here {_training_line(record.tables, seeds)}"
+                         f"; baseline {_training_line(ex.base.tables, seeds)}")
+        if ex.rows:
+            lines += ["", f"| claim | here, seeds {seeds} | baseline, seeds {seeds} | "
+                      "baseline, all seeds |", "|---|---|---|---|"]
+            for this, same, every in ex.rows:
+                lines.append(f"| {this.name} | {this.quantity}: {_cell(this)} | {_cell(same)} | "
+                             f"{_cell(every)} |")
+        lines += _figure_lines(record, figures_dir, rel) + [""]
+    return lines
 
 
 README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
 
 
 def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any) -> bool:
-    """Replace the block between the study markers of ``readme`` with the verdicts (so
-    the README's findings are generated too); False when the markers are absent."""
+    """Replace the block between the study markers of ``readme`` with a summary of the
+    verdicts and the three headline claims (so the README's findings are generated too);
+    False when the markers are absent."""
     from mi_probe.tables import atomic_write_text
 
     if not readme.is_file():
@@ -412,17 +685,23 @@ def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any) -> 
     text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         return False
-    ledger = _ledger(out)
-    records = [_record(path, out, pm, ledger) for path in spec_files(folder)]
+    records, _ = study_records(folder, out, pm)
     rel = os.path.relpath(doc, readme.parent)
-    rows = [f"Generated by `make study` into [{rel}]({rel}) (setting, intervals, figures, "
-            "and which known differences could explain each departure):", ""]
-    for record in records:
-        if record.status != "complete":
-            rows.append(f"- *{record.path.stem}*: not run yet")
-            continue
-        for claim in record.claims:
-            rows.append(f"- **{claim.verdict}**: {claim.name} ({_measured(claim)})")
+    claims = [(r, c) for r in records for c in r.claims]
+    counts = {v: sum(c.verdict == v for _, c in claims) for v in (HOLDS, FAILS, INCONCLUSIVE)}
+    missing = [r.path.stem for r in records if r.status != "complete"]
+    rows = [f"Generated by `make study`: of {len(claims)} claims, {counts[HOLDS]} hold, "
+            f"{counts[FAILS]} do not hold and {counts[INCONCLUSIVE]} are inconclusive"
+            + (f" ({len(missing)} spec(s) not run: {', '.join(missing)})" if missing else "")
+            + f". Every verdict, its setting and interval, and which known differences could "
+            f"explain each departure are in [{rel}]({rel}). The paper's three central claims:",
+            ""]
+    for name in HEADLINE_CLAIMS:
+        found = [(r, c) for r, c in claims if c.name == name]
+        if not found:
+            rows.append(f"- *{name}*: not run yet")
+        for record, claim in found:
+            rows.append(f"- **{claim.verdict}** ({record.arch}): {name} ({_measured(claim)})")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     atomic_write_text(readme, head + README_BEGIN + "\n" + "\n".join(rows) + "\n"

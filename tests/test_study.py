@@ -93,7 +93,7 @@ checks:
     assert code == 0, capsys.readouterr().err
     text = doc.read_text()
     # the verdict rules themselves are tested above; here the row's form
-    assert re.search(r"\| label MI is positive \| mean i_ty per seed: [0-9.]+ \[-?[0-9.e-]+, "
+    assert re.search(r"\| label MI is positive \| test_resnet \| mean i_ty per seed: [0-9.]+ \[-?[0-9.e-]+, "
                      r"[0-9.e-]+\], n = 2 \| \*\*(holds|inconclusive)\*\* \(", text), text
     assert "`b_not_run.yaml`: not run yet" in text and "specs run: 1 of 2" in text
     assert "- machine: " in text and "- commit: " in text
@@ -136,9 +136,183 @@ def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
     assert update_readme(readme, tmp_path / "docs" / "reproduction.md", folder,
                          tmp_path / "runs", pm)
     text = readme.read_text()
-    assert "old text" not in text and "- *a*: not run yet" in text
+    assert "old text" not in text and "(1 spec(s) not run: a)" in text
+    from mi_probe.study import HEADLINE_CLAIMS
+
+    assert all(f"- *{name}*: not run yet" in text for name in HEADLINE_CLAIMS)
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
     assert "[docs/reproduction.md](docs/reproduction.md)" in text
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
     assert not update_readme(plain, tmp_path / "d.md", folder, tmp_path / "runs", pm)
+
+
+# ------------------------------------------------------------------ explanations, staleness
+
+EXPLAINED = """\
+checks:
+  - {name: "label MI is negative", kind: bound, table: layer_mi, value: i_ty, max: -1}
+  - {name: "label MI is positive", kind: bound, table: layer_mi, value: i_ty, min: 0}
+"""
+
+
+def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_path, capsys,
+                                                                        monkeypatch):
+    """explain/<baseline>--<what>.yaml re-tests the baseline's claims; the document puts
+    the two runs side by side, for the same seeds and for all of the baseline's, and a
+    claim that does not hold names the differences that bear on it and the test."""
+    from conftest import TINY_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "study"
+    (folder / "explain").mkdir(parents=True)
+    (folder / "base.yaml").write_text(
+        TINY_SPEC.replace("name: tiny", "name: study_base")
+        .replace("seeds: [0]", "seeds: [0, 1]") + EXPLAINED)
+    (folder / "explain" / "base--3_epochs.yaml").write_text(
+        TINY_SPEC.replace("name: tiny", "name: study_base--3_epochs")
+        .replace("epochs: 2", "epochs: 3") + "description: three epochs instead of two\n"
+        + EXPLAINED)
+    doc, figures = tmp_path / "docs" / "reproduction.md", tmp_path / "docs" / "reproduction"
+    argv = ["study", str(folder), "--out", str(tmp_path / "runs"), "--doc", str(doc),
+            "--figures", str(figures), "--readme", str(tmp_path / "none.md")]
+    assert cli.main(argv, pm=pm) == 0, capsys.readouterr().err
+    ledger = json.loads((tmp_path / "runs" / "ledger.json").read_text())
+    assert sorted(ledger) == ["study_base", "study_base--3_epochs"]
+    text = doc.read_text()
+    # MI >= 0, so "negative" does not hold in both runs (deterministically)
+    assert re.search(r"\| label MI is negative \| test_resnet \| .* \| \*\*does not hold\*\*",
+                     text), text
+    section = text.split("## Testing explanations", 1)[1]
+    assert "### study_base--3_epochs" in section and "three epochs instead of two" in section
+    assert "- spec: `" in section and "baseline: `" in section and "base.yaml`" in section
+    row = re.search(r"\| label MI is negative \| mean i_ty per seed: ([0-9.e-]+) \(no interval\), "
+                    r"n = 1 \| ([0-9.e-]+) \(no interval\), n = 1 \| ([0-9.e-]+) \[.*\], n = 2; "
+                    r"\*\*does not hold\*\* \|", section)
+    assert row, section
+    assert "best validation accuracy: here seed 0: " in section and "(3 epochs)" in section
+    differ = text.split("## Where the results differ from the paper", 1)[1].split(
+        "## Testing explanations")[0]
+    assert re.search(r"- label MI is negative \(test_resnet; \*\*does not hold\*\*, .*\): could "
+                     r"be explained by image size, epochs, data size, augmentation, "
+                     r"architecture, bias correction, layer reduction\.", differ), differ
+    assert re.search(r"  - tested in \[study_base--3_epochs\]\(#study_base--3_epochs\) \(three "
+                     r"epochs instead of two\): seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 "
+                     r"there vs [0-9.e-]+ \(no interval\), n = 1 in the study\.", differ), differ
+
+
+def test_explanation_specs_must_name_an_existing_baseline(pm, tmp_path):
+    from conftest import TINY_SPEC
+
+    from mi_probe.errors import SpecError
+    from mi_probe.study import explanation_files, run_study
+
+    folder = tmp_path / "study"
+    (folder / "explain").mkdir(parents=True)
+    (folder / "base.yaml").write_text(TINY_SPEC)
+    stray = folder / "explain" / "longer.yaml"
+    stray.write_text(TINY_SPEC)
+    with pytest.raises(SpecError, match=r"longer.yaml: name it <baseline>--<what>.yaml"):
+        explanation_files(folder)
+    stray.rename(folder / "explain" / "nobase--longer.yaml")
+    with pytest.raises(SpecError, match=r"re-tests nobase.yaml, which is not a spec of .*"
+                                        r"valid baselines: \['base'\]"):
+        explanation_files(folder)
+    (folder / "explain" / "nobase--longer.yaml").rename(folder / "explain" / "base--x.yaml")
+    with pytest.raises(SpecError, match=r"--only nothere: no such spec in .*valid: "
+                                        r"\['base', 'base--x'\]"):
+        run_study(folder, tmp_path / "runs", pm, only=["nothere"])
+
+
+def test_a_run_of_an_earlier_version_of_a_spec_is_reported_stale(pm, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Changing a study spec after its run must not let the old numbers pass as the new
+    spec's: the document marks the run stale, and rerunning it fails with exit 1."""
+    from conftest import TINY_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "study"
+    folder.mkdir()
+    spec = folder / "a.yaml"
+    spec.write_text(TINY_SPEC.replace("name: tiny", "name: study_a") + EXPLAINED)
+    doc = tmp_path / "doc.md"
+    argv = ["study", str(folder), "--out", str(tmp_path / "runs"), "--doc", str(doc),
+            "--figures", str(tmp_path / "figs"), "--readme", str(tmp_path / "none.md")]
+    assert cli.main(argv, pm=pm) == 0
+    spec.write_text(spec.read_text().replace("bins: 8", "bins: 6"))
+    assert cli.main(argv, pm=pm) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"1 study spec\(s\) failed:\n  study_a: .* holds a run of another spec",
+                     err), err
+    text = doc.read_text()
+    assert "status: stale (the spec changed after this run; rerun it)" in text
+    assert "label MI is positive" not in text
+
+
+def test_known_differences_bear_on_the_claims_they_can_explain():
+    from pathlib import Path
+
+    from mi_probe.study import ClaimResult, SpecRecord, known_differences
+
+    def record(arch):
+        r = SpecRecord(Path("x.yaml"), "x", "", Path("runs/x"), status="complete")
+        r.setting = {"arch": arch, "image_size": 64, "epochs": 12, "plateau": 3,
+                     "early_stop": 6, "n_train": 2200, "n_eval": 1000, "n_seeds": 3,
+                     "crop_scale": [0.35, 1.0], "bins": 20, "classes": 10,
+                     "estimator": "histogram"}
+        return r
+
+    r18, vgg = record("resnet18"), record("vgg11")
+    differences = known_differences([r18, vgg])
+    text = {d.name: d.text for d in differences}
+    assert "2x2 maps" in text["image size"] and "12 epochs" in text["epochs"]
+    assert "2,200 training / 1,000 evaluation" in text["data size"]
+    assert "vgg11 stands in for the VGG-16" in text["architecture"]
+    # (B-1)(K-1)/2N = 19 * 9 / 2000
+    assert f"= {19 * 9 / 2000:.3g} nats (B = 20, K = 10, N = 1,000)" in text["bias correction"]
+
+    def bearing(rec, table, verdict=FAILS):
+        claim = ClaimResult("c", "compare", table, verdict, "")
+        return {d.name for d in differences if d.applies(rec, claim)}
+
+    common = {"image size", "epochs", "data size", "augmentation"}
+    assert bearing(r18, "knockout") == common
+    assert bearing(r18, "knockout", INCONCLUSIVE) == common | {"seeds"}
+    assert bearing(r18, "concentration") == common | {"bias correction"}
+    assert bearing(r18, "dynamics_summary") == common | {"bias correction", "layer reduction"}
+    assert bearing(vgg, "layer_mi") == common | {"architecture", "bias correction",
+                                                 "layer reduction"}
+
+
+def test_the_headline_claims_are_stated_by_the_study_specs():
+    """The README's three central claims are looked up by name: renaming a check must not
+    silently drop one."""
+    from pathlib import Path
+
+    import yaml
+
+    from mi_probe.study import HEADLINE_CLAIMS
+
+    folder = Path(__file__).resolve().parents[1] / "specs" / "study"
+    names = {c["name"] for p in folder.glob("*.yaml")
+             for c in yaml.safe_load(p.read_text())["checks"]}
+    assert len(HEADLINE_CLAIMS) == 3 and set(HEADLINE_CLAIMS) <= names
+
+
+def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
+    from pathlib import Path
+
+    import yaml
+
+    from mi_probe.study import explanation_files
+
+    folder = Path(__file__).resolve().parents[1] / "specs" / "study"
+    pairs = explanation_files(folder)
+    assert pairs
+    for path, baseline in pairs:
+        spec, base = (yaml.safe_load(p.read_text()) for p in (path, baseline))
+        assert spec["description"] and spec["experiment"] == base["experiment"]
+        base_claims = {c["name"] for c in base["checks"]}
+        assert base_claims & {c["name"] for c in spec["checks"]}, path
