@@ -13,6 +13,7 @@ not show the paper's effects.
 | model.train | epochs min(epochs, 2), num_workers 0 |
 | data | digits -> image_size 16; any other source -> synthetic with the same class count (10 unless model.num_classes says otherwise), 160 train / 160 evaluation images of 16 px |
 | seeds | the first two |
+| experiment.pairs (transplant) | the pairs of kept seeds; the default pairs when none is left |
 | eval | max_samples 300 |
 | report | formats [png] |
 """
@@ -81,6 +82,14 @@ def apply_profile(data: Any, profile: str | None) -> Any:
     seeds = out.get("seeds")
     if isinstance(seeds, list) and len(seeds) > 2:
         out["seeds"] = seeds[:2]
+        pairs = experiment.get("pairs") if isinstance(experiment, dict) else None
+        if isinstance(pairs, list):
+            # pairs naming a dropped seed would make the spec invalid
+            kept = [p for p in pairs if isinstance(p, list) and set(p) <= set(seeds[:2])]
+            if kept:
+                experiment["pairs"] = kept
+            else:
+                experiment.pop("pairs")
     evaluation = out.setdefault("eval", {})
     if isinstance(evaluation, dict):
         evaluation["max_samples"] = 300

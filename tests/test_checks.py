@@ -134,6 +134,15 @@ def test_tiny_profile_keeps_experiment_sites_and_estimator(pm):
         apply_profile(raw, "huge")
 
 
+def test_tiny_profile_keeps_only_transplant_pairs_of_kept_seeds():
+    raw = {"seeds": [0, 1, 2], "experiment": {"kind": "transplant",
+                                               "pairs": [[0, 1], [1, 2], [2, 0]]}}
+    assert apply_profile(raw, "tiny")["experiment"]["pairs"] == [[0, 1]]
+    raw["experiment"]["pairs"] = [[1, 2], [2, 0]]
+    assert "pairs" not in apply_profile(raw, "tiny")["experiment"]  # default pairs
+    assert raw["experiment"]["pairs"] == [[1, 2], [2, 0]]  # the input is not modified
+
+
 GOOD = """\
 name: good
 data: {kind: synthetic, n_classes: 3, n_train: 48, n_val: 60, image_size: 16}
@@ -168,6 +177,17 @@ def test_pytest_collects_every_spec_stage_with_readable_failures(pytester, spec_
     assert "specs/nosites.yaml [sites]" in out and "site pattern(s) ['layer9.*'] match no site" in out
     assert "specs/claim.yaml [checks]" in out
     assert "claim 'values are finite and capped' failed: i_xt range" in out
+
+
+def test_a_stage_selected_alone_runs_the_stages_it_needs(pytester, spec_dir):
+    """``pytest specs -k checks`` deselects validate and run-tiny; the selected stage
+    loads and runs the spec itself instead of failing on missing state."""
+    result = pytester.runpytest("specs/good.yaml", "specs/broken.yaml", "-p",
+                                "no:cacheprovider", "-k", "checks", "-rfs")
+    result.assert_outcomes(passed=1, failed=1, deselected=6)
+    out = result.stdout.str()
+    assert "Traceback" not in out and "AttributeError" not in out
+    assert "broken.yaml:5: estimator.bins: Input should be greater than 1 (got -1)" in out
 
 
 def test_claims_as_warnings(pytester, spec_dir):
