@@ -16,6 +16,8 @@ from typing import Any, Sequence
 from mi_probe.errors import MiProbeError
 
 
+DEFAULT_STUDY_DOC = Path("docs/reproduction.md")
+
 def _version() -> str:
     from mi_probe import __version__
 
@@ -74,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("folder", type=Path)
     study.add_argument("--out", type=Path, default=Path("reports/study"),
                        help="where the run directories go (default reports/study)")
-    study.add_argument("--doc", type=Path, default=Path("docs/reproduction.md"))
-    study.add_argument("--figures", type=Path, default=Path("docs/reproduction"),
-                       help="folder the document's figures are copied to")
+    study.add_argument("--doc", type=Path, help=f"the document to write (default "
+                       f"{DEFAULT_STUDY_DOC}; with --profile, OUT/reproduction.md)")
+    study.add_argument("--figures", type=Path, help="folder the document's figures are "
+                       "copied to (default: beside the document, named after it)")
     study.add_argument("--only", action="append", default=[], metavar="NAME",
                        help="run only this spec (name or file stem; repeatable)")
     study.add_argument("--readme", type=Path, default=Path("README.md"),
@@ -85,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--report-only", action="store_true",
                        help="only regenerate the document from the existing runs")
     study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for run)")
-    study.add_argument("--profile", choices=["tiny"], help="as for run (smoke tests)")
+    study.add_argument("--profile", choices=["tiny"], help="as for run (smoke tests); the "
+                       "document then goes to OUT and the README is left alone")
 
     sites = sub.add_parser("sites", help="list the sites of a timm architecture")
     sites.add_argument("arch")
@@ -239,8 +243,12 @@ def _cmd_study(args, pm) -> int:
     if not args.report_only:
         failures = run_study(args.folder, args.out, pm, only=args.only,
                              cache_dir=args.cache_dir, profile=args.profile, log=log)
-    doc = write_reproduction(args.folder, args.out, args.doc, args.figures, pm)
-    if update_readme(args.readme, args.doc, args.folder, args.out, pm):
+    # a profile's smoke runs never overwrite the real document or the README's findings
+    smoke = args.profile is not None
+    doc_path = args.doc or (args.out / "reproduction.md" if smoke else DEFAULT_STUDY_DOC)
+    figures = args.figures or doc_path.parent / doc_path.stem
+    doc = write_reproduction(args.folder, args.out, doc_path, figures, pm, args.profile)
+    if not smoke and update_readme(args.readme, doc_path, args.folder, args.out, pm):
         print(f"findings refreshed in {args.readme}")
     print(f"reproduction: {doc}")
     if failures:  # the document is written from what finished; the failures are named

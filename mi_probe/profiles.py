@@ -43,6 +43,10 @@ def tiny_arch(arch: str) -> str:
     return arch
 
 
+def _int_pair(pair: Any) -> bool:
+    return isinstance(pair, list) and all(isinstance(s, int) for s in pair)
+
+
 def apply_profile(data: Any, profile: str | None) -> Any:
     """A copy of the raw spec mapping with the profile's overrides (no-op for None)."""
     if profile is None:
@@ -82,10 +86,12 @@ def apply_profile(data: Any, profile: str | None) -> Any:
     seeds = out.get("seeds")
     if isinstance(seeds, list) and len(seeds) > 2:
         out["seeds"] = seeds[:2]
-        pairs = experiment.get("pairs") if isinstance(experiment, dict) else None
+        transplant = isinstance(experiment, dict) and experiment.get("kind") == "transplant"
+        pairs = experiment.get("pairs") if transplant else None
         if isinstance(pairs, list):
-            # pairs naming a dropped seed would make the spec invalid
-            kept = [p for p in pairs if isinstance(p, list) and set(p) <= set(seeds[:2])]
+            # pairs naming a dropped seed would make the spec invalid (malformed pairs are
+            # kept, for validation to name)
+            kept = [p for p in pairs if not _int_pair(p) or all(s in out["seeds"] for s in p)]
             if kept:
                 experiment["pairs"] = kept
             else:

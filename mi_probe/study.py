@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 import polars as pl
 
-from mi_probe.errors import RunError, SpecError
+from mi_probe.errors import MiProbeError, SpecError
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 #: figures per run copied into the document (all of them stay in the run directory)
@@ -62,14 +62,14 @@ PAPER_ARCHS = ("vgg16", "resnet18", "resnet50")
 #: derived tables (``dynamics_summary``, ``estimator_sweep_agreement``)
 MI_TABLES = frozenset({"layer_mi", "layer_pairs", "concentration", "dynamics",
                        "estimator_sweep"})
-#: tables of layer-level MI (the undefined layer reduction bears on them)
-LAYER_TABLES = frozenset({"layer_mi", "dynamics"})
+#: tables of layer-level MI or built from it (the undefined layer reduction bears on them)
+LAYER_TABLES = frozenset({"layer_mi", "dynamics", "layer_pairs", "estimator_sweep"})
+#: folder of explanation specs inside a study folder; ``<baseline stem>--<what>.yaml``
+EXPLAIN_FOLDER = "explain"
 
 
 def _in_family(table: str, family: frozenset[str]) -> bool:
     return any(table == name or table.startswith(name + "_") for name in family)
-#: folder of explanation specs inside a study folder; ``<baseline stem>--<what>.yaml``
-EXPLAIN_FOLDER = "explain"
 
 
 @dataclass
@@ -84,6 +84,8 @@ class ClaimResult:
     high: float | None = None
     n: int = 0
     quantity: str = ""
+    #: seeds with rows for the claim that give no per-seed value (left out)
+    excluded: tuple[int, ...] = ()
 
 
 @dataclass
@@ -100,6 +102,7 @@ class SpecRecord:
     invocations: int = 0
     #: explanation specs: the study spec whose claims they re-test in another setting
     baseline: Path | None = None
+    checks: list[Any] = field(default_factory=list, repr=False)
     tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     @property
@@ -124,7 +127,8 @@ def _interval(values: Sequence[float]) -> tuple[float | None, float | None, floa
     return mean, mean - half, mean + half, n
 
 
-def _filtered(check: Any, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def _filtered(check: Any, tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, set[int]]:
+    """The claim's rows with a value, and every seed that has rows for it."""
     frame = tables.get(check.table)
     if frame is None:
         raise SpecError(f"no table {check.table!r} in the run")
@@ -133,15 +137,23 @@ def _filtered(check: Any, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
         frame = frame.filter(pl.col(column).is_in(values))
     if frame.schema[check.value].is_float():
         frame = frame.with_columns(pl.col(check.value).fill_nan(None))
+    seeds = set(frame["seed"].to_list()) if "seed" in frame.columns else set()
     frame = frame.drop_nulls(check.value)
     if frame.height == 0 or "seed" not in frame.columns:
         raise SpecError(f"no per-seed rows of {check.table!r} match {check.filter}")
-    return frame
+    return frame, seeds
 
 
-def per_seed_values(check: Any, tables: dict[str, pl.DataFrame]) -> tuple[list[float], str]:
-    """The claim's quantity for each seed, and what it is."""
-    frame = _filtered(check, tables)
+def per_seed_values(check: Any, tables: dict[str, pl.DataFrame]
+                    ) -> tuple[dict[int, float], str, set[int]]:
+    """The claim's quantity for each seed, what it is, and the seeds that have rows
+    for the claim but no value (a side missing, too few depths, only nulls)."""
+    frame, seeds = _filtered(check, tables)
+    values, quantity = _per_seed(check, frame)
+    return values, quantity, seeds - set(values)
+
+
+def _per_seed(check: Any, frame: pl.DataFrame) -> tuple[dict[int, float], str]:
     if check.kind == "compare":
         by = pl.col(check.by).cast(pl.Utf8)
         means = {}
@@ -149,30 +161,42 @@ def per_seed_values(check: Any, tables: dict[str, pl.DataFrame]) -> tuple[list[f
             part = frame.filter(by == str(label)).group_by("seed").agg(pl.col(check.value).mean())
             means[label] = dict(zip(part["seed"].to_list(), part[check.value].to_list()))
         seeds = sorted(set(means[check.greater]) & set(means[check.lesser]))
-        return ([means[check.greater][s] - means[check.lesser][s] for s in seeds],
+        return ({s: means[check.greater][s] - means[check.lesser][s] for s in seeds},
                 f"{check.value}: {check.by}={check.greater} minus {check.by}={check.lesser}")
     if check.kind == "trend":
         from scipy.stats import spearmanr
 
-        values = []
+        values = {}
         for seed in sorted(frame["seed"].unique().to_list()):
             per = frame.filter(pl.col("seed") == seed).group_by(check.over).agg(
                 pl.col(check.value).mean()).sort(check.over)
             if per.height >= 3:
                 rho = spearmanr(per[check.over].to_numpy(), per[check.value].to_numpy()).statistic
-                values.append(float(rho))
+                values[seed] = float(rho)
         return values, f"Spearman({check.over}, {check.value}) per seed"
     per = frame.group_by("seed").agg(pl.col(check.value).mean())
-    return per[check.value].to_list(), f"mean {check.value} per seed"
+    return dict(zip(per["seed"].to_list(), per[check.value].to_list())), \
+        f"mean {check.value} per seed"
 
 
 def verdict(check: Any, tables: dict[str, pl.DataFrame]) -> ClaimResult:
-    """The claim's verdict from per-seed values (rules in the module docstring)."""
+    """The claim's verdict from per-seed values (rules in the module docstring); seeds
+    that give no value are named in the reason, never silently dropped."""
     base = dict(name=check.name, kind=check.kind, table=check.table)
     try:
-        values, quantity = per_seed_values(check, tables)
+        values, quantity, excluded = per_seed_values(check, tables)
     except (SpecError, pl.exceptions.PolarsError) as exc:
         return ClaimResult(**base, verdict=INCONCLUSIVE, reason=f"cannot be evaluated: {exc}")
+    result = _decide(check, [values[s] for s in sorted(values)], quantity, base)
+    if excluded:
+        result.excluded = tuple(sorted(excluded))
+        result.reason += (f"; seed(s) {list(result.excluded)} have rows but no value "
+                          "(e.g. one side missing) and are left out")
+    return result
+
+
+def _decide(check: Any, values: list[float], quantity: str, base: dict[str, Any]
+            ) -> ClaimResult:
     mean, low, high, n = _interval(values)
     stats = dict(mean=mean, low=low, high=high, n=n, quantity=quantity)
     if n == 0:
@@ -259,19 +283,52 @@ def _ledger(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _unique_names(specs: Sequence[tuple[Path, Any]]) -> None:
+    """Two specs of one study with one name would share a run directory."""
+    seen: dict[str, Path] = {}
+    for path, spec in specs:
+        if spec.name in seen:
+            raise SpecError(f"{seen[spec.name]} and {path} both have name {spec.name!r}; the "
+                            "specs of a study need distinct names (each gets its own run "
+                            "directory)")
+        seen[spec.name] = path
+
+
+def run_currency(spec: Any, run_dir: Path, pm: Any) -> str:
+    """Whether ``run_dir`` holds a run of ``spec``: ``absent``, ``current`` (the same
+    spec), ``claims changed`` (the same computation; only claims or description differ,
+    so its tables answer the spec's claims) or ``stale`` (it computed something else)."""
+    from mi_probe.runner.rundir import results_hash, spec_hash
+    from mi_probe.spec import load_spec
+
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        return "absent"
+    if json.loads(info_path.read_text()).get("spec_hash") == spec_hash(spec):
+        return "current"
+    try:  # the run's own resolved spec, hashed by today's rules
+        ran = load_spec(run_dir / "spec.yaml", pm=pm)
+    except (MiProbeError, OSError):
+        return "stale"
+    return "claims changed" if results_hash(ran) == results_hash(spec) else "stale"
+
+
 def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
               cache_dir: Path | None = None, profile: str | None = None,
               log: Callable[[str], None] = print) -> list[str]:
     """Run (or resume) every spec of ``folder``, then its explanation specs, each into
     ``out/<spec name>``, recording the wall time of each invocation in
-    ``out/ledger.json``. A spec that fails does not stop the others; returns the
-    failures as ``"<name>: <reason>"``."""
+    ``out/ledger.json``. Every spec is loaded first (a broken spec stops the study before
+    any work); a spec whose run fails does not stop the others. A finished run whose spec
+    changed only in its claims or description is not recomputed: its tables answer the
+    new claims. Returns the failures as ``"<name>: <reason>"``."""
     from mi_probe.runner.driver import run
     from mi_probe.spec import load_spec
     from mi_probe.tables import write_json
 
     paths = spec_files(folder) + [p for p, _ in explanation_files(folder)]
     specs = [(path, load_spec(path, pm=pm, profile=profile)) for path in paths]
+    _unique_names(specs)
     if only:
         known = {n for path, spec in specs for n in (spec.name, path.stem)}
         unknown = sorted(set(only) - known)
@@ -283,13 +340,19 @@ def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
     for path, spec in specs:
         if only and spec.name not in only and path.stem not in only:
             continue
-        log(f"study: {path} -> {out / spec.name}")
+        run_dir = out / spec.name
+        if (run_currency(spec, run_dir, pm) == "claims changed" and
+                json.loads((run_dir / "run.json").read_text()).get("status") == "complete"):
+            log(f"study: {path}: {run_dir} computed the same tables (only the claims or the "
+                "description changed); its claims are evaluated from them")
+            continue
+        log(f"study: {path} -> {run_dir}")
         started = time.time()
         status = "interrupted"  # until the run returns or fails with a message
         try:
-            run(spec, pm, out=out / spec.name, cache_dir=cache_dir, progress=False, log=log)
+            run(spec, pm, out=run_dir, cache_dir=cache_dir, progress=False, log=log)
             status = "complete"
-        except RunError as exc:
+        except MiProbeError as exc:  # any refusal of mi-probe's: the next spec still runs
             status = f"failed: {exc}"
             failures.append(f"{spec.name}: {exc}")
             log(f"study: {spec.name} {status}")
@@ -305,14 +368,14 @@ def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
 # ------------------------------------------------------------------ the document
 
 def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
-            baseline: Path | None = None) -> SpecRecord:
-    from mi_probe.runner.rundir import spec_hash
+            baseline: Path | None = None, profile: str | None = None) -> SpecRecord:
     from mi_probe.spec import load_spec
     from mi_probe.tables import read_tables
 
-    spec = load_spec(path, pm=pm)
+    spec = load_spec(path, pm=pm, profile=profile)
     run_dir = out / spec.name
-    record = SpecRecord(path, spec.name, spec.description or "", run_dir, baseline=baseline)
+    record = SpecRecord(path, spec.name, spec.description or "", run_dir, baseline=baseline,
+                        checks=list(spec.checks))
     entries = ledger.get(spec.name, [])
     record.seconds = sum(e["seconds"] for e in entries)
     record.invocations = len(entries)
@@ -326,18 +389,21 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
                       "bins": getattr(spec.estimator, "bins", None),
                       "estimator": spec.estimator.kind,
                       "sites": list(spec.sites.include), "experiment": spec.experiment.kind}
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
+    currency = run_currency(spec, run_dir, pm)
+    if currency == "absent":
         return record
-    info = json.loads(info_path.read_text())
+    info = json.loads((run_dir / "run.json").read_text())
     record.status = info.get("status", "unknown")
     facts = info.get("data", {})
+    root = facts.get("root")
     record.setting.update(n_train=facts.get("n_train"), n_eval=facts.get("n_eval"),
                           classes=len(facts.get("classes") or []) or None,
+                          data=Path(root).name if root else facts.get("source"),
                           device=info.get("device"))
-    if info.get("spec_hash") != spec_hash(spec):
+    if currency == "stale":
         # never report a run of an earlier version of the spec as if it were this one
-        record.status = "stale (the spec changed after this run; rerun it)"
+        record.status = (f"stale (computed by an earlier version of this spec; delete "
+                         f"{run_dir} and run the study with --only {path.stem})")
         return record
     if record.status != "complete":
         return record
@@ -354,12 +420,12 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
     return record
 
 
-def study_records(folder: Path, out: Path, pm: Any) -> tuple[list[SpecRecord],
-                                                             list[SpecRecord]]:
+def study_records(folder: Path, out: Path, pm: Any, profile: str | None = None
+                  ) -> tuple[list[SpecRecord], list[SpecRecord]]:
     """The study's records and its explanation records, read from ``out``."""
     ledger = _ledger(out)
-    main = [_record(path, out, pm, ledger) for path in spec_files(folder)]
-    explain = [_record(path, out, pm, ledger, baseline=base)
+    main = [_record(path, out, pm, ledger, profile=profile) for path in spec_files(folder)]
+    explain = [_record(path, out, pm, ledger, baseline=base, profile=profile)
                for path, base in explanation_files(folder)]
     return main, explain
 
@@ -427,7 +493,8 @@ def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
             biases.append(((bins - 1) * (k - 1) / (2 * n), bins, k, n))
     bias = max(biases) if biases else None
     always = lambda record, claim: True  # noqa: E731
-    off_paper = [r.arch for r in ran if r.arch not in PAPER_ARCHS]
+    off_paper = sorted({r.arch for r in ran if r.arch not in PAPER_ARCHS})
+    vggs = [a for a in off_paper if a.startswith("vgg")]
     return [
         Difference("image size", f"{_values(ran, 'image_size')} px inputs"
                    + (f", so a ResNet's last stage sees {smallest // 32}x{smallest // 32} maps"
@@ -437,27 +504,33 @@ def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
         Difference("epochs", f"{_values(ran, 'epochs')} epochs, the learning rate cut after "
                    f"{_values(ran, 'plateau')} epochs without improvement, early stop after "
                    f"{_values(ran, 'early_stop')}; the paper: plateau patience 10, early stop "
-                   "after 25 epochs without improvement (specs/paper allow 200 epochs), so "
-                   "our models are further from convergence", always),
+                   "after 25 epochs without improvement (specs/paper allow 200 epochs)",
+                   always),
         Difference("data size", f"{_values(ran, 'n_train')} training / "
-                   f"{_values(ran, 'n_eval')} evaluation images (imagenette-dev); the paper: "
-                   "Imagenette2's full split (9,469 / 3,925)", always),
+                   f"{_values(ran, 'n_eval')} evaluation images ({_values(ran, 'data')}); "
+                   "the paper: Imagenette2's full split (9,469 / 3,925)", always),
         Difference("augmentation", f"random resized crops of scale {_values(ran, 'crop_scale')}"
                    "; the paper's standard random resized crops take scale [0.08, 1]",
                    always),
-        Difference("seeds", f"{_values(ran, 'n_seeds')} seeds per setting; the paper: five. Few seeds "
-                   "make wide intervals, so small effects come out inconclusive",
+        Difference("seeds", f"{_values(ran, 'n_seeds')} seeds per setting; the paper: five. "
+                   "Few seeds make wide intervals, so small effects come out inconclusive",
                    lambda record, claim: claim.verdict == INCONCLUSIVE),
         Difference("architecture", "the paper trained VGG-16, ResNet-18 and ResNet-50; "
-                   + (f"here {', '.join(sorted(set(off_paper)))} stands in for the VGG-16 "
-                      "(about 4x cheaper)" if off_paper else "here only the paper's own"),
+                   + (f"here {', '.join(vggs)} stands in for the VGG-16 (fewer layers, "
+                      "cheaper to train)" if vggs else "")
+                   + ("; " if vggs and len(vggs) < len(off_paper) else "")
+                   + (f"{', '.join(a for a in off_paper if a not in vggs)} is not one of them"
+                      if len(vggs) < len(off_paper) else "")
+                   + ("here only the paper's own" if not off_paper else ""),
                    lambda record, claim: record.arch not in PAPER_ARCHS),
         Difference("bias correction", (
-            f"per-channel histogram MI is biased upwards by about (B-1)(K-1)/2N = "
-            f"{bias[0]:.3g} nats (B = {bias[1]}, K = {bias[2]}, N = {bias[3]:,}); "
+            f"per-channel histogram MI is biased upwards by up to about (B-1)(K-1)/2N = "
+            f"{bias[0]:.3g} nats (B = {bias[1]}, K = {bias[2]}, N = {bias[3]:,}), less for "
+            "channels that occupy fewer bins; "
             if bias else "histogram MI is biased upwards; ")
-            + "the bias is the same for every channel, so it moves levels and masses (hence "
-              "raw and null-corrected concentration can disagree) but not rankings",
+            + "it moves levels and masses (hence raw and null-corrected concentration can "
+              "disagree) and can reorder channels whose MI differs by less than the bias; "
+              "the paper reports uncorrected histogram MI",
             lambda record, claim: _in_family(claim.table, MI_TABLES)),
         Difference("layer reduction", "a layer's I(T;Y) and I(X;T) are the mean over its "
                    "channels of per-channel MI; the paper does not define its reduction (a "
@@ -479,8 +552,8 @@ def _training_line(tables: dict[str, pl.DataFrame], seeds: Sequence[int]) -> str
     for seed in seeds:
         rows = frame.filter(pl.col("seed") == seed)
         if "regularizer" in rows.columns and rows["regularizer"].n_unique() > 1:
-            rows = rows.filter(pl.col("regularizer").is_in(["none", None]))
-        if rows.height:
+            rows = rows.filter(pl.col("regularizer") == "none")
+        if rows["val_acc"].drop_nulls().len():
             parts.append(f"seed {seed}: {rows['val_acc'].max():.3f} "
                          f"({rows['epoch'].max()} epochs)")
     return "; ".join(parts) or "–"
@@ -494,26 +567,30 @@ class ExplanationResult:
     rows: list[tuple[ClaimResult, ClaimResult | None, ClaimResult | None]]
 
 
-def _explain(record: SpecRecord, main: Sequence[SpecRecord], pm: Any) -> ExplanationResult:
-    from mi_probe.spec import load_spec
+    #: the seeds both runs have (the "same seeds" column)
+    shared: list[int] = field(default_factory=list)
 
+
+def _explain(record: SpecRecord, main: Sequence[SpecRecord]) -> ExplanationResult:
     base = next((r for r in main if r.path.resolve() == record.baseline.resolve()), None)
+    shared = sorted(set(record.setting["seeds"]) & set(base.setting["seeds"])) if base else []
     rows = []
     if record.status == "complete":
-        spec = load_spec(record.path, pm=pm)
         ready = base is not None and base.status == "complete"
-        for check, claim in zip(spec.checks, record.claims):
+        for check, claim in zip(record.checks, record.claims):
             if ready:
-                same = verdict(check, _restricted(base.tables, record.setting["seeds"]))
+                same = verdict(check, _restricted(base.tables, shared)) if shared else None
                 rows.append((claim, same, verdict(check, base.tables)))
             else:
                 rows.append((claim, None, None))
-    return ExplanationResult(record, base, rows)
+    return ExplanationResult(record, base, rows, shared)
 
 
-def _cell(claim: ClaimResult | None) -> str:
+def _cell(claim: ClaimResult | None, missing: str = "–") -> str:
     if claim is None:
-        return "– (baseline not run)"
+        return missing
+    if claim.mean is None:
+        return f"– ({claim.reason})"
     text = _measured(claim)
     return text + (f"; **{claim.verdict}**" if claim.n >= 2 else "")
 
@@ -530,13 +607,18 @@ def _setting_line(s: dict[str, Any]) -> str:
                if s.get("n_eval") else ""))
 
 
-def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm: Any) -> Path:
+def _state(record: SpecRecord) -> str:
+    return "not run yet" if record.status == "not run" else record.status
+
+
+def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm: Any,
+                       profile: str | None = None) -> Path:
     """Write ``doc`` (and the figures under ``figures_dir``) from the runs in ``out``."""
     from mi_probe.runner.rundir import git_commit, versions
     from mi_probe.tables import atomic_write_text
 
-    records, explained = study_records(folder, out, pm)
-    explanations = [_explain(r, records, pm) for r in explained]
+    records, explained = study_records(folder, out, pm, profile)
+    explanations = [_explain(r, records) for r in explained]
     if figures_dir.exists():
         shutil.rmtree(figures_dir)
     figures_dir.mkdir(parents=True)
@@ -573,8 +655,7 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
     ]
     for record in records:
         if record.status != "complete":
-            state = "not run yet" if record.status == "not run" else record.status
-            lines.append(f"| `{record.path.name}`: {state} | – | – | – |")
+            lines.append(f"| `{record.path.name}`: {_state(record)} | – | – | – |")
             continue
         for claim in record.claims:
             lines.append(f"| {claim.name} | {record.arch} | {claim.quantity}: "
@@ -621,8 +702,9 @@ def _differences_section(records: Sequence[SpecRecord],
     lines += ["The known differences between this setting and the paper's:", ""]
     lines += [f"- **{d.name}**: {d.text}" for d in differences]
     lines += ["", f"{len(others)} claim(s) do not hold or are inconclusive here; for each, the "
-              "differences that bear on its quantity (MI estimates are affected by the bias "
-              "and the layer reduction, accuracies of interventions are not), and the "
+              "differences that bear on its quantity (the estimator's bias and the layer "
+              "reduction bear on MI values; accuracies under interventions depend on them "
+              "only through the channels chosen, so they are not listed there), and the "
               "explanations tested:", ""]
     for record, claim in others:
         names = [d.name for d in differences if d.applies(record, claim)]
@@ -633,10 +715,11 @@ def _differences_section(records: Sequence[SpecRecord],
                 continue
             for this, same, _ in ex.rows:
                 if this.name == claim.name:
-                    seeds = ex.record.setting["seeds"]
                     lines.append(f"  - tested in [{ex.record.name}](#{_anchor(ex.record.name)})"
-                                 f" ({ex.record.description}): seeds {seeds}: "
-                                 f"{_measured(this)} there vs {_cell(same)} in the study.")
+                                 f" ({ex.record.description}): seeds "
+                                 f"{ex.record.setting['seeds']}: {_cell(this)} there vs seeds "
+                                 f"{ex.shared}: {_cell(same, '– (no seed in common)')} in "
+                                 "the study.")
     lines.append("")
     return lines
 
@@ -661,12 +744,16 @@ def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir
         if record.status == "complete" and ex.base is not None and ex.base.status == "complete":
             lines.append(f"- best validation accuracy: here {_training_line(record.tables, seeds)}"
                          f"; baseline {_training_line(ex.base.tables, seeds)}")
-        if ex.rows:
-            lines += ["", f"| claim | here, seeds {seeds} | baseline, seeds {seeds} | "
-                      "baseline, all seeds |", "|---|---|---|---|"]
+        if ex.base is None or ex.base.status != "complete":
+            lines.append(f"- baseline: {_state(ex.base) if ex.base else 'missing'}; no "
+                         "comparison yet")
+        elif ex.rows:
+            lines += ["", f"| claim | here, seeds {seeds} | baseline, the same seeds "
+                      f"{ex.shared} | baseline, all seeds {ex.base.setting['seeds']} |",
+                      "|---|---|---|---|"]
             for this, same, every in ex.rows:
-                lines.append(f"| {this.name} | {this.quantity}: {_cell(this)} | {_cell(same)} | "
-                             f"{_cell(every)} |")
+                lines.append(f"| {this.name} | {this.quantity}: {_cell(this)} | "
+                             f"{_cell(same, '– (no seed in common)')} | {_cell(every)} |")
         lines += _figure_lines(record, figures_dir, rel) + [""]
     return lines
 
@@ -674,7 +761,8 @@ def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir
 README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
 
 
-def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any) -> bool:
+def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any,
+                  profile: str | None = None) -> bool:
     """Replace the block between the study markers of ``readme`` with a summary of the
     verdicts and the three headline claims (so the README's findings are generated too);
     False when the markers are absent."""
@@ -685,21 +773,22 @@ def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any) -> 
     text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         return False
-    records, _ = study_records(folder, out, pm)
+    records, _ = study_records(folder, out, pm, profile)
     rel = os.path.relpath(doc, readme.parent)
     claims = [(r, c) for r in records for c in r.claims]
     counts = {v: sum(c.verdict == v for _, c in claims) for v in (HOLDS, FAILS, INCONCLUSIVE)}
-    missing = [r.path.stem for r in records if r.status != "complete"]
+    missing = [f"{r.path.stem} ({_state(r)})" for r in records if r.status != "complete"]
     rows = [f"Generated by `make study`: of {len(claims)} claims, {counts[HOLDS]} hold, "
             f"{counts[FAILS]} do not hold and {counts[INCONCLUSIVE]} are inconclusive"
-            + (f" ({len(missing)} spec(s) not run: {', '.join(missing)})" if missing else "")
+            + (f"; {len(missing)} spec(s) without a finished run: {', '.join(missing)}"
+               if missing else "")
             + f". Every verdict, its setting and interval, and which known differences could "
             f"explain each departure are in [{rel}]({rel}). The paper's three central claims:",
             ""]
     for name in HEADLINE_CLAIMS:
         found = [(r, c) for r, c in claims if c.name == name]
         if not found:
-            rows.append(f"- *{name}*: not run yet")
+            rows.append(f"- *{name}*: no finished run states it yet")
         for record, claim in found:
             rows.append(f"- **{claim.verdict}** ({record.arch}): {name} ({_measured(claim)})")
     head, rest = text.split(README_BEGIN, 1)

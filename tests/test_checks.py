@@ -141,6 +141,10 @@ def test_tiny_profile_keeps_only_transplant_pairs_of_kept_seeds():
     raw["experiment"]["pairs"] = [[1, 2], [2, 0]]
     assert "pairs" not in apply_profile(raw, "tiny")["experiment"]  # default pairs
     assert raw["experiment"]["pairs"] == [[1, 2], [2, 0]]  # the input is not modified
+    raw["experiment"]["pairs"] = [[1, 2], "0-1"]  # malformed: left for validation to name
+    assert apply_profile(raw, "tiny")["experiment"]["pairs"] == ["0-1"]
+    other = {"seeds": [0, 1, 2], "experiment": {"kind": "plugin_kind", "pairs": [[1, 2]]}}
+    assert apply_profile(other, "tiny")["experiment"]["pairs"] == [[1, 2]]  # not transplant's
 
 
 GOOD = """\

@@ -46,14 +46,25 @@ def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
     return Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
 
 
-def spec_hash(spec: Any) -> str:
-    """The identity of a run's results: the resolved spec without ``executor`` (where
-    units run does not change what they compute)."""
-    data = spec.model_dump(mode="json", exclude={"executor"})
+def spec_hash(spec: Any, exclude: frozenset[str] = frozenset()) -> str:
+    """The identity of a run: the resolved spec without ``executor`` (where units run
+    does not change what they compute) and without the ``exclude`` fields."""
+    data = spec.model_dump(mode="json", exclude={"executor", *exclude})
     model = data.get("model")
     if isinstance(model, dict) and model.get("pretrained_file") is None:
         model.pop("pretrained_file", None)  # added in 0.2: keep the hashes of earlier runs
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: spec fields that change no table of a run: claims are evaluated on the tables, and
+#: the description is prose
+NOT_COMPUTED = frozenset({"checks", "description"})
+
+
+def results_hash(spec: Any) -> str:
+    """The identity of what a run computes: two specs with the same results hash have
+    the same tables (they may state other claims about them)."""
+    return spec_hash(spec, NOT_COMPUTED)
 
 
 def safe_name(unit: str) -> str:

@@ -91,8 +91,8 @@ def run_stage(stage: str, state: SpecState, pm: Any, profile: str | None, workdi
     if state.failed is not None:
         raise StageFailure(f"skipped: stage {state.failed!r} failed")
     try:
-        if stage != "validate" and state.spec is None:
-            stage_validate(state, pm, profile)  # selected alone (pytest -k run-tiny)
+        if stage != "validate" and state.spec is None:  # selected alone (pytest -k checks)
+            run_stage("validate", state, pm, profile, workdir, cache_dir)
         if stage == "checks" and state.outcome is None:
             run_stage("run-tiny", state, pm, profile, workdir, cache_dir)
         if stage == "validate":
