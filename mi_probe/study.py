@@ -468,7 +468,7 @@ def _machine() -> str:
 
 def _values(records: Sequence[SpecRecord], key: str) -> str:
     """The distinct values of a setting over the runs, e.g. ``"10, 12"``."""
-    shown = {f"{v:,}" if isinstance(v, int) else json.dumps(v)
+    shown = {f"{v:,}" if isinstance(v, int) else v if isinstance(v, str) else json.dumps(v)
              for r in records if (v := r.setting.get(key)) is not None}
     return ", ".join(sorted(shown, key=lambda v: (len(v), v))) or "?"
 
@@ -569,6 +569,8 @@ class ExplanationResult:
 
     #: the seeds both runs have (the "same seeds" column)
     shared: list[int] = field(default_factory=list)
+    #: per row: how the change moved the quantity on the shared seeds (``_moved``)
+    moved: list[str] = field(default_factory=list)
 
 
 def _explain(record: SpecRecord, main: Sequence[SpecRecord]) -> ExplanationResult:
@@ -583,7 +585,8 @@ def _explain(record: SpecRecord, main: Sequence[SpecRecord]) -> ExplanationResul
                 rows.append((claim, same, verdict(check, base.tables)))
             else:
                 rows.append((claim, None, None))
-    return ExplanationResult(record, base, rows, shared)
+    moved = [_moved(check, this, same) for check, (this, same, _) in zip(record.checks, rows)]
+    return ExplanationResult(record, base, rows, shared, moved)
 
 
 def _cell(claim: ClaimResult | None, missing: str = "–") -> str:
@@ -593,6 +596,27 @@ def _cell(claim: ClaimResult | None, missing: str = "–") -> str:
         return f"– ({claim.reason})"
     text = _measured(claim)
     return text + (f"; **{claim.verdict}**" if claim.n >= 2 else "")
+
+
+def _moved(check: Any, this: ClaimResult, same: ClaimResult | None) -> str:
+    """How the changed setting moved the claim's quantity on the same seeds: the
+    difference, and whether towards the claim or away from it."""
+    if same is None or this.mean is None or same.mean is None:
+        return "–"
+    delta = this.mean - same.mean
+    if check.kind == "compare" or (check.kind == "trend" and check.direction == "increasing"):
+        sign = 1
+    elif check.kind == "trend":
+        sign = -1
+    elif check.min is not None and check.max is None:
+        sign = 1
+    elif check.max is not None and check.min is None:
+        sign = -1
+    else:
+        return f"{delta:+.3g}"
+    if delta == 0:
+        return "+0 (unchanged)"
+    return f"{delta:+.3g} ({'towards' if sign * delta > 0 else 'away from'} the claim)"
 
 
 def _anchor(name: str) -> str:
@@ -638,7 +662,9 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
         "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         f"- machine: {_machine()}",
         f"- wall time of every study invocation recorded in `{out}/ledger.json`: "
-        f"{total / 60:.1f} min over {sum(r.invocations for r in everything)} run(s), model "
+        f"{total / 60:.1f} min over {sum(r.invocations for r in everything)} run(s) "
+        f"({sum(r.seconds for r in records) / 60:.1f} min for the study specs, "
+        f"{sum(r.seconds for r in explained) / 60:.1f} min for the explanation specs), model "
         "training included (models are shared through the cache, so the first spec that "
         "needs one pays for it)",
         f"- specs run: {len(done)} of {len(records)}, and "
@@ -713,13 +739,13 @@ def _differences_section(records: Sequence[SpecRecord],
         for ex in explanations:
             if ex.base is not record:
                 continue
-            for this, same, _ in ex.rows:
+            for (this, same, _), moved in zip(ex.rows, ex.moved):
                 if this.name == claim.name:
                     lines.append(f"  - tested in [{ex.record.name}](#{_anchor(ex.record.name)})"
                                  f" ({ex.record.description}): seeds "
                                  f"{ex.record.setting['seeds']}: {_cell(this)} there vs seeds "
                                  f"{ex.shared}: {_cell(same, '– (no seed in common)')} in "
-                                 "the study.")
+                                 f"the study; moved {moved}.")
     lines.append("")
     return lines
 
@@ -749,11 +775,12 @@ def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir
                          "comparison yet")
         elif ex.rows:
             lines += ["", f"| claim | here, seeds {seeds} | baseline, the same seeds "
-                      f"{ex.shared} | baseline, all seeds {ex.base.setting['seeds']} |",
-                      "|---|---|---|---|"]
-            for this, same, every in ex.rows:
+                      f"{ex.shared} | moved by the change | baseline, all seeds "
+                      f"{ex.base.setting['seeds']} |", "|---|---|---|---|---|"]
+            for (this, same, every), moved in zip(ex.rows, ex.moved):
                 lines.append(f"| {this.name} | {this.quantity}: {_cell(this)} | "
-                             f"{_cell(same, '– (no seed in common)')} | {_cell(every)} |")
+                             f"{_cell(same, '– (no seed in common)')} | {moved} | "
+                             f"{_cell(every)} |")
         lines += _figure_lines(record, figures_dir, rel) + [""]
     return lines
 

@@ -206,11 +206,21 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
     section = text.split("## Testing explanations", 1)[1]
     assert "### study_base--3_epochs" in section and "three epochs instead of two" in section
     assert "- spec: `" in section and "baseline: `" in section and "base.yaml`" in section
-    assert "| baseline, the same seeds [0] | baseline, all seeds [0, 1] |" in section
+    assert ("| baseline, the same seeds [0] | moved by the change | baseline, all seeds "
+            "[0, 1] |") in section
     row = re.search(r"\| label MI is negative \| mean i_ty per seed: ([0-9.e-]+) \(no interval\), "
-                    r"n = 1 \| ([0-9.e-]+) \(no interval\), n = 1 \| ([0-9.e-]+) \[.*\], n = 2; "
-                    r"\*\*does not hold\*\* \|", section)
+                    r"n = 1 \| ([0-9.e-]+) \(no interval\), n = 1 \| ([^|]+) \| "
+                    r"([0-9.e-]+) \[.*\], n = 2; \*\*does not hold\*\* \|", section)
     assert row, section
+    here, there = float(row[1]), float(row[2])
+    # a bound with only a max: a smaller value moves towards the claim (the shown values
+    # are rounded, so only a clear difference decides the expected direction)
+    if abs(here - there) > 0.01 * max(abs(here), abs(there)):
+        toward, sign = ("towards", "-") if here < there else ("away from", "+")
+        assert re.fullmatch(rf"\{sign}[0-9.e-]+ \({toward} the claim\)", row[3]), row[3]
+    else:
+        assert re.fullmatch(r"([+-][0-9.e-]+ \((towards|away from) the claim\)|\+0 \(unchanged\))",
+                            row[3]), row[3]
     assert "best validation accuracy: here seed 0: " in section and "(3 epochs)" in section
     differ = text.split("## Where the results differ from the paper", 1)[1].split(
         "## Testing explanations")[0]
@@ -219,8 +229,8 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
                      r"architecture, bias correction, layer reduction\.", differ), differ
     assert re.search(r"  - tested in \[study_base--3_epochs\]\(#study_base--3_epochs\) \(three "
                      r"epochs instead of two\): seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 "
-                     r"there vs seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 in the study\.",
-                     differ), differ
+                     r"there vs seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 in the study; "
+                     r"moved [^.]+\.", differ), differ
 
 
 def test_explanation_specs_must_name_an_existing_baseline(pm, tmp_path):
@@ -419,3 +429,23 @@ def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
         assert spec["description"] and spec["experiment"] == base["experiment"]
         base_claims = {c["name"] for c in base["checks"]}
         assert base_claims & {c["name"] for c in spec["checks"]}, path
+
+
+def test_the_move_of_an_explanation_is_read_against_the_claims_direction():
+    from mi_probe.study import ClaimResult, _moved
+
+    def at(mean):
+        return ClaimResult("c", "k", "t", INCONCLUSIVE, "", mean=mean, n=1)
+
+    rises = TrendCheck(name="r", table="t", value="v")
+    falls = TrendCheck(name="f", table="t", value="v", direction="decreasing")
+    assert _moved(compare(), at(0.3), at(0.1)) == "+0.2 (towards the claim)"
+    assert _moved(compare(), at(-0.2), at(0.1)) == "-0.3 (away from the claim)"
+    assert _moved(rises, at(0.5), at(0.25)) == "+0.25 (towards the claim)"
+    assert _moved(falls, at(0.5), at(0.25)) == "+0.25 (away from the claim)"
+    below = BoundCheck(name="b", table="t", value="v", max=0.0)
+    assert _moved(below, at(-0.5), at(-0.25)) == "-0.25 (towards the claim)"
+    within = BoundCheck(name="w", table="t", value="v", min=0.0, max=1.0)
+    assert _moved(within, at(0.5), at(0.25)) == "+0.25"
+    assert _moved(compare(), at(0.1), None) == "–" and _moved(compare(), at(0.1), at(0.1)) \
+        == "+0 (unchanged)"
