@@ -72,7 +72,10 @@ class ClaimError(Exception):
     """A claim could not be evaluated (it then fails with this message)."""
 
 
-def _rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str]) -> pl.DataFrame:
+def claim_rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str],
+               drop_missing: bool = True) -> pl.DataFrame:
+    """The rows of the claim's table that its filter keeps, with NaN read as missing
+    (and missing values dropped unless ``drop_missing`` is False)."""
     frame = tables.get(check.table)
     if frame is None:
         raise ClaimError(f"no table {check.table!r} in this run (tables: {sorted(tables)})")
@@ -86,7 +89,8 @@ def _rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str]) -> p
         frame = frame.filter(pl.col(column).is_in(values))
     if frame.schema[check.value].is_float():  # NaN is missing, like null
         frame = frame.with_columns(pl.col(check.value).fill_nan(None))
-    frame = frame.drop_nulls(check.value)
+    if drop_missing:
+        frame = frame.drop_nulls(check.value)
     if frame.height == 0:
         raise ClaimError(f"no rows of {check.table!r} match filter {check.filter}")
     return frame
@@ -95,7 +99,7 @@ def _rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str]) -> p
 def _trend(check: TrendCheck, tables) -> tuple[bool, str, float]:
     from scipy.stats import spearmanr
 
-    frame = _rows(check, tables, [check.over])
+    frame = claim_rows(check, tables, [check.over])
     means = frame.group_by(check.over).agg(pl.col(check.value).mean()).sort(check.over)
     if means.height < 3:
         raise ClaimError(f"a trend needs at least 3 values of {check.over!r}, found {means.height}")
@@ -110,8 +114,8 @@ def _trend(check: TrendCheck, tables) -> tuple[bool, str, float]:
 def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float, float, float, int]:
     """Mean of ``value`` and its 95% t-interval over seeds (sites, classes and draws of a
     seed are averaged first: they are not independent observations). ``frame`` holds no
-    missing values (``_rows`` drops them), so n counts the seeds that have a value."""
-    from mi_probe.tables import t_quantile_975
+    missing values (``claim_rows`` drops them), so n counts the seeds that have a value."""
+    from mi_probe.tables import mean_t_interval
 
     if "seed" in frame.columns:
         per_seed = frame.group_by("seed").agg(pl.col(value).mean())[value]
@@ -120,16 +124,12 @@ def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float
                          f"found columns {frame.columns}")
     else:
         per_seed = frame[value]
-    n = per_seed.len()
-    mean = float(per_seed.mean())
-    if n < 2:
-        return mean, mean, mean, n
-    half = t_quantile_975(n - 1) * float(per_seed.std()) / n ** 0.5
-    return mean, mean - half, mean + half, n
+    mean, low, high, n = mean_t_interval(per_seed.to_list())
+    return (mean, mean, mean, n) if low is None else (mean, low, high, n)
 
 
 def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
-    frame = _rows(check, tables, [check.by])
+    frame = claim_rows(check, tables, [check.by])
     groups = {}
     for label in (check.greater, check.lesser):
         part = frame.filter(pl.col(check.by).cast(pl.Utf8) == str(label))
@@ -152,7 +152,7 @@ def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
 
 
 def _bound(check: BoundCheck, tables) -> tuple[bool, str, float]:
-    frame = _rows(check, tables, [])
+    frame = claim_rows(check, tables, [])
     values = frame[check.value]
     observed = float(values.mean()) if check.aggregate == "mean" else None
     low, high = (observed, observed) if observed is not None else (float(values.min()),

@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import polars as pl
 
+from mi_probe.checks import ClaimError
 from mi_probe.errors import MiProbeError, SpecError
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -113,34 +114,24 @@ class SpecRecord:
 # ------------------------------------------------------------------ per-seed statistics
 
 def _interval(values: Sequence[float]) -> tuple[float | None, float | None, float | None, int]:
-    from mi_probe.tables import t_quantile_975
+    from mi_probe.tables import mean_t_interval
 
     values = [v for v in values if v is not None and not math.isnan(v)]
-    n = len(values)
-    if n == 0:
-        return None, None, None, 0
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None, None, n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half, n
+    return mean_t_interval(values) if values else (None, None, None, 0)
 
 
 def _filtered(check: Any, tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, set[int]]:
-    """The claim's rows with a value, and every seed that has rows for it."""
-    frame = tables.get(check.table)
-    if frame is None:
-        raise SpecError(f"no table {check.table!r} in the run")
-    for column, wanted in check.filter.items():
-        values = wanted if isinstance(wanted, list) else [wanted]
-        frame = frame.filter(pl.col(column).is_in(values))
-    if frame.schema[check.value].is_float():
-        frame = frame.with_columns(pl.col(check.value).fill_nan(None))
-    seeds = set(frame["seed"].to_list()) if "seed" in frame.columns else set()
+    """The claim's rows with a value (the rows ``checks`` evaluates, per seed), and every
+    seed that has rows for it."""
+    from mi_probe.checks import claim_rows
+
+    extra = ["seed", *([check.by] if check.kind == "compare" else []),
+             *([check.over] if check.kind == "trend" else [])]
+    frame = claim_rows(check, tables, extra, drop_missing=False)
+    seeds = set(frame["seed"].to_list())
     frame = frame.drop_nulls(check.value)
-    if frame.height == 0 or "seed" not in frame.columns:
-        raise SpecError(f"no per-seed rows of {check.table!r} match {check.filter}")
+    if frame.height == 0:
+        raise ClaimError(f"no rows of {check.table!r} matching {check.filter} have a value")
     return frame, seeds
 
 
@@ -185,7 +176,7 @@ def verdict(check: Any, tables: dict[str, pl.DataFrame]) -> ClaimResult:
     base = dict(name=check.name, kind=check.kind, table=check.table)
     try:
         values, quantity, excluded = per_seed_values(check, tables)
-    except (SpecError, pl.exceptions.PolarsError) as exc:
+    except (ClaimError, pl.exceptions.PolarsError) as exc:
         return ClaimResult(**base, verdict=INCONCLUSIVE, reason=f"cannot be evaluated: {exc}")
     result = _decide(check, [values[s] for s in sorted(values)], quantity, base)
     if excluded:

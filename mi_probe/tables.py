@@ -48,6 +48,18 @@ def t_quantile_975(dof: int) -> float:
     return float(t.ppf(0.975, dof))
 
 
+def mean_t_interval(values: Sequence[float]) -> tuple[float, float | None, float | None, int]:
+    """Mean of ``values`` (independent per-seed values) and its 95% t-interval, and n;
+    no interval (None, None) for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
 #: Suffix of the per-column count ``aggregate_seeds`` writes: ``<v>_n``.
 N_SUFFIX = "_n"
 

@@ -140,12 +140,10 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
 def _in_run_folder(run_dir: Path, resuming: bool, log: Callable[[str], None]):
     """A resumed run works in the folder it was started from, so the spec's relative
     paths (data.root, weights) mean what they meant then."""
-    import json as _json
-
     here = Path.cwd()
     started_in = None
     if resuming and (run_dir / "run.json").is_file():
-        started_in = _json.loads((run_dir / "run.json").read_text()).get("cwd")
+        started_in = json.loads((run_dir / "run.json").read_text()).get("cwd")
     if started_in is None or Path(started_in) == here or not Path(started_in).is_dir():
         yield
         return

@@ -107,7 +107,7 @@ def run_stage(stage: str, state: SpecState, pm: Any, profile: str | None, workdi
         raise StageFailure(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
     except StageFailure:
         if stage != "checks":
-            state.failed = stage
+            state.failed = state.failed or stage  # validate, when run for a later stage
         raise
     except MiProbeError as exc:
         state.failed = stage
