@@ -8,7 +8,7 @@ DEMO_SPEC ?= specs/semantic_knockout.yaml
 # Plugin distributions shipped in this repository (installed like third-party ones).
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
-.PHONY: demo test study install clean-reports
+.PHONY: demo test study architectures install clean-reports
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 # specs/study, reusing cached models, and regenerates docs/reproduction.md.
 study: $(STAMP)
 	$(VENV)/bin/mi-probe study specs/study
+
+# The conformance sweep over timm's registry: the smallest model of every timm family
+# (and the paper's archs) through sites, capture, layer_mi and knockout; writes
+# docs/architectures.md. Resumes from reports/architectures/rows.jsonl.
+architectures: $(STAMP)
+	$(PY) -m mi_probe.testing.architectures --out docs/architectures.md --workdir reports/architectures
 
 clean-reports:
 	rm -rf reports

@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from mi_probe.errors import DataError, NonFiniteActivationError, SiteError
+from mi_probe.errors import DataError, ModelError, NonFiniteActivationError, SiteError
 from mi_probe.interfaces import Captured, Intervention, Site
-from mi_probe.sites import get_module, pool
+from mi_probe.sites import get_module, pool, replace_output, site_output
 
 
 def _first(output):
@@ -27,7 +27,7 @@ def _first(output):
 
 def pooled_copy(output: torch.Tensor, site: Site) -> torch.Tensor:
     """(N, C) float32 pooled copy of a site output, never sharing its storage."""
-    pooled = pool(output, site.layout).to(torch.float32)
+    pooled = pool(output, site.layout, site.tokens, site.prefix_tokens).to(torch.float32)
     if pooled.data_ptr() == output.data_ptr():
         pooled = pooled.clone()
     return pooled
@@ -56,15 +56,12 @@ def add_intervention_hooks(model: nn.Module,
             continue
 
         def hook(_m, _inp, out, _site=site, _iv=intervention, _ch=channels):
-            first = _first(out)
-            ch = _ch.to(first.device)
+            tensor = site_output(out, _site.index)
+            ch = _ch.to(tensor.device)
             if calibrate:
-                _iv.calibrate(first, _site, ch, position[0])
+                _iv.calibrate(tensor, _site, ch, position[0])
                 return None
-            changed = _iv(first, _site, ch, position[0])
-            if isinstance(out, tuple):
-                return (changed, *out[1:])
-            return changed
+            return replace_output(out, _site.index, _iv(tensor, _site, ch, position[0]))
 
         handles.append(get_module(model, site.module).register_forward_hook(hook))
 
@@ -82,7 +79,7 @@ def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, 
             store.setdefault(site.name, [])
 
             def hook(_m, _inp, out, _site=site):
-                pooled = pooled_copy(_first(out), _site)
+                pooled = pooled_copy(site_output(out, _site.index), _site)
                 store[_site.name].append(pooled.detach() if detach else pooled)
 
             handles.append(module.register_forward_hook(hook))
@@ -205,6 +202,17 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
         acts[site.name] = parts.result()
     return Captured(acts=acts, labels=torch.cat(labels).long(), logits=torch.cat(logits),
                     sites=list(sites))
+
+
+def check_logits(captured: Captured, num_classes: int) -> None:
+    """Refuse a model whose forward pass does not return (N, num_classes) logits (an
+    encoder without a classification head): nothing could be scored."""
+    logits = captured.logits
+    if logits is not None and tuple(logits.shape) != (len(captured.labels), num_classes):
+        raise ModelError(f"the model's forward pass returned {tuple(logits.shape)} for "
+                         f"{len(captured.labels)} images, not ({len(captured.labels)}, "
+                         f"{num_classes}) class logits: it has no classification head (an "
+                         "encoder); use a classifier")
 
 
 def check_finite(captured: Captured, on_nonfinite: str, where: str) -> list[str]:

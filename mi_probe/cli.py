@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from mi_probe.errors import MiProbeError
+from mi_probe.errors import MiProbeError, SiteError, SpecError
 
 
 DEFAULT_STUDY_DOC = Path("docs/reproduction.md")
@@ -97,9 +97,21 @@ def _parser() -> argparse.ArgumentParser:
     sites.add_argument("--act", choices=["relu", "tanh"])
     sites.add_argument("--head", choices=["timm", "paper_vgg"], default="timm")
     sites.add_argument("--num-classes", type=int, default=10)
-    sites.add_argument("--image-size", type=int, default=64,
-                       help="probe image size (models with a fixed input size use their own)")
+    sites.add_argument("--image-size", type=int, default=None,
+                       help="probe image size in px (default: the model's own default input "
+                       "size, e.g. 224, or 299 for inception_v3); models that timm builds "
+                       "for one size are built for this one")
     sites.add_argument("--include", action="append", help="fnmatch pattern (repeatable)")
+    sites.add_argument("--kinds", action="append", default=[],
+                       help="site kind to keep (repeatable): stem, pre_add, post_add, block, "
+                       "post_act, stage, or output")
+    sites.add_argument("--position", default="all",
+                       choices=["all", "first_stage", "last_stage", "first_half",
+                                "last_half", "first_third", "middle_third", "last_third",
+                                "last"],
+                       help="keep the sites whose block lies there")
+    sites.add_argument("--tokens", default="patch_mean", choices=["patch_mean", "cls"],
+                       help="how token outputs pool (ViT-like blocks)")
 
     sub.add_parser("plugins", help="list plugins and what each registered")
     sub.add_parser("schema", help="print the JSON Schema of specs")
@@ -190,19 +202,39 @@ def _cmd_sites(args, pm) -> int:
     from mi_probe.models import build_model
     from mi_probe.sites import resolve_sites, select_adapter
 
-    model = build_model(args.arch, args.num_classes, 0, args.act, args.head)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = args.image_size
-    if cfg.get("fixed_input_size") and cfg.get("input_size"):
-        size = cfg["input_size"][-1]
+    from mi_probe.models import default_input_size
+
+    if args.image_size is not None and args.image_size < 8:
+        raise SpecError(f"--image-size must be at least 8 px, got {args.image_size}")
+    size = args.image_size or (default_input_size(args.arch) or (3, 224, 224))[-1]
+    model = build_model(args.arch, args.num_classes, 0, args.act, args.head,
+                        img_size=size if args.image_size else None)
     adapter = select_adapter(pm, model, args.arch, args.adapter)
     probe = torch.zeros(2, 3, size, size)
-    sites = resolve_sites(model, adapter, probe, args.include or ["*"], (), args.arch)
-    print(f"{args.arch}: adapter {adapter.name}, {len(sites)} sites")
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    except Exception as exc:
+        from mi_probe.preflight import describe_failure
+
+        raise SiteError(f"{args.arch} cannot run on {size}x{size} px images "
+                        f"({describe_failure(exc)}); try another --image-size") from None
+    sites = resolve_sites(model, adapter, probe, args.include or ["*"], (), args.arch,
+                          args.kinds, args.position, args.tokens)
+    print(f"{args.arch}: adapter {adapter.name}, {len(sites)} sites at {size}x{size} px")
     width = max(len(s.name) for s in sites)
-    print(f"{'depth':>5}  {'site':<{width}}  {'kind':<9} {'channels':>8}  module")
+    print(f"{'depth':>5}  {'site':<{width}}  {'kind':<9} {'channels':>8}  {'stage':>5}  "
+          f"{'pos':>4}  layout  module")
     for s in sites:
-        print(f"{s.depth:>5}  {s.name:<{width}}  {s.kind:<9} {s.channels:>8}  {s.module}")
+        stage = "-" if s.stage is None else str(s.stage)
+        pos = "-" if s.position is None else f"{s.position:.2f}"
+        layout = s.layout
+        if s.layout in ("nlc", "ncl"):
+            layout += f" ({s.tokens}, {s.prefix_tokens} prefix)" if s.prefix_tokens else ""
+        if s.index:
+            layout += f" [output {s.index}]"
+        print(f"{s.depth:>5}  {s.name:<{width}}  {s.kind:<9} {s.channels:>8}  {stage:>5}  "
+              f"{pos:>4}  {layout:<6}  {s.module}")
     counts = Counter(s.kind for s in sites)
     print("per kind: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -27,6 +27,19 @@ class SiteRef:
     kind: str
     #: channel count if the adapter knows it (else found by a probe forward pass)
     channels: int | None = None
+    #: which element of a tuple/list output is the site (blocks that return several
+    #: streams, e.g. TNT's (pixel, patch) pair); 0 for a plain tensor
+    index: int = 0
+    #: leading tokens of an ``nlc`` output that are not patches (class, distillation,
+    #: register tokens); pooling never mixes them with the patch tokens
+    prefix_tokens: int = 0
+    #: the block (unit of the main stream) the site belongs to; None: the name up to
+    #: its last dot for ``pre_add``/``post_add`` sites, else the site itself
+    block: str | None = None
+
+
+#: Site kinds that are the main stream after a unit (what ``kinds: [output]`` selects).
+OUTPUT_KINDS = ("post_add", "block", "post_act", "stage")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,17 @@ class Site:
     channels: int
     depth: int
     layout: str = "nchw"
+    #: element of a tuple/list output that is the site (see ``SiteRef.index``)
+    index: int = 0
+    #: leading non-patch tokens of an ``nlc`` output
+    prefix_tokens: int = 0
+    #: how an ``nlc`` output pools to one vector per sample: ``patch_mean`` (the mean
+    #: of the patch tokens, prefix tokens left out) or ``cls`` (the first prefix token)
+    tokens: str = "patch_mean"
+    #: stage (0-based run of blocks at one resolution) and position of the site's
+    #: block among all blocks of the model (0 first, 1 last); None for the stem
+    stage: int | None = None
+    position: float | None = None
 
 
 @dataclass

@@ -156,20 +156,63 @@ def swap_activations(model: nn.Module, act: str) -> int:
     return count
 
 
+def default_input_size(arch: str) -> tuple[int, int, int] | None:
+    """timm's default (C, H, W) input of ``arch`` (None when timm records none)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return tuple(int(v) for v in size) if size else None
+
+
+def fixes_input_size(arch: str) -> bool:
+    """timm builds ``arch`` for one input size (position embeddings, windows)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    return bool(getattr(cfg, "fixed_input_size", False)) if cfg is not None else False
+
+
+def _size_kwargs(arch: str, img_size: tuple[int, int] | None) -> dict[str, Any]:
+    """timm's ``img_size`` for a model that fixes its input size, when the data's size
+    differs from timm's default (so a 32 px spec builds a 32 px ViT)."""
+    if img_size is None or not fixes_input_size(arch):
+        return {}
+    default = default_input_size(arch)
+    if default is not None and tuple(default[1:]) == tuple(img_size):
+        return {}
+    return {"img_size": tuple(img_size)}
+
+
+def _mark_input_size(model: nn.Module, arch: str, img_size: tuple[int, int] | None) -> None:
+    """Remember the (C, H, W) input the model was built for (site tracing probes it)."""
+    if img_size is not None:
+        model.mi_probe_input_size = (3, *img_size)
+    else:
+        model.mi_probe_input_size = default_input_size(arch) or (3, 224, 224)
+
+
 def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
                 head: str = "timm", zero_init_last: bool = False,
-                pretrained: str | None = None, pretrained_file: str | None = None
-                ) -> nn.Module:
+                pretrained: str | None = None, pretrained_file: str | None = None,
+                img_size: int | tuple[int, int] | None = None) -> nn.Module:
     """A timm model in eval mode: randomly initialised, deterministic in ``seed``; or,
     with ``pretrained`` (``""`` for timm's default tag, else a tag such as ``a1_in1k``),
     timm's pretrained weights (downloaded and cached by timm, or read from the local
-    ``pretrained_file``) with a new head for ``num_classes``, initialised from ``seed``."""
+    ``pretrained_file``) with a new head for ``num_classes``, initialised from ``seed``.
+
+    ``img_size`` is the input the model will see: models that timm builds for one size
+    (ViT, Swin, gMLP, LeViT...) are built for it; others just record it."""
     import timm
 
     check_arch(arch)
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
     if pretrained is not None:
-        return _pretrained_model(arch, num_classes, seed, act, head, pretrained,
-                                 pretrained_file)
+        model = _pretrained_model(arch, num_classes, seed, act, head, pretrained,
+                                  pretrained_file, img_size)
+        _mark_input_size(model, arch, img_size)
+        return model
     if head not in HEADS:
         raise ModelError(f"head: unknown head {head!r}; valid: {', '.join(HEADS)}")
     if act is not None and act not in ACT_FACTORIES:
@@ -177,22 +220,35 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
                          f"{', '.join(sorted(ACT_FACTORIES))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        sized = _size_kwargs(arch, img_size)
         try:
-            model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+            model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **sized)
         except Exception as exc:  # timm raises many types for unusable configurations
-            raise ModelError(f"timm could not build {arch!r} with num_classes={num_classes}: "
-                             f"{type(exc).__name__}: {exc}") from None
+            raise ModelError(_build_failure(arch, num_classes, sized, exc)) from None
         if not zero_init_last:
             reset_zero_norm_weights(model)
         if head == "paper_vgg":
             attach_paper_vgg_head(model, num_classes)
         if act is not None:
             swap_activations(model, act)
+    _mark_input_size(model, arch, img_size)
     return model.eval()
 
 
+def _build_failure(arch: str, num_classes: int, sized: dict[str, Any], exc: Exception) -> str:
+    default = default_input_size(arch)
+    if sized:
+        return (f"timm could not build {arch!r} for {sized['img_size'][0]}x"
+                f"{sized['img_size'][1]} px images ({type(exc).__name__}: {exc}); it is "
+                f"built for {default[1]} px by default: use data image_size: {default[1]}, "
+                "or another size its patch and window sizes divide")
+    return (f"timm could not build {arch!r} with num_classes={num_classes}: "
+            f"{type(exc).__name__}: {exc}")
+
+
 def _pretrained_model(arch: str, num_classes: int, seed: int, act: str | None, head: str,
-                      tag: str, file: str | None) -> nn.Module:
+                      tag: str, file: str | None,
+                      img_size: tuple[int, int] | None = None) -> nn.Module:
     import timm
 
     name = f"{arch}.{tag}" if tag else arch
@@ -206,7 +262,8 @@ def _pretrained_model(arch: str, num_classes: int, seed: int, act: str | None, h
         torch.manual_seed(seed)  # the new head
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                      pretrained_cfg_overlay=overlay)
+                                      pretrained_cfg_overlay=overlay,
+                                      **_size_kwargs(arch, img_size))
         except (OSError, ConnectionError) as exc:
             raise ModelError(f"could not get timm's pretrained weights {name!r}: "
                              f"{type(exc).__name__}: {exc}. They are downloaded once (timm "
@@ -268,7 +325,8 @@ def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> No
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = _unshared({k: v.detach().to("cpu").contiguous()
+                         for k, v in model.state_dict().items()})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -279,6 +337,29 @@ def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> No
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One entry per storage: safetensors refuses tensors that share memory (tied
+    weights, as in CoaT), so aliases are dropped here and filled from their twin on
+    load (``safetensors.torch._remove_duplicate_names`` picks the name to keep)."""
+    from safetensors.torch import _remove_duplicate_names
+
+    aliased = {name for names in _remove_duplicate_names(tensors).values() for name in names}
+    return {k: v for k, v in tensors.items() if k not in aliased}
+
+
+def shared_names(model: nn.Module) -> dict[str, str]:
+    """Each state-dict name that shares storage with another, mapped to the name that
+    ``save_weights`` keeps for that storage."""
+    from safetensors.torch import _remove_duplicate_names
+
+    state = model.state_dict()
+    out = {}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            out[name] = kept
+    return out
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
@@ -321,6 +402,9 @@ def load_weights(model: nn.Module, path: str | Path, expected: dict[str, Any] | 
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
     own = model.state_dict()
+    for alias, kept in shared_names(model).items():
+        if alias not in tensors and kept in tensors:
+            tensors[alias] = tensors[kept]  # a tied tensor saved once
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]

@@ -34,6 +34,8 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.estimators.histogram",
     "mi_probe.builtin.adapters.vgg",
     "mi_probe.builtin.adapters.resnet",
+    # before generic: both resolve trylast, and pluggy asks the later-registered first
+    "mi_probe.builtin.adapters.blocks",
     "mi_probe.builtin.adapters.generic",
     "mi_probe.builtin.datasets.digits",
     "mi_probe.builtin.datasets.imagefolder",

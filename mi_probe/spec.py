@@ -122,6 +122,19 @@ class SitesSpecBase(_Strict):
     include: list[str] = Field(["*"], min_length=1,
                                description="fnmatch patterns over site names or '*.<kind>'")
     exclude: list[str] = Field([], description="patterns removed after include")
+    kinds: list[str] = Field([], description="site kinds to keep (empty: all): stem, "
+                             "pre_add, post_add, block, post_act, stage, or output (every "
+                             "kind that is the main stream after a block: post_add, block, "
+                             "post_act, stage); works on every architecture")
+    position: Literal["all", "first_stage", "last_stage", "first_half", "last_half",
+                      "first_third", "middle_third", "last_third", "last"] = Field(
+        "all", description="where the sites' blocks lie: a stage is a run of blocks at one "
+        "resolution; halves and thirds split the blocks in forward order by relative "
+        "position; last is the deepest block. The stem is kept only with all")
+    tokens: Literal["patch_mean", "cls"] = Field(
+        "patch_mean", description="how a token output (ViT-like blocks) pools per sample: "
+        "the mean of the patch tokens (class and register tokens left out), or the class "
+        "token; never both mixed")
 
 
 class EvalSpec(_Strict):

@@ -101,8 +101,8 @@ def resnet18():
     return build_model("resnet18", K, 0)
 
 
-def _sites(pm, model, arch, size=32, **kw):
-    adapter = select_adapter(pm, model, arch)
+def _sites(pm, model, arch, size=32, adapter="auto", **kw):
+    adapter = select_adapter(pm, model, arch, adapter)
     return adapter, resolve_sites(model, adapter, _x(2, size), arch=arch, **kw)
 
 
@@ -184,11 +184,12 @@ def test_resnet_pre_add_tail_with_se_and_drop_path():
     assert names["layer4.1.pre_add"] == "layer4.1.drop_path"  # after SE, before the add
 
 
-def test_convnext_gets_generic_stage_sites(pm):
+def test_convnext_gets_generic_stage_sites_when_asked(pm):
     model = build_model("test_convnext", K, 0)
     assert not VGGAdapter().claims(model, "test_convnext")
     assert not ResNetAdapter().claims(model, "test_convnext")
-    adapter, sites = _sites(pm, model, "test_convnext")
+    assert select_adapter(pm, model, "test_convnext").name == "blocks"  # without the plugin
+    adapter, sites = _sites(pm, model, "test_convnext", adapter="generic")
     assert isinstance(adapter, GenericAdapter)
     assert [s.kind for s in sites] == ["stage"] * len(model.feature_info)
     assert [s.channels for s in sites] == [i["num_chs"] for i in model.feature_info]
@@ -402,12 +403,33 @@ def test_site_never_reached_is_refused(tiny_resnet):
 
 
 def test_capture_is_deterministic_and_eval_mode(pm, tiny_resnet):
+    """The same batches give bitwise the same activations; other batch sizes give the
+    same values up to float reassociation (eval-mode BatchNorm uses running statistics,
+    so a sample's activations do not depend on its batch), while batch statistics would
+    move them by orders of magnitude more than that tolerance."""
     _, sites = _sites(pm, tiny_resnet, "test_resnet")
     x = _x(4, seed=5)
+    tiny_resnet.train()
     a = capture(tiny_resnet, sites, _loader(x), CPU)
+    assert tiny_resnet.training  # capture restores the mode it found
+    again = capture(tiny_resnet, sites, _loader(x), CPU)
     b = capture(tiny_resnet, sites, _loader(x, batch=1), CPU)
+    tiny_resnet.eval()
+    train_mode = {}
+    handles = add_pooling_hooks(tiny_resnet.train(), sites, train_mode)
+    with torch.no_grad():
+        tiny_resnet(x)
+    for h in handles:
+        h.remove()
+    tiny_resnet.eval()
     for s in sites:
-        torch.testing.assert_close(a.acts[s.name], b.acts[s.name], rtol=0, atol=1e-6)
+        assert torch.equal(a.acts[s.name], again.acts[s.name])
+        scale = float(a.acts[s.name].abs().max()) + 1e-12
+        gap = float((a.acts[s.name] - b.acts[s.name]).abs().max()) / scale
+        assert gap < 1e-4, (s.name, gap)
+        if s.kind != "stem":  # batch statistics change what a sample's activations are
+            batch_stats = float((a.acts[s.name] - train_mode[s.name][0]).abs().max()) / scale
+            assert batch_stats > 100 * max(gap, 1e-6), (s.name, batch_stats, gap)
 
 
 # ----------------------------------------------------------------------------- non-finite
@@ -551,12 +573,17 @@ def test_layout_detection():
         _layout(torch.Size([2, 3, 5, 5]), 7)
 
 
-def test_vit_token_sites_average_over_tokens(pm):
+@pytest.mark.parametrize("tokens", ["patch_mean", "cls"])
+def test_vit_token_sites_pool_patch_tokens_or_the_class_token(pm, tokens):
     model = build_model("test_vit", K, 0)
     size = model.default_cfg["input_size"][-1]
-    adapter, sites = _sites(pm, model, "test_vit", size=size)
-    assert adapter.name == "generic"
+    adapter = select_adapter(pm, model, "test_vit")
+    sites = resolve_sites(model, adapter, _x(2, size), arch="test_vit", kinds=["post_add"],
+                          tokens=tokens)
+    assert adapter.name == "blocks"
+    assert [s.module for s in sites] == [f"blocks.{i}" for i in range(len(model.blocks))]
     assert {s.layout for s in sites} == {"nlc"}
+    assert {s.prefix_tokens for s in sites} == {model.num_prefix_tokens} == {1}
     assert [s.channels for s in sites] == [i["num_chs"] for i in model.feature_info]
     x = _x(2, size=size, seed=8)
     got = capture(model, sites, _loader(x), CPU)
@@ -564,5 +591,6 @@ def test_vit_token_sites_average_over_tokens(pm):
     n_tokens = (size // model.patch_embed.patch_size[0]) ** 2 + model.num_prefix_tokens
     for s in sites:
         assert full[s.name].shape == (2, n_tokens, s.channels)
-        torch.testing.assert_close(got.acts[s.name], full[s.name].mean(dim=1), rtol=0, atol=1e-6)
+        want = full[s.name][:, 0] if tokens == "cls" else full[s.name][:, 1:].mean(dim=1)
+        torch.testing.assert_close(got.acts[s.name], want, rtol=0, atol=1e-6)
     assert math.isfinite(float(got.logits.sum()))

@@ -49,6 +49,8 @@ class Engine:
         if len(self.data.val) < 2:
             raise DataError(f"the evaluation set has {len(self.data.val)} samples; need at least 2")
         self.class_names = list(self.data.classes)
+        #: (H, W) of the evaluation images: the input size models are built for
+        self.image_size: tuple[int, int] | None = _image_size(self.data.val)
         self.num_classes = spec.model.num_classes or self.data.num_classes
         if self.num_classes != self.data.num_classes:
             raise DataError(f"model.num_classes is {spec.model.num_classes} but the data has "
@@ -103,7 +105,8 @@ class Engine:
         if self._sites is None:
             s = self.spec.sites
             self._sites = resolve_sites(model, self.adapter(model), self.probe_input(),
-                                        s.include, s.exclude, self.spec.model.arch)
+                                        s.include, s.exclude, self.spec.model.arch,
+                                        s.kinds, s.position, s.tokens)
         return list(self._sites)
 
     def loader(self):
@@ -118,6 +121,7 @@ class Engine:
             self.progress(f"seed {seed}: capturing {state} activations")
             cap = capture_mod.capture(model, self.sites(model), self.loader(), self.device,
                                       progress=self.show_progress, desc=f"{state} seed {seed}")
+            capture_mod.check_logits(cap, self.num_classes)
             self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
                                                       f"{state} model, seed {seed}")
             self._captures[key] = cap
@@ -182,3 +186,14 @@ class Engine:
         self._captures.clear()
         self.evaluator.clear()
         return rows
+
+
+def _image_size(dataset: Any) -> tuple[int, int] | None:
+    """(H, W) of the first item of an image dataset (None for other data)."""
+    try:
+        first = dataset[0][0]
+    except Exception:  # an empty set is refused elsewhere
+        return None
+    if isinstance(first, torch.Tensor) and first.dim() == 3:
+        return int(first.shape[-2]), int(first.shape[-1])
+    return None

@@ -16,7 +16,7 @@ from torch import nn
 from mi_probe import capture as capture_mod
 from mi_probe.data import make_loader
 from mi_probe.interfaces import Captured, HasSuffix, Intervention, Site
-from mi_probe.sites import get_module
+from mi_probe.sites import get_module, site_output
 
 
 def model_fingerprint(model: nn.Module) -> tuple:
@@ -87,7 +87,7 @@ class Evaluator:
         n_total = len(ctx.eval_set)
 
         def hook(_m, _inp, out):
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            out = site_output(out, site.index)
             if out[0].numel() * out.element_size() * n_total > budget:
                 raise _TooBig
             parts.append(out.detach().clone())

@@ -41,7 +41,7 @@ class ModelStore:
         """A freshly initialised model of the spec (or of model spec ``m``)."""
         m = m or self.ctx.spec.model
         return build_model(m.arch, self.ctx.num_classes, seed, m.act, m.head,
-                           m.zero_init_last)
+                           m.zero_init_last, img_size=self.ctx.image_size)
 
     def meta(self, m: Any = None) -> dict[str, Any]:
         m = m or self.ctx.spec.model
@@ -72,7 +72,8 @@ class ModelStore:
             m = self.ctx.spec.model
             model = build_model(m.arch, self.ctx.num_classes, seed, m.act, m.head,
                                 m.zero_init_last, pretrained=tagged[1],
-                                pretrained_file=m.pretrained_file)
+                                pretrained_file=m.pretrained_file,
+                                img_size=self.ctx.image_size)
             self.trained_info[seed] = {"weights": weights, "pretrained_file": m.pretrained_file}
             return model
         if weights != "train":

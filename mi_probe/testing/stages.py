@@ -56,11 +56,13 @@ def stage_sites(state: SpecState, pm: Any) -> str:
     spec = state.spec
     m = spec.model
     classes = m.num_classes or getattr(spec.data, "n_classes", None) or 10
-    model = build_model(m.arch, classes, spec.seeds[0], m.act, m.head, m.zero_init_last)
     size = getattr(spec.data, "image_size", 32)
+    model = build_model(m.arch, classes, spec.seeds[0], m.act, m.head, m.zero_init_last,
+                        img_size=size)
     adapter = select_adapter(pm, model, m.arch, spec.sites.adapter)
-    state.sites = resolve_sites(model, adapter, torch.zeros(2, 3, size, size),
-                                spec.sites.include, spec.sites.exclude, m.arch)
+    s = spec.sites
+    state.sites = resolve_sites(model, adapter, torch.zeros(2, 3, size, size), s.include,
+                                s.exclude, m.arch, s.kinds, s.position, s.tokens)
     kinds: dict[str, int] = {}
     for site in state.sites:
         kinds[site.kind] = kinds.get(site.kind, 0) + 1

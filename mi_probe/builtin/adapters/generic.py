@@ -1,18 +1,20 @@
-"""Built-in adapter ``generic``, the ``trylast`` fallback for any timm model: the
-modules of timm's feature contract (``model.feature_info``: the stage outputs that
-``features_only`` would return), kind ``stage``. Models without ``feature_info`` fall
-back to each top-level child that runs before the classifier, kind ``block``."""
+"""Built-in adapter ``generic``, the last fallback for a model in which the ``blocks``
+trace finds no block: the modules of timm's feature contract (``model.feature_info``:
+the stage outputs that ``features_only`` would return), kind ``stage``. Models without
+``feature_info`` fall back to each top-level child that runs before the classifier,
+kind ``block``. A site is never the model root, a head module or the classifier:
+timm's ``feature_info`` names the root (``''``) for some models (tresnet) and stale
+module names for others (hrnet, mobilenetv5); such entries are left out."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from mi_probe.builtin.adapters._params import _params
+from mi_probe.errors import SiteError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import SiteRef
-
-_HEAD_NAMES = {"head", "fc", "classifier", "global_pool", "pre_logits", "head_drop", "fc_norm",
-               "norm"}
+from mi_probe.sites.trace import head_paths
 
 
 class GenericAdapter:
@@ -22,11 +24,22 @@ class GenericAdapter:
         return True
 
     def site_refs(self, model: nn.Module) -> list[SiteRef]:
+        heads = head_paths(model)
+        modules = dict(model.named_modules())
+
+        def usable(path: str) -> bool:
+            return bool(path) and path in modules and path.split(".")[0] not in heads
+
         info = getattr(model, "feature_info", None)
         if info:
-            return [SiteRef(i["module"], i["module"], "stage", i.get("num_chs")) for i in info]
+            entries = [i for i in info if usable(i.get("module", ""))]
+            if not entries:
+                raise SiteError(f"{type(model).__name__}: none of timm's feature_info modules "
+                                f"{[i.get('module') for i in info]} is a body module of the "
+                                "model (the root, a head or a name that does not exist)")
+            return [SiteRef(i["module"], i["module"], "stage", i.get("num_chs")) for i in entries]
         return [SiteRef(name, name, "block") for name, child in model.named_children()
-                if name not in _HEAD_NAMES and any(True for _ in child.parameters())]
+                if usable(name) and any(True for _ in child.parameters())]
 
 
 @hookimpl

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mi_probe.builtin.adapters._hooks import skip_gain_handles
 from mi_probe.builtin.adapters._params import _params
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import SiteRef
@@ -151,30 +152,11 @@ class ResNetAdapter:
         if type(block).__name__ not in ("BasicBlock", "Bottleneck"):
             raise SiteError(f"{block_path!r} is a {type(block).__name__}, not a ResNet "
                             "BasicBlock/Bottleneck; skip gains need a residual block")
-        gain = float(gain)
-        handles: list = []
-        try:
-            downsample = getattr(block, "downsample", None)
-            if downsample is not None and not isinstance(downsample, nn.Identity):
-                handles.append(downsample.register_forward_hook(
-                    lambda _m, _inp, out: out * gain))
-            else:
-                stored: dict[str, torch.Tensor] = {}
-
-                def keep_input(_m, args):
-                    stored["x"] = args[0]
-
-                def add_scaled(_m, _inp, out):
-                    return out + (gain - 1.0) * stored.pop("x")
-
-                handles.append(block.register_forward_pre_hook(keep_input))
-                tail = getattr(block, _residual_tail(block))
-                handles.append(tail.register_forward_hook(add_scaled))
-        except BaseException:
-            for handle in handles:
-                handle.remove()
-            raise
-        return handles
+        downsample = getattr(block, "downsample", None)
+        if downsample is not None and not isinstance(downsample, nn.Identity):
+            return skip_gain_handles(gain, projection=downsample)
+        return skip_gain_handles(gain, reader=block,
+                                 branch=getattr(block, _residual_tail(block)))
 
 
 @hookimpl

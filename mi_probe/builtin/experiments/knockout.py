@@ -192,6 +192,18 @@ class InterventionSweep:
         return {f"summary_{self.name}": aggregate(per_seed, self._keys(),
                                                   ["drop", "accuracy", "frac_channels"])}
 
+    def notes(self, tables: dict[str, pl.DataFrame]) -> list[str]:
+        """Say so when no site was intervened on (no table of drops is then written)."""
+        masses = tables.get(f"{self.name}_site_masses")
+        swept = tables.get(self.name)
+        if masses is None or (swept is not None and swept.height > 0):
+            return []
+        return [f"{self.name}: no site was intervened on. With mass: "
+                f"{self.params.mass}, a site is skipped when its channels' label MI does not "
+                f"beat the shuffled-label null (has_signal in {self.name}_site_masses: "
+                f"{masses.height} site rows, none with signal). More evaluation images, a "
+                "trained model, or mass: raw (no signal test) would give interventions."]
+
     def figures(self, tables):
         from mi_probe import report
 

@@ -1,11 +1,13 @@
-"""Built-in ``skip_gain`` experiment (paper App. A), ResNets only.
+"""Built-in ``skip_gain`` experiment (paper App. A), for residual blocks of any family
+whose adapter can scale a skip (``resnet``; ``blocks`` for ViT, ConvNeXt, EfficientNet
+and the other families whose residual add the trace finds).
 
 (a) **Pre-add vs post-add concentration**: for every residual block, the Gini
 coefficient and top-k share of per-channel I(T_c;Y) at its ``pre_add`` site (residual
 branch output) and its ``post_add`` site (block output after the add and activation).
 
 (b) **Skip-gain sweep**: for every block and gain g, the block computes
-act(residual + g · shortcut) (hooks from the ResNet adapter's ``skip_gain_hooks``,
+act(residual + g · shortcut) (hooks from the adapter's ``skip_gain_hooks``,
 removed in a ``finally``); the evaluation-set accuracy and the concentration of label MI
 at the block's ``post_add`` site are measured with the hooks in place. g = 1 is the
 unmodified network, g = 0 removes the skip.
@@ -20,6 +22,8 @@ all blocks of the model.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import fnmatch
 from typing import Literal
@@ -66,10 +70,11 @@ def resnet_adapter(ctx: RunContext, model) -> HasSkipGainHooks:
     SpecError naming the model otherwise."""
     adapter = ctx.adapter(model)
     if not isinstance(adapter, HasSkipGainHooks):
-        raise SpecError(f"skip_gain needs a site adapter with skip_gain_hooks (built in: the "
-                        f"resnet adapter, for timm ResNets of BasicBlock/Bottleneck), but "
+        raise SpecError(f"skip_gain needs a site adapter with skip_gain_hooks (built in: "
+                        f"resnet, and blocks for residual blocks of any timm family), but "
                         f"model.arch {ctx.spec.model.arch!r} is a {type(model).__name__} "
-                        f"handled by adapter {adapter.name!r}; use e.g. resnet18 or resnet50")
+                        f"handled by adapter {adapter.name!r}; use a residual architecture "
+                        "and sites.adapter: auto")
     return adapter
 
 
@@ -85,7 +90,9 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
     """Per block (forward order): its path, block index and its pre/post Site objects
     (constructed from the adapter's site list when the spec lacks one of them)."""
     refs = {r.name: r for r in adapter.site_refs(model)}
-    all_blocks = [r.name[: -len(".post_add")] for r in refs.values() if r.kind == "post_add"]
+    # blocks whose residual branch is a site (both kinds); others cannot be measured
+    all_blocks = [r.name[: -len(".post_add")] for r in refs.values() if r.kind == "post_add"
+                  and f"{r.name[: -len('.post_add')]}.pre_add" in refs]
     by_name = {s.name: s for s in sites}
     chosen = [b for b in all_blocks
               if any(_block_of(s) == b for s in sites)]
@@ -105,12 +112,12 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
         anchor = post or pre
         if pre is None:
             ref = refs[f"{b}.pre_add"]
-            pre = Site(ref.name, ref.module, ref.kind, anchor.channels, anchor.depth,
-                       anchor.layout)
+            pre = replace(anchor, name=ref.name, module=ref.module, kind=ref.kind,
+                          index=ref.index)
         if post is None:
             ref = refs[f"{b}.post_add"]
-            post = Site(ref.name, ref.module, ref.kind, anchor.channels, anchor.depth,
-                        anchor.layout)
+            post = replace(anchor, name=ref.name, module=ref.module, kind=ref.kind,
+                           index=ref.index)
         plan.append({"block": b, "block_index": all_blocks.index(b), "depth": anchor.depth,
                      "pre": pre, "post": post})
     return plan
@@ -140,7 +147,7 @@ class SkipGain:
 
     def plan(self, ctx: RunContext) -> Plan:
         # A random-state model is cheap to build and has the spec's architecture: refuse
-        # non-ResNets before any training starts.
+        # a model without scalable skips before any training starts.
         resnet_adapter(ctx, ctx.model(ctx.spec.seeds[0], RANDOM))
         return seed_units(ctx)
 

@@ -145,12 +145,13 @@ def test_sites_command_lists_stem_and_both_sites_per_block(pm, capsys):
 
     assert cli.main(["sites", "test_convnext", "--image-size", "32"], pm=pm) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "test_convnext: adapter convnext, 19 sites"
-    assert re.search(r"^\s+0\s+stem\s+stem\s+24\s+stem$", out, re.M)
-    assert re.search(r"^\s+1\s+stages\.0\.blocks\.0\.pre_add\s+pre_add\s+24\s+"
-                     r"stages\.0\.blocks\.0\.drop_path$", out, re.M)
-    assert re.search(r"^\s+18\s+stages\.3\.blocks\.1\.post_add\s+post_add\s+64\s+"
-                     r"stages\.3\.blocks\.1$", out, re.M)
+    assert out.splitlines()[0] == "test_convnext: adapter convnext, 19 sites at 32x32 px"
+    # depth, site, kind, channels, stage, relative position, layout, module
+    assert re.search(r"^\s+0\s+stem\s+stem\s+24\s+-\s+-\s+nchw\s+stem$", out, re.M)
+    assert re.search(r"^\s+1\s+stages\.0\.blocks\.0\.pre_add\s+pre_add\s+24\s+0\s+0\.00\s+"
+                     r"nchw\s+stages\.0\.blocks\.0\.drop_path$", out, re.M)
+    assert re.search(r"^\s+18\s+stages\.3\.blocks\.1\.post_add\s+post_add\s+64\s+3\s+"
+                     r"1\.00\s+nchw\s+stages\.3\.blocks\.1$", out, re.M)
     assert out.splitlines()[-1] == "per kind: stem 1, pre_add 9, post_add 9"
 
 
@@ -161,14 +162,20 @@ def test_claims_convnext_and_beats_the_generic_adapter(pm):
     assert ConvNeXtAdapter().claims(model, "test_convnext2")
     resolved = pm.hook.mi_probe_resolve_adapter(model=model, arch="test_convnext2")
     assert isinstance(resolved, ConvNeXtAdapter)
-    # every implementation that answers: ours first, the generic (trylast) one never wins
+    # every implementation that answers: ours first, the trylast blocks and generic
+    # fallbacks never win
     answers = [impl.function(model=model, arch="test_convnext2")
                for impl in reversed(pm.hook.mi_probe_resolve_adapter.get_hookimpls())]
     named = [a.name for a in answers if a is not None]
-    assert named[0] == "convnext" and named[-1] == "generic"
-    # without the plugin the same model gets the generic stage sites
+    assert named[0] == "convnext" and named[-2:] == ["blocks", "generic"]
+    # without the plugin the same model gets the built-in blocks sites, whose modules
+    # are the plugin's (the plugin stays the worked third-party example)
     bare = get_plugin_manager(autoload=False)
-    assert select_adapter(bare, model, "test_convnext2").name == "generic"
+    fallback = select_adapter(bare, model, "test_convnext2")
+    assert fallback.name == "blocks"
+    ours = {r.name: r.module for r in ConvNeXtAdapter().site_refs(model)}
+    theirs = {r.name: r.module for r in fallback.site_refs(model)}
+    assert theirs == ours
     # forced by name; the spec accepts it
     assert select_adapter(pm, model, "test_convnext2", "convnext").name == "convnext"
     assert "convnext" in pm.registry.entries("adapters")
