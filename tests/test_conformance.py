@@ -1,9 +1,11 @@
-"""The estimator conformance harness (``mi_probe.testing.check_estimator``): its truths,
-the contracts it checks, what it records as skipped, and the built-in histogram
-estimator and the ksg / mine / infonce plugins passing it (issue 11, items 1 and 2)."""
+"""The estimator conformance harness (``mi_probe.testing.check_estimator`` and its
+checks, one pytest item each through ``parametrize_with_checks``): its truths, the
+contracts it checks, what it records as skipped, and the built-in histogram estimator and
+the ksg / mine / infonce plugins passing it (issue 11, items 1 and 2)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -14,8 +16,11 @@ from scipy import integrate, stats
 from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.errors import EstimatorError
 from mi_probe.interfaces import LayerMI
-from mi_probe.testing import (check_estimator, closed_form_label_mi, label_problems,
-                              relu_gaussian_mi, relu_shift_label_mi)
+from mi_probe.testing import (ConformanceProblems, check_estimator, closed_form_label_mi,
+                              estimator_checks, label_problems, parametrize_with_checks,
+                              relu_gaussian_mi, relu_shift_label_mi, run_checks,
+                              skipped_checks)
+from mi_probe.testing.estimators import check_relu_shift, check_uniform_shift
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,6 +35,32 @@ def _one_thread():
 
 def histogram() -> HistogramEstimator:
     return HistogramEstimator(HistogramParams())
+
+
+def installed(module: str):
+    """The module, or None when its plugin distribution is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+ksg = installed("mi_probe_ksg")
+neural = installed("mi_probe_mine.plugin")
+#: the plugins' estimators, and the problems whose memoised answers their per-check items
+#: and their report tests share (each estimator is trained or run once per problem)
+KSG = [ksg.KSGEstimator(ksg.KSGParams())] if ksg else []
+KSG_PROBLEMS = ConformanceProblems()
+#: 600 Adam steps at lr 3e-2 (the defaults, 300 steps at 1e-3, are too short for the
+#: uniform shift), 2 channels per problem, n = 16000 (4000 held out)
+NEURAL = ({"mine": neural.MineEstimator(neural.MineParams(steps=600, lr=3e-2)),
+           "infonce": neural.InfoNCEEstimator(neural.InfoNCEParams(steps=600, lr=3e-2))}
+          if neural else {})
+NEURAL_PROBLEMS = ConformanceProblems(n=16000, channels=2)
+
+CHECK_NAMES = ["interface", "label_mi_contract", "independent", "uniform_shift", "relu_shift",
+               "repeatable", "layer_mi_mean", "layer_mi_joint", "layer_mi_unknown", "input_mi",
+               "bias", "describe", "gaussian", "relu_gaussian"]
 
 
 # ---------------------------------------------------------------------- the truths
@@ -111,6 +142,12 @@ def test_label_problems_layout():
 # ------------------------------------------------------------ estimators that pass
 
 
+@parametrize_with_checks([histogram()])
+def test_histogram_check(estimator, check):
+    """Every check on the built-in estimator with its defaults, one item each."""
+    check(estimator)
+
+
 def test_histogram_passes_with_default_arguments():
     """Issue 11 item 2: the built-in estimator with its defaults (20 bins) passes the
     harness with its defaults. The old default problem (m = 10, T on [0, 11]) cut the
@@ -120,12 +157,9 @@ def test_histogram_passes_with_default_arguments():
     Gaussian and ReLU'd Gaussian pairs within 0.043; largest error over seeds 0-2
     0.046. The per-seed error over 50 seeds x 4 channels of the ReLU shift: mean -0.038,
     worst -0.071."""
-    report = check_estimator(histogram())
+    report = check_estimator(histogram())  # the wrapper that runs every check
     assert report.skipped == {}
-    assert report.checked == ["interface", "label_mi_contract", "independent", "uniform_shift",
-                              "relu_shift", "repeatable", "layer_mi_mean", "layer_mi_joint",
-                              "layer_mi_unknown", "input_mi", "bias", "describe", "gaussian",
-                              "relu_gaussian"]
+    assert report.checked == CHECK_NAMES
     assert report.closed_form_truth == pytest.approx(closed_form_label_mi(9))
     assert max(report.errors.values()) < 0.06
     # the histogram's plug-in bias bounds the independent values: (B-1)(K-1)/(2N) = 0.019
@@ -135,28 +169,34 @@ def test_histogram_passes_with_default_arguments():
 def test_histogram_on_ten_classes_shows_the_discretisation_error():
     """Why the default is m = 9: at m = 10 a 20-bin histogram loses 0.15 nats on the
     uniform shift, more than the 0.1 tolerance (what the issue reported)."""
-    with pytest.raises(AssertionError, match=r"uniform shift \(closed form\).*1\.6788"):
+    with pytest.raises(AssertionError, match=r"^conformance check 'uniform_shift' failed: "
+                                             r"uniform shift \(closed form\).*1\.6788"):
         check_estimator(histogram(), num_classes=10)
 
 
+@parametrize_with_checks(KSG, KSG_PROBLEMS)
+def test_ksg_plugin_check(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.skipif(not KSG, reason="mi_probe_ksg is not installed")
 def test_ksg_plugin_passes():
-    ksg = pytest.importorskip("mi_probe_ksg")
-    report = check_estimator(ksg.KSGEstimator(ksg.KSGParams()))
+    report = run_checks(KSG[0], KSG_PROBLEMS)  # reuses test_ksg_plugin_check's answers
     assert report.skipped == {} and "relu_gaussian" in report.checked
     assert max(report.errors.values()) < 0.05  # measured 0.018 at seed 0, 0.035 over 0-4
 
 
+@parametrize_with_checks(NEURAL.values(), NEURAL_PROBLEMS)
+def test_neural_plugin_check(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.skipif(not NEURAL, reason="mi_probe_mine is not installed")
 @pytest.mark.parametrize("kind", ["mine", "infonce"])
 def test_neural_plugins_pass(kind):
-    """600 Adam steps at lr 3e-2 (the defaults, 300 steps at 1e-3, are too short for the
-    uniform shift), 2 channels per problem, n = 16000 (4000 held out). Measured at seed 0:
-    uniform shift error 0.064 for both (lower bounds), every other check <= 0.021."""
-    pytest.importorskip("mi_probe_mine")
-    from mi_probe_mine.plugin import InfoNCEEstimator, InfoNCEParams, MineEstimator, MineParams
-
-    est = (MineEstimator(MineParams(steps=600, lr=3e-2)) if kind == "mine"
-           else InfoNCEEstimator(InfoNCEParams(steps=600, lr=3e-2)))
-    report = check_estimator(est, n=16000, channels=2)
+    """Measured at seed 0: uniform shift error 0.064 for both (lower bounds), every
+    other check <= 0.021."""
+    report = run_checks(NEURAL[kind], NEURAL_PROBLEMS)  # test_neural_plugin_check's answers
     assert report.skipped == {} and report.independent_max < 0.01
 
 
@@ -269,21 +309,93 @@ class KeepsTies(Wrapped):
         return torch.where((acts == 0).double().mean(0) > 0.4, torch.zeros_like(out), out)
 
 
-@pytest.mark.parametrize("broken, message", [
-    (MaxLayer, r"layer_mi\(reduce='mean'\)\.i_ty = .* is not the mean of label_mi"),
-    (Unseeded, r"label_mi is not repeatable"),
-    (AcceptsAnyReduction, r"layer_mi\(reduce='no-such-reduction'\) must raise"),
-    (VagueError, r"must name it; got: bad reduction"),
-    (NotJson, r"describe\(\) must be JSON-able"),
-    (Float32, r"label_mi must return float64 \(nats\), got torch.float32"),
-    (InPlace, r"label_mi modified its input tensors in place"),
-    (XtWithoutInput, r"input_mi is None, so layer_mi\(reduce='mean'\)\.i_xt must be None"),
-    (NegativeBias, r"bias\(4000, 9\) = -0\.01 is not finite and >= 0"),
-    (KeepsTies, r"ReLU shift \(half the values exactly 0\): estimates \[0\.0, 0\.0"),
+@pytest.mark.parametrize("broken, check, message", [
+    (MaxLayer, "layer_mi_mean",
+     r"layer_mi\(reduce='mean'\)\.i_ty = .* is not the mean of label_mi"),
+    (Unseeded, "repeatable", r"label_mi is not repeatable"),
+    (AcceptsAnyReduction, "layer_mi_unknown", r"layer_mi\(reduce='no-such-reduction'\) must raise"),
+    (VagueError, "layer_mi_unknown", r"must name it; got: bad reduction"),
+    (NotJson, "describe", r"describe\(\) must be JSON-able"),
+    (Float32, "label_mi_contract", r"label_mi must return float64 \(nats\), got torch.float32"),
+    (InPlace, "label_mi_contract", r"label_mi modified its input tensors in place"),
+    (XtWithoutInput, "layer_mi_mean",
+     r"input_mi is None, so layer_mi\(reduce='mean'\)\.i_xt must be None"),
+    (NegativeBias, "bias", r"bias\(4000, 9\) = -0\.01 is not finite and >= 0"),
+    (KeepsTies, "relu_shift", r"ReLU shift \(half the values exactly 0\): estimates \[0\.0, 0\.0"),
 ])
-def test_broken_contracts_are_named(broken, message):
-    with pytest.raises(AssertionError, match=message):
+def test_broken_contracts_are_named(broken, check, message):
+    """check_estimator stops at the first failing check and names it."""
+    with pytest.raises(AssertionError, match=rf"^conformance check '{check}' failed: .*{message}"):
         check_estimator(broken())
+
+
+class NegativeMI(Wrapped):
+    def label_mi(self, acts, labels, num_classes):
+        return self.inner.label_mi(acts, labels, num_classes) - 1.0
+
+
+class WrongShape(Wrapped):
+    def label_mi(self, acts, labels, num_classes):
+        return self.inner.label_mi(acts, labels, num_classes)[:-1]
+
+
+@pytest.mark.parametrize("broken, check, message", [
+    (NegativeMI, "label_mi_contract", r"label_mi returned negative values"),
+    (WrongShape, "label_mi_contract", r"label_mi shape \(11,\) != \(12,\)"),
+    (WrongShape, "repeatable", r"label_mi shape \(1,\) != \(2,\)"),
+    (KeepsTies, "relu_shift", r"ReLU shift \(half the values exactly 0\)"),
+])
+def test_a_broken_estimator_fails_the_check_that_it_breaks(broken, check, message):
+    """Run as parametrize_with_checks runs them, one check at a time: the failure names
+    the check, and the checks that do not depend on the broken method still pass."""
+    est = broken()
+    checks = dict(estimator_checks(est))
+    with pytest.raises(AssertionError, match=rf"^conformance check '{check}' failed: {message}"):
+        checks[check](est)
+    for name in ("interface", "bias", "describe"):
+        checks[name](est)
+
+
+def test_parametrize_with_checks_gives_one_item_per_check():
+    """Ids ``<estimator name>-<check name>``; a check that does not apply is an item
+    marked skip with the reason check_estimator records."""
+    est = Wrapped()
+    argnames, params = parametrize_with_checks([est]).mark.args
+    assert argnames == "estimator, check"
+    assert [p.id for p in params] == [f"wrapped-{name}" for name in CHECK_NAMES]
+    assert all(p.values[0] is est and p.values[1].name == p.id.removeprefix("wrapped-")
+               for p in params)
+    skipped = {p.id: p.marks[0].kwargs["reason"] for p in params if p.marks}
+    assert skipped == {"wrapped-gaussian": "the estimator has no pair_mi",
+                       "wrapped-relu_gaussian": "the estimator has no pair_mi"}
+    assert skipped_checks(est) == {"gaussian": "the estimator has no pair_mi",
+                                   "relu_gaussian": "the estimator has no pair_mi"}
+    assert [name for name, _ in estimator_checks(est)] == CHECK_NAMES[:-2]
+    # off the CPU, bitwise repeatability is skipped (and recorded), not checked
+    assert skipped_checks(histogram(), device="meta") == {
+        "repeatable": "bitwise repeatability is only required on CPU, not meta"}
+    with pytest.raises(TypeError, match="not both"):
+        parametrize_with_checks([est], ConformanceProblems(), n=100)
+
+
+def test_checks_share_memoised_answers():
+    """The checks of one ConformanceProblems call each estimator method once per
+    problem, however many checks use the answer and in whatever order; run_checks on the
+    same problems reuses the answers and reports what check_estimator reports."""
+    est, problems = Wrapped(), ConformanceProblems()
+    for _, check in reversed(list(estimator_checks(est, problems))):
+        check(est)
+    # the three label problems, the two tied channels, and those again (repeatability)
+    assert est.calls.count("label_mi") == 3 and est.calls.count("input_mi") == 1
+    calls = len(est.calls)
+    report = run_checks(est, problems)
+    assert [c for c in est.calls[calls:] if c not in ("bias", "describe")] == []
+    assert report == check_estimator(Wrapped())
+
+
+def test_a_check_runs_alone_on_the_default_problems():
+    est = histogram()
+    assert check_uniform_shift(est) < 0.06 and check_relu_shift(est) < 0.06
 
 
 def test_bad_arguments_are_refused():

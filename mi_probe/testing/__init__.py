@@ -1,10 +1,16 @@
-"""Conformance checks for plugin authors (``from mi_probe.testing import check_estimator``)."""
+"""Conformance checks for plugin authors (``from mi_probe.testing import check_estimator``,
+or ``parametrize_with_checks`` for one pytest item per check)."""
 
-from mi_probe.testing.estimators import (ConformanceReport, check_estimator, closed_form_label_mi,
-                                         gaussian_mi, gaussian_pair_sample, independent_channels,
-                                         label_problems, relu_gaussian_mi, relu_shift_label_mi,
-                                         relu_shift_sample, uniform_shift_sample)
+from mi_probe.testing.estimators import (ConformanceProblems, ConformanceReport, NamedCheck,
+                                         check_estimator, closed_form_label_mi,
+                                         estimator_checks, gaussian_mi, gaussian_pair_sample,
+                                         independent_channels, label_problems,
+                                         parametrize_with_checks, relu_gaussian_mi,
+                                         relu_shift_label_mi, relu_shift_sample, run_checks,
+                                         skipped_checks, uniform_shift_sample)
 
-__all__ = ["ConformanceReport", "check_estimator", "closed_form_label_mi", "gaussian_mi",
-           "gaussian_pair_sample", "independent_channels", "label_problems", "relu_gaussian_mi",
-           "relu_shift_label_mi", "relu_shift_sample", "uniform_shift_sample"]
+__all__ = ["ConformanceProblems", "ConformanceReport", "NamedCheck", "check_estimator",
+           "closed_form_label_mi", "estimator_checks", "gaussian_mi", "gaussian_pair_sample",
+           "independent_channels", "label_problems", "parametrize_with_checks",
+           "relu_gaussian_mi", "relu_shift_label_mi", "relu_shift_sample", "run_checks",
+           "skipped_checks", "uniform_shift_sample"]
