@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.functional import masses as M
-from mi_probe.interfaces import Captured, ChecksSpec, Plan, RunContext, Site
+from mi_probe.interfaces import (Captured, ChecksSpec, Diagnoses, Estimator, Plan, Prepares,
+                                 RunContext, Site)
 
 
 def seed_units(ctx: RunContext, **settings: Any) -> Plan:
@@ -29,6 +30,45 @@ def site_row(seed: int, state: str, site: Site) -> dict[str, Any]:
     """The columns every per-site table row starts with."""
     return {"seed": seed, "state": state, "site": site.name, "depth": site.depth,
             "site_kind": site.kind}
+
+
+class PreparedSite:
+    """One site's (N, C) activations bound to an estimator, for asking them several
+    quantities: from one shared state when the estimator ``Prepares`` (the histogram
+    bins them once), else from its per-quantity methods, so an estimator without the
+    ability works unchanged. The answers are the same either way."""
+
+    def __init__(self, estimator: Estimator, acts: torch.Tensor, *, use_state: bool = True):
+        self.estimator, self.acts = estimator, acts
+        #: the estimator's prepared state; None: per-quantity methods
+        self.state = (estimator.prepare(acts)
+                      if use_state and isinstance(estimator, Prepares) else None)
+
+    def label_mi(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Per-channel I(T_c;Y) for ``labels`` (N,); ask as often as needed (nulls)."""
+        if self.state is None:
+            return self.estimator.label_mi(self.acts, labels, num_classes)
+        return self.estimator.label_mi_prepared(self.state, labels, num_classes)
+
+    def input_mi(self) -> torch.Tensor | None:
+        """Per-channel I(X;T_c), or None when the estimator does not estimate it."""
+        if self.state is None:
+            return self.estimator.input_mi(self.acts)
+        return self.estimator.input_mi_prepared(self.state)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The estimator's diagnostics row (``{}`` when it has none)."""
+        if self.state is None:
+            return (self.estimator.diagnostics(self.acts)
+                    if isinstance(self.estimator, Diagnoses) else {})
+        return self.estimator.diagnostics_prepared(self.state)
+
+
+def prepare_site(estimator: Estimator, acts: torch.Tensor, *, use_state: bool = True
+                 ) -> PreparedSite:
+    """``acts`` of one site bound to ``estimator`` (:class:`PreparedSite`); prepared once
+    when it ``Prepares`` and ``use_state`` (False: always the per-quantity methods)."""
+    return PreparedSite(estimator, acts, use_state=use_state)
 
 
 def channel_label_mi(ctx: RunContext, cap: Captured) -> dict[str, torch.Tensor]:
@@ -131,24 +171,32 @@ def _miller_madow_estimator(ctx: RunContext):
 
 def channel_masses(ctx: RunContext, acts: torch.Tensor, labels: torch.Tensor,
                    num_classes: int, kind: str, *, seed: int, purpose: str,
-                   null_draws: int = 5, raw: torch.Tensor | None = None) -> ChannelMasses:
+                   null_draws: int = 5, raw: torch.Tensor | None = None,
+                   prepared: PreparedSite | None = None) -> ChannelMasses:
     """Masses of the channels of ``acts`` (N, C) for ``labels`` (N,) in [0, num_classes).
 
     ``purpose`` names the site (and class, split...) so that the null's label
     permutations are seeded per site and reproducible. ``raw`` may pass an already
-    computed ``ctx.estimator.label_mi`` of the same inputs.
+    computed ``ctx.estimator.label_mi`` of the same inputs, ``prepared`` these ``acts``
+    already bound to ``ctx.estimator`` (:func:`prepare_site`); else they are prepared
+    here when the null asks them several times.
     """
     if kind not in M.MASS_KINDS:
         raise SpecError(f"unknown channel mass {kind!r}; valid: {list(M.MASS_KINDS)}")
     est = ctx.estimator
+    if prepared is not None and (prepared.estimator is not est or prepared.acts is not acts):
+        raise ValueError("channel_masses: prepared must bind these acts to ctx.estimator")
+    if prepared is None and kind != "raw":  # the null asks the same acts null_draws times
+        prepared = prepare_site(est, acts)
     if raw is None:
-        raw = est.label_mi(acts, labels, num_classes)
+        raw = (prepared.label_mi(labels, num_classes) if prepared is not None
+               else est.label_mi(acts, labels, num_classes))
     raw = raw.to(torch.float64)
     if kind == "raw":
         return ChannelMasses(kind, raw, M.clipped(raw))
     n = labels.shape[0]
     null = torch.stack([
-        est.label_mi(acts, labels[torch.randperm(n, generator=ctx.rng(
+        prepared.label_mi(labels[torch.randperm(n, generator=ctx.rng(
             seed, f"mass-null/{purpose}/{d}")).to(labels.device)], num_classes)
         for d in range(null_draws)]).to(torch.float64)
     signal = M.signal_test(raw, null)

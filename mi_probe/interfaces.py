@@ -203,7 +203,8 @@ class Estimator(Protocol):
         """JSON-able facts to store with every result (caps, bins, conventions)."""
 
     # Optional abilities, each a protocol below, checked with isinstance:
-    # PairMI (layer_pairs), Diagnoses (diagnostics.parquet), Binned (cover).
+    # PairMI (layer_pairs), Diagnoses (diagnostics.parquet), Binned (cover),
+    # Prepares (one site's quantities from one shared state).
 
 
 @runtime_checkable
@@ -220,6 +221,33 @@ class Diagnoses(Protocol):
 
     def diagnostics(self, acts: torch.Tensor) -> dict[str, Any]:
         """JSON-able facts about one site's (N, C) activations, one table row."""
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """Estimator ability: do the work shared by every quantity of one site's (N, C)
+    activations once (the histogram: ranges and bin codes), then answer each quantity
+    from that state. ``layer_mi`` asks one site for label MI, input MI, several
+    shuffled-label nulls and diagnostics; ``analysis.prepare_site`` uses this ability when
+    an estimator has it and the per-quantity methods when it does not.
+
+    Each ``*_prepared`` answer must equal its per-quantity method on the prepared
+    ``acts`` (the built-in histogram: bit for bit). The state is opaque to callers,
+    belongs to this estimator and those ``acts``, and is used in one process."""
+
+    def prepare(self, acts: torch.Tensor) -> Any:
+        """The state of one site's (N, C) activations (raises as ``label_mi`` would on
+        activations it refuses)."""
+
+    def label_mi_prepared(self, state: Any, labels: torch.Tensor, num_classes: int
+                          ) -> torch.Tensor:
+        """``label_mi(acts, labels, num_classes)``; called with many label vectors."""
+
+    def input_mi_prepared(self, state: Any) -> torch.Tensor | None:
+        """``input_mi(acts)``."""
+
+    def diagnostics_prepared(self, state: Any) -> dict[str, Any]:
+        """``diagnostics(acts)`` for an estimator that ``Diagnoses``, else ``{}``."""
 
 
 @runtime_checkable

@@ -106,11 +106,13 @@ def _kernels():
         codes = np.empty(m, np.int32)
         for i in range(n):
             bin_row(x[i], c0, m, half, lo, inv, width, slow, bins, codes)
-            for k in range(m):
-                if transposed:
+            if transposed:
+                for k in range(m):
                     out[c0 + k, i] = codes[k]
-                else:
-                    out[i, c0 + k] = codes[k]
+            else:  # the branch outside the loop and unsigned indices: it vectorises
+                row = out[i]
+                for k in range(m):
+                    row[np.uint64(c0 + k)] = codes[k]
 
     @jit
     def label_counts(x, half, lo, inv, width, slow, bins, labels, c0, c1, counts, offset):
@@ -127,6 +129,23 @@ def _kernels():
             base = np.uint64(labels[i] * per_class + (c0 - offset) * bins)
             for k in range(m):
                 flat[base + np.uint64(k * bins + codes[k])] += 1
+
+    @jit
+    def code_label_counts(codes, labels, c0, c1, counts, offset):
+        """:func:`label_counts` from (N, C) codes already binned: counts[y, j − offset,
+        b] += 1 for each sample of class y whose column j (in [c0, c1)) has code b. Reads
+        narrow codes instead of binning floats, so counting one site for several label
+        vectors bins it once."""
+        n = codes.shape[0]
+        m = c1 - c0
+        bins = counts.shape[2]
+        flat = counts.reshape(-1)
+        per_class = counts.shape[1] * bins
+        for i in range(n):
+            row = codes[i]
+            base = np.uint64(labels[i] * per_class + (c0 - offset) * bins)
+            for k in range(m):
+                flat[base + np.uint64(k * bins + row[np.uint64(c0 + k)])] += 1
 
     @jit
     def label_statistics(counts, plogp, mi, h_t, mm, occupied):
@@ -201,7 +220,8 @@ def _kernels():
                     out[s, r] = mi
 
     return SimpleNamespace(column_range=column_range, bin_columns=bin_columns,
-                           label_counts=label_counts, label_statistics=label_statistics,
+                           label_counts=label_counts, code_label_counts=code_label_counts,
+                           label_statistics=label_statistics,
                            column_entropies=column_entropies, pair_rows=pair_rows)
 
 
@@ -276,13 +296,16 @@ class Binning:
         return self.x, self.half, self.lo, self.inv, self.width, self.slow, self.bins
 
 
-def bin_codes(binning: Binning, *, transposed: bool, threads: int = 1) -> np.ndarray:
-    """Codes: (C, N) narrow integers when ``transposed``, else (N, C) int64 (the layout
-    and type of ``bin_uniform``)."""
+def bin_codes(binning: Binning, *, transposed: bool, threads: int = 1,
+              narrow: bool | None = None) -> np.ndarray:
+    """Codes: (C, N) when ``transposed``, else (N, C) (the layout of ``bin_uniform``);
+    of the narrowest unsigned type when ``narrow`` (default: when ``transposed``), else
+    int64 (the type of ``bin_uniform``)."""
     n, c = binning.x.shape
     threads = _threads_for(n * c, threads)
-    out = (np.empty((c, n), code_dtype(binning.bins)) if transposed
-           else np.empty((n, c), np.int64))
+    dtype = code_dtype(binning.bins) if (transposed if narrow is None else narrow) \
+        else np.dtype(np.int64)
+    out = np.empty((c, n) if transposed else (n, c), dtype)
     kernel = _kernels().bin_columns
     _run([lambda a=a, b=b: kernel(*binning.args(), a, b, out, transposed)
           for a, b in _column_chunks(c, threads)], threads,
@@ -303,6 +326,21 @@ def label_counts(binning: Binning, labels: np.ndarray, num_classes: int,
     _run([lambda a=a, b=b: kernel(*binning.args(), labels, start + a, start + b, counts, start)
           for a, b in _column_chunks(stop - start, threads)], threads,
          prime=lambda: kernel(*binning.args(), labels, start, start, counts, start))
+    return counts.transpose(1, 2, 0)
+
+
+def label_counts_from_codes(codes: np.ndarray, bins: int, labels: np.ndarray,
+                            num_classes: int, columns: tuple[int, int] | None = None,
+                            threads: int = 1) -> np.ndarray:
+    """:func:`label_counts` from (N, C) codes in [0, bins) (``bin_codes`` with
+    ``transposed=False``): the same (stop − start, bins, num_classes) int32 counts."""
+    start, stop = columns if columns is not None else (0, codes.shape[1])
+    threads = _threads_for(codes.shape[0] * (stop - start), threads)
+    counts = np.zeros((num_classes, stop - start, bins), np.int32)
+    kernel = _kernels().code_label_counts
+    _run([lambda a=a, b=b: kernel(codes, labels, start + a, start + b, counts, start)
+          for a, b in _column_chunks(stop - start, threads)], threads,
+         prime=lambda: kernel(codes, labels, start, start, counts, start))
     return counts.transpose(1, 2, 0)
 
 
@@ -363,5 +401,7 @@ def warm_up() -> None:
     binning = Binning(x, lo, hi - lo, np.ones(3), 2)
     codes = bin_codes(binning, transposed=True)
     bin_codes(binning, transposed=False)
+    rows = bin_codes(binning, transposed=False, narrow=True)
     label_statistics(label_counts(binning, np.zeros(4, np.int64), 1))
+    label_counts_from_codes(rows, 2, np.zeros(4, np.int64), 1)
     pair_mi(codes, codes, 2, symmetric=True)

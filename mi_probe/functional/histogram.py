@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -104,6 +105,12 @@ def _binning(acts: torch.Tensor, bins: int, quantile: float | None):
     """The numpy input and per-column binning parameters of the CPU kernels
     (:class:`~mi_probe.functional.counting.Binning`): the same float64 values
     :func:`_bin_uniform_torch` uses."""
+    return _binning_and_range(acts, bins, quantile)[0]
+
+
+def _binning_and_range(acts: torch.Tensor, bins: int, quantile: float | None):
+    """:func:`_binning`, and each column's (min, max) and bin range (:func:`bin_range`'s
+    values) as float64 numpy arrays."""
     import numpy as np
 
     from mi_probe.functional import counting
@@ -124,9 +131,11 @@ def _binning(acts: torch.Tensor, bins: int, quantile: float | None):
         lo, hi = q_lo.numpy(), q_hi.numpy()
     with np.errstate(over="ignore"):
         half = np.where(np.isinf(col_max - col_min), 0.5, 1.0)
+    range_lo, range_hi = lo, hi
     lo, hi = lo * half, hi * half
     width = hi - lo
-    return counting.Binning(x, lo, np.where(width <= 0, 1.0, width), half, bins)
+    return (counting.Binning(x, lo, np.where(width <= 0, 1.0, width), half, bins),
+            col_min, col_max, range_lo, range_hi)
 
 
 def bin_uniform(acts: torch.Tensor, bins: int, quantile: float | None = None) -> torch.Tensor:
@@ -160,6 +169,13 @@ def narrow_codes(acts: torch.Tensor, bins: int, quantile: float | None = None):
 def _bin_uniform_torch(acts: torch.Tensor, bins: int, quantile: float | None = None
                        ) -> torch.Tensor:
     """:func:`bin_uniform` in torch ops, on any device (the reference of the kernel)."""
+    return _bin_uniform_torch_and_range(acts, bins, quantile)[0]
+
+
+def _bin_uniform_torch_and_range(acts: torch.Tensor, bins: int, quantile: float | None
+                                 ) -> tuple[torch.Tensor, ...]:
+    """:func:`_bin_uniform_torch`'s codes, and each column's float64 (min, max) and bin
+    range (:func:`bin_range`'s values)."""
     if acts.ndim != 2:
         raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
     if bins < 2:
@@ -169,6 +185,7 @@ def _bin_uniform_torch(acts: torch.Tensor, bins: int, quantile: float | None = N
     col_min, col_max = _checked_min_max(x)
     lo, hi = (col_min, col_max) if quantile is None else _quantile_range(x, col_min, col_max,
                                                                          quantile)
+    range_lo, range_hi = lo, hi
     # Overflow guard (issue 11.4): max − min can exceed the largest double (e.g. ±1e308),
     # giving width = inf and NaN codes. Those columns are halved first; halving is exact,
     # so (x/2 − lo/2) / (hi/2 − lo/2) gives the codes of the exact formula. Every other
@@ -185,7 +202,7 @@ def _bin_uniform_torch(acts: torch.Tensor, bins: int, quantile: float | None = N
     codes = scaled.floor_().clamp_(0, bins - 1).to(torch.int64)
     if constant.any():
         codes[:, constant] = 0
-    return codes
+    return codes, col_min, col_max, range_lo, range_hi
 
 
 def _counts(codes: torch.Tensor, n_symbols: int) -> torch.Tensor:
@@ -277,15 +294,26 @@ def channel_statistics(acts: torch.Tensor, labels: torch.Tensor | None, bins: in
             counts = counting.label_counts(binning, y, num_classes, columns=(sl.start, sl.stop),
                                            threads=_threads())
             parts.append(tuple(map(torch.from_numpy, counting.label_statistics(counts))))
-    else:
-        codes = _bin_uniform_torch(acts, bins, quantile)
-        for sl in _chunks(c, bins * num_classes, max_cells):
-            parts.append(_statistics_of_counts(joint_counts_from_codes(
-                codes[:, sl], labels, bins, num_classes, max_cells)))
+        return _joined(parts, acts.device)
+    return _statistics_of_codes(_bin_uniform_torch(acts, bins, quantile), labels, bins,
+                                num_classes, max_cells)
+
+
+def _joined(parts: list[tuple[torch.Tensor, ...]], device: torch.device) -> ChannelStatistics:
+    """The statistics of chunks of channels, concatenated."""
     if not parts:  # no channels
-        empty = torch.zeros(0, dtype=torch.float64, device=acts.device)
+        empty = torch.zeros(0, dtype=torch.float64, device=device)
         return ChannelStatistics(empty, empty, empty, empty.to(torch.int64))
     return ChannelStatistics(*(torch.cat(column) for column in zip(*parts)))
+
+
+def _statistics_of_codes(codes: torch.Tensor, labels: torch.Tensor, bins: int,
+                         num_classes: int, max_cells: int) -> ChannelStatistics:
+    """:func:`channel_statistics` of (N, C) int64 codes in torch ops (any device)."""
+    parts = [_statistics_of_counts(joint_counts_from_codes(codes[:, sl], labels, bins,
+                                                           num_classes, max_cells))
+             for sl in _chunks(codes.shape[1], bins * num_classes, max_cells)]
+    return _joined(parts, codes.device)
 
 
 def _statistics_of_counts(counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -386,3 +414,122 @@ def edge_fraction(codes: torch.Tensor, bins: int) -> torch.Tensor:
     near 1 mean most samples sit at the extremes (e.g. saturated or sparse channels)."""
     edge = (codes == 0) | (codes == bins - 1)
     return edge.to(torch.float64).mean(dim=0)
+
+
+# ------------------------------------------------------------------- one site, binned once
+
+
+@dataclass
+class BinnedSite:
+    """One site's (N, C) activations binned once (:func:`bin_site`), so that every
+    plug-in quantity of it (label MI for any label vector, entropies, edge bins) is
+    counted from the same codes: equal, bit for bit, to the same function of ``acts``.
+
+    ``codes`` are :func:`bin_uniform`'s, (N, C): a numpy array of the narrowest unsigned
+    type on the CPU counting path, else an int64 tensor on the activations' device.
+    ``lo`` / ``hi`` are :func:`bin_range`'s values; ``col_min`` / ``col_max`` each
+    column's own. The rest caches what the first answer counted.
+    """
+
+    acts: torch.Tensor
+    bins: int
+    quantile: float | None
+    codes: Any
+    col_min: torch.Tensor  #: float64 (C,)
+    col_max: torch.Tensor  #: float64 (C,)
+    lo: torch.Tensor       #: float64 (C,)
+    hi: torch.Tensor       #: float64 (C,)
+    #: (C, bins) int64 bin counts (counting path), from the first count of any labels
+    marginal: Any = None
+    #: the labels=None statistics, once asked for
+    entropies: ChannelStatistics | None = None
+
+    @property
+    def on_kernels(self) -> bool:
+        """Whether the codes are for the compiled counting kernels (a numpy array)."""
+        return not isinstance(self.codes, torch.Tensor)
+
+
+def bin_site(acts: torch.Tensor, bins: int, quantile: float | None = None) -> BinnedSite:
+    """Bin an (N, C) matrix once, as :func:`bin_uniform` does (same errors), keeping its
+    ranges: the prepared state of the histogram estimator."""
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if _use_counting_kernels(acts.device):
+        from mi_probe.functional import counting
+
+        binning, col_min, col_max, lo, hi = _binning_and_range(acts, bins, quantile)
+        codes = counting.bin_codes(binning, transposed=False, narrow=True, threads=_threads())
+        return BinnedSite(acts, bins, quantile, codes,
+                          *(torch.from_numpy(v) for v in (col_min, col_max, lo, hi)))
+    codes, col_min, col_max, lo, hi = _bin_uniform_torch_and_range(acts, bins, quantile)
+    return BinnedSite(acts, bins, quantile, codes, col_min, col_max, lo, hi)
+
+
+def binned_statistics(site: BinnedSite, labels: torch.Tensor | None, num_classes: int = 1,
+                      max_cells: int = DEFAULT_CHUNK_CELLS) -> ChannelStatistics:
+    """:func:`channel_statistics` of ``site.acts`` from its codes (bit for bit the same
+    values, without binning again). ``labels=None`` (entropies only) is counted once and
+    kept; on the CPU it comes from the bin counts of an earlier label count, as H(T_c)
+    and the occupied bins do not depend on the labels."""
+    if labels is None:
+        if site.entropies is None:
+            site.entropies = _binned_entropies(site, max_cells)
+        return site.entropies
+    n, c = site.acts.shape
+    if not site.on_kernels:
+        return _statistics_of_codes(site.codes, labels, site.bins, num_classes, max_cells)
+    import numpy as np
+
+    from mi_probe.functional import counting
+
+    y = _check_labels(labels, n, num_classes, site.acts.device).contiguous().numpy()
+    marginal = np.empty((c, site.bins), np.int64) if site.marginal is None else None
+    parts = []
+    for sl in _chunks(c, site.bins * num_classes, max_cells):
+        counts = counting.label_counts_from_codes(site.codes, site.bins, y, num_classes,
+                                                  columns=(sl.start, sl.stop),
+                                                  threads=_threads())
+        if marginal is not None:
+            marginal[sl] = counts.sum(axis=2)
+        parts.append(tuple(map(torch.from_numpy, counting.label_statistics(counts))))
+    if marginal is not None:
+        site.marginal = marginal
+    return _joined(parts, site.acts.device)
+
+
+def _binned_entropies(site: BinnedSite, max_cells: int) -> ChannelStatistics:
+    n = site.acts.shape[0]
+    if not site.on_kernels:
+        return _statistics_of_codes(site.codes, torch.zeros(n, dtype=torch.int64,
+                                                            device=site.codes.device),
+                                    site.bins, 1, max_cells)
+    if site.marginal is None:  # no labels counted yet: count with one class
+        return binned_statistics(site, torch.zeros(n, dtype=torch.int64), 1, max_cells)
+    import numpy as np
+
+    from mi_probe.functional import counting
+
+    # the kernel's per-channel sums do not depend on chunks: one call over all channels,
+    # on counts laid out as label_counts returns them (one compiled signature)
+    counts = np.ascontiguousarray(site.marginal[None], dtype=np.int32).transpose(1, 2, 0)
+    if counts.shape[0] == 0:
+        return _joined([], site.acts.device)
+    return ChannelStatistics(*map(torch.from_numpy, counting.label_statistics(counts)))
+
+
+def binned_edge_fraction(site: BinnedSite) -> torch.Tensor:
+    """:func:`edge_fraction` of the site's codes: (C,) float64. On the CPU from its bin
+    counts (an exact count over N, as the float64 mean of 0/1 values is)."""
+    if not site.on_kernels:
+        return edge_fraction(site.codes, site.bins)
+    if site.marginal is None:
+        binned_statistics(site, None)
+    edges = torch.from_numpy(site.marginal[:, 0] + site.marginal[:, -1])
+    return edges.to(torch.float64) / site.acts.shape[0]
+
+
+def clipped_fraction(acts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> float:
+    """Share of all values of (N, C) ``acts`` outside their column's [lo, hi]."""
+    x = acts.to(torch.float64)
+    return float(((x < lo) | (x > hi)).double().mean().item())

@@ -136,6 +136,51 @@ class HistogramEstimator:
                 "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
                 "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped}
 
+    # -- interfaces.Prepares: bin a site once, answer every quantity from its codes --
+
+    def prepare(self, acts: torch.Tensor) -> F.BinnedSite:
+        """One site's activations binned once (ranges, codes): the state the
+        ``*_prepared`` methods answer from, each equal bit for bit to its per-quantity
+        method on ``acts``. Valid until ``acts`` changes."""
+        if acts.ndim != 2:
+            raise EstimatorError(f"histogram estimator expects (N, C) activations, "
+                                 f"got shape {tuple(acts.shape)}")
+        try:
+            return F.bin_site(acts, self.bins, self.quantile)
+        except ValueError as exc:  # NaN / ±inf / no samples: the estimator's typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
+    def _prepared_statistics(self, state: F.BinnedSite, labels: torch.Tensor | None,
+                             num_classes: int = 1) -> F.ChannelStatistics:
+        if state.bins != self.bins or state.quantile != self.quantile:
+            raise EstimatorError(f"histogram estimator: state prepared with bins="
+                                 f"{state.bins}, quantile={state.quantile}; this estimator "
+                                 f"has bins={self.bins}, quantile={self.quantile}")
+        try:
+            return F.binned_statistics(state, labels, num_classes, self.params.chunk_cells)
+        except ValueError as exc:  # wrong label shape / range: the estimator's typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
+    def label_mi_prepared(self, state: F.BinnedSite, labels: torch.Tensor,
+                          num_classes: int) -> torch.Tensor:
+        """``label_mi(state.acts, labels, num_classes)``, counted from the prepared codes."""
+        return self._label_mi_of(self._prepared_statistics(state, labels, num_classes))
+
+    def input_mi_prepared(self, state: F.BinnedSite) -> torch.Tensor:
+        """``input_mi(state.acts)``, from the prepared codes (counted once per state)."""
+        return self._input_mi_of(self._prepared_statistics(state, None), state.acts.shape[0])
+
+    def diagnostics_prepared(self, state: F.BinnedSite) -> dict[str, Any]:
+        """``diagnostics(state.acts)``, from the prepared ranges and bin counts."""
+        h = self._prepared_statistics(state, None).entropy
+        cap = math.log(self.bins)
+        clipped = (0.0 if self.quantile is None
+                   else F.clipped_fraction(state.acts, state.lo, state.hi))
+        return {"n_constant": int((state.col_max == state.col_min).sum().item()),
+                "frac_edge_bins": float(F.binned_edge_fraction(state).mean().item()),
+                "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
+                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped}
+
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
         if reduce == "mean":  # one count gives both planes' coordinates

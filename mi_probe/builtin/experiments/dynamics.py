@@ -48,9 +48,10 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mi_probe.analysis import prepare_site
 from mi_probe.errors import RunError, SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Diagnoses, Plan, RunContext, Site, TableSchema, TrainingRequest
+from mi_probe.interfaces import Plan, RunContext, Site, TableSchema, TrainingRequest
 from mi_probe.tables import aggregate_seeds
 from mi_probe.train import derive_seed
 
@@ -345,9 +346,10 @@ class Dynamics:
                     out["sites"][site.name] = {"i_xt": None, "i_ty": None,
                                                "frac_edge_bins": None, "nonfinite": True}
                     continue
-                i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
-                i_xt_c = est.input_mi(acts)
-                diag = est.diagnostics(acts) if isinstance(est, Diagnoses) else {}
+                prepared = prepare_site(est, acts)  # one binning for all three
+                i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
+                i_xt_c = prepared.input_mi()
+                diag = prepared.diagnostics()
                 entry = {"i_ty": _finite(i_ty_c.mean()),
                          "i_xt": _finite(i_xt_c.mean()) if i_xt_c is not None else None,
                          "frac_edge_bins": diag.get("frac_edge_bins")}

@@ -11,7 +11,7 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import seed_units, site_row, unit_seed
+from mi_probe.analysis import prepare_site, seed_units, site_row, unit_seed
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
 from mi_probe.interfaces import Plan, RunContext, TableSchema, TRAINED
@@ -151,9 +151,9 @@ class EstimatorSweep:
                 for (b, r), est in estimators.items():
                     per_site = {}
                     for site in cap.sites:
-                        acts = cap.acts[site.name][idx]
-                        i_ty_c = est.label_mi(acts, labels, ctx.num_classes)
-                        i_xt_c = est.input_mi(acts)
+                        prepared = prepare_site(est, cap.acts[site.name][idx])
+                        i_ty_c = prepared.label_mi(labels, ctx.num_classes)
+                        i_xt_c = prepared.input_mi()  # the histogram: from the same count
                         per_site[site.name] = i_ty_c
                         rows.append({**site_row(seed, state, site), "bins": b, "range": r,
                                      "fraction": fraction, "n_samples": size,

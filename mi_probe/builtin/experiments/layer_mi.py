@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Diagnoses, Plan, RANDOM, RunContext, TableSchema, TRAINED
-from mi_probe.analysis import seed_units, site_row, unit_seed
+from mi_probe.interfaces import Plan, RANDOM, RunContext, TableSchema, TRAINED
+from mi_probe.analysis import prepare_site, seed_units, site_row, unit_seed
 from mi_probe.tables import aggregate_seeds
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
@@ -87,9 +87,12 @@ class LayerMIExperiment:
                 cap.labels.device) for d in range(self.params.null_draws)]
             for site in cap.sites:
                 acts = cap.acts[site.name]
-                i_ty_c = est.label_mi(acts, cap.labels, ctx.num_classes)
-                i_xt_c = est.input_mi(acts)
-                nulls = [est.label_mi(acts, cap.labels[perm], ctx.num_classes) for perm in perms]
+                # every quantity of this site from one state when the estimator Prepares
+                # (the histogram bins it once), else from its per-quantity methods
+                prepared = prepare_site(est, acts)
+                i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
+                i_xt_c = prepared.input_mi()
+                nulls = [prepared.label_mi(cap.labels[perm], ctx.num_classes) for perm in perms]
                 null_c = torch.stack(nulls).mean(0) if nulls else None
                 null_layer = torch.stack([v.mean() for v in nulls]) if nulls else None
                 # every estimator gets the estimator-free facts; one that Diagnoses adds
@@ -97,8 +100,7 @@ class LayerMIExperiment:
                 constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
                 diags.append({**site_row(seed, state, site), "n_samples": n,
                               "channels": site.channels, "log_n": math.log(n),
-                              "n_constant": constant,
-                              **(est.diagnostics(acts) if isinstance(est, Diagnoses) else {})})
+                              "n_constant": constant, **prepared.diagnostics()})
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
