@@ -1,15 +1,15 @@
 """Capture overhead: pooled capture on every site of resnet18 and vgg16 vs plain inference
 over the same batches, one process; and the memory the capture holds.
 
-Candidate: ``mi_probe.capture.capture`` -- the call ``Engine.capture`` makes for
+Candidate: ``mi_probe._core.capture.capture`` -- the call ``Engine.capture`` makes for
 ``layer_mi`` (forward hooks that average-pool each site's output inside the hook, under
 ``torch.no_grad``, model in eval mode, then one ``torch.cat`` per site) -- on every site
 the built-in adapter lists (``sites.include: ["*"]``). Peer: the same loop with no hooks
 (``model(x)`` under ``torch.no_grad``, logits kept). Models come from
-``mi_probe.models.build_model`` (timm, random init, 10 classes; vgg16 with the paper's
+``mi_probe._core.models.build_model`` (timm, random init, 10 classes; vgg16 with the paper's
 head as in specs/paper/layer_mi_vgg16.yaml), sites from the plugin manager's adapter and
 ``resolve_sites``. Both sides iterate the same loader, built like the engine's
-evaluation loader (``mi_probe.data.make_loader``, no shuffle, no workers) over fixed
+evaluation loader (``mi_probe._core.data.make_loader``, no shuffle, no workers) over fixed
 in-memory random images (no decoding or augmentation on either side).
 
 Timing: per thread setting (1 thread, then torch's default), per model, one warm-up of
@@ -64,11 +64,11 @@ sys.path.insert(0, str(ROOT))
 
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from mi_probe.capture import capture  # noqa: E402
-from mi_probe.data import make_loader  # noqa: E402
-from mi_probe.models import build_model  # noqa: E402
-from mi_probe.plugins import get_plugin_manager  # noqa: E402
-from mi_probe.sites import get_module, resolve_sites, select_adapter  # noqa: E402
+from mi_probe._core.capture import capture  # noqa: E402
+from mi_probe._core.data import make_loader  # noqa: E402
+from mi_probe._core.models import build_model  # noqa: E402
+from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
+from mi_probe._core.sites import get_module, resolve_sites, select_adapter  # noqa: E402
 
 #: The head each model gets (vgg16: the paper's, as in specs/paper/layer_mi_vgg16.yaml).
 HEADS = {"vgg16": "paper_vgg"}
@@ -320,8 +320,8 @@ def machine() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                 capture_output=True, text=True, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "mi_probe/capture.py",
-                                "mi_probe/sites"], cwd=ROOT, capture_output=True, text=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "mi_probe/_core/capture.py",
+                                "mi_probe/_core/sites"], cwd=ROOT, capture_output=True, text=True,
                                check=False).stdout.strip()
     except OSError:
         commit, dirty = None, ""

@@ -68,12 +68,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 from mi_probe.builtin.experiments.dynamics import Dynamics, summarise  # noqa: E402
-from mi_probe.data import make_loader  # noqa: E402
-from mi_probe.runner.context import Engine  # noqa: E402
+from mi_probe._core.data import make_loader  # noqa: E402
+from mi_probe._core.runner.context import Engine  # noqa: E402
 from mi_probe.interfaces import Captured  # noqa: E402
-from mi_probe.plugins import get_plugin_manager  # noqa: E402
-from mi_probe.spec import load_spec  # noqa: E402
-from mi_probe.train import evaluate_sums  # noqa: E402
+from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
+from mi_probe._core.spec import load_spec  # noqa: E402
+from mi_probe._core.train import evaluate_sums  # noqa: E402
 from provenance import commit  # noqa: E402  (benchmarks/provenance.py)
 
 #: Imagenette2 (full size) split sizes: the paper specs' data.

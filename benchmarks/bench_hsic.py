@@ -1,7 +1,7 @@
 """Training-step cost of the HSIC regulariser: resnet18 with ``hsic`` on every post-add
 site (8 sites) vs plain cross-entropy, same batches, one process.
 
-A step is forward + loss + backward + SGD step, exactly as ``mi_probe.train`` runs it
+A step is forward + loss + backward + SGD step, exactly as ``mi_probe._core.train`` runs it
 (pooling hooks that keep the graph, ``penalty`` added to the cross-entropy). The two
 variants are timed in interleaved repeats on the same fixed batches (so slow drifts of
 a shared machine hit both), and the reported figure is the median over repeats of the
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from mi_probe.builtin.adapters.resnet import ResNetAdapter  # noqa: E402
 from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer  # noqa: E402
 from mi_probe.builtin.regularizers.nhsic import NHSICParams  # noqa: E402
-from mi_probe.capture import add_pooling_hooks, removing  # noqa: E402
-from mi_probe.models import build_model  # noqa: E402
-from mi_probe.sites import resolve_sites  # noqa: E402
+from mi_probe._core.capture import add_pooling_hooks, removing  # noqa: E402
+from mi_probe._core.models import build_model  # noqa: E402
+from mi_probe._core.sites import resolve_sites  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

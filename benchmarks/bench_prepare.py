@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench_histogram import loadavg, machine_info, make_labels, make_layer  # noqa: E402
 from provenance import commit  # noqa: E402  (benchmarks/provenance.py)
 
-from mi_probe.analysis import prepare_site  # noqa: E402
+from mi_probe._core.analysis import prepare_site  # noqa: E402
 from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams  # noqa: E402
 from mi_probe.functional import counting  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Wall time of a seeds sweep: the local executor vs the Ray executor on this machine.
 
 The same spec (``layer_mi`` on resnet18, digits at 48 px, 2 training epochs, 4 seeds)
-runs end to end through ``mi_probe.runner.driver.run``, from an empty model cache each time:
+runs end to end through ``mi_probe._core.runner.driver.run``, from an empty model cache each time:
 
 * ``local``: the default executor, sequential, torch at its default thread count;
 * ``local-1t``: the same at one torch thread (what each Ray task gets with 1 CPU);
@@ -39,9 +39,9 @@ os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from mi_probe.runner.driver import run  # noqa: E402
-from mi_probe.plugins import get_plugin_manager  # noqa: E402
-from mi_probe.spec import load_spec_text  # noqa: E402
+from mi_probe._core.runner.driver import run  # noqa: E402
+from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
+from mi_probe._core.spec import load_spec_text  # noqa: E402
 
 SPEC = """\
 name: bench_sweep

@@ -151,11 +151,11 @@ def child(args) -> None:
     # The modules whose functions are timed must be imported to be patched; their import
     # time is charged to "import" as it would be anyway.
     from mi_probe import cli, train
-    from mi_probe.runner import context, driver, evaluation, training
+    from mi_probe._core.runner import context, driver, evaluation, training
     from mi_probe.builtin.estimators import histogram
     from mi_probe.builtin.experiments import knockout, semantic_knockout
 
-    from mi_probe import distributed
+    from mi_probe._core import distributed
 
     E = context.Engine
     stages.wrap(training, "cached_training", "training")
@@ -182,7 +182,7 @@ def child(args) -> None:
     stages.wrap(semantic_knockout.SemanticKnockout, "finalize",
                 "other:tables (merge, write, finalize)")
     stages.wrap(driver, "evaluate_checks", "other:checks")
-    from mi_probe import report
+    from mi_probe._core import report
 
     stages.wrap(report, "chart_html", "report:chart html")
     import vl_convert

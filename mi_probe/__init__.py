@@ -16,10 +16,10 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "run": "mi_probe.api", "load_run": "mi_probe.api", "Run": "mi_probe.api",
-    "rerender": "mi_probe.runner.driver",
-    "RunOutcome": "mi_probe.runner.driver", "Engine": "mi_probe.runner.context",
-    "load_spec": "mi_probe.spec",
-    "get_plugin_manager": "mi_probe.plugins",
+    "rerender": "mi_probe._core.runner.driver",
+    "RunOutcome": "mi_probe._core.runner.driver", "Engine": "mi_probe._core.runner.context",
+    "load_spec": "mi_probe._core.spec",
+    "get_plugin_manager": "mi_probe._core.plugins",
     "hookimpl": "mi_probe.hookspecs",
     "Captured": "mi_probe.interfaces", "DataBundle": "mi_probe.interfaces",
     "LayerMI": "mi_probe.interfaces", "Site": "mi_probe.interfaces", "SiteRef": "mi_probe.interfaces",

@@ -40,7 +40,7 @@ def _override_args(overrides: Mapping[str, Any]) -> list[str]:
 def _load_spec(spec: Any, overrides: list[str], pm: Any, profile: str | None) -> Any:
     from pydantic import BaseModel
 
-    from mi_probe.spec import dump_spec, load_spec, load_spec_text
+    from mi_probe._core.spec import dump_spec, load_spec, load_spec_text
 
     looks_like_path = isinstance(spec, Path) or (
         isinstance(spec, str) and "\n" not in spec and not spec.lstrip().startswith("{")
@@ -82,7 +82,7 @@ class Run:
     @property
     def pm(self) -> Any:
         if self._pm is None:
-            from mi_probe.plugins import get_plugin_manager
+            from mi_probe._core.plugins import get_plugin_manager
 
             self._pm = get_plugin_manager()
         return self._pm
@@ -99,14 +99,14 @@ class Run:
 
     @cached_property
     def spec(self) -> Any:
-        from mi_probe.spec import load_spec
+        from mi_probe._core.spec import load_spec
 
         return load_spec(self.path / "spec.yaml", pm=self.pm)
 
     @cached_property
     def tables(self) -> dict[str, Any]:
         """Result tables by name (polars DataFrames)."""
-        from mi_probe.tables import read_tables
+        from mi_probe._core.tables import read_tables
 
         folder = self.path / "tables"
         if not folder.is_dir():
@@ -126,7 +126,7 @@ class Run:
     @cached_property
     def figures(self) -> dict[str, Any]:
         """Altair charts by name, drawn by the run's experiment from its tables."""
-        from mi_probe.runner.rendering import figures_of
+        from mi_probe._core.runner.rendering import figures_of
 
         experiment = self.pm.registry.build("experiments", self.spec.experiment)
         return figures_of(experiment, self.tables)
@@ -148,8 +148,8 @@ def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | Non
     (``seeds=[0]``, ``model__train__epochs=3``); ``overrides`` takes dotted keys. Other
     arguments are those of ``mi-probe run``; ``log`` receives progress lines (default:
     none)."""
-    from mi_probe.plugins import get_plugin_manager
-    from mi_probe.runner.driver import run as run_spec
+    from mi_probe._core.plugins import get_plugin_manager
+    from mi_probe._core.runner.driver import run as run_spec
 
     pm = get_plugin_manager(list(plugins))
     args = _override_args({**(overrides or {}), **kwoverrides})
@@ -164,6 +164,6 @@ def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | Non
 
 def load_run(path: str | Path, *, plugins: Iterable[Any] = ()) -> Run:
     """Reopen a run directory (finished or not) written by ``mi-probe run`` or ``run``."""
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     return Run(Path(path), get_plugin_manager(list(plugins)) if plugins else None)

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                      "$MI_PROBE_CACHE, else the user cache folder, e.g. ~/.cache/mi-probe)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--profile", choices=["tiny"], help="apply a run profile (tiny: small "
-                     "models and data, for smoke tests; see mi_probe/profiles.py)")
+                     "models and data, for smoke tests; see mi_probe/_core/profiles.py)")
     run.add_argument("--strict", action="store_true",
                      help="exit with status 3 when a claim in the spec's checks fails")
     run.add_argument("--executor", metavar="NAME", help="where units run: local (default) or "
@@ -121,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args, pm) -> int:
-    from mi_probe.runner.driver import run
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.driver import run
+    from mi_probe._core.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, pm, profile=args.profile,
                      executor=args.executor)
@@ -141,9 +141,9 @@ def _cmd_run(args, pm) -> int:
 
 
 def _cmd_validate(args, pm) -> int:
-    from mi_probe.analysis import validate_spec
-    from mi_probe.preflight import preflight
-    from mi_probe.spec import load_spec
+    from mi_probe._core.analysis import validate_spec
+    from mi_probe._core.preflight import preflight
+    from mi_probe._core.spec import load_spec
 
     failed = 0
     for path in args.specs:
@@ -199,10 +199,10 @@ def _cmd_check(args, pm) -> int:
 def _cmd_sites(args, pm) -> int:
     import torch
 
-    from mi_probe.models import build_model
-    from mi_probe.sites import resolve_sites, select_adapter
+    from mi_probe._core.models import build_model
+    from mi_probe._core.sites import resolve_sites, select_adapter
 
-    from mi_probe.models import default_input_size
+    from mi_probe._core.models import default_input_size
 
     if args.image_size is not None and args.image_size < 8:
         raise SpecError(f"--image-size must be at least 8 px, got {args.image_size}")
@@ -215,7 +215,7 @@ def _cmd_sites(args, pm) -> int:
         with torch.no_grad():
             model.eval()(probe)
     except Exception as exc:
-        from mi_probe.preflight import describe_failure
+        from mi_probe._core.preflight import describe_failure
 
         raise SiteError(f"{args.arch} cannot run on {size}x{size} px images "
                         f"({describe_failure(exc)}); try another --image-size") from None
@@ -243,7 +243,7 @@ def _cmd_sites(args, pm) -> int:
 def _cmd_plugins(args, pm) -> int:
     """Each plugin (with its distribution's version, or blocked) and what it registered:
     per entry its kind, name and the module that defines its factory."""
-    from mi_probe.plugins import KINDS
+    from mi_probe._core.plugins import KINDS
 
     versions = pm.plugin_versions()
     registry = pm.registry
@@ -268,7 +268,7 @@ def _cmd_plugins(args, pm) -> int:
 
 
 def _cmd_study(args, pm) -> int:
-    from mi_probe.study import run_study, update_readme, write_reproduction
+    from mi_probe._core.study import run_study, update_readme, write_reproduction
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     failures = []
@@ -291,14 +291,14 @@ def _cmd_study(args, pm) -> int:
 
 
 def _cmd_schema(args, pm) -> int:
-    from mi_probe.spec import json_schema
+    from mi_probe._core.spec import json_schema
 
     print(json.dumps(json_schema(pm), indent=2))
     return 0
 
 
 def _cmd_report(args, pm) -> int:
-    from mi_probe.runner.driver import rerender
+    from mi_probe._core.runner.driver import rerender
 
     print(f"report: {rerender(args.run_dir, pm)}")
     return 0
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if pm is None:
-            from mi_probe.plugins import get_plugin_manager
+            from mi_probe._core.plugins import get_plugin_manager
 
             pm = get_plugin_manager(args.plugin)
         return COMMANDS[args.command](args, pm)

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 from mi_probe.functional import counting  # noqa: E402
-from mi_probe.plugins import get_plugin_manager  # noqa: E402
+from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
 
 # pytester's in-process runs restore sys.modules afterwards: numba modules first imported
 # inside one (numba imports parts of itself lazily on its first compile) would be dropped
@@ -101,8 +101,8 @@ def shared_cache(tmp_path_factory):
 def tiny_engine(pm, shared_cache):
     """``make(folder, text)``: an Engine for spec ``text`` written to ``folder``, with the
     shared tiny-model cache (module fixtures of the experiment tests use it)."""
-    from mi_probe.runner.context import Engine
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec
 
     def make(folder: Path, text: str):
         path = folder / "spec.yaml"

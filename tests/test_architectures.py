@@ -14,13 +14,13 @@ import torch
 from mi_probe.builtin.adapters.blocks import BlocksAdapter
 from mi_probe.builtin.adapters.generic import GenericAdapter
 from mi_probe.builtin.adapters.resnet import ResNetAdapter
-from mi_probe.capture import capture
+from mi_probe._core.capture import capture
 from mi_probe.cli import main
 from mi_probe.errors import SiteError, SpecError
-from mi_probe.models import build_model, load_weights, model_meta, save_weights, shared_names
-from mi_probe.preflight import preflight
-from mi_probe.sites import resolve_sites, select_adapter
-from mi_probe.spec import load_spec_text
+from mi_probe._core.models import build_model, load_weights, model_meta, save_weights, shared_names
+from mi_probe._core.preflight import preflight
+from mi_probe._core.sites import resolve_sites, select_adapter
+from mi_probe._core.spec import load_spec_text
 from mi_probe.testing.architectures import check_architecture
 
 K = 4

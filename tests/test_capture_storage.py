@@ -1,4 +1,4 @@
-"""Contract of capture's preallocated per-site storage (mi_probe.capture._Rows): whatever
+"""Contract of capture's preallocated per-site storage (mi_probe._core.capture._Rows): whatever
 the loader (a DataLoader that tells its size, one whose size overestimates the rows, a
 list, a bare generator), the pooled activations equal torch.cat of the per-batch pooled
 copies bit for bit, are float32 (N, C), contiguous, and hold exactly N * C * 4 bytes in
@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mi_probe.capture import _Rows, _size_hints, add_pooling_hooks, capture, removing
+from mi_probe._core.capture import _Rows, _size_hints, add_pooling_hooks, capture, removing
 from mi_probe.errors import SiteError
 from mi_probe.interfaces import Site
-from mi_probe.models import build_model
-from mi_probe.plugins import get_plugin_manager
-from mi_probe.sites import resolve_sites, select_adapter
+from mi_probe._core.models import build_model
+from mi_probe._core.plugins import get_plugin_manager
+from mi_probe._core.sites import resolve_sites, select_adapter
 
 CPU = torch.device("cpu")
 K = 10

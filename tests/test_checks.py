@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 
 from mi_probe import cli
-from mi_probe.checks import BoundCheck, CompareCheck, TrendCheck, evaluate_checks
+from mi_probe._core.checks import BoundCheck, CompareCheck, TrendCheck, evaluate_checks
 from mi_probe.errors import SpecError
-from mi_probe.profiles import apply_profile, tiny_arch
-from mi_probe.spec import load_spec_text
+from mi_probe._core.profiles import apply_profile, tiny_arch
+from mi_probe._core.spec import load_spec_text
 
 # pytester's in-process runs drop modules first imported inside them; torch cannot be
 # imported twice in one process, so everything heavy is imported here first.
@@ -23,10 +23,10 @@ import scipy.stats  # noqa: E402,F401
 import sklearn.model_selection  # noqa: E402,F401
 import vl_convert  # noqa: E402,F401
 
-import mi_probe.runner.driver  # noqa: E402,F401
-import mi_probe.report  # noqa: E402,F401
+import mi_probe._core.runner.driver  # noqa: E402,F401
+import mi_probe._core.report  # noqa: E402,F401
 import mi_probe.testing.stages  # noqa: E402,F401
-from mi_probe.plugins import get_plugin_manager  # noqa: E402
+from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
 
 get_plugin_manager(autoload=False)  # imports every built-in plugin module
 

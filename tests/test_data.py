@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from mi_probe import data
+from mi_probe._core import data
 from mi_probe.builtin.datasets.digits import DigitsParams, DigitsSource
 from mi_probe.builtin.datasets.imagefolder import ImageFolderParams, ImageFolderSource
 from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from mi_probe.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
+from mi_probe._core.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
                                   synchronise_batchnorm)
 from mi_probe.errors import DistributedError
-from mi_probe.models import build_model
+from mi_probe._core.models import build_model
 
 
 @pytest.mark.parametrize("n,batch,world", [(50, 16, 2), (48, 16, 3), (17, 8, 4), (10, 10, 1)])
@@ -114,7 +114,7 @@ def test_cpu_sync_refuses_batch_norm_subclasses_it_cannot_synchronise():
 
 
 def test_torchrun_environment_must_be_complete(monkeypatch):
-    from mi_probe.distributed import init_from_env
+    from mi_probe._core.distributed import init_from_env
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mi_probe import cli
-from mi_probe.plugins import get_plugin_manager
+from mi_probe._core.plugins import get_plugin_manager
 from mi_probe.testing import check_estimator
 
 ROOT = Path(__file__).resolve().parents[1]

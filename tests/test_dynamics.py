@@ -12,8 +12,8 @@ import torch
 from mi_probe import cli
 from mi_probe.builtin.experiments.dynamics import (Dynamics, DynamicsParams, final_sites,
                                                    ls_slope, plateau_epoch, summarise)
-from mi_probe.runner.context import Engine
-from mi_probe.spec import load_spec
+from mi_probe._core.runner.context import Engine
+from mi_probe._core.spec import load_spec
 
 TINY = """\
 name: tiny_dynamics

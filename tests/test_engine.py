@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mi_probe import cli
-from mi_probe.models import build_model, save_weights
+from mi_probe._core.models import build_model, save_weights
 from mi_probe.builtin.experiments.layer_mi import TABLE_SCHEMAS
-from mi_probe.tables import CORE_SCHEMAS
+from mi_probe._core.tables import CORE_SCHEMAS
 
 SITE = ("seed", "state", "site", "depth", "site_kind")
 #: The contract other tools read, written out here so that dropping a column from both
@@ -248,9 +248,9 @@ def test_corrupt_image_is_named(run_cli, tiny_spec_file, tmp_path):
 
 
 def test_evaluations_that_return_sites_refuse_nan_naming_the_site(tiny_spec_file, tmp_path, pm):
-    from mi_probe.runner.context import Engine
+    from mi_probe._core.runner.context import Engine
     from mi_probe.errors import NonFiniteActivationError
-    from mi_probe.spec import load_spec
+    from mi_probe._core.spec import load_spec
 
     path = _nan_weights(tmp_path)
     text = open(tiny_spec_file()).read().replace("weights: train", f"weights: {path}")
@@ -271,7 +271,7 @@ def test_layer_mi_writes_diagnostics_for_a_plugin_estimator_too(tmp_path, monkey
     import polars as pl
 
     from mi_probe import cli
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = get_plugin_manager(["mi_probe_ksg.plugin"], autoload=False)
     spec = tiny_spec_file("")

@@ -126,7 +126,7 @@ class PlantedContext:
         return self.cap
 
     def rng(self, seed, purpose):
-        from mi_probe.train import derive_seed
+        from mi_probe._core.train import derive_seed
 
         return torch.Generator().manual_seed(derive_seed(seed, purpose))
 
@@ -291,8 +291,8 @@ def test_layer_pairs_matrix(run_spec):
 def test_layer_pairs_value_is_the_mean_pair_mi(pm, tiny_spec_file, tmp_path, monkeypatch):
     from conftest import TINY_SPEC
     from mi_probe.builtin.experiments.layer_pairs import LayerPairs, LayerPairsParams
-    from mi_probe.runner.context import Engine
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec
 
     text = TINY_SPEC.replace("weights: train", "weights: random")
     spec = load_spec(tiny_spec_file(text=text), pm=pm)
@@ -344,8 +344,8 @@ def test_estimator_sweep_range_rows_are_the_quantile_estimator(pm, tiny_spec_fil
     captured activations (full evaluation set), and differs from the min/max row."""
     from conftest import TINY_SPEC
     from mi_probe.builtin.experiments.estimator_sweep import EstimatorSweep, EstimatorSweepParams
-    from mi_probe.runner.context import Engine
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec
 
     text = TINY_SPEC.replace("weights: train", "weights: random").replace(
         "bins: 8}", "bins: 8, range_quantile: 0.05}")

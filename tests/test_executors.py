@@ -13,11 +13,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mi_probe.runner.driver import run
-from mi_probe.runner.rundir import spec_hash
+from mi_probe._core.runner.driver import run
+from mi_probe._core.runner.rundir import spec_hash
 from mi_probe.errors import RunError, SpecError, UnitsFailedError
-from mi_probe.plugins import get_plugin_manager
-from mi_probe.spec import load_spec, load_spec_text
+from mi_probe._core.plugins import get_plugin_manager
+from mi_probe._core.spec import load_spec, load_spec_text
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -199,7 +199,7 @@ def test_ray_task_trains_with_ddp_and_refuses_requests_no_node_can_meet(sweep, p
     (model_dir,) = [p for p in (cache / "models").iterdir() if p.is_dir()]  # not the .lock
     assert json.loads((model_dir / "training.json").read_text())["processes"] == 2
     log = (out / "logs" / "train-train_seed=0.log").read_text()
-    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m mi_probe.runner.worker" in log
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m mi_probe._core.runner.worker" in log
     with pytest.raises(RunError, match=r"executor.train asks for 4 CPU\(s\) per unit but the "
                        r"largest node of the Ray cluster has 2; a unit runs on one node"):
         run(spec({"cpus": 4}), plugin_pm, out=folder / "too-big", cache_dir=folder / "c-big",
@@ -261,8 +261,8 @@ def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys):
 
 
 def test_two_requests_for_one_model_train_it_once(pm, tiny_spec_file, tmp_path):
-    from mi_probe.runner.context import Engine
-    from mi_probe.runner.driver import training_stage as _training_stage
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.runner.driver import training_stage as _training_stage
     from mi_probe.interfaces import TrainingRequest
 
     engine = Engine(load_spec(tiny_spec_file(), pm=pm), pm, tmp_path / "cache",

@@ -18,11 +18,11 @@ from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
 from mi_probe.builtin.regularizers.nhsic import NHSICParams
 from mi_probe.functional.hsic import (center, delta_kernel, hsic, median_bandwidth, nhsic,
                                       pairwise_sq_dists, rbf_kernel, rbf_kernel_minus_one)
-from mi_probe.models import build_model
-from mi_probe.sites import resolve_sites
-from mi_probe.spec import TrainSpecBase
-from mi_probe.tables import CORE_SCHEMAS
-from mi_probe.train import train_model
+from mi_probe._core.models import build_model
+from mi_probe._core.sites import resolve_sites
+from mi_probe._core.spec import TrainSpecBase
+from mi_probe._core.tables import CORE_SCHEMAS
+from mi_probe._core.train import train_model
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mi_probe import capture as capture_mod
+from mi_probe._core import capture as capture_mod
 from mi_probe.builtin.interventions.energy import EnergyKnockout, EnergyParams
 from mi_probe.builtin.interventions.knockout import Knockout, KnockoutParams
 from mi_probe.builtin.interventions.perturb import Perturb, PerturbParams
@@ -284,8 +284,8 @@ class Identity:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, pm):
-    from mi_probe.runner.context import Engine
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec
 
     folder = tmp_path_factory.mktemp("iv")
     path = folder / "iv.yaml"

@@ -265,7 +265,7 @@ def test_the_gpu_check_is_ready_to_run(pm):
     import subprocess
     from pathlib import Path
 
-    from mi_probe.spec import load_spec
+    from mi_probe._core.spec import load_spec
 
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run(["bash", "-n", str(root / "benchmarks/gpu_check.sh")]).returncode == 0

@@ -29,10 +29,10 @@ from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramP
 from mi_probe.builtin.interventions.energy import EnergyKnockout, EnergyParams
 from mi_probe.builtin.interventions.knockout import Knockout, KnockoutParams
 from mi_probe.builtin.interventions.shuffle import Shuffle, ShuffleParams
-from mi_probe.capture import capture
+from mi_probe._core.capture import capture
 from mi_probe.functional.selection import descending_order, mass_set, random_set
 from mi_probe.interfaces import SiteRef
-from mi_probe.sites import probe_sites
+from mi_probe._core.sites import probe_sites
 
 SITE = ("seed", "state", "site", "depth", "site_kind")
 #: The contract of ARCHITECTURE.md's table list, written out here (not read from the
@@ -177,10 +177,10 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def planted(workdir, pm):
     """Train test_resnet through the spec path (cached under workdir), plant S, save."""
-    from mi_probe.data import make_loader
-    from mi_probe.runner.context import Engine
-    from mi_probe.models import model_meta, save_weights
-    from mi_probe.spec import load_spec
+    from mi_probe._core.data import make_loader
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.models import model_meta, save_weights
+    from mi_probe._core.spec import load_spec
 
     spec = load_spec(_spec(workdir, "train", "{kind: layer_mi}"), pm=pm)
     engine = Engine(spec, pm, cache_dir=workdir / "cache", log=lambda m: None, progress=False)
@@ -224,7 +224,7 @@ def planted(workdir, pm):
 @pytest.fixture
 def run_cli(workdir, monkeypatch, pm, capsys):
     """Run a spec through the CLI; checks after every unit that no hook is left."""
-    from mi_probe.runner.context import Engine
+    from mi_probe._core.runner.context import Engine
 
     checked = []
     original = Engine.end_unit
@@ -261,8 +261,8 @@ def _contract(run_dir, name):
 
 def _planted_capture(planted, workdir, pm):
     """Evaluation-set activations of the planted model, and the spec's estimator."""
-    from mi_probe.runner.context import Engine
-    from mi_probe.spec import load_spec
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec
 
     spec = load_spec(_spec(workdir, "check", "{kind: layer_mi, states: [trained]}",
                            planted["path"]), pm=pm)
@@ -474,7 +474,7 @@ def test_bad_experiment_fields_are_spec_errors(tmp_path, pm, capsys, experiment,
     import re
 
     from mi_probe.errors import SpecError
-    from mi_probe.spec import load_spec
+    from mi_probe._core.spec import load_spec
 
     path = _spec(tmp_path, "bad", experiment)
     line = path.read_text().splitlines().index(f"experiment: {experiment}") + 1

@@ -17,7 +17,7 @@ import hashlib
 import pytest
 import torch
 
-from mi_probe.analysis import ChannelMassParams, channel_masses, split_halves
+from mi_probe._core.analysis import ChannelMassParams, channel_masses, split_halves
 from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.errors import SpecError
 from mi_probe.functional import concentration as C

@@ -1,4 +1,4 @@
-"""Tests of mi_probe.models: creation, seeding, activation swap, paper VGG head,
+"""Tests of mi_probe._core.models: creation, seeding, activation swap, paper VGG head,
 zero_init_last handling, safetensors weights with JSON metadata, device resolution.
 
 Small timm models only (``test_resnet`` mixes BasicBlock and Bottleneck blocks and has
@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from mi_probe import models
+from mi_probe._core import models
 from mi_probe.errors import CheckpointError, ModelError, UnknownModelError
-from mi_probe.models import (
+from mi_probe._core.models import (
     PaperVGGHead,
     build_model,
     load_weights,
@@ -46,8 +46,8 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 
 def _pre_add_pooled(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pooled outputs of the last norm of every residual branch (the pre_add sites)."""
-    from mi_probe.capture import capture
-    from mi_probe.sites import resolve_sites
+    from mi_probe._core.capture import capture
+    from mi_probe._core.sites import resolve_sites
     from mi_probe.builtin.adapters.resnet import ResNetAdapter
 
     sites = resolve_sites(model, ResNetAdapter(), x[:2], include=["*.pre_add"])

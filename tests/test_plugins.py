@@ -12,11 +12,11 @@ import pytest
 from pydantic import BaseModel
 
 from mi_probe import cli
-from mi_probe.runner.driver import run
+from mi_probe._core.runner.driver import run
 from mi_probe.errors import PluginError, UnknownPluginError
 from mi_probe.hookspecs import hookimpl
-from mi_probe.plugins import BUILTIN_PLUGINS, KINDS, get_plugin_manager
-from mi_probe.spec import load_spec
+from mi_probe._core.plugins import BUILTIN_PLUGINS, KINDS, get_plugin_manager
+from mi_probe._core.spec import load_spec
 
 from conftest import TINY_SPEC
 
@@ -158,7 +158,7 @@ def test_unknown_name_lookup_suggests(pm):
 
 def test_entry_points_are_skipped_when_disabled(monkeypatch):
     calls = []
-    from mi_probe import plugins
+    from mi_probe._core import plugins
 
     monkeypatch.setattr(plugins.MiProbePluginManager, "load_setuptools_entrypoints",
                         lambda self, group: calls.append(group))
@@ -179,7 +179,7 @@ def test_a_builtin_plugin_blocked_by_name_can_be_replaced(tmp_path, monkeypatch,
 
     from mi_probe import cli
     from mi_probe.errors import PluginError
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
     with pytest.raises(PluginError, match="experiment 'layer_mi' is registered twice"):

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 import torch
 
-from mi_probe.analysis import PreparedSite, channel_masses, prepare_site
+from mi_probe._core.analysis import PreparedSite, channel_masses, prepare_site
 from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
 from mi_probe.builtin.experiments import layer_mi as layer_mi_module
 from mi_probe.builtin.experiments.layer_mi import LayerMIExperiment, LayerMIParams

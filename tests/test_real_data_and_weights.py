@@ -11,8 +11,8 @@ from PIL import Image
 
 from mi_probe import cli
 from mi_probe.errors import CheckpointError, DataError, SpecError
-from mi_probe.models import build_model
-from mi_probe.spec import load_spec_text
+from mi_probe._core.models import build_model
+from mi_probe._core.spec import load_spec_text
 
 WNIDS = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
 

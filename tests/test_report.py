@@ -1,4 +1,4 @@
-"""Tests of mi_probe.report: figure files, seed-aggregated charts and the index page."""
+"""Tests of mi_probe._core.report: figure files, seed-aggregated charts and the index page."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from scipy.stats import t as student_t
 
-from mi_probe import report
+from mi_probe._core import report
 from mi_probe.errors import RunError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -423,7 +423,7 @@ def test_report_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mi_probe.report; print('torch' in sys.modules)"
+    code = "import sys, mi_probe._core.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -434,8 +434,8 @@ def test_a_report_plugin_writes_after_index_html(tmp_path, monkeypatch, tiny_spe
     from pathlib import Path
 
     from mi_probe import cli
-    from mi_probe.runner.driver import rerender
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.runner.driver import rerender
+    from mi_probe._core.plugins import get_plugin_manager
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
     monkeypatch.chdir(tmp_path)

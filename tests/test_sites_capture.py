@@ -1,5 +1,5 @@
-"""Tests of site adapters / resolution (mi_probe.sites) and activation capture
-(mi_probe.capture): site lists per family, include/exclude patterns, pooled values
+"""Tests of site adapters / resolution (mi_probe._core.sites) and activation capture
+(mi_probe._core.capture): site lists per family, include/exclude patterns, pooled values
 against a manual computation, the in-place hazard that makes cloning necessary, the
 pre_add/post_add relation, hook removal, non-finite checks, interventions and token
 layouts. Small timm models and tiny inputs only."""
@@ -16,12 +16,12 @@ from torch import nn
 from mi_probe.builtin.adapters.generic import GenericAdapter
 from mi_probe.builtin.adapters.resnet import ResNetAdapter
 from mi_probe.builtin.adapters.vgg import VGGAdapter
-from mi_probe.capture import add_pooling_hooks, capture, check_finite, pooled_copy
+from mi_probe._core.capture import add_pooling_hooks, capture, check_finite, pooled_copy
 from mi_probe.errors import DataError, NonFiniteActivationError, SiteError, UnknownPluginError
 from mi_probe.interfaces import Captured, Site, SiteRef
-from mi_probe.models import build_model
-from mi_probe.plugins import get_plugin_manager
-from mi_probe.sites import filter_refs, get_module, pool, probe_sites, resolve_sites, select_adapter
+from mi_probe._core.models import build_model
+from mi_probe._core.plugins import get_plugin_manager
+from mi_probe._core.sites import filter_refs, get_module, pool, probe_sites, resolve_sites, select_adapter
 
 CPU = torch.device("cpu")
 K = 10
@@ -562,7 +562,7 @@ def test_pooled_copy_never_shares_storage():
 
 
 def test_layout_detection():
-    from mi_probe.sites import _layout
+    from mi_probe._core.sites import _layout
 
     assert _layout(torch.Size([2, 8, 5, 5]), None) == ("nchw", 8)
     assert _layout(torch.Size([2, 5, 5, 8]), 8) == ("nhwc", 8)

@@ -18,7 +18,7 @@ from mi_probe.builtin.adapters.vgg import VGGAdapter
 from mi_probe.builtin.experiments.skip_gain import SkipGain, SkipGainParams
 from mi_probe.errors import SiteError, SpecError
 from mi_probe.functional.concentration import gini
-from mi_probe.models import build_model
+from mi_probe._core.models import build_model
 
 ADAPTERS = {"vgg": VGGAdapter, "resnet": ResNetAdapter, "generic": GenericAdapter}
 

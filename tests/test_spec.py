@@ -9,7 +9,7 @@ import pytest
 
 from mi_probe import cli
 from mi_probe.errors import SpecError
-from mi_probe.spec import apply_overrides, dump_spec, json_schema, load_spec, load_spec_text
+from mi_probe._core.spec import apply_overrides, dump_spec, json_schema, load_spec, load_spec_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_validate_refuses_what_run_would_refuse_before_any_training(tmp_path, ti
     them, and `run` stops before training (no model cache is created)."""
     pytest.importorskip("mi_probe_ksg")
     from mi_probe import cli
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = get_plugin_manager(["mi_probe_ksg.plugin"], autoload=False)
     joint = tiny_spec_file("", name="joint.yaml")

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from mi_probe import cli
-from mi_probe.checks import BoundCheck, CompareCheck, TrendCheck
-from mi_probe.study import FAILS, HOLDS, INCONCLUSIVE, verdict
+from mi_probe._core.checks import BoundCheck, CompareCheck, TrendCheck
+from mi_probe._core.study import FAILS, HOLDS, INCONCLUSIVE, verdict
 
 
 def knockout_rows(effects: dict[int, float], sites=("a", "b")) -> pl.DataFrame:
@@ -125,7 +125,7 @@ def test_study_specs_state_claims_and_share_one_model_block():
 
 
 def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
-    from mi_probe.study import README_BEGIN, README_END, update_readme
+    from mi_probe._core.study import README_BEGIN, README_END, update_readme
 
     folder = tmp_path / "study"
     folder.mkdir()
@@ -138,7 +138,7 @@ def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
                          tmp_path / "runs", pm)
     text = readme.read_text()
     assert "old text" not in text and "; 1 spec(s) without a finished run: a (not run yet)" in text
-    from mi_probe.study import HEADLINE_CLAIMS
+    from mi_probe._core.study import HEADLINE_CLAIMS
 
     assert all(f"- *{name}*: no finished run states it yet" in text for name in HEADLINE_CLAIMS)
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
@@ -237,7 +237,7 @@ def test_explanation_specs_must_name_an_existing_baseline(pm, tmp_path):
     from conftest import TINY_SPEC
 
     from mi_probe.errors import SpecError
-    from mi_probe.study import explanation_files, run_study
+    from mi_probe._core.study import explanation_files, run_study
 
     folder = tmp_path / "study"
     (folder / "explain").mkdir(parents=True)
@@ -321,7 +321,7 @@ def test_duplicate_names_and_smoke_runs_never_touch_the_real_document(pm, tmp_pa
     from conftest import TINY_SPEC
 
     from mi_probe.errors import SpecError
-    from mi_probe.study import run_study
+    from mi_probe._core.study import run_study
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MI_PROBE_CACHE", str(tmp_path / "cache"))
@@ -359,7 +359,7 @@ def test_seeds_without_a_value_are_named_not_dropped():
 def test_known_differences_bear_on_the_claims_they_can_explain():
     from pathlib import Path
 
-    from mi_probe.study import ClaimResult, SpecRecord, known_differences
+    from mi_probe._core.study import ClaimResult, SpecRecord, known_differences
 
     def record(arch):
         r = SpecRecord(Path("x.yaml"), "x", "", Path("runs/x"), status="complete")
@@ -400,7 +400,7 @@ def test_the_headline_claims_are_stated_by_the_study_specs():
 
     import yaml
 
-    from mi_probe.study import HEADLINE_CLAIMS
+    from mi_probe._core.study import HEADLINE_CLAIMS
 
     folder = Path(__file__).resolve().parents[1] / "specs" / "study"
     specs = [yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")]
@@ -419,7 +419,7 @@ def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
 
     import yaml
 
-    from mi_probe.study import explanation_files
+    from mi_probe._core.study import explanation_files
 
     folder = Path(__file__).resolve().parents[1] / "specs" / "study"
     pairs = explanation_files(folder)
@@ -432,7 +432,7 @@ def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
 
 
 def test_the_move_of_an_explanation_is_read_against_the_claims_direction():
-    from mi_probe.study import ClaimResult, _moved
+    from mi_probe._core.study import ClaimResult, _moved
 
     def at(mean):
         return ClaimResult("c", "k", "t", INCONCLUSIVE, "", mean=mean, n=1)

@@ -1,4 +1,4 @@
-"""Tests of mi_probe.tables.aggregate_seeds: per-column n, t-intervals, missing values."""
+"""Tests of mi_probe._core.tables.aggregate_seeds: per-column n, t-intervals, missing values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from mi_probe.errors import RunError
-from mi_probe.tables import aggregate_seeds
+from mi_probe._core.tables import aggregate_seeds
 
 NAN = float("nan")
 

@@ -11,10 +11,10 @@ import torch
 
 from mi_probe.builtin.adapters.resnet import ResNetAdapter
 from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
-from mi_probe.models import build_model
-from mi_probe.sites import resolve_sites
-from mi_probe.spec import TrainSpecBase
-from mi_probe.train import cached_training, train_model
+from mi_probe._core.models import build_model
+from mi_probe._core.sites import resolve_sites
+from mi_probe._core.spec import TrainSpecBase
+from mi_probe._core.train import cached_training, train_model
 
 CPU = torch.device("cpu")
 
@@ -95,8 +95,8 @@ def test_best_weights_are_kept_and_early_stop(data):
     assert result.best_epoch == best["epoch"]
     if result.stopped_early:
         assert epochs[-1] - result.best_epoch == 2
-    from mi_probe.train import evaluate_loss_acc
-    from mi_probe.data import make_loader
+    from mi_probe._core.train import evaluate_loss_acc
+    from mi_probe._core.data import make_loader
 
     _, acc = evaluate_loss_acc(model, make_loader(data.val, 64, shuffle=False), CPU)
     assert acc == pytest.approx(result.best_val_acc)

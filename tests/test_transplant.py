@@ -18,7 +18,7 @@ from mi_probe.builtin.experiments.transplant import (Transplant, TransplantParam
                                                      default_pairs, transplant_channels)
 from mi_probe.errors import SpecError
 from mi_probe.interfaces import Site
-from mi_probe.models import build_model
+from mi_probe._core.models import build_model
 
 TINY = """\
 name: tiny_transplant

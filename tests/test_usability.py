@@ -18,9 +18,9 @@ import torch
 
 from mi_probe import cli
 from mi_probe.errors import DataError, RunError, SpecError
-from mi_probe.runner import driver
-from mi_probe.runner.rundir import RunLock, default_cache_dir
-from mi_probe.spec import load_spec, load_spec_text
+from mi_probe._core.runner import driver
+from mi_probe._core.runner.rundir import RunLock, default_cache_dir
+from mi_probe._core.spec import load_spec, load_spec_text
 
 
 
@@ -100,7 +100,7 @@ def test_run_refuses_before_any_training_or_run_directory(case, pm, tmp_path, ca
 def test_a_claim_about_a_summary_table_is_left_to_the_run(pm, tmp_path, tiny_text):
     text = tiny_text + ("checks:\n  - {name: s, kind: bound, table: summary_layer_mi, "
                         "value: i_ty_mean, min: 0}\n")
-    from mi_probe.preflight import preflight
+    from mi_probe._core.preflight import preflight
 
     preflight(load_spec_text(text, "s.yaml", pm=pm), pm)  # no error
 
@@ -139,7 +139,7 @@ def test_digits_at_1024_px_are_upsampled_per_item(pm):
 
 
 def test_a_data_set_that_cannot_fit_is_refused_with_the_estimate(pm, monkeypatch):
-    from mi_probe import data
+    from mi_probe._core import data
 
     monkeypatch.setattr(data, "available_memory", lambda: 2**30)  # 1 GiB available
     entry = pm.registry.get("datasets", "synthetic")
@@ -243,7 +243,7 @@ def test_a_second_process_waits_for_the_model_another_is_training(tmp_path):
     waits for the generous timeouts."""
     from filelock import FileLock
 
-    from mi_probe.train import model_lock
+    from mi_probe._core.train import model_lock
 
     folder = tmp_path / "models" / "abc"
     folder.parent.mkdir(parents=True)

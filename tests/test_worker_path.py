@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from mi_probe import cli
-from mi_probe.runner import worker
-from mi_probe.runner.context import Engine
-from mi_probe.runner.rundir import unit_dir
-from mi_probe.runner.stages import job_payload
-from mi_probe.spec import load_spec
+from mi_probe._core.runner import worker
+from mi_probe._core.runner.context import Engine
+from mi_probe._core.runner.rundir import unit_dir
+from mi_probe._core.runner.stages import job_payload
+from mi_probe._core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 #: wall-clock columns differ between any two runs

@@ -4,8 +4,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch.utils.data import TensorDataset
 
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import DataBundle
+from mi_probe.plugin import DataBundle, hookimpl
 
 
 class StripesParams(BaseModel, extra="forbid"):

@@ -3,9 +3,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
-from mi_probe.errors import EstimatorError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import LayerMI
+from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
 
 
 class RankBinsParams(BaseModel, extra="forbid"):

@@ -3,7 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class InlineWorkerParams(BaseModel, extra="forbid"):

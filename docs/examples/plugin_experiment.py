@@ -3,10 +3,9 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel
 
-from mi_probe import report
-from mi_probe.analysis import seed_units, site_row, unit_seed
-from mi_probe.hookspecs import hookimpl
-from mi_probe.tables import SITE_COLUMNS, aggregate_seeds
+from mi_probe.plugin import charts
+from mi_probe.plugin import (
+    aggregate_seeds, hookimpl, seed_units, SITE_COLUMNS, site_row, unit_seed)
 
 
 class ScaleParams(BaseModel, extra="forbid"):
@@ -30,7 +29,7 @@ class ActivationScale:
         return {"summary_scale": aggregate_seeds(tables["scale"], ["state", "site"], ["mean_abs"])}
 
     def figures(self, tables):  # drawn from tables alone, so `mi-probe report` can redraw
-        return {"scale_by_depth": report.line(tables["scale"], "depth", "mean_abs", "state")}
+        return {"scale_by_depth": charts.line(tables["scale"], "depth", "mean_abs", "state")}
 
 
 @hookimpl

@@ -2,8 +2,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from mi_probe.hookspecs import hookimpl
-from mi_probe.sites import channel_axis
+from mi_probe.plugin import channel_axis, hookimpl
 
 
 class NegateParams(BaseModel, extra="forbid"):

@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class MaxShareParams(BaseModel, extra="forbid"):

@@ -3,7 +3,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class ActivityL1Params(BaseModel, extra="forbid"):

@@ -5,4 +5,4 @@ own ``mi_probe_register_<KIND>`` hook implementation; it is named
 ``mi_probe.builtin.<KIND>.<NAME>`` and can be blocked with ``-p no:<KIND>.<NAME>``).
 Machinery shared by several entries lives in the module of the main entry or in a
 private ``_name.py`` module of the same folder, which is not a plugin. Every module in
-this package is listed in :data:`mi_probe.plugins.BUILTIN_PLUGINS`."""
+this package is listed in :data:`mi_probe._core.plugins.BUILTIN_PLUGINS`."""

@@ -85,8 +85,8 @@ def _spec(arch: str, size: int, experiment: dict[str, Any], sites: dict[str, Any
 def _pick_size(arch: str, pm: Any) -> int:
     """64 px where the model runs on it, else the smallest size that works."""
     from mi_probe.errors import SpecError
-    from mi_probe.preflight import check_input_size, smallest_working_size, structural_model
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.preflight import check_input_size, smallest_working_size, structural_model
+    from mi_probe._core.spec import load_spec_text
 
     import yaml
 
@@ -106,8 +106,8 @@ def _site_problems(model: torch.nn.Module, sites: list[Any], probe: torch.Tensor
                    num_classes: int) -> list[str]:
     """Sites that are the root, a head module or the logits, or whose capture disagrees
     with the probe (channel count, finiteness)."""
-    from mi_probe.capture import capture, check_logits
-    from mi_probe.sites.trace import head_paths
+    from mi_probe._core.capture import capture, check_logits
+    from mi_probe._core.sites.trace import head_paths
 
     problems = []
     heads = head_paths(model)
@@ -137,9 +137,9 @@ def check_architecture(arch: str, workdir: Path, pm: Any = None,
                        family: str | None = None) -> dict[str, Any]:
     """One row of the conformance table for ``arch`` (never raises: failures are rows)."""
     from mi_probe.api import run as run_spec
-    from mi_probe.models import build_model
-    from mi_probe.plugins import get_plugin_manager
-    from mi_probe.sites import resolve_sites, select_adapter
+    from mi_probe._core.models import build_model
+    from mi_probe._core.plugins import get_plugin_manager
+    from mi_probe._core.sites import resolve_sites, select_adapter
 
     pm = pm or get_plugin_manager()
     row: dict[str, Any] = {"family": family or "", "model": arch, "adapter": "",
@@ -188,7 +188,7 @@ def check_architecture(arch: str, workdir: Path, pm: Any = None,
         if not row["knockout"]:
             row["notes"] = "knockout wrote no finite drop"
     except Exception as exc:  # a failure of any step is a row with the reason
-        from mi_probe.preflight import describe_failure
+        from mi_probe._core.preflight import describe_failure
 
         row["notes"] = f"{step}: {describe_failure(exc)}"
         row["traceback"] = traceback.format_exc(limit=4)
@@ -202,7 +202,7 @@ def sweep(workdir: Path, families: Iterable[str] | None = None, extra: Iterable[
     """Rows for the smallest model of every timm family (or of ``families``), then the
     ``extra`` architectures. Rows are appended to ``workdir/rows.jsonl`` as they finish,
     and a rerun skips the architectures already there (an interrupted sweep resumes)."""
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def _session_dirs(config) -> tuple[Path, Path]:
 def _plugin_manager(config):
     pm = getattr(config, "_mi_probe_pm", None)
     if pm is None:
-        from mi_probe.plugins import get_plugin_manager
+        from mi_probe._core.plugins import get_plugin_manager
 
         pm = get_plugin_manager()
         config._mi_probe_pm = pm

@@ -41,7 +41,7 @@ def looks_like_spec(path: Path) -> bool:
 
 
 def stage_validate(state: SpecState, pm: Any, profile: str | None) -> str:
-    from mi_probe.spec import load_spec
+    from mi_probe._core.spec import load_spec
 
     state.spec = load_spec(state.path, pm=pm, profile=profile)
     return f"{state.spec.experiment.kind} on {state.spec.model.arch}"
@@ -50,8 +50,8 @@ def stage_validate(state: SpecState, pm: Any, profile: str | None) -> str:
 def stage_sites(state: SpecState, pm: Any) -> str:
     import torch
 
-    from mi_probe.models import build_model
-    from mi_probe.sites import resolve_sites, select_adapter
+    from mi_probe._core.models import build_model
+    from mi_probe._core.sites import resolve_sites, select_adapter
 
     spec = state.spec
     m = spec.model
@@ -70,7 +70,7 @@ def stage_sites(state: SpecState, pm: Any) -> str:
 
 
 def stage_run(state: SpecState, pm: Any, out: Path, cache_dir: Path) -> str:
-    from mi_probe.runner.driver import run
+    from mi_probe._core.runner.driver import run
 
     state.outcome = run(state.spec, pm, out=out, cache_dir=cache_dir, progress=False,
                         log=lambda _m: None)

@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from mi_probe.builtin.adapters.resnet import ResNetAdapter
 from mi_probe.builtin.datasets.synthetic import SyntheticParams, SyntheticSource
 from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
-from mi_probe.distributed import init_from_env
+from mi_probe._core.distributed import init_from_env
 from mi_probe.interfaces import DataBundle
-from mi_probe.models import build_model
-from mi_probe.sites import resolve_sites
-from mi_probe.spec import TrainSpecBase
-from mi_probe.train import train_model
+from mi_probe._core.models import build_model
+from mi_probe._core.sites import resolve_sites
+from mi_probe._core.spec import TrainSpecBase
+from mi_probe._core.train import train_model
 
 
 class Float64(torch.utils.data.Dataset):

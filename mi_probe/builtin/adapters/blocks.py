@@ -1,5 +1,5 @@
 """Built-in adapter ``blocks``: named block sites for any timm model, found from the
-model's own structure by one traced forward pass (``mi_probe.sites.trace``).
+model's own structure by one traced forward pass (``mi_probe._core.sites.trace``).
 
 Sites, in forward order:
 
@@ -28,10 +28,8 @@ from torch import nn
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
 from mi_probe.builtin.adapters._params import _params
-from mi_probe.errors import SiteError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import SiteRef
-from mi_probe.sites.trace import BlockTrace, Unit, probe_for, trace_blocks
+from mi_probe.plugin import (
+    BlockTrace, hookimpl, probe_for, SiteError, SiteRef, trace_blocks, Unit)
 
 
 class BlocksAdapter:

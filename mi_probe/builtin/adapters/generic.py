@@ -11,10 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from mi_probe.builtin.adapters._params import _params
-from mi_probe.errors import SiteError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import SiteRef
-from mi_probe.sites.trace import head_paths
+from mi_probe.plugin import head_paths, hookimpl, SiteError, SiteRef
 
 
 class GenericAdapter:

@@ -15,8 +15,7 @@ from torch import nn
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
 from mi_probe.builtin.adapters._params import _params
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import SiteRef
+from mi_probe.plugin import hookimpl, SiteRef
 
 
 def _residual_tail(block: nn.Module) -> str:
@@ -142,7 +141,7 @@ class ResNetAdapter:
         hook on the residual branch's last module (the ``pre_add`` site's module) returns
         residual + (gain − 1) · x; the block's own ``x += shortcut`` then adds x once
         more. ``gain = 1`` leaves every number unchanged (adds exactly 0)."""
-        from mi_probe.errors import SiteError
+        from mi_probe.plugin import SiteError
 
         try:
             block = model.get_submodule(block_path)

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from mi_probe.builtin.adapters._params import _params
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import SiteRef
+from mi_probe.plugin import hookimpl, SiteRef
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
 

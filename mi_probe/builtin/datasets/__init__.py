@@ -1,3 +1,3 @@
 """Built-in data sources, one plugin module per registered source name (``digits``,
 ``imagefolder``, ``synthetic``); the datasets, transforms and loaders they share live in
-:mod:`mi_probe.data`."""
+:mod:`mi_probe._core.data`."""

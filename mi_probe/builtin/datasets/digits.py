@@ -1,5 +1,5 @@
 """Built-in data source ``digits``: scikit-learn's bundled 8x8 handwritten digits,
-split stratified and upsampled per item (helpers and conventions: :mod:`mi_probe.data`)."""
+split stratified and upsampled per item (helpers and conventions: :mod:`mi_probe._core.data`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.data import CropScale, UpsampledGrayDataset, _tensor_train_transform
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import DataBundle, Register
+from mi_probe.plugin import (
+    CropScale, DataBundle, hookimpl, Register, tensor_train_transform, UpsampledGrayDataset)
 
 
 class DigitsParams(BaseModel):
@@ -56,7 +55,7 @@ class DigitsSource:
         raw = torch.from_numpy(np.asarray(digits.images, dtype=np.float32) / 16.0)
         y = torch.from_numpy(labels)
         val = UpsampledGrayDataset(raw[val_idx], y[val_idx], p.image_size)
-        transform = (_tensor_train_transform(p.image_size, p.crop_scale, p.hflip,
+        transform = (tensor_train_transform(p.image_size, p.crop_scale, p.hflip,
                                              normalise=True) if p.augment else None)
         train = UpsampledGrayDataset(raw[train_idx], y[train_idx], p.image_size, transform)
         return DataBundle(train=train, val=val, classes=[str(i) for i in range(10)],

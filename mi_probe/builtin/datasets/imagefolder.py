@@ -1,5 +1,5 @@
 """Built-in data source ``imagefolder``: images in the Imagenette2 folder layout, read
-lazily and decoded on access (helpers and conventions: :mod:`mi_probe.data`)."""
+lazily and decoded on access (helpers and conventions: :mod:`mi_probe._core.data`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.data import (EVAL_CROP_PCT, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD,
-                           CropScale, ImageFileDataset, load_rgb)
-from mi_probe.errors import DataError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import DataBundle, Register
+from mi_probe.plugin import (
+    CropScale, DataBundle, DataError, EVAL_CROP_PCT, hookimpl, IMAGE_EXTENSIONS,
+    ImageFileDataset, IMAGENET_MEAN, IMAGENET_STD, load_rgb, Register)
 
 
 class ImageFolderParams(BaseModel):

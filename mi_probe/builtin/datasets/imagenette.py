@@ -13,9 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from mi_probe.builtin.datasets.imagefolder import ImageFolderParams, ImageFolderSource
-from mi_probe.errors import DataError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Register
+from mi_probe.plugin import DataError, hookimpl, Register
 
 #: torchvision's size names and the folder each extracts to under ``root``
 SIZES = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}

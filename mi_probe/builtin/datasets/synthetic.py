@@ -1,5 +1,5 @@
 """Built-in data source ``synthetic``: generated images with planted class structure,
-for tests (helpers and conventions: :mod:`mi_probe.data`)."""
+for tests (helpers and conventions: :mod:`mi_probe._core.data`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.data import (CropScale, TensorImageDataset, _tensor_train_transform,
-                           check_fits_in_memory)
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import DataBundle, Register
+from mi_probe.plugin import (
+    check_fits_in_memory, CropScale, DataBundle, hookimpl, Register, tensor_train_transform,
+    TensorImageDataset)
 
 
 class SyntheticParams(BaseModel):
@@ -71,7 +70,7 @@ class SyntheticSource:
         train_seed, val_seed = (int(s) for s in torch.randint(0, 2**62, (2,), generator=gen))
         x_train, y_train = self._split(templates, p.n_train, train_seed)
         x_val, y_val = self._split(templates, p.n_val, val_seed)
-        transform = (_tensor_train_transform(p.image_size, p.crop_scale, p.hflip,
+        transform = (tensor_train_transform(p.image_size, p.crop_scale, p.hflip,
                                              normalise=False) if p.augment else None)
         return DataBundle(
             train=TensorImageDataset(x_train, y_train, transform),

@@ -8,10 +8,8 @@ from typing import Any, Literal, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.errors import EstimatorError
+from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
 from mi_probe.functional import histogram as F
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import LayerMI
 
 
 class HistogramParams(BaseModel):

@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import StageJobs
+from mi_probe.plugin import hookimpl, StageJobs
 
 
 class LocalParams(BaseModel):

@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mi_probe.errors import RunError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import StageJobs
+from mi_probe.plugin import hookimpl, RunError, StageJobs
 
 
 class Resources(BaseModel):

@@ -11,12 +11,10 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from pydantic import ConfigDict, Field
 
-from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, site_row, unit_seed
-from mi_probe.errors import SpecError
+from mi_probe.plugin import (
+    aggregate_seeds, channel_masses, ChannelMassParams, hookimpl, Plan, RANDOM, RunContext,
+    seed_units, SITE_COLUMNS, site_row, SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.functional import concentration as C
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RANDOM, RunContext, TableSchema, TRAINED
-from mi_probe.tables import SITE_COLUMNS, aggregate_seeds
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
 
@@ -151,22 +149,22 @@ class ConcentrationExperiment:
     def figures(self, tables):
         import altair as alt
 
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         conc = tables["concentration"]
         first_k = conc["top_k"].min()
         one_k = conc.filter(pl.col("top_k") == first_k)
         figs = {
-            "gini_by_depth": report.by_depth(
+            "gini_by_depth": charts.by_depth(
                 _raw_vs_corrected(one_k, "gini"), "gini", color="state", facet="masses",
                 title="Gini of per-channel label-MI mass by depth: raw plug-in vs "
                       "bias-corrected (missing where no channel beats the null)",
                 y_title="Gini"),
-            "norm_entropy_by_depth": report.by_depth(
+            "norm_entropy_by_depth": charts.by_depth(
                 _raw_vs_corrected(one_k, "norm_entropy"), "norm_entropy", color="state",
                 facet="masses", title="Normalised entropy of channel mass: raw vs corrected",
                 y_title="H(p) / log C"),
-            "top_k_share_by_depth": report.by_depth(conc, "top_k_share", color="state",
+            "top_k_share_by_depth": charts.by_depth(conc, "top_k_share", color="state",
                                                     facet="top_k",
                                                     title="Top-k% share of label MI mass "
                                                     f"({conc['mass_kind'][0]} masses)",
@@ -177,7 +175,7 @@ class ConcentrationExperiment:
             long = delta.unpivot(index=["seed", "site", "depth", "site_kind"],
                                  on=["delta_gini", "delta_norm_entropy", "delta_top_k_share"],
                                  variable_name="metric", value_name="delta").drop_nulls("delta")
-            figs["delta_by_depth"] = report.by_depth(long.with_columns(state=pl.col("metric")),
+            figs["delta_by_depth"] = charts.by_depth(long.with_columns(state=pl.col("metric")),
                                                      "delta", color="state",
                                                      title="Trained − random, by depth",
                                                      y_title="trained − random")

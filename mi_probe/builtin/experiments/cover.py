@@ -18,17 +18,15 @@ from typing import Literal
 
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from mi_probe.analysis import (ChannelMassParams, check_mass_levels, mean_over_draws,
-                               seed_units, site_masses, site_row, unit_seed)
+from mi_probe.plugin import (
+    ChannelMassParams, check_mass_levels, hookimpl, mean_over_draws, PairMI, Plan, RunContext,
+    seed_units, site_masses, site_row, SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
 from mi_probe.functional.selection import MASS_SLACK, mass_set, random_set
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import PairMI, Plan, RunContext, TableSchema, TRAINED
-from mi_probe.errors import SpecError
 
 SETS = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
@@ -204,7 +202,7 @@ class CoverExperiment:
     KEYS = ["site", "depth", "site_kind", "q", "set"]
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         frame = tables.get("cover")
         if frame is None or frame.height == 0:
@@ -218,19 +216,19 @@ class CoverExperiment:
                                                       ["drop", "mass"])}
 
     def figures(self, tables):
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         frame = tables.get("cover")
         if frame is None or frame.height == 0:
             return {}
         per_seed = mean_over_draws(frame, ["seed", "site", "depth", "site_kind", "q", "set"],
                                    ["drop"])
-        figs = {"cover_drop_by_depth": report.by_depth(
+        figs = {"cover_drop_by_depth": charts.by_depth(
             per_seed, "drop", color="set", facet="q" if frame["q"].n_unique() > 1 else None,
             title="Accuracy drop: minimal MI cover vs redundant MI-matched vs random sets",
             y_title="accuracy drop")}
         by_q = mean_over_draws(frame, ["seed", "q", "set"], ["drop"])
-        figs["cover_drop_vs_q"] = report.line(
+        figs["cover_drop_vs_q"] = charts.line(
             by_q, x="q", y="drop", color="set", title="Accuracy drop vs cover level q "
             "(mean over sites)", y_title="accuracy drop")
         return figs

@@ -48,12 +48,9 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import prepare_site
-from mi_probe.errors import RunError, SpecError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, Site, TableSchema, TrainingRequest
-from mi_probe.tables import aggregate_seeds
-from mi_probe.train import derive_seed
+from mi_probe.plugin import (
+    aggregate_seeds, derive_seed, hookimpl, Plan, prepare_site, RunContext, RunError, Site,
+    SpecError, TableSchema, TrainingRequest)
 
 #: Version of what the tracker records (part of the model cache key). 2: frac_edge_bins.
 TRACK_VERSION = 2
@@ -444,13 +441,13 @@ class Dynamics:
         return out
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         figs: dict[str, Any] = {}
         summary = tables.get("dynamics_summary")
         if summary is not None and summary.height:
             points = summary.with_columns(model=pl.col("arch") + " / " + pl.col("act"))
-            figs["accuracy_vs_delta_i_xt"] = report.scatter(
+            figs["accuracy_vs_delta_i_xt"] = charts.scatter(
                 points.drop_nulls("delta_i_xt"), x="delta_i_xt", y="best_val_acc",
                 color="model", tooltip=("seed", "act", "arch", "best_epoch"),
                 title="Best validation accuracy vs ΔI(X;T) (init → best epoch, final sites)",
@@ -463,18 +460,18 @@ class Dynamics:
         edge = [pl.col("frac_edge_bins").mean()] if "frac_edge_bins" in final.columns else []
         per_seed = final.group_by(["seed", "act", "epoch"]).agg(
             pl.col("i_xt").mean(), pl.col("i_ty").mean(), pl.col("val_acc").first(), *edge)
-        figs["i_xt_vs_epoch"] = report.line(
+        figs["i_xt_vs_epoch"] = charts.line(
             per_seed.drop_nulls("i_xt"), x="epoch", y="i_xt", color="act",
             title="I(X;T) = H(binned T) while training, mean over the final sites",
             y_title="I(X;T) [nats]")
-        figs["i_ty_vs_epoch"] = report.line(
+        figs["i_ty_vs_epoch"] = charts.line(
             per_seed.drop_nulls("i_ty"), x="epoch", y="i_ty", color="act",
             title="I(T;Y) while training, mean over the final sites", y_title="I(T;Y) [nats]")
-        figs["val_acc_vs_epoch"] = report.line(per_seed, x="epoch", y="val_acc", color="act",
+        figs["val_acc_vs_epoch"] = charts.line(per_seed, x="epoch", y="val_acc", color="act",
                                                title="Validation accuracy while training",
                                                y_title="validation accuracy")
         if edge and per_seed["frac_edge_bins"].drop_nulls().len():
-            figs["frac_edge_bins_vs_epoch"] = report.line(
+            figs["frac_edge_bins_vs_epoch"] = charts.line(
                 per_seed.drop_nulls("frac_edge_bins"), x="epoch", y="frac_edge_bins",
                 color="act", y_title="share of samples in a first or last bin",
                 title="Edge-bin share while training, mean over the final sites (high: the "
@@ -482,7 +479,7 @@ class Dynamics:
         figs["information_plane"] = _information_plane(frame)
         slopes = tables.get("dynamics_slopes")
         if slopes is not None and slopes.height and slopes["slope_i_xt"].drop_nulls().len():
-            figs["post_plateau_slope_by_depth"] = report.by_depth(
+            figs["post_plateau_slope_by_depth"] = charts.by_depth(
                 slopes.drop_nulls("slope_i_xt"), "slope_i_xt", color="act",
                 title="Post-plateau slope of I(X;T) by depth",
                 y_title="dI(X;T)/d epoch [nats/epoch]")

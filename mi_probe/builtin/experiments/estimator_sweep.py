@@ -11,10 +11,9 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.analysis import prepare_site, seed_units, site_row, unit_seed
-from mi_probe.errors import SpecError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, TableSchema, TRAINED
+from mi_probe.plugin import (
+    hookimpl, Plan, prepare_site, RunContext, seed_units, site_row, SpecError, TableSchema,
+    TRAINED, unit_seed)
 
 BinRange = Literal["minmax", "quantile"]
 
@@ -181,7 +180,7 @@ class EstimatorSweep:
                     "range": pl.Utf8})}
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         agree = _with_range(tables["estimator_sweep_agreement"])
         return {"summary_estimator_sweep_agreement": aggregate_seeds(
@@ -190,7 +189,7 @@ class EstimatorSweep:
             ["layer_rank_spearman", "channel_rank_spearman"])}
 
     def figures(self, tables):
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         sweep = _with_range(tables["estimator_sweep"])
         p = self.params
@@ -206,12 +205,12 @@ class EstimatorSweep:
         range_note = f", {ref_range} range" if ref_range else ""
         # one panel (or heatmap) per state: trained and random values are never averaged
         figs = {
-            "sweep_i_ty_by_bins": report.by_depth(by_bins, "i_ty", color="series",
+            "sweep_i_ty_by_bins": charts.by_depth(by_bins, "i_ty", color="series",
                                                   facet="state",
                                                   title=f"I(T;Y) by depth for each bin "
                                                         f"count{range_note}",
                                                   y_title="I(T;Y) [nats]"),
-            "sweep_i_ty_by_samples": report.by_depth(by_frac, "i_ty", color="series",
+            "sweep_i_ty_by_samples": charts.by_depth(by_frac, "i_ty", color="series",
                                                      facet="state",
                                                      title=f"I(T;Y) by depth for each sample "
                                                            f"size ({p.reference_bins} bins"
@@ -225,13 +224,13 @@ class EstimatorSweep:
             for value, name in (("i_xt", "I(X;T)"), ("i_ty", "I(T;Y)")):
                 part = by_range.drop_nulls(value)
                 if part.height:
-                    figs[f"sweep_{value}_by_range"] = report.by_depth(
+                    figs[f"sweep_{value}_by_range"] = charts.by_depth(
                         part, value, color="range", facet="state",
                         y_title=f"{name} [nats]",
                         title=f"{name} by depth, min/max vs quantile-clipped bin range "
                               f"({p.reference_bins} bins)")
         for state in agree["state"].unique().sort():
-            figs[f"sweep_layer_rank_agreement_{state}"] = report.heatmap(
+            figs[f"sweep_layer_rank_agreement_{state}"] = charts.heatmap(
                 agree.filter(pl.col("state") == state), x="bins", y="fraction",
                 value="layer_rank_spearman", value_title="Spearman vs reference",
                 title=f"Rank agreement of layers with the reference setting, {state}"

@@ -11,13 +11,11 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mi_probe.analysis import seed_units, unit_seed
+from mi_probe.plugin import (
+    aggregate_seeds, hookimpl, Plan, RunContext, seed_units, SpecError, TableSchema,
+    TrainingRequest, unit_seed)
 from mi_probe.builtin.regularizers.hsic import HSICParams
 from mi_probe.builtin.regularizers.nhsic import NHSICParams
-from mi_probe.errors import SpecError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, TableSchema, TrainingRequest
-from mi_probe.tables import aggregate_seeds
 
 _OWN_PARAMS = {"hsic": HSICParams, "nhsic": NHSICParams}
 
@@ -147,22 +145,22 @@ class HSICCompare:
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
         import altair as alt
 
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         figs: dict[str, Any] = {}
         train = tables.get("training")
         if train is not None and train.height:
             acc = train.drop_nulls("val_acc")
-            figs["hsic_val_acc"] = report.line(
+            figs["hsic_val_acc"] = charts.line(
                 acc, x="epoch", y="val_acc", color="regularizer",
                 title="Validation accuracy: CE vs CE + HSIC (mean, 95% CI over seeds)",
                 y_title="validation accuracy")
-            figs["hsic_val_loss"] = report.line(
+            figs["hsic_val_loss"] = charts.line(
                 train.drop_nulls("val_loss"), x="epoch", y="val_loss", color="regularizer",
                 title="Validation loss (cross-entropy) per epoch", y_title="validation CE")
             trained = train.drop_nulls("train_loss")
             if trained.height:
-                figs["hsic_train_loss"] = report.line(
+                figs["hsic_train_loss"] = charts.line(
                     trained, x="epoch", y="train_loss", color="regularizer",
                     title="Training cross-entropy per epoch (regulariser term excluded)",
                     y_title="training CE")

@@ -14,11 +14,9 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.errors import SpecError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RANDOM, RunContext, TableSchema, TRAINED
-from mi_probe.analysis import prepare_site, seed_units, site_row, unit_seed
-from mi_probe.tables import aggregate_seeds
+from mi_probe.plugin import (
+    aggregate_seeds, hookimpl, Plan, prepare_site, RANDOM, RunContext, seed_units, site_row,
+    SpecError, TableSchema, TRAINED, unit_seed)
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
 
@@ -145,7 +143,7 @@ class LayerMIExperiment:
         return out
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         layer = tables["layer_mi"]
         series = layer.select("seed", "state", "site", "depth", "site_kind", "i_ty")
@@ -154,7 +152,7 @@ class LayerMIExperiment:
                                 pl.col("i_ty_null").alias("i_ty")).with_columns(
                 state=pl.col("state") + " (shuffled labels)")
             series = pl.concat([series, null])
-        i_ty = report.by_depth(series, "i_ty", color="state",
+        i_ty = charts.by_depth(series, "i_ty", color="state",
                                title="Label information by depth, I(T;Y) (dashed: plug-in bias)",
                                y_title="I(T;Y) [nats]")
         if "i_ty_bias" in layer.columns and layer["i_ty_bias"].max():
@@ -167,13 +165,13 @@ class LayerMIExperiment:
             i_ty = alt.layer(i_ty, rule)
         figs = {
             "layer_i_ty": i_ty,
-            "layer_i_xt": report.by_depth(layer, "i_xt", color="state",
+            "layer_i_xt": charts.by_depth(layer, "i_xt", color="state",
                                           title="Input information by depth, I(X;T) = H(T)",
                                           y_title="I(X;T) [nats]"),
         }
         summary = tables.get("summary_layer_mi")
         if summary is not None:
-            figs["information_plane"] = report.scatter(
+            figs["information_plane"] = charts.scatter(
                 summary, x="i_xt_mean", y="i_ty_mean", color="state",
                 title="Information plane (mean over seeds)", tooltip=("site", "depth"),
                 x_title="I(X;T) [nats], mean over seeds",

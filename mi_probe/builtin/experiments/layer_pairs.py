@@ -13,11 +13,10 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.analysis import seed_units, site_row, unit_seed
-from mi_probe.errors import SpecError
+from mi_probe.plugin import (
+    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, site_row, SpecError, TableSchema,
+    TRAINED, unit_seed)
 from mi_probe.functional.histogram import plugin_bias
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import PairMI, Plan, RANDOM, RunContext, TableSchema, TRAINED
 
 
 class LayerPairsParams(BaseModel):
@@ -128,7 +127,7 @@ class LayerPairs:
         return {"layer_pairs": pl.DataFrame(rows, schema_overrides=floats)}
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         frame = tables["layer_pairs"]
         values = ["mi"] + (["mi_null", "mi_excess"] if _has_null(frame) else [])
@@ -159,7 +158,7 @@ class LayerPairs:
         return lines
 
     def figures(self, tables):
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         frame = tables["layer_pairs"]
         order = frame.select("site", "depth").unique().sort("depth")["site"].to_list()
@@ -169,24 +168,24 @@ class LayerPairs:
             part = frame.filter(pl.col("state") == state)
             floor = (f"row-permuted null (plug-in floor): mean {part['mi_null'].mean():.3f} nats"
                      if has_null else "no null computed (null_draws: 0)")
-            figs[f"layer_pairs_{state}"] = report.heatmap(
+            figs[f"layer_pairs_{state}"] = charts.heatmap(
                 part, x="site_b", y="site", value="mi", value_title="I(T_l;T_m) [nats]",
                 x_sort=order, y_sort=order, title=f"Layer–layer MI, {state} (mean pair MI)",
                 subtitle=[floor, *PAIRS_CANNOT])
             if has_null:
-                figs[f"layer_pairs_excess_{state}"] = report.heatmap(
+                figs[f"layer_pairs_excess_{state}"] = charts.heatmap(
                     part, x="site_b", y="site", value="mi_excess",
                     value_title="MI − null [nats]", x_sort=order, y_sort=order,
                     title=f"Layer–layer MI above the row-permuted null, {state}",
                     subtitle=[*PAIRS_CAN, *PAIRS_CANNOT])
         delta = tables.get("layer_pairs_delta")
         if delta is not None:
-            figs["layer_pairs_delta"] = report.heatmap(
+            figs["layer_pairs_delta"] = charts.heatmap(
                 delta, x="site_b", y="site", value="delta_mi",
                 value_title="trained − random [nats]", x_sort=order, y_sort=order,
                 title="Layer–layer MI, trained − random", subtitle=list(PAIRS_CANNOT))
             if has_null and "delta_mi_excess" in delta.columns:
-                figs["layer_pairs_delta_excess"] = report.heatmap(
+                figs["layer_pairs_delta_excess"] = charts.heatmap(
                     delta, x="site_b", y="site", value="delta_mi_excess",
                     value_title="trained − random [nats]", x_sort=order, y_sort=order,
                     title="Layer–layer MI above the null, trained − random",

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mi_probe.builtin.experiments.knockout import InterventionSweep, _SweepParams
-from mi_probe.hookspecs import hookimpl
+from mi_probe.builtin.experiments._sweep import InterventionSweep, SweepParams
+from mi_probe.plugin import hookimpl
 
 
-class PerturbExpParams(_SweepParams):
+class PerturbExpParams(SweepParams):
     """Add Gaussian noise (alpha channel standard deviations) to the chosen channels."""
 
     kind: Literal["perturb"] = "perturb"

@@ -11,18 +11,16 @@ from typing import Literal
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
-from mi_probe.analysis import (channel_masses, check_mass_levels, mean_over_draws, seed_units,
-                               site_row, unit_seed)
-from mi_probe.builtin.experiments.knockout import (_FitParams, _mean, _rows, fit_plans,
+from mi_probe.plugin import (
+    channel_masses, check_mass_levels, hookimpl, mean_over_draws, Plan, RunContext, seed_units,
+    site_row, SpecError, TableSchema, TRAINED, unit_seed)
+from mi_probe.builtin.experiments._sweep import (FitParams, mean_of, rows_at, fit_plans,
                                                   selection_columns)
-from mi_probe.errors import SpecError
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.selection import bottom_set, mass_set, select
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Plan, RunContext, TableSchema, TRAINED
 
 
-class SemanticKnockoutParams(_FitParams):
+class SemanticKnockoutParams(FitParams):
     """Class-conditional ("semantic") knockouts (paper Fig. 6, App. B)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -87,7 +85,7 @@ class SemanticKnockout:
                     continue
                 for fit, part, choose, score in plans:
                     tag = "" if choose is None else f"/half{part}"
-                    masses = channel_masses(ctx, _rows(acts, choose), _rows(in_k.long(), choose),
+                    masses = channel_masses(ctx, rows_at(acts, choose), rows_at(in_k.long(), choose),
                                             2, self.params.mass, seed=seed,
                                             purpose=f"{state}/{site.name}/class{k}{tag}",
                                             null_draws=self.params.mass_null_draws)
@@ -98,12 +96,12 @@ class SemanticKnockout:
                         continue
                     v = masses.values
                     p = mass(v)
-                    score_k, score_other = _rows(in_k, score), _rows(~in_k, score)
+                    score_k, score_other = rows_at(in_k, score), rows_at(~in_k, score)
                     if not score_k.any():
                         continue  # a class too small to appear in this scoring half
-                    scored0 = _rows(correct0, score)
-                    base_k = _mean(scored0[score_k])
-                    other_before = _mean(scored0[score_other])
+                    scored0 = rows_at(correct0, score)
+                    base_k = mean_of(scored0[score_k])
+                    other_before = mean_of(scored0[score_other])
                     for q in self.params.q:
                         top = mass_set(v, q)
                         if top.numel() == 0:
@@ -117,8 +115,8 @@ class SemanticKnockout:
                                 channels = select(v, q, selection, gen, size=top.numel())
                                 iv = ctx.plugin("interventions", iv_name)
                                 result = ctx.evaluate(model, [(site, iv, channels)])
-                                correct = _rows(result.logits.argmax(1) == result.labels, score)
-                                class_acc = _mean(correct[score_k])
+                                correct = rows_at(result.logits.argmax(1) == result.labels, score)
+                                class_acc = mean_of(correct[score_k])
                                 rows.append({
                                     **site_row(seed, state, site), **fit_cols, "class": k,
                                     "class_name": ctx.class_names[k], "q": q,
@@ -129,14 +127,14 @@ class SemanticKnockout:
                                     "class_accuracy": class_acc,
                                     "baseline_class_accuracy": base_k,
                                     "drop": base_k - class_acc,
-                                    "other_classes_change": _mean(correct[score_other]) - other_before})
+                                    "other_classes_change": mean_of(correct[score_other]) - other_before})
         out = {"semantic_knockout_site_masses": pl.DataFrame(mass_rows)}
         if rows:  # none when no (site, class) beats the null: the site-masses table says so
             out["semantic_knockout"] = pl.DataFrame(rows)
         return out
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         frame = tables.get("semantic_knockout")
         if frame is None or frame.height == 0:
@@ -154,7 +152,7 @@ class SemanticKnockout:
     def figures(self, tables):
         import altair as alt
 
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         frame = tables.get("semantic_knockout")
         if frame is None or frame.height == 0:
@@ -166,11 +164,11 @@ class SemanticKnockout:
         per_obs = mean_over_draws(frame, keys, ["drop", "other_classes_change"])
         per_seed = mean_over_draws(per_obs, ["seed", "q", "selection"],
                                    ["drop", "other_classes_change"])
-        figs = {"semantic_drop_vs_q": report.line(
+        figs = {"semantic_drop_vs_q": charts.line(
             per_seed, x="q", y="drop", color="selection",
             title=f"Class-k accuracy drop vs class MI mass q ({fit}; mean over classes and "
                   "sites within a seed, interval over seeds)", y_title="class-k accuracy drop"),
-            "semantic_other_classes_vs_q": report.line(
+            "semantic_other_classes_vs_q": charts.line(
             per_seed, x="q", y="other_classes_change", color="selection",
             title=f"Accuracy change on the other classes ({fit})", y_title="accuracy change")}
         q_max = frame["q"].max()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mi_probe.builtin.experiments.knockout import InterventionSweep, _SweepParams
-from mi_probe.hookspecs import hookimpl
+from mi_probe.builtin.experiments._sweep import InterventionSweep, SweepParams
+from mi_probe.plugin import hookimpl
 
 
-class ShuffleExpParams(_SweepParams):
+class ShuffleExpParams(SweepParams):
     """Shuffle the chosen channels across evaluation samples."""
 
     kind: Literal["shuffle"] = "shuffle"

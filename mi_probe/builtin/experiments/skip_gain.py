@@ -30,14 +30,12 @@ from typing import Literal
 
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from mi_probe.analysis import ChannelMassParams, channel_masses, seed_units, unit_seed
-from mi_probe.errors import SpecError
+from mi_probe.plugin import (
+    channel_masses, ChannelMassParams, HasSkipGainHooks, hookimpl, Plan, RANDOM, RunContext,
+    seed_units, Site, SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.functional.concentration import gini, top_k_share
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import (HasSkipGainHooks, Plan, RANDOM, RunContext, Site,
-                                 TableSchema, TRAINED)
 
 
 class SkipGainParams(ChannelMassParams):
@@ -213,7 +211,7 @@ class SkipGain:
                     c: pl.Float64 for c in ("post_gini", "post_top_k_share")})}
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         out = {}
         conc = tables.get("skip_concentration")
@@ -231,18 +229,18 @@ class SkipGain:
         return out
 
     def figures(self, tables):
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         figs = {}
         frame = tables.get("skip_gain")
         if frame is not None and frame.height:
-            figs["skip_gain_accuracy"] = report.line(
+            figs["skip_gain_accuracy"] = charts.line(
                 frame, x="gain", y="accuracy", color="block",
                 title="Accuracy vs skip gain g (block computes act(residual + g·shortcut))",
                 x_title="skip gain g", y_title="accuracy")
             with_gini = frame.drop_nulls("post_gini")
         if frame is not None and frame.height and with_gini.height:
-            figs["skip_gain_post_gini"] = report.line(
+            figs["skip_gain_post_gini"] = charts.line(
                 with_gini, x="gain", y="post_gini", color="block",
                 title="Post-add Gini of I(T_c;Y) vs skip gain g", x_title="skip gain g",
                 y_title="post-add Gini")
@@ -254,7 +252,7 @@ class SkipGain:
                                 value_name="gini").drop_nulls("gini").with_columns(
                 site=pl.col("block"), depth=pl.col("block_index"),
                 where=pl.col("where").str.replace("_gini", "_add"))
-            figs["skip_pre_post_gini"] = report.by_depth(
+            figs["skip_pre_post_gini"] = charts.by_depth(
                 long, "gini", color="where",
                 title="Gini of per-channel I(T_c;Y): residual branch (pre-add) vs block output "
                       "(post-add)", y_title="Gini", x_title="block (0-based, forward order)")

@@ -16,17 +16,15 @@ from typing import Literal
 
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
-from mi_probe.analysis import (ChannelMassParams, check_mass_levels, mean_over_draws,
-                               site_masses, site_row)
-from mi_probe.errors import RunError, SpecError
+from mi_probe.plugin import (
+    ChannelMassParams, check_mass_levels, HasProducers, hookimpl, mean_over_draws, Plan,
+    RunContext, RunError, Site, site_masses, site_row, SpecError, TableSchema, TRAINED)
 from mi_probe.functional.concentration import mass
 from mi_probe.functional.masses import set_overlap
 from mi_probe.functional.selection import bottom_set, mass_set, select
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import HasProducers, Plan, RunContext, Site, TableSchema, TRAINED
 
 #: Per-channel tensors copied for each producer role.
 ROLE_TENSORS = {"conv": ("weight", "bias"),
@@ -214,7 +212,7 @@ class Transplant:
     KEYS = ["site", "depth", "site_kind", "q", "selection"]
 
     def finalize(self, ctx, tables):
-        from mi_probe.tables import aggregate_seeds
+        from mi_probe.plugin import aggregate_seeds
 
         frame = tables.get("transplant")
         if frame is None or frame.height == 0:
@@ -231,14 +229,14 @@ class Transplant:
                                                            count_name="n_pairs")}
 
     def figures(self, tables):
-        from mi_probe import report
+        from mi_probe.plugin import charts
 
         frame = tables.get("transplant")
         if frame is None or frame.height == 0:
             return {}
         frame = frame.with_columns(pair=pl.format("{}->{}", "donor_seed", "seed"))
         per_pair = mean_over_draws(frame, ["pair", "q", "selection"], ["change"])
-        figs = {"transplant_change_vs_q": report.line(
+        figs = {"transplant_change_vs_q": charts.line(
             per_pair, x="q", y="change", color="selection", replicate="pair",
             title="Recipient accuracy change after transplanting donor channels "
                   "(mean over sites; CI over donor→recipient pairs)",
@@ -247,7 +245,7 @@ class Transplant:
         by_site = mean_over_draws(frame.filter(pl.col("q") == q_max),
                                   ["pair", "site", "depth", "site_kind", "selection"],
                                   ["change"])
-        figs["transplant_change_by_depth"] = report.by_depth(
+        figs["transplant_change_by_depth"] = charts.by_depth(
             by_site, "change", color="selection", replicate="pair",
             title=f"Accuracy change by depth at q = {q_max:g}", y_title="accuracy change")
         return figs

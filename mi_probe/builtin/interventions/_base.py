@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mi_probe.interfaces import Site
-from mi_probe.sites import channel_axis
+from mi_probe.plugin import channel_axis, Site
 
 
 class _Params(BaseModel):

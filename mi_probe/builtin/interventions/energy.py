@@ -9,8 +9,7 @@ import torch
 
 from mi_probe.builtin.interventions._base import _Params
 from mi_probe.builtin.interventions.knockout import Knockout
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Site
+from mi_probe.plugin import hookimpl, Site
 
 
 class EnergyParams(_Params):

@@ -7,9 +7,7 @@ from typing import Literal
 import torch
 
 from mi_probe.builtin.interventions._base import _Base, _Params
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import Site
-from mi_probe.sites import channel_axis
+from mi_probe.plugin import channel_axis, hookimpl, Site
 
 
 class KnockoutParams(_Params):

@@ -9,9 +9,7 @@ import torch
 from pydantic import Field
 
 from mi_probe.builtin.interventions._base import _Base, _Params, _move_channels_last
-from mi_probe.errors import EstimatorError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.sites import channel_axis
+from mi_probe.plugin import channel_axis, EstimatorError, hookimpl
 
 
 class PerturbParams(_Params):

@@ -8,9 +8,7 @@ from typing import Literal
 import torch
 
 from mi_probe.builtin.interventions._base import _Base, _Params
-from mi_probe.errors import EstimatorError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.sites import channel_axis
+from mi_probe.plugin import channel_axis, EstimatorError, hookimpl
 
 
 class ShuffleParams(_Params):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from mi_probe.functional import concentration as C
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class GiniParams(BaseModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.builtin.metrics.gini import Gini
 from mi_probe.functional import concentration as C
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class TopKShareParams(BaseModel):

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.functional.hsic import delta_kernel, hsic, nhsic, rbf_kernel_minus_one
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class HSICParams(BaseModel):

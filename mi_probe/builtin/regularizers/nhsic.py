@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from mi_probe.builtin.regularizers.hsic import HSICParams, HSICRegularizer
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 
 class NHSICParams(HSICParams):

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mi_probe.interfaces import SiteRef
+from mi_probe.plugin import SiteRef
 
 
 class ConvNeXtAdapter:

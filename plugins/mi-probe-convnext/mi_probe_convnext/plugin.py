@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mi_probe.hookspecs import hookimpl
+from mi_probe.plugin import hookimpl
 
 from mi_probe_convnext.adapter import ConvNeXtAdapter
 from mi_probe_convnext.variants import register_layer_scale_variants

@@ -1,7 +1,6 @@
 from typing import Literal
 from pydantic import BaseModel, ConfigDict
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import SiteRef
+from mi_probe.plugin import SiteRef, hookimpl
 
 class ConvNeXtAdapter:
     """timm ConvNeXt: the stem, then per block the residual branch as it is added

@@ -25,10 +25,10 @@ import pytest
 import torch
 from torch import nn
 
-from mi_probe.capture import capture
-from mi_probe.models import build_model
-from mi_probe.plugins import get_plugin_manager
-from mi_probe.sites import resolve_sites, select_adapter
+from mi_probe._core.capture import capture
+from mi_probe._core.models import build_model
+from mi_probe._core.plugins import get_plugin_manager
+from mi_probe._core.sites import resolve_sites, select_adapter
 
 from mi_probe_convnext import ConvNeXtAdapter, set_layer_scale
 from mi_probe_convnext.variants import SUFFIX, base_architectures
@@ -351,8 +351,8 @@ def spec_text(arch="test_convnext2", cache=2048, experiment="{kind: layer_mi}", 
 
 
 def run_spec(pm, tmp_path, name, text):
-    from mi_probe.runner.driver import run
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.runner.driver import run
+    from mi_probe._core.spec import load_spec_text
 
     spec = load_spec_text(text, "x.yaml", pm=pm)
     outcome = run(spec, pm, out=tmp_path / name, cache_dir=tmp_path / "cache",
@@ -378,7 +378,7 @@ def test_layer_mi_end_to_end(pm, tmp_path):
 
 def test_spec_can_force_the_adapter(pm, tmp_path):
     from mi_probe.errors import SpecError
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.spec import load_spec_text
 
     text = spec_text() + "sites: {adapter: convnext, include: ['*.pre_add']}\n"
     assert load_spec_text(text, "x.yaml", pm=pm).sites.adapter == "convnext"
@@ -465,7 +465,7 @@ def test_plugin_imports_no_engine():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('mi_probe.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert set(json.loads(out.stdout)) <= {"mi_probe.errors", "mi_probe.hookspecs",
-                                           "mi_probe.interfaces"}
+                                           "mi_probe.interfaces", "mi_probe.plugin"}
 
 
 def _installed() -> bool:

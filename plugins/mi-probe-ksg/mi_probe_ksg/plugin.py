@@ -13,9 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.errors import EstimatorError
-from mi_probe.hookspecs import hookimpl
-from mi_probe.interfaces import LayerMI
+from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
 
 from mi_probe_ksg import ksg as K
 

@@ -423,7 +423,7 @@ report: {formats: [html]}
 
 @pytest.fixture
 def pm(monkeypatch):
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     monkeypatch.delenv("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("MI_PROBE_PLUGINS", raising=False)
@@ -431,7 +431,7 @@ def pm(monkeypatch):
 
 
 def test_entry_point_discovery_and_spec_validation(pm):
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.spec import load_spec_text
 
     entry = pm.registry.entries("estimators")["ksg"]
     assert entry.factory is KSGEstimator and entry.params_model is KSGParams
@@ -446,8 +446,8 @@ def test_entry_point_discovery_and_spec_validation(pm):
 def test_engine_run_end_to_end(pm, tmp_path):
     import polars as pl
 
-    from mi_probe.runner.driver import run
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.runner.driver import run
+    from mi_probe._core.spec import load_spec_text
 
     spec = load_spec_text(KSG_SPEC, "x.yaml", pm=pm)
     outcome = run(spec, pm, out=tmp_path / "r", cache_dir=tmp_path / "c", progress=False,

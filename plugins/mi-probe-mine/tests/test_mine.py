@@ -334,8 +334,8 @@ SPEC = textwrap.dedent("""\
 
 def test_entry_point_discovery(monkeypatch):
     """The installed distribution registers both estimators through its entry point."""
-    from mi_probe.plugins import get_plugin_manager
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.plugins import get_plugin_manager
+    from mi_probe._core.spec import load_spec_text
 
     monkeypatch.delenv("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("MI_PROBE_PLUGINS", raising=False)
@@ -364,4 +364,5 @@ def test_plugin_imports_no_engine():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('mi_probe.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
-    assert loaded <= {"mi_probe.errors", "mi_probe.hookspecs", "mi_probe.interfaces"}, loaded
+    assert loaded <= {"mi_probe.errors", "mi_probe.hookspecs", "mi_probe.interfaces",
+                      "mi_probe.plugin"}, loaded

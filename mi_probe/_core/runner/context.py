@@ -13,16 +13,16 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from mi_probe import capture as capture_mod
-from mi_probe.data import make_loader
+from mi_probe._core import capture as capture_mod
+from mi_probe._core.data import make_loader
 from mi_probe.errors import DataError, SpecError
 from mi_probe.interfaces import Captured, Intervention, Site, TrainingRequest
-from mi_probe.models import resolve_device
-from mi_probe.runner.evaluation import Evaluator
-from mi_probe.runner.rundir import resolve_cache_dir
-from mi_probe.runner.training import ModelStore
-from mi_probe.sites import resolve_sites, select_adapter
-from mi_probe.train import derive_seed
+from mi_probe._core.models import resolve_device
+from mi_probe._core.runner.evaluation import Evaluator
+from mi_probe._core.runner.rundir import resolve_cache_dir
+from mi_probe._core.runner.training import ModelStore
+from mi_probe._core.sites import resolve_sites, select_adapter
+from mi_probe._core.train import derive_seed
 
 
 class Engine:
@@ -37,7 +37,7 @@ class Engine:
         self.log = log
         self.show_progress = progress
         self.cache_dir = resolve_cache_dir(cache_dir)
-        from mi_probe.distributed import rank_device
+        from mi_probe._core.distributed import rank_device
 
         self.device = rank_device(dist_ctx, resolve_device(spec.device))
         self.warnings: list[str] = []

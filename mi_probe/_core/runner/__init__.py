@@ -25,7 +25,7 @@ __all__ = ["RunOutcome", "rerender", "run"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from mi_probe.runner import driver
+        from mi_probe._core.runner import driver
 
         return getattr(driver, name)
-    raise AttributeError(f"module 'mi_probe.runner' has no attribute {name!r}")
+    raise AttributeError(f"module 'mi_probe._core.runner' has no attribute {name!r}")

@@ -170,7 +170,7 @@ class ImageFileDataset(Dataset):
         return self.transform(load_rgb(path)), label
 
 
-def _tensor_train_transform(image_size: int, crop_scale: tuple[float, float], hflip: bool,
+def tensor_train_transform(image_size: int, crop_scale: tuple[float, float], hflip: bool,
                             normalise: bool) -> "v2.Compose":
     from torchvision.transforms import v2  # torchvision costs ~1 s to import: only when used
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from mi_probe.errors import DataError, ModelError, NonFiniteActivationError, SiteError
 from mi_probe.interfaces import Captured, Intervention, Site
-from mi_probe.sites import get_module, pool, replace_output, site_output
+from mi_probe._core.sites import get_module, pool, replace_output, site_output
 
 
 def _first(output):

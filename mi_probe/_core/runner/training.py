@@ -15,10 +15,10 @@ from torch import nn
 
 from mi_probe.errors import RunError, SpecError
 from mi_probe.interfaces import RANDOM, TRAINED, DeclaresTrainings, TrainingRequest
-from mi_probe.models import build_model, load_weights, model_meta
-from mi_probe.sites import resolve_sites
-from mi_probe.spec import pretrained_tag
-from mi_probe.train import cache_key, cached_training
+from mi_probe._core.models import build_model, load_weights, model_meta
+from mi_probe._core.sites import resolve_sites
+from mi_probe._core.spec import pretrained_tag
+from mi_probe._core.train import cache_key, cached_training
 
 
 class ModelStore:

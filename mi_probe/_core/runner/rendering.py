@@ -46,7 +46,7 @@ def render(run_dir: Path, experiment: Any, tables: dict, meta: dict, notes: list
 
 def figures_of(experiment: Any, tables: Mapping[str, pl.DataFrame]) -> dict[str, Any]:
     """The experiment's charts, plus the validation-accuracy curve when it trained."""
-    from mi_probe import report
+    from mi_probe._core import report
 
     figures = dict(experiment.figures(dict(tables)))
     if "training" in tables and tables["training"].height:
@@ -67,7 +67,7 @@ def figures_of(experiment: Any, tables: Mapping[str, pl.DataFrame]) -> dict[str,
 
 def render_index(run_dir: Path, experiment: Any, tables: dict,
                  meta: dict, notes: list[str], formats: list[str]) -> Path:
-    from mi_probe import report
+    from mi_probe._core import report
 
     figures = figures_of(experiment, tables)
     return report.render_run(run_dir, figures, tables, meta, notes=notes,

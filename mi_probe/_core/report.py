@@ -1,6 +1,6 @@
 """Charts, figure files and the offline ``index.html`` of a run.
 
-Chart helpers take long-format per-seed frames (the tables of ``mi_probe.tables``) and
+Chart helpers take long-format per-seed frames (the tables of ``mi_probe._core.tables``) and
 aggregate over seeds themselves: rows that share a seed within a group (sites, classes,
 draws) are averaged first, so every curve is a mean with a 95% t-interval over seeds,
 and the number of seeds behind each interval is printed on the chart (see
@@ -27,7 +27,8 @@ import altair as alt
 import polars as pl
 
 from mi_probe.errors import RunError
-from mi_probe.tables import N_SUFFIX, aggregate_seeds, atomic_write_bytes, atomic_write_text
+from mi_probe._core.files import atomic_write_bytes, atomic_write_text
+from mi_probe._core.tables import N_SUFFIX, aggregate_seeds
 
 #: Anything altair can save: single, layered, faceted or concatenated charts.
 AnyChart = Union[alt.Chart, alt.LayerChart, alt.FacetChart, alt.ConcatChart,

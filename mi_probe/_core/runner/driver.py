@@ -22,21 +22,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import polars as pl
 
-from mi_probe.analysis import validate_spec
-from mi_probe.checks import evaluate_checks
+from mi_probe._core.analysis import validate_spec
+from mi_probe._core.checks import evaluate_checks
 from mi_probe.errors import MiProbeError, RunError, SpecError, UnitsFailedError
 from mi_probe.interfaces import DeclaresTables, StageJobs
-from mi_probe.models import resolve_device
-from mi_probe.preflight import preflight
-from mi_probe.runner.context import Engine
-from mi_probe.runner.rendering import render, run_notes
-from mi_probe.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writable, git_commit,
+from mi_probe._core.models import resolve_device
+from mi_probe._core.preflight import preflight
+from mi_probe._core.runner.context import Engine
+from mi_probe._core.runner.rendering import render, run_notes
+from mi_probe._core.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writable, git_commit,
                                     is_unit_done, prepare_run_dir, read_unit, remember_run,
                                     resolve_cache_dir, spec_hash, unit_dir, versions)
-from mi_probe.runner.stages import check_failures, job_payload, run_analysis_unit
-from mi_probe.runner.worker import run_job
-from mi_probe.spec import dump_spec
-from mi_probe.tables import (CORE_SCHEMAS, atomic_write_text, check_schema, concat_tables,
+from mi_probe._core.runner.stages import check_failures, job_payload, run_analysis_unit
+from mi_probe._core.runner.worker import run_job
+from mi_probe._core.spec import dump_spec
+from mi_probe._core.files import atomic_write_text
+from mi_probe._core.tables import (CORE_SCHEMAS, check_schema, concat_tables,
                              read_tables, write_json, write_parquet)
 
 
@@ -107,8 +108,8 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
     training stage (one unit per model the experiment needs, cached by content) and
     the analysis stage (the experiment's units, written to ``<run>/units/``). Under
     torchrun every rank trains (DDP); rank 0 alone analyses and writes the run."""
-    from mi_probe.distributed import init_from_env, launched_world_size
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.distributed import init_from_env, launched_world_size
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     validate_spec(spec, pm.registry)  # refusals that need no data or model, before any work
@@ -309,8 +310,8 @@ def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) ->
 
 def rerender(run_dir: Path, pm: Any = None) -> Path:
     """Redraw figures and index.html of a finished run from its tables and spec."""
-    from mi_probe.plugins import get_plugin_manager
-    from mi_probe.spec import load_spec
+    from mi_probe._core.plugins import get_plugin_manager
+    from mi_probe._core.spec import load_spec
 
     pm = pm or get_plugin_manager()
     run_dir = Path(run_dir)

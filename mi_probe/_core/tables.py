@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import polars as pl
+
+from mi_probe._core.files import atomic_path, atomic_write_text
 
 from mi_probe.errors import RunError
 
@@ -117,30 +117,6 @@ def aggregate_seeds(frame: pl.DataFrame, by: Iterable[str], values: Iterable[str
     return out.sort(by, maintain_order=True) if by else out
 
 
-#: Mode of files written atomically (mkstemp would leave them owner-only).
-FILE_MODE = 0o644
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
@@ -155,18 +131,8 @@ def _json_default(obj: Any) -> Any:
 
 def write_parquet(path: Path, frame: pl.DataFrame) -> None:
     """Atomic parquet write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_tables(tables_dir: Path) -> dict[str, pl.DataFrame]:

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from mi_probe.errors import SiteError, SpecError
 from mi_probe.interfaces import DeclaresTables, TableSchema, as_schema
-from mi_probe.models import build_model
-from mi_probe.sites import filter_refs, resolve_sites, select_adapter
-from mi_probe.sites.trace import probe_for
-from mi_probe.tables import CORE_SCHEMAS
+from mi_probe._core.models import build_model
+from mi_probe._core.sites import filter_refs, resolve_sites, select_adapter
+from mi_probe._core.sites.trace import probe_for
+from mi_probe._core.tables import CORE_SCHEMAS
 
 
 def spec_image_size(spec: Any) -> tuple[int, int] | None:
@@ -68,7 +68,7 @@ def check_logits(spec: Any, model: torch.nn.Module, probe: torch.Tensor,
 def smallest_working_size(spec: Any, start: int, limit: int = 1024) -> int | None:
     """The smallest square image size >= ``start`` (steps of 8) the spec's model runs on
     (built for that size where timm fixes it), found on the meta device."""
-    from mi_probe.models import fixes_input_size
+    from mi_probe._core.models import fixes_input_size
 
     m = spec.model
     fixed = fixes_input_size(m.arch)
@@ -102,7 +102,7 @@ def check_input_size(spec: Any, model: torch.nn.Module) -> torch.nn.Module:
     if failure is None:
         check_logits(spec, model, probe, spec.model.num_classes or 10)
         return model
-    from mi_probe.models import default_input_size
+    from mi_probe._core.models import default_input_size
 
     default = default_input_size(spec.model.arch)
     at_default = None if default is None else _runs(model if not _fixed(spec) else
@@ -130,7 +130,7 @@ def describe_failure(exc: Exception) -> str:
 
 
 def _fixed(spec: Any) -> bool:
-    from mi_probe.models import fixes_input_size
+    from mi_probe._core.models import fixes_input_size
 
     return fixes_input_size(spec.model.arch)
 

@@ -5,7 +5,7 @@ manager, the shared run directory and model cache, and the unit's name. The work
 rebuilds everything from it, computes the unit and writes its results where the driver
 reads them, so nothing but a short receipt travels back. A training unit that asks for
 several processes is re-launched under ``torchrun`` (DDP); ``python -m
-mi_probe.runner.worker PAYLOAD.json`` is what each of its ranks runs.
+mi_probe._core.runner.worker PAYLOAD.json`` is what each of its ranks runs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mi_probe.errors import RunError
 
 def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     """Run the unit described by ``payload`` and return a receipt (unit, seconds, host)."""
-    from mi_probe.distributed import launched_world_size
+    from mi_probe._core.distributed import launched_world_size
 
     t0 = time.perf_counter()
     _enter_driver_folder(payload)
@@ -75,13 +75,13 @@ def _run_here(payload: dict[str, Any]) -> None:
 def _compute(payload: dict[str, Any], log: Callable[[str], None]) -> None:
     import torch.distributed
 
-    from mi_probe.distributed import init_from_env, launched_world_size
+    from mi_probe._core.distributed import init_from_env, launched_world_size
     from mi_probe.interfaces import Plan
-    from mi_probe.models import resolve_device
-    from mi_probe.plugins import get_plugin_manager
-    from mi_probe.runner.context import Engine
-    from mi_probe.runner.stages import run_analysis_unit
-    from mi_probe.spec import load_spec_text
+    from mi_probe._core.models import resolve_device
+    from mi_probe._core.plugins import get_plugin_manager
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.runner.stages import run_analysis_unit
+    from mi_probe._core.spec import load_spec_text
 
     pm = get_plugin_manager(**payload["plugins"])
     spec = load_spec_text(payload["spec"], payload["source"], pm=pm)
@@ -117,7 +117,7 @@ def _torchrun(payload: dict[str, Any]) -> None:
     job_file = log_path.with_suffix(".json")
     job_file.write_text(json.dumps(payload))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={n}", "-m", "mi_probe.runner.worker", str(job_file)]
+               f"--nproc_per_node={n}", "-m", "mi_probe._core.runner.worker", str(job_file)]
     with log_path.open("a", encoding="utf-8") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
@@ -166,7 +166,7 @@ def _end_group(process: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m mi_probe.runner.worker PAYLOAD.json", file=sys.stderr)
+        print("usage: python -m mi_probe._core.runner.worker PAYLOAD.json", file=sys.stderr)
         return 2
     run_job(json.loads(Path(argv[0]).read_text()))
     return 0

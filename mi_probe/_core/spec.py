@@ -16,7 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_validator)
 
-from mi_probe.checks import Check
+from mi_probe._core.checks import Check
 from mi_probe.errors import SpecError
 
 # --------------------------------------------------------------------------- models
@@ -163,7 +163,7 @@ class SpecBase(_Strict):
     eval: EvalSpec = EvalSpec()
     report: ReportSpec = ReportSpec()
     checks: list[Check] = Field([], description="declarative claims over the result "
-                                "tables (trend, compare, bound); see mi_probe/checks.py")
+                                "tables (trend, compare, bound); see mi_probe/_core/checks.py")
 
     @field_validator("seeds")
     @classmethod
@@ -454,7 +454,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,
     """Read, override and validate a YAML spec file (``profile``: see profiles.py; it
     is applied first, so ``--set`` overrides win; ``executor`` replaces the spec's
     executor block by ``{kind: executor}`` unless it already names that kind)."""
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     path = Path(path)
@@ -470,7 +470,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,
 
 def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: Any = None,
                    profile: str | None = None, executor: str | None = None) -> Any:
-    from mi_probe.plugins import get_plugin_manager
+    from mi_probe._core.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     try:
@@ -490,7 +490,7 @@ def load_spec_text(text: str, source: str, overrides: Sequence[str] = (), pm: An
     if problems:
         raise SpecError(f"{source}: invalid spec", problems)
     if profile is not None:
-        from mi_probe.profiles import apply_profile
+        from mi_probe._core.profiles import apply_profile
 
         data = apply_profile(data, profile)
     if executor is not None and isinstance(data, dict):

@@ -13,9 +13,9 @@ import polars as pl
 
 from mi_probe.errors import UnitsFailedError
 from mi_probe.interfaces import Plan
-from mi_probe.runner.rundir import safe_name, unit_dir
-from mi_probe.spec import dump_spec
-from mi_probe.tables import write_json, write_parquet
+from mi_probe._core.runner.rundir import safe_name, unit_dir
+from mi_probe._core.spec import dump_spec
+from mi_probe._core.tables import write_json, write_parquet
 
 
 def run_analysis_unit(engine: Any, run_dir: Path, unit: str, plan: Plan) -> float:

@@ -13,10 +13,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from mi_probe import capture as capture_mod
-from mi_probe.data import make_loader
+from mi_probe._core import capture as capture_mod
+from mi_probe._core.data import make_loader
 from mi_probe.interfaces import Captured, HasSuffix, Intervention, Site
-from mi_probe.sites import get_module, site_output
+from mi_probe._core.sites import get_module, site_output
 
 
 def model_fingerprint(model: nn.Module) -> tuple:

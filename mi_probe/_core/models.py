@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mi_probe._core.files import atomic_path
 from mi_probe.errors import CheckpointError, ModelError, UnknownModelError
 
 #: Bumped when the model construction or training recipe changes in a way that
@@ -327,16 +326,8 @@ def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _unshared({k: v.detach().to("cpu").contiguous()
                          for k, v in model.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -115,7 +115,7 @@ def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float
     """Mean of ``value`` and its 95% t-interval over seeds (sites, classes and draws of a
     seed are averaged first: they are not independent observations). ``frame`` holds no
     missing values (``claim_rows`` drops them), so n counts the seeds that have a value."""
-    from mi_probe.tables import mean_t_interval
+    from mi_probe._core.tables import mean_t_interval
 
     if "seed" in frame.columns:
         per_seed = frame.group_by("seed").agg(pl.col(value).mean())[value]

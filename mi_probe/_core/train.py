@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -24,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from mi_probe.capture import add_pooling_hooks, removing
-from mi_probe.data import make_loader
-from mi_probe.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
+from mi_probe._core.capture import add_pooling_hooks, removing
+from mi_probe._core.data import make_loader
+from mi_probe._core.distributed import (DistContext, GlobalBatchShards, SeededItems, shard_range,
                                   training_copy)
 from mi_probe.errors import CheckpointError, MiProbeError, RunError
 from mi_probe.interfaces import DataBundle, Regularizer, Site
-from mi_probe.models import RECIPE_VERSION, load_weights, save_weights
-from mi_probe.tables import atomic_write_text
+from mi_probe._core.models import RECIPE_VERSION, load_weights, save_weights
+from mi_probe._core.files import atomic_write_text
 
 
 class TrainingDivergedError(MiProbeError):
