@@ -37,3 +37,9 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'mi_probe' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The API names, so ``dir(mi_probe)`` and tab completion list them."""
+    return sorted(set(__all__) | {"api", "cli", "errors", "functional", "hookspecs",
+                                  "interfaces", "plugin", "testing"})

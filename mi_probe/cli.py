@@ -141,17 +141,15 @@ def _cmd_run(args, pm) -> int:
 
 
 def _cmd_validate(args, pm) -> int:
-    from mi_probe._core.analysis import validate_spec
-    from mi_probe._core.preflight import preflight
     from mi_probe._core.spec import load_spec
+    from mi_probe._core.validation import validate
 
     failed = 0
     for path in args.specs:
         try:
             spec = load_spec(path, args.overrides, pm, profile=args.profile,
                              executor=args.executor)
-            validate_spec(spec, pm.registry)
-            preflight(spec, pm)
+            validate(spec, pm)
         except MiProbeError as exc:  # spec, model, site and claim refusals
             failed += 1
             print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from mi_probe.errors import SpecError
 from mi_probe.functional import masses as M
-from mi_probe.interfaces import (Captured, ChecksSpec, Diagnoses, Estimator, Plan, Prepares,
+from mi_probe.interfaces import (Captured, Diagnoses, Estimator, Plan, Prepares,
                                  RunContext, Site)
 
 
@@ -116,24 +116,12 @@ class ChannelMassParams(BaseModel):
                                  "shuffled-label null of the corrected masses")
 
     def check_mass(self, estimator: Any) -> None:
-        """Refuse a mass the spec's estimator cannot give (``validate_spec`` calls it for
+        """Refuse a mass the spec's estimator cannot give (``validation.validate`` calls it for
         every experiment whose params carry a mass)."""
         if self.mass == "miller_madow" and estimator.name != "histogram":
             raise SpecError(f"experiment.mass: miller_madow is a histogram-estimator "
                             f"correction; the spec's estimator is {estimator.name!r}. "
                             f"Use mass: null_subtracted (any estimator) or raw")
-
-
-def validate_spec(spec: Any, registry: Any) -> None:
-    """What can be refused from the spec alone, before data or models: the experiment's
-    own ``check_spec`` (``interfaces.ChecksSpec``) and a channel mass its estimator cannot
-    give. Called by ``mi-probe validate`` and at the start of every run."""
-    estimator = registry.build("estimators", spec.estimator)
-    experiment = registry.build("experiments", spec.experiment)
-    if isinstance(experiment.params, ChannelMassParams):
-        experiment.params.check_mass(estimator)
-    if isinstance(experiment, ChecksSpec):
-        experiment.check_spec(spec, estimator)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,27 @@ class Registry:
         """Instantiate the entry named by ``params.kind`` from validated params."""
         return self.get(kind, params.kind).factory(params)
 
+    def validate_params(self, kind: str, params: Any) -> Any:
+        """Params of an entry built at run time (an intervention an experiment applies,
+        a regulariser it trains with), validated by the entry's model; a params object
+        passes as it is. SpecError lists the problems, like a spec's."""
+        from pydantic import ValidationError
+
+        from mi_probe.errors import SpecError
+
+        if isinstance(params, BaseModel):
+            return params
+        if not isinstance(params, dict) or "kind" not in params:
+            raise SpecError(f"{kind[:-1]} parameters must be a mapping with 'kind'; got {params!r}")
+        entry = self.get(kind, params["kind"])
+        try:
+            return entry.params_model(**params)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                        for e in exc.errors()]
+            raise SpecError(f"invalid parameters for {kind[:-1]} {params['kind']!r}",
+                            problems) from None
+
 
 def unknown_name_message(what: str, name: str, choices: Iterable[str]) -> str:
     choices = sorted(choices)

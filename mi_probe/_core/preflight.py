@@ -235,9 +235,10 @@ def check_claims(spec: Any, experiment: Any) -> None:
                         "write", problems)
 
 
-def preflight(spec: Any, pm: Any) -> None:
+def preflight(spec: Any, pm: Any, experiment: Any = None) -> None:
     """All structural refusals: architecture, site patterns, claims (no data, no
-    weights; about a second)."""
+    weights; about a second). ``experiment``: the one the validation pipeline built."""
     model = structural_model(spec)
     check_sites(spec, pm, model)
-    check_claims(spec, pm.registry.build("experiments", spec.experiment))
+    check_claims(spec, experiment if experiment is not None
+                 else pm.registry.build("experiments", spec.experiment))

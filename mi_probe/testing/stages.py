@@ -41,9 +41,9 @@ def looks_like_spec(path: Path) -> bool:
 
 
 def stage_validate(state: SpecState, pm: Any, profile: str | None) -> str:
-    from mi_probe._core.spec import load_spec
+    from mi_probe._core.validation import load_validated
 
-    state.spec = load_spec(state.path, pm=pm, profile=profile)
+    state.spec = load_validated(state.path, pm=pm, profile=profile).spec
     return f"{state.spec.experiment.kind} on {state.spec.model.arch}"
 
 

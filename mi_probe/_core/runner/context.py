@@ -15,7 +15,7 @@ from torch import nn
 
 from mi_probe._core import capture as capture_mod
 from mi_probe._core.data import make_loader
-from mi_probe.errors import DataError, SpecError
+from mi_probe.errors import DataError
 from mi_probe.interfaces import Captured, Intervention, Site, TrainingRequest
 from mi_probe._core.models import resolve_device
 from mi_probe._core.runner.evaluation import Evaluator
@@ -30,7 +30,7 @@ class Engine:
 
     def __init__(self, spec: Any, pm: Any, cache_dir: Path | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 dist_ctx: Any = None):
+                 dist_ctx: Any = None, validated: Any = None):
         self.spec = spec
         self.pm = pm
         self.registry = pm.registry
@@ -55,10 +55,13 @@ class Engine:
         if self.num_classes != self.data.num_classes:
             raise DataError(f"model.num_classes is {spec.model.num_classes} but the data has "
                             f"{self.data.num_classes} classes ({', '.join(self.class_names[:12])})")
-        self.estimator = self.registry.build("estimators", spec.estimator)
-        self.experiment = self.registry.build("experiments", spec.experiment)
-        self.regularizers = [self.registry.build("regularizers", p)
-                             for p in spec.model.train.regularizers]
+        if validated is None:  # a worker or a re-render: build from the spec here
+            from mi_probe._core.validation import validate
+
+            validated = validate(spec, pm, structural=False)
+        self.estimator = validated.estimator
+        self.experiment = validated.experiment
+        self.regularizers = list(validated.regularizers)
         val = self.data.val
         if spec.eval.max_samples is not None and spec.eval.max_samples < len(val):
             val = torch.utils.data.Subset(val, range(spec.eval.max_samples))
@@ -134,21 +137,8 @@ class Engine:
         return self.evaluator.evaluate(model, interventions, subset, sites, generator)
 
     def validate_plugin_params(self, kind: str, params: Any) -> Any:
-        """Params of a plugin entry, validated by its model (a params object passes)."""
-        from pydantic import BaseModel, ValidationError
-
-        if isinstance(params, BaseModel):
-            return params
-        if not isinstance(params, dict) or "kind" not in params:
-            raise SpecError(f"{kind[:-1]} parameters must be a mapping with 'kind'; got {params!r}")
-        entry = self.registry.get(kind, params["kind"])
-        try:
-            return entry.params_model(**params)
-        except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                        for e in exc.errors()]
-            raise SpecError(f"invalid parameters for {kind[:-1]} {params['kind']!r}",
-                            problems) from None
+        """Params of a plugin entry, validated by its model (``Registry.validate_params``)."""
+        return self.registry.validate_params(kind, params)
 
     def plugin(self, kind: str, name: str, **params: Any) -> Any:
         validated = self.validate_plugin_params(kind, {"kind": name, **params})

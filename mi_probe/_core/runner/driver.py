@@ -22,12 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import polars as pl
 
-from mi_probe._core.analysis import validate_spec
 from mi_probe._core.checks import evaluate_checks
 from mi_probe.errors import MiProbeError, RunError, SpecError, UnitsFailedError
 from mi_probe.interfaces import DeclaresTables, StageJobs
 from mi_probe._core.models import resolve_device
-from mi_probe._core.preflight import preflight
 from mi_probe._core.runner.context import Engine
 from mi_probe._core.runner.rendering import render, run_notes
 from mi_probe._core.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writable, git_commit,
@@ -36,6 +34,7 @@ from mi_probe._core.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writab
 from mi_probe._core.runner.stages import check_failures, job_payload, run_analysis_unit
 from mi_probe._core.runner.worker import run_job
 from mi_probe._core.spec import dump_spec
+from mi_probe._core.validation import Validated, validate
 from mi_probe._core.files import atomic_write_text
 from mi_probe._core.tables import (CORE_SCHEMAS, check_schema, concat_tables,
                              read_tables, write_json, write_parquet)
@@ -102,7 +101,8 @@ def training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx
 def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | None = None,
         resume: bool = False, log: Callable[[str], None] = print, progress: bool = True,
         reports: Path = DEFAULT_REPORTS) -> RunOutcome:
-    """Run a validated spec end to end; returns where the results are.
+    """Run a spec (or a :class:`~mi_probe._core.validation.Validated` one) end to end;
+    returns where the results are.
 
     Two stages, each a list of independent units handed to the spec's executor: the
     training stage (one unit per model the experiment needs, cached by content) and
@@ -112,8 +112,10 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
     from mi_probe._core.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    validate_spec(spec, pm.registry)  # refusals that need no data or model, before any work
-    preflight(spec, pm)  # architecture, site patterns, claims: on the meta device, in a second
+    # every refusal that needs no data or weights, before any work (about a second);
+    # the estimator, experiment and regularisers built here are the run's
+    validated = spec if isinstance(spec, Validated) else validate(spec, pm)
+    spec = validated.spec
     dist_ctx = None
     if launched_world_size() > 1:
         if spec.executor.kind != "local":
@@ -134,7 +136,8 @@ def run(spec: Any, pm: Any = None, out: Path | None = None, cache_dir: Path | No
     run_dir = run_dir.absolute()
     with RunLock(run_dir), terminate_as_interrupt(), _in_run_folder(run_dir, resuming, log):
         remember_run(cache_dir, spec, run_dir)
-        return _run_locked(spec, pm, run_dir, resuming, cache_dir, log, progress, dist_ctx)
+        return _run_locked(validated, pm, run_dir, resuming, cache_dir, log, progress,
+                           dist_ctx)
 
 
 @contextmanager
@@ -182,8 +185,10 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Path,
-                log: Callable[[str], None], progress: bool, dist_ctx: Any) -> RunOutcome:
+def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
+                cache_dir: Path, log: Callable[[str], None], progress: bool,
+                dist_ctx: Any) -> RunOutcome:
+    spec = validated.spec
     started = time.time()
     meta: dict[str, Any] = {
         "name": spec.name, "status": "running", "spec_hash": spec_hash(spec),
@@ -197,7 +202,8 @@ def _run_locked(spec: Any, pm: Any, run_dir: Path, resuming: bool, cache_dir: Pa
     log(f"run directory: {run_dir}" + ("  (resuming)" if resuming else ""))
     engine = executor = None
     try:
-        engine = Engine(spec, pm, cache_dir, log, progress, dist_ctx=dist_ctx)
+        engine = Engine(spec, pm, cache_dir, log, progress, dist_ctx=dist_ctx,
+                        validated=validated)
         executor = pm.registry.build("executors", spec.executor)
         meta.update(device=str(engine.device), data={
             "classes": engine.class_names, "n_train": len(engine.data.train),
