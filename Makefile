@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mi-probe run $(DEMO_SPEC)
 
 test: $(STAMP)
+	$(PY) -m mypy
 	MI_PROBE_DISABLE_PLUGIN_AUTOLOAD=1 MI_PROBE_REQUIRE_RAY=1 $(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGIN_DIRS)) \
 		specs --mi-probe-claims-as-warnings
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 from mi_probe.errors import RunError, SpecError
 
@@ -154,9 +154,10 @@ def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | Non
     pm = get_plugin_manager(list(plugins))
     args = _override_args({**(overrides or {}), **kwoverrides})
     loaded = _load_spec(spec, args, pm, profile)
+    # passed on as given: the driver resolves a str too (an empty one: the default)
     outcome = run_spec(loaded, pm, out=Path(out) if out is not None else None,
-                       cache_dir=cache_dir, resume=resume, progress=progress,
-                       log=log or (lambda _message: None))
+                       cache_dir=cast("Path | None", cache_dir), resume=resume,
+                       progress=progress, log=log or (lambda _message: None))
     if outcome.run_dir is None:
         raise RunError(outcome.status)  # a torchrun rank other than 0 writes no run
     return Run(outcome.run_dir, pm)

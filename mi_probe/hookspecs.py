@@ -30,11 +30,14 @@ plugins; block a built-in module with ``-p no:NAME`` to replace its entries.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from mi_probe.interfaces import Adapter, Register
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PROJECT = "mi_probe"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -81,7 +84,7 @@ def mi_probe_register_adapters(register: Register) -> None:
 
 
 @hookspec(firstresult=True)
-def mi_probe_resolve_adapter(model: Any, arch: str) -> Adapter | None:
+def mi_probe_resolve_adapter(model: nn.Module, arch: str) -> Adapter | None:
     """Return an adapter instance that understands ``model``, or None.
 
     :param model: the ``nn.Module`` built from the spec (weights may be random).

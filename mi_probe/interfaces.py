@@ -7,15 +7,21 @@ This module imports nothing from mi_probe, so a third-party plugin can depend on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import (TYPE_CHECKING, Any, Callable, Final, Iterable, Mapping, Protocol,
+                    Sequence, runtime_checkable)
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:  # annotations only; none of these is imported at run time
+    import polars as pl
+    from pydantic import BaseModel
+    from torch.utils.hooks import RemovableHandle
+
 #: Names of the model states every experiment can ask for. ``epoch_<n>`` states are
 #: produced by training-dynamics experiments.
-TRAINED = "trained"
-RANDOM = "random"
+TRAINED: Final = "trained"
+RANDOM: Final = "random"
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,8 @@ class DataBundle:
     """What a data source returns: a training set, the evaluation (validation) set in a
     fixed order without augmentation, and the class names (index = label)."""
 
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
+    train: torch.utils.data.Dataset[Any]
+    val: torch.utils.data.Dataset[Any]
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -115,14 +121,15 @@ class Entry:
     kind: str
     name: str
     factory: Callable[[Any], Any]
-    params_model: type
+    params_model: type[BaseModel]
     plugin: str
 
 
 class Register(Protocol):
     """The callback every ``mi_probe_register_*`` hook receives."""
 
-    def __call__(self, name: str, factory: Callable[[Any], Any], params_model: type) -> None: ...
+    def __call__(self, name: str, factory: Callable[[Any], Any],
+                 params_model: type[BaseModel]) -> None: ...
 
 
 @runtime_checkable
@@ -145,7 +152,7 @@ class Adapter(Protocol):
 class HasSuffix(Protocol):
     """Adapter ability: the rest of the network as a function of a site's output."""
 
-    def suffix(self, model: nn.Module, site: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def suffix(self, model: nn.Module, site: Site) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Logits from the site's output; the engine then evaluates interventions on a
         cached site output without re-running the layers before the site. None means
         full forward passes for that site."""
@@ -155,7 +162,7 @@ class HasSuffix(Protocol):
 class HasProducers(Protocol):
     """Adapter ability (``transplant``): the parameters that produce a site's channels."""
 
-    def producers(self, model: nn.Module, site: Any) -> list[tuple[str, str]]:
+    def producers(self, model: nn.Module, site: Site) -> list[tuple[str, str]]:
         """(module path, role) pairs whose out-channel rows make the site's channels;
         roles: ``conv``, ``linear``, ``norm``."""
 
@@ -164,12 +171,13 @@ class HasProducers(Protocol):
 class HasSkipGainHooks(Protocol):
     """Adapter ability (``skip_gain``): scale a residual block's shortcut."""
 
-    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float) -> list:
+    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float
+                        ) -> list[RemovableHandle]:
         """Hooks (registered; the caller removes them) that make the block compute
         act(residual + gain · shortcut)."""
 
     @staticmethod
-    def block_path(site: Any) -> str | None:
+    def block_path(site: Site) -> str | None:
         """The residual block a site belongs to (None: not in one)."""
 
 
@@ -265,7 +273,8 @@ class ExplainsEstimates(Protocol):
     """Estimator ability: sentences for the report that qualify its values here (its
     bias at this sample size, saturation, constant channels), from the merged tables."""
 
-    def notes(self, n_samples: int, num_classes: int, tables: Mapping[str, Any]) -> list[str]:
+    def notes(self, n_samples: int, num_classes: int, tables: Mapping[str, pl.DataFrame]
+              ) -> list[str]:
         """Notes shown in index.html and stored in run.json, after the estimator's
         settings."""
 
@@ -323,10 +332,6 @@ class DataSource(Protocol):
     """Builds the train / evaluation data."""
 
     def load(self) -> DataBundle: ...
-
-
-class TableWriter(Protocol):
-    def __call__(self, name: str, frame: Any) -> None: ...
 
 
 @runtime_checkable
@@ -419,13 +424,14 @@ class Experiment(Protocol):
     # assumes one model of the spec per seed when ``model.weights`` is ``train`` and
     # the experiment measures the trained state.
 
-    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, Any]:
+    def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         """Tables (name -> polars DataFrame) for one unit of ``plan``."""
 
-    def finalize(self, ctx: RunContext | None, tables: dict[str, Any]) -> dict[str, Any]:
+    def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]
+                 ) -> dict[str, pl.DataFrame]:
         """Extra tables (e.g. ``summary_*``) computed from the merged per-unit tables."""
 
-    def figures(self, tables: dict[str, Any]) -> dict[str, Any]:
+    def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
         """Altair charts by name, drawn from the tables alone (so reports can be re-drawn)."""
 
 
@@ -441,7 +447,7 @@ class DeclaresTrainings(Protocol):
 class HasNotes(Protocol):
     """Experiment ability: sentences for the report, from the merged tables."""
 
-    def notes(self, tables: dict[str, Any]) -> list[str]:
+    def notes(self, tables: Mapping[str, pl.DataFrame]) -> list[str]:
         """Notes shown in index.html and stored in run.json."""
 
 

@@ -20,7 +20,7 @@ from mi_probe import cli
 from mi_probe._core.runner import worker
 from mi_probe._core.runner.context import Engine
 from mi_probe._core.runner.rundir import unit_dir
-from mi_probe._core.runner.stages import job_payload
+from mi_probe._core.runner.units import job_payload
 from mi_probe._core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ engine imports."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 import torch
@@ -48,20 +48,21 @@ class PreparedSite:
         """Per-channel I(T_c;Y) for ``labels`` (N,); ask as often as needed (nulls)."""
         if self.state is None:
             return self.estimator.label_mi(self.acts, labels, num_classes)
-        return self.estimator.label_mi_prepared(self.state, labels, num_classes)
+        # a state exists only for an estimator that Prepares
+        return cast(Prepares, self.estimator).label_mi_prepared(self.state, labels, num_classes)
 
     def input_mi(self) -> torch.Tensor | None:
         """Per-channel I(X;T_c), or None when the estimator does not estimate it."""
         if self.state is None:
             return self.estimator.input_mi(self.acts)
-        return self.estimator.input_mi_prepared(self.state)
+        return cast(Prepares, self.estimator).input_mi_prepared(self.state)
 
     def diagnostics(self) -> dict[str, Any]:
         """The estimator's diagnostics row (``{}`` when it has none)."""
         if self.state is None:
             return (self.estimator.diagnostics(self.acts)
                     if isinstance(self.estimator, Diagnoses) else {})
-        return self.estimator.diagnostics_prepared(self.state)
+        return cast(Prepares, self.estimator).diagnostics_prepared(self.state)
 
 
 def prepare_site(estimator: Estimator, acts: torch.Tensor, *, use_state: bool = True
@@ -75,15 +76,6 @@ def channel_label_mi(ctx: RunContext, cap: Captured) -> dict[str, torch.Tensor]:
     """Per-site I(T_c;Y) vectors (on the capture device) for a captured model."""
     return {site.name: ctx.estimator.label_mi(cap.acts[site.name], cap.labels, ctx.num_classes)
             for site in cap.sites}
-
-
-def class_accuracies(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Accuracy per class, float64 (NaN for a class with no samples)."""
-    correct = (logits.argmax(1) == labels).to(torch.float64)
-    totals = torch.bincount(labels, minlength=num_classes).to(torch.float64)
-    hits = torch.zeros(num_classes, dtype=torch.float64, device=labels.device)
-    hits.scatter_add_(0, labels, correct)
-    return hits / totals
 
 
 def mean_over_draws(frame: pl.DataFrame, keys: list[str], values: list[str]) -> pl.DataFrame:
@@ -153,7 +145,8 @@ def _miller_madow_estimator(ctx: RunContext):
     if ctx.estimator.name != "histogram":
         raise SpecError(f"mass: miller_madow needs the histogram estimator; found "
                         f"{ctx.estimator.name!r}")
-    params = ctx.estimator.params.model_dump(exclude={"kind"})
+    # the histogram estimator keeps its validated params model
+    params = cast(Any, ctx.estimator).params.model_dump(exclude={"kind"})
     return ctx.plugin("estimators", "histogram", **{**params, "correction": "miller_madow"})
 
 
@@ -182,6 +175,7 @@ def channel_masses(ctx: RunContext, acts: torch.Tensor, labels: torch.Tensor,
     raw = raw.to(torch.float64)
     if kind == "raw":
         return ChannelMasses(kind, raw, M.clipped(raw))
+    assert prepared is not None  # prepared above for every kind but raw
     n = labels.shape[0]
     null = torch.stack([
         prepared.label_mi(labels[torch.randperm(n, generator=ctx.rng(

@@ -11,7 +11,7 @@ with the (much larger, short-lived) activations, and needs no second copy to joi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ def add_intervention_hooks(model: nn.Module,
         handles.append(get_module(model, site.module).register_forward_hook(hook))
 
 
-def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, list],
+def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, Any],
                       detach: bool = True) -> list:
     """Append each site's pooled output per batch to ``store[site.name]``.
 
@@ -139,6 +139,7 @@ def _size_hints(loader: Iterable) -> tuple[int | None, int | None]:
     """(samples, batches) the loader says it yields, where it says it (a DataLoader: its
     dataset's length and its number of batches); only sizes the capture's allocation."""
     hints = []
+    obj: Any  # len() may not apply: that is caught below
     for obj in (getattr(loader, "dataset", None), loader):
         try:
             hints.append(int(len(obj)) if obj is not None else None)

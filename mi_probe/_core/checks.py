@@ -18,7 +18,7 @@ A claim that cannot be evaluated (missing table or column, no rows) fails and sa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union, cast
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -125,7 +125,8 @@ def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float
     else:
         per_seed = frame[value]
     mean, low, high, n = mean_t_interval(per_seed.to_list())
-    return (mean, mean, mean, n) if low is None else (mean, low, high, n)
+    # mean_t_interval gives both bounds or neither
+    return (mean, mean, mean, n) if low is None or high is None else (mean, low, high, n)
 
 
 def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
@@ -154,16 +155,18 @@ def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
 def _bound(check: BoundCheck, tables) -> tuple[bool, str, float]:
     frame = claim_rows(check, tables, [])
     values = frame[check.value]
-    observed = float(values.mean()) if check.aggregate == "mean" else None
-    low, high = (observed, observed) if observed is not None else (float(values.min()),
-                                                                   float(values.max()))
+    # ``value`` is a numeric column: its mean, min and max are numbers
+    observed = float(cast(float, values.mean())) if check.aggregate == "mean" else None
+    low, high = (observed, observed) if observed is not None else (
+        float(cast(float, values.min())), float(cast(float, values.max())))
     ok = (check.min is None or low >= check.min) and (check.max is None or high <= check.max)
     what = f"mean {observed:.4g}" if observed is not None else f"range [{low:.4g}, {high:.4g}]"
     return ok, f"{check.value} {what}; bounds [{check.min}, {check.max}]", \
         observed if observed is not None else high
 
 
-EVALUATORS = {"trend": _trend, "compare": _compare, "bound": _bound}
+EVALUATORS: dict[str, Callable[[Any, dict[str, pl.DataFrame]], tuple[bool, str, float]]] = {
+    "trend": _trend, "compare": _compare, "bound": _bound}
 
 
 def evaluate_checks(checks: list[Any], tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from pydantic import AfterValidator
 from torch.utils.data import DataLoader, Dataset
 
 from mi_probe.errors import DataError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 #: ImageNet channel statistics (RGB) used to normalise every real-image source.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -171,7 +174,7 @@ class ImageFileDataset(Dataset):
 
 
 def tensor_train_transform(image_size: int, crop_scale: tuple[float, float], hflip: bool,
-                            normalise: bool) -> "v2.Compose":
+                            normalise: bool) -> v2.Compose:
     from torchvision.transforms import v2  # torchvision costs ~1 s to import: only when used
 
     steps: list[Any] = [v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True)]

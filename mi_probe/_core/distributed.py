@@ -24,7 +24,7 @@ import copy
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,9 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from mi_probe.errors import DistributedError
+
+if TYPE_CHECKING:
+    import datetime
 
 
 def launched_world_size() -> int:
@@ -159,7 +162,7 @@ def init_from_env(device_kind: str) -> DistContext | None:
     return DistContext(rank, world, local_rank)
 
 
-def collective_timeout() -> "datetime.timedelta":
+def collective_timeout() -> datetime.timedelta:
     """How long a rank waits in a collective: rank 0 alone runs tracking callbacks
     (e.g. the dynamics experiment's per-epoch MI) while the others wait at a barrier.
     ``MI_PROBE_DIST_TIMEOUT_MINUTES`` (default 120)."""
@@ -255,6 +258,18 @@ class _GlobalBatchNorm:
     with mean and variance over the global batch (all ranks), differentiably, and
     updates the running statistics exactly as torch's batch norm does."""
 
+    if TYPE_CHECKING:  # provided by the batch-norm class this is mixed into
+        training: bool
+        track_running_stats: bool
+        num_batches_tracked: torch.Tensor
+        momentum: float | None
+        running_mean: torch.Tensor
+        running_var: torch.Tensor
+        eps: float
+        affine: bool
+        weight: torch.Tensor
+        bias: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not self.training:
             return super().forward(x)  # type: ignore[misc]
@@ -318,7 +333,8 @@ def training_copy(model: nn.Module, ctx: DistContext, device: torch.device) -> t
     # buffers stay equal on every rank (global-batch statistics), so none are re-sent
     # each step; newer torch renamed the switch
     params = inspect.signature(DistributedDataParallel).parameters
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
-               else {"broadcast_buffers": False})
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False}
+                               if "forward_sync_buffers" in params
+                               else {"broadcast_buffers": False})
     wrapped = DistributedDataParallel(trainee, device_ids=ids, **no_sync)
     return trainee, wrapped

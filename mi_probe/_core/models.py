@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -22,7 +22,8 @@ META_KEY = "mi_probe"
 #: Activation modules an activation swap replaces (gates such as Sigmoid are kept).
 SWAPPABLE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
              nn.Mish, nn.Tanh)
-ACT_FACTORIES = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
+ACT_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
 #: Classifier heads ``build_model`` can attach (``timm``: the model's own).
 HEADS = ("timm", "paper_vgg")
 
@@ -111,7 +112,7 @@ class PaperVGGHead(nn.Module):
 def attach_paper_vgg_head(model: nn.Module, num_classes: int) -> None:
     if type(model).__name__ != "VGG" or not hasattr(model, "pre_logits"):
         raise ModelError(f"head: paper_vgg needs a timm VGG model; got {type(model).__name__}")
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    convs = [m for m in cast(nn.Sequential, model.features) if isinstance(m, nn.Conv2d)]
     model.pre_logits = nn.Identity()
     model.head = PaperVGGHead(convs[-1].out_channels, num_classes)
 
@@ -146,7 +147,7 @@ def swap_activations(model: nn.Module, act: str) -> int:
                 # Never add an in-place op where the model had none: the replaced
                 # activation's input may still be read afterwards (e.g. x + act(x)).
                 if hasattr(new, "inplace"):
-                    new.inplace = bool(getattr(child, "inplace", False))
+                    setattr(new, "inplace", bool(getattr(child, "inplace", False)))
                 setattr(parent, name, new)
                 count += 1
     if count == 0:
@@ -161,7 +162,7 @@ def default_input_size(arch: str) -> tuple[int, int, int] | None:
 
     cfg = get_pretrained_cfg(arch)
     size = getattr(cfg, "input_size", None) if cfg is not None else None
-    return tuple(int(v) for v in size) if size else None
+    return cast("tuple[int, int, int]", tuple(int(v) for v in size)) if size else None
 
 
 def fixes_input_size(arch: str) -> bool:
@@ -185,10 +186,11 @@ def _size_kwargs(arch: str, img_size: tuple[int, int] | None) -> dict[str, Any]:
 
 def _mark_input_size(model: nn.Module, arch: str, img_size: tuple[int, int] | None) -> None:
     """Remember the (C, H, W) input the model was built for (site tracing probes it)."""
+    # setattr: a plain attribute, which nn.Module's typed __setattr__ does not describe
     if img_size is not None:
-        model.mi_probe_input_size = (3, *img_size)
+        setattr(model, "mi_probe_input_size", (3, *img_size))
     else:
-        model.mi_probe_input_size = default_input_size(arch) or (3, 224, 224)
+        setattr(model, "mi_probe_input_size", default_input_size(arch) or (3, 224, 224))
 
 
 def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
@@ -237,6 +239,8 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
 def _build_failure(arch: str, num_classes: int, sized: dict[str, Any], exc: Exception) -> str:
     default = default_input_size(arch)
     if sized:
+        # sized only for a model with a timm pretrained cfg, which records an input size
+        assert default is not None
         return (f"timm could not build {arch!r} for {sized['img_size'][0]}x"
                 f"{sized['img_size'][1]} px images ({type(exc).__name__}: {exc}); it is "
                 f"built for {default[1]} px by default: use data image_size: {default[1]}, "
@@ -290,7 +294,8 @@ def _check_pretrained_file(model: nn.Module, path: Path, name: str) -> None:
 
     with safe_open(str(path), framework="pt") as handle:
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    classifiers = model.pretrained_cfg.get("classifier") or ()
+    pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # timm models carry it
+    classifiers = pretrained_cfg.get("classifier") or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
 
     def is_head(key: str) -> bool:

@@ -13,7 +13,7 @@ import importlib
 import os
 import types
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import pluggy
 from pydantic import BaseModel
@@ -106,7 +106,8 @@ class Registry:
 
     def build(self, kind: str, params: BaseModel) -> Any:
         """Instantiate the entry named by ``params.kind`` from validated params."""
-        return self.get(kind, params.kind).factory(params)
+        # every plugin's params model has a ``kind`` field: the entry's name
+        return self.get(kind, cast(Any, params).kind).factory(params)
 
     def validate_params(self, kind: str, params: Any) -> Any:
         """Params of an entry built at run time (an intervention an experiment applies,
@@ -287,9 +288,9 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = (), *, autoload: bool | No
             pm.extra_modules.append(plugin)
         else:
             pm.register(plugin)
-            name = getattr(plugin, "__name__", None)
-            if isinstance(plugin, types.ModuleType) and name:
-                pm.extra_modules.append(name)
+            module_name = getattr(plugin, "__name__", None)
+            if isinstance(plugin, types.ModuleType) and module_name:
+                pm.extra_modules.append(module_name)
             else:
                 pm.unshippable.append(repr(plugin))
     if autoload is None:

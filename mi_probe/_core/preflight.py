@@ -135,11 +135,11 @@ def _fixed(spec: Any) -> bool:
     return fixes_input_size(spec.model.arch)
 
 
-def _at(spec: Any, size: tuple[int, ...]) -> torch.nn.Module:
+def _at(spec: Any, size: tuple[int, int]) -> torch.nn.Module:
     m = spec.model
     with torch.device("meta"):
         return build_model(m.arch, m.num_classes or 10, 0, m.act, m.head, m.zero_init_last,
-                           img_size=tuple(size))
+                           img_size=size)
 
 
 def regularizer_params(spec: Any, registry: Any) -> list[Any]:

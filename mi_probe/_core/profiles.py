@@ -86,16 +86,17 @@ def apply_profile(data: Any, profile: str | None) -> Any:
     seeds = out.get("seeds")
     if isinstance(seeds, list) and len(seeds) > 2:
         out["seeds"] = seeds[:2]
-        transplant = isinstance(experiment, dict) and experiment.get("kind") == "transplant"
-        pairs = experiment.get("pairs") if transplant else None
-        if isinstance(pairs, list):
-            # pairs naming a dropped seed would make the spec invalid (malformed pairs are
-            # kept, for validation to name)
-            kept = [p for p in pairs if not _int_pair(p) or all(s in out["seeds"] for s in p)]
-            if kept:
-                experiment["pairs"] = kept
-            else:
-                experiment.pop("pairs")
+        if isinstance(experiment, dict) and experiment.get("kind") == "transplant":
+            pairs = experiment.get("pairs")
+            if isinstance(pairs, list):
+                # pairs naming a dropped seed would make the spec invalid (malformed pairs
+                # are kept, for validation to name)
+                kept = [p for p in pairs
+                        if not _int_pair(p) or all(s in out["seeds"] for s in p)]
+                if kept:
+                    experiment["pairs"] = kept
+                else:
+                    experiment.pop("pairs")
     evaluation = out.setdefault("eval", {})
     if isinstance(evaluation, dict):
         evaluation["max_samples"] = 300

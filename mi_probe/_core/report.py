@@ -20,7 +20,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Literal, Mapping, Sequence, Union, cast
 from urllib.parse import quote
 
 import altair as alt
@@ -118,7 +118,7 @@ def _is_numeric(frame: pl.DataFrame, column: str) -> bool:
     return frame.schema[column].is_numeric()
 
 
-def _x_type(frame: pl.DataFrame, column: str) -> str:
+def _x_type(frame: pl.DataFrame, column: str) -> Literal["quantitative", "ordinal"]:
     return "quantitative" if _is_numeric(frame, column) else "ordinal"
 
 
@@ -126,7 +126,7 @@ def _integer_axis(frame: pl.DataFrame, column: str) -> Any:
     """Whole-number ticks for a short integer axis (depth, epoch); Vega would add 0.5 steps."""
     if frame.height == 0 or not frame.schema[column].is_integer():
         return alt.Undefined
-    lo, hi = int(frame[column].min()), int(frame[column].max())
+    lo, hi = int(cast(int, frame[column].min())), int(cast(int, frame[column].max()))
     return alt.Axis(values=list(range(lo, hi + 1)), format="d") if hi - lo <= 20 else alt.Undefined
 
 
@@ -147,7 +147,8 @@ def _site_axis(frame: pl.DataFrame) -> Any:
 def _tip(frame: pl.DataFrame, column: str, title: str | None = None,
          fmt: str | None = None) -> alt.Tooltip:
     """Tooltip for a column; the type is explicit because the data is inline (not pandas)."""
-    vtype = "quantitative" if _is_numeric(frame, column) else "nominal"
+    vtype: Literal["quantitative", "nominal"] = (
+        "quantitative" if _is_numeric(frame, column) else "nominal")
     if fmt is None and frame.schema[column].is_float():
         fmt = ".4g"
     return alt.Tooltip(_field(column), type=vtype, title=title or column,
@@ -195,7 +196,7 @@ def _aggregate(frame: pl.DataFrame, by: list[str], value: str, replicate: str | 
 def _n_range(agg: pl.DataFrame, n: str) -> tuple[int, int]:
     if agg.height == 0:
         return 0, 0
-    return int(agg[n].min()), int(agg[n].max())
+    return int(cast(int, agg[n].min())), int(cast(int, agg[n].max()))
 
 
 def _interval_note(agg: pl.DataFrame, n: str, unit: str, band: bool = True) -> str:
@@ -286,7 +287,7 @@ def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_tit
         color=color_enc, tooltip=tooltip).transform_filter(is_mean)
     layers = [line]
     means = data.filter(pl.col(_ROW_KIND) == "mean")
-    if means.height and int(means[n].max()) >= BAND_MIN_N:
+    if means.height and int(cast(int, means[n].max())) >= BAND_MIN_N:
         wide = f"{_js_field(n)} >= {BAND_MIN_N}"
         band = alt.Chart().mark_area(opacity=0.2, invalid="break-paths-filter-domains").encode(
             x=x_enc, y=alt.Y("band_low", type="quantitative", title=y_title),
@@ -389,9 +390,10 @@ def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title
     """Plain scatter of per-row values (no seed aggregation), e.g. I(X;T) vs I(T;Y) per channel."""
     _require(frame, [x, y, color, *tooltip], "scatter")
     tips = [_tip(frame, c) for c in dict.fromkeys([*tooltip, x, y, color]) if c is not None]
-    color_enc = alt.Undefined
+    color_enc: Any = alt.Undefined
     if color is not None:
-        color_type = "quantitative" if _is_numeric(frame, color) and color != "seed" else "nominal"
+        color_type: Literal["quantitative", "nominal"] = (
+            "quantitative" if _is_numeric(frame, color) and color != "seed" else "nominal")
         color_enc = alt.Color(_field(color), type=color_type, title=color,
                               scale=color_scale(frame[color].to_list())
                               if color_type == "nominal" else alt.Undefined)
@@ -399,7 +401,8 @@ def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title
         x=alt.X(_field(x), type="quantitative", title=x_title or x),
         y=alt.Y(_field(y), type="quantitative", title=y_title or y),
         color=color_enc, tooltip=tips)
-    return _sized(chart, title, WIDTH, HEIGHT)
+    # properties() of a plain Chart is a plain Chart
+    return cast(alt.Chart, _sized(chart, title, WIDTH, HEIGHT))
 
 
 def heatmap(frame: pl.DataFrame, x: str, y: str, value: str, title: str = "", *,
@@ -438,7 +441,8 @@ def heatmap(frame: pl.DataFrame, x: str, y: str, value: str, title: str = "", *,
         # viridis runs dark to light: white text on the lower half of the range, black above
         means = agg[f"{value}_mean"].drop_nulls()
         means = means.filter(means.is_finite())
-        middle = (float(means.min()) + float(means.max())) / 2 if means.len() else 0.0
+        middle = ((float(cast(float, means.min())) + float(cast(float, means.max()))) / 2
+                  if means.len() else 0.0)
         layers.append(alt.Chart().mark_text(fontSize=9).encode(
             x=x_enc, y=y_enc, text=alt.Text(_N_LABEL, type="nominal"), tooltip=tips,
             color=alt.condition(f"{_js_field(f'{value}_mean')} > {middle!r}",
@@ -468,7 +472,8 @@ def _js_bundle() -> str:
     """vega + vega-lite + vega-embed as one script (~0.9 MB; built once per process, ~1 s)."""
     import vl_convert
 
-    return vl_convert.javascript_bundle(vl_version=_vl_version())
+    # the stub makes ``snippet`` required; at runtime it defaults to None (the default snippet)
+    return vl_convert.javascript_bundle(vl_version=_vl_version())  # type: ignore[call-arg]
 
 
 def _script_json(obj: Any) -> str:

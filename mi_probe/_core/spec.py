@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
@@ -29,6 +29,9 @@ class _Strict(BaseModel):
 class TrainSpecBase(_Strict):
     """The paper's recipe: SGD + momentum + weight decay, ReduceLROnPlateau on validation
     accuracy, early stopping on validation accuracy; the best-accuracy epoch is kept."""
+
+    if TYPE_CHECKING:  # added by build_spec_model (a union of the registered regularisers)
+        regularizers: list[Any]
 
     epochs: int = Field(15, description="maximum training epochs (at least 1: the initial "
                         "weights are the random state, not a trained one)",
@@ -55,6 +58,9 @@ class TrainSpecBase(_Strict):
 
 
 class ModelSpecBase(_Strict):
+    if TYPE_CHECKING:  # added by build_spec_model (its regularizers come from plugins)
+        train: TrainSpecBase
+
     arch: str = Field(description="any timm architecture name, e.g. resnet18, vgg16")
     num_classes: int | None = Field(None, ge=2, description="defaults to the data's classes")
     weights: str = Field("train", description="train (train the model per seed) | random | "
@@ -119,6 +125,9 @@ def pretrained_tag(weights: str) -> tuple[str, str] | None:
 
 
 class SitesSpecBase(_Strict):
+    if TYPE_CHECKING:  # added by build_spec_model (a Literal of the registered adapters)
+        adapter: str
+
     include: list[str] = Field(["*"], min_length=1,
                                description="fnmatch patterns over site names or '*.<kind>'")
     exclude: list[str] = Field([], description="patterns removed after include")
@@ -138,20 +147,21 @@ class SitesSpecBase(_Strict):
 
 
 class EvalSpec(_Strict):
-    batch_size: int = Field(256, ge=1)
-    max_samples: int | None = Field(None, ge=2, description="use only the first n "
+    batch_size: int = Field(default=256, ge=1)
+    max_samples: int | None = Field(default=None, ge=2, description="use only the first n "
                                     "evaluation samples (None: all)")
     site_cache_mb: int = Field(
-        2048, ge=0, description="memory (MB, on the model's device) for caching one site's "
-        "full evaluation-set output, so interventions there re-run only the layers after "
-        "the site; 0 always re-runs the whole network")
+        default=2048, ge=0, description="memory (MB, on the model's device) for caching one "
+        "site's full evaluation-set output, so interventions there re-run only the layers "
+        "after the site; 0 always re-runs the whole network")
     on_nonfinite: Literal["error", "skip"] = Field(
-        "error", description="a site with NaN/Inf activations stops the run (error) or is "
-        "left out of the tables with a warning (skip)")
+        default="error", description="a site with NaN/Inf activations stops the run (error) "
+        "or is left out of the tables with a warning (skip)")
 
 
 class ReportSpec(_Strict):
-    formats: list[Literal["png", "html", "svg"]] = Field(["png", "html"], min_length=1)
+    formats: list[Literal["png", "html", "svg"]] = Field(default=["png", "html"],
+                                                         min_length=1)
 
 
 class SpecBase(_Strict):
@@ -172,6 +182,20 @@ class SpecBase(_Strict):
             raise ValueError(f"seeds must be distinct, got {value}")
         return value
 
+    if TYPE_CHECKING:  # the sections build_spec_model adds from the registry's plugins
+        data: Any
+        model: ModelSpecBase
+        sites: SitesSpecBase
+        estimator: Any
+        experiment: Any
+        executor: Any
+
+
+#: ``list`` and ``Literal`` as plain values: the spec's plugin types are assembled at
+#: runtime from the registry, which a static type checker cannot follow
+_ListOf: Any = list
+_LiteralOf: Any = Literal
+
 
 def _union(entries: dict, what: str) -> Any:
     models = [e.params_model for e in entries.values()]
@@ -190,13 +214,13 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
     regularizers and a Literal of the registered adapter names."""
     regs = _union(registry.entries("regularizers"), "regularizers")
     train_cls = create_model("TrainSpec", __base__=TrainSpecBase,
-                             regularizers=(list[regs], Field([], description=(
+                             regularizers=(_ListOf[regs], Field([], description=(
                                  "loss terms added to cross-entropy, e.g. HSIC"))))
     model_cls = create_model("ModelSpec", __base__=ModelSpecBase,
                              train=(train_cls, Field(default_factory=train_cls)))
     adapter_names = tuple(["auto", *registry.entries("adapters")])
     sites_cls = create_model("SitesSpec", __base__=SitesSpecBase,
-                             adapter=(Literal[adapter_names], Field(
+                             adapter=(_LiteralOf[adapter_names], Field(
                                  "auto", description="auto: first adapter that claims the model")))
     estimators = registry.entries("estimators")
     est_default: Any = ...
@@ -209,8 +233,9 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
                              description="where units run: local (default) or ray; not "
                              "part of the run's identity (a run may resume on another)")
     reports = registry.entries("reports")
+    writers = _union(reports, "report writers")
     report_cls = create_model("ReportSpec", __base__=ReportSpec, writers=(
-        list[_union(reports, "report writers")], Field([], description=(
+        _ListOf[writers], Field([], description=(
             "extra report writers from plugins (mi_probe_register_reports), run after "
             "index.html; each entry names one by kind"))))
     return create_model(
@@ -382,7 +407,8 @@ def _singular(word: str) -> str:
     return word[:-1] if word.endswith("s") and not word.isdigit() else word
 
 
-def _describe_error(err: dict, spec_cls: type[BaseModel], data: Any, path: list[str]) -> str:
+def _describe_error(err: Mapping[str, Any], spec_cls: type[BaseModel], data: Any,
+                    path: list[str]) -> str:
     etype = err["type"]
     ctx = err.get("ctx") or {}
     value = err.get("input")

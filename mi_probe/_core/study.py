@@ -39,7 +39,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import polars as pl
 
@@ -189,12 +189,14 @@ def verdict(check: Any, tables: dict[str, pl.DataFrame]) -> ClaimResult:
 def _decide(check: Any, values: list[float], quantity: str, base: dict[str, Any]
             ) -> ClaimResult:
     mean, low, high, n = _interval(values)
-    stats = dict(mean=mean, low=low, high=high, n=n, quantity=quantity)
+    stats: dict[str, Any] = dict(mean=mean, low=low, high=high, n=n, quantity=quantity)
     if n == 0:
         return ClaimResult(**base, verdict=INCONCLUSIVE, reason="no seed has a value", **stats)
     if n < 2:
         return ClaimResult(**base, verdict=INCONCLUSIVE,
                            reason="one seed: no interval to decide on", **stats)
+    # two or more seeds: the interval exists
+    assert mean is not None and low is not None and high is not None
     if check.kind == "compare":
         margin = check.margin
         if low > margin:
@@ -545,8 +547,8 @@ def _training_line(tables: dict[str, pl.DataFrame], seeds: Sequence[int]) -> str
         if "regularizer" in rows.columns and rows["regularizer"].n_unique() > 1:
             rows = rows.filter(pl.col("regularizer") == "none")
         if rows["val_acc"].drop_nulls().len():
-            parts.append(f"seed {seed}: {rows['val_acc'].max():.3f} "
-                         f"({rows['epoch'].max()} epochs)")
+            parts.append(f"seed {seed}: {cast(float, rows['val_acc'].max()):.3f} "
+                         f"({cast(int, rows['epoch'].max())} epochs)")
     return "; ".join(parts) or "–"
 
 
@@ -565,13 +567,17 @@ class ExplanationResult:
 
 
 def _explain(record: SpecRecord, main: Sequence[SpecRecord]) -> ExplanationResult:
-    base = next((r for r in main if r.path.resolve() == record.baseline.resolve()), None)
+    # only explanation specs are explained, and they always name their baseline
+    assert record.baseline is not None
+    baseline = record.baseline
+    base = next((r for r in main if r.path.resolve() == baseline.resolve()), None)
     shared = sorted(set(record.setting["seeds"]) & set(base.setting["seeds"])) if base else []
-    rows = []
+    rows: list[tuple[ClaimResult, ClaimResult | None, ClaimResult | None]] = []
     if record.status == "complete":
         ready = base is not None and base.status == "complete"
         for check, claim in zip(record.checks, record.claims):
             if ready:
+                assert base is not None  # ready implies it
                 same = verdict(check, _restricted(base.tables, shared)) if shared else None
                 rows.append((claim, same, verdict(check, base.tables)))
             else:

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Sized, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,9 @@ def evaluate_loss_acc(model: nn.Module, loader, device: torch.device) -> tuple[f
 
 def _evaluate(model: nn.Module, loader, device: torch.device,
               dist_ctx: DistContext | None) -> tuple[float, float]:
+    loss_sum: float
+    correct: float  # counts, summed over ranks as floats
+    total: float
     loss_sum, correct, total = evaluate_sums(model, loader, device)
     if dist_ctx is not None:
         loss_sum, correct, total = dist_ctx.all_reduce_sum([loss_sum, correct, total], device)
@@ -177,8 +180,8 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     pin = device.type == "cuda"
-    val_set = data.val if dist_ctx is None else Subset(data.val, shard_range(len(data.val),
-                                                                              dist_ctx))
+    val_set = data.val if dist_ctx is None else Subset(
+        data.val, shard_range(len(cast(Sized, data.val)), dist_ctx))
     val_loader = make_loader(val_set, eval_batch_size, shuffle=False,
                              num_workers=cfg.num_workers, pin_memory=pin)
     reg_name = "+".join(r.name for r, _ in regularizers) or "none"
@@ -200,6 +203,7 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
             on_epoch_end(trainee, 0, state["history"][-1])
         best_state = {k: v.detach().clone() for k, v in trainee.state_dict().items()}
         if writes:
+            assert ckpt_dir is not None and best_path is not None  # writes implies them
             save_weights(trainee, best_path, {"epoch": 0})
             _save_checkpoint(ckpt_dir, trainee, optimizer, scheduler, state)
         sync()
@@ -221,7 +225,8 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
         loader, sampler = training_loader(data.train, cfg, seed, epoch, dist_ctx, pin)
         global_sizes = sampler.global_sizes()
         trainee.train()
-        loss_sum, n_seen = 0.0, 0
+        loss_sum: float = 0.0
+        n_seen: float = 0  # a count, summed over ranks as a float
         from tqdm.auto import tqdm
 
         # A bar updated by hand rather than wrapping the loader: the numbers must not
@@ -281,6 +286,7 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
             state.update(best_epoch=epoch, best_val_acc=val_acc, since_best=0)
             best_state = {k: v.detach().clone() for k, v in trainee.state_dict().items()}
             if writes:
+                assert best_path is not None  # writes implies it
                 save_weights(trainee, best_path, {"epoch": epoch})
         else:
             state["since_best"] += 1
@@ -290,6 +296,7 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
         if on_epoch_end is not None and main:
             on_epoch_end(trainee, epoch, row)
         if writes:
+            assert ckpt_dir is not None  # writes implies it
             _save_checkpoint(ckpt_dir, trainee, optimizer, scheduler, state)
         sync()
         if main:

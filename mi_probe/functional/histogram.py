@@ -458,10 +458,11 @@ def bin_site(acts: torch.Tensor, bins: int, quantile: float | None = None) -> Bi
     if _use_counting_kernels(acts.device):
         from mi_probe.functional import counting
 
-        binning, col_min, col_max, lo, hi = _binning_and_range(acts, bins, quantile)
-        codes = counting.bin_codes(binning, transposed=False, narrow=True, threads=_threads())
-        return BinnedSite(acts, bins, quantile, codes,
-                          *(torch.from_numpy(v) for v in (col_min, col_max, lo, hi)))
+        binning, np_min, np_max, np_lo, np_hi = _binning_and_range(acts, bins, quantile)
+        kernel_codes = counting.bin_codes(binning, transposed=False, narrow=True,
+                                          threads=_threads())
+        t_min, t_max, t_lo, t_hi = (torch.from_numpy(v) for v in (np_min, np_max, np_lo, np_hi))
+        return BinnedSite(acts, bins, quantile, kernel_codes, t_min, t_max, t_lo, t_hi)
     codes, col_min, col_max, lo, hi = _bin_uniform_torch_and_range(acts, bins, quantile)
     return BinnedSite(acts, bins, quantile, codes, col_min, col_max, lo, hi)
 

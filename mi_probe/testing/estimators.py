@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property, partial
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,10 @@ def gaussian_mi(rho: float) -> float:
     return -0.5 * math.log(1 - rho * rho)
 
 
-def _phi(x: np.ndarray) -> np.ndarray:
+_Real = TypeVar("_Real", np.ndarray, np.float64)
+
+
+def _phi(x: _Real) -> _Real:
     return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
@@ -264,6 +267,11 @@ class ConformanceProblems:
         #: that its id is not reused
         self._answers: dict[int, tuple[Any, dict[Any, Any]]] = {}
 
+    @property
+    def _device(self) -> torch.device:
+        """``device`` as ``__post_init__`` normalised it (always a ``torch.device``)."""
+        return cast(torch.device, self.device)
+
     # ---- the data and the truths
 
     @cached_property
@@ -295,7 +303,8 @@ class ConformanceProblems:
 
     @cached_property
     def relu_gaussian_truth(self) -> float:
-        return relu_gaussian_mi(self.relu_rho)
+        # only asked for by check_relu_gaussian, which refuses relu_rho=None first
+        return relu_gaussian_mi(cast(float, self.relu_rho))
 
     def independent_limit(self, estimator) -> float:
         """The bound on independent data: ``independent_tolerance``, else
@@ -325,7 +334,7 @@ class ConformanceProblems:
         """The (3C,) ``label_mi`` of the three label problems side by side (one call),
         held to the value contract: float64 on the device, finite, >= 0."""
         values, _ = self._label_mi_call(estimator)
-        return _check_values(values, "label_mi", 3 * self.channels, self.device)
+        return _check_values(values, "label_mi", 3 * self.channels, self._device)
 
     def label_mi_modified_inputs(self, estimator) -> bool:
         return self._label_mi_call(estimator)[1]
@@ -339,7 +348,7 @@ class ConformanceProblems:
         """``label_mi`` of the two tied channels, held to the value contract."""
         values = self._answer(estimator, "small_label_mi", lambda: estimator.label_mi(
             self.draws.small, self.draws.labels, self.num_classes))
-        return _check_values(values, "label_mi", 2, self.device)
+        return _check_values(values, "label_mi", 2, self._device)
 
     def small_values_again(self, estimator) -> Any:
         """A second ``label_mi`` call on the two tied channels, as returned."""
@@ -366,7 +375,7 @@ class ConformanceProblems:
     def input_values(self, estimator) -> torch.Tensor | None:
         """``input_mi`` of the two tied channels: None, or held to the value contract."""
         values = self._answer(estimator, "input_mi", lambda: estimator.input_mi(self.draws.small))
-        return None if values is None else _check_values(values, "input_mi", 2, self.device)
+        return None if values is None else _check_values(values, "input_mi", 2, self._device)
 
     def pair_values(self, estimator, problem: str) -> torch.Tensor:
         """``pair_mi`` of the ``"gaussian"`` or ``"relu_gaussian"`` pair (one call), held
@@ -376,7 +385,7 @@ class ConformanceProblems:
             a.float().to(self.device), b.float().to(self.device)))
         what = (f"Gaussians rho={self.rhos}" if problem == "gaussian"
                 else f"ReLU'd Gaussian rho={self.relu_rho}")
-        return _check_pair_values(got, (a.shape[1], b.shape[1]), self.device, what)
+        return _check_pair_values(got, (a.shape[1], b.shape[1]), self._device, what)
 
 
 # ---------------------------------------------------------------------- checks
@@ -614,7 +623,7 @@ def _plan(estimator, problems: ConformanceProblems
           ) -> list[tuple[str, Callable[..., Any], str | None]]:
     """Every check, in the order of ``ConformanceReport.checked``, with the reason it
     does not apply to ``estimator`` under ``problems`` (None: it applies)."""
-    device = problems.device.type
+    device = problems._device.type
     off_cpu = None if device == "cpu" else (
         f"bitwise repeatability is only required on CPU, not {device}")
     no_pairs = None if isinstance(estimator, PairMI) else "the estimator has no pair_mi"

@@ -8,7 +8,7 @@ forward passes to :class:`~.evaluation.Evaluator`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,8 @@ from torch import nn
 from mi_probe._core import capture as capture_mod
 from mi_probe._core.data import make_loader
 from mi_probe.errors import DataError
-from mi_probe.interfaces import Captured, Intervention, Site, TrainingRequest
+from mi_probe.interfaces import (Adapter, Captured, DeclaresTrainings, Intervention, Site,
+                                 TrainingRequest)
 from mi_probe._core.models import resolve_device
 from mi_probe._core.runner.evaluation import Evaluator
 from mi_probe._core.runner.rundir import resolve_cache_dir
@@ -24,13 +25,18 @@ from mi_probe._core.runner.training import ModelStore
 from mi_probe._core.sites import resolve_sites, select_adapter
 from mi_probe._core.train import derive_seed
 
+if TYPE_CHECKING:
+    from mi_probe._core.plugins import MiProbePluginManager
+    from mi_probe._core.spec import SpecBase
+    from mi_probe._core.validation import Validated
+
 
 class Engine:
     """Implements ``interfaces.RunContext`` for one spec."""
 
-    def __init__(self, spec: Any, pm: Any, cache_dir: Path | None = None,
+    def __init__(self, spec: SpecBase, pm: MiProbePluginManager, cache_dir: Path | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 dist_ctx: Any = None, validated: Any = None):
+                 dist_ctx: Any = None, validated: Validated | None = None):
         self.spec = spec
         self.pm = pm
         self.registry = pm.registry
@@ -43,7 +49,7 @@ class Engine:
         self.warnings: list[str] = []
         self._captures: dict[tuple[int, str], Captured] = {}
         self._sites: list[Site] | None = None
-        self._adapter = None
+        self._adapter: Adapter | None = None
 
         self.data = self.registry.build("datasets", spec.data).load()
         if len(self.data.val) < 2:
@@ -66,8 +72,13 @@ class Engine:
         if spec.eval.max_samples is not None and spec.eval.max_samples < len(val):
             val = torch.utils.data.Subset(val, range(spec.eval.max_samples))
         self.eval_set = val
-        self.models = ModelStore(self)
-        self.evaluator = Evaluator(self)
+        experiment = self.experiment
+        self.models = ModelStore(
+            spec, self.registry, self.data, self.num_classes, self.device, self.image_size,
+            self.cache_dir, log, progress, self.adapter, self.probe_input,
+            lambda: (experiment.trainings(self) if isinstance(experiment, DeclaresTrainings)
+                     else None))
+        self.evaluator = Evaluator(spec, self.device, self.eval_set, self.loader, self.adapter)
 
     # ---------------------------------------------------------------- RunContext
     @property
@@ -93,7 +104,7 @@ class Engine:
         return self.models.train(seed, model_overrides=model_overrides,
                                  regularizers=regularizers, track=track, track_key=track_key)
 
-    def adapter(self, model: nn.Module):
+    def adapter(self, model: nn.Module) -> Adapter:
         if self._adapter is None:
             self._adapter = select_adapter(self.pm, model, self.spec.model.arch,
                                            self.spec.sites.adapter)
@@ -156,9 +167,6 @@ class Engine:
 
     def training_units(self) -> dict[str, TrainingRequest]:
         return self.models.units()
-
-    def training_folder(self, request: TrainingRequest) -> Path:
-        return self.models.folder(request)
 
     def is_trained(self, request: TrainingRequest) -> bool:
         return self.models.is_trained(request)

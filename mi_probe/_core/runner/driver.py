@@ -18,20 +18,20 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import polars as pl
 
 from mi_probe._core.checks import evaluate_checks
 from mi_probe.errors import MiProbeError, RunError, SpecError, UnitsFailedError
-from mi_probe.interfaces import DeclaresTables, StageJobs
+from mi_probe.interfaces import DeclaresTables, StageJobs, TableSchema
 from mi_probe._core.models import resolve_device
 from mi_probe._core.runner.context import Engine
 from mi_probe._core.runner.rendering import render, run_notes
 from mi_probe._core.runner.rundir import (DEFAULT_REPORTS, RunLock, check_writable, git_commit,
                                     is_unit_done, prepare_run_dir, read_unit, remember_run,
                                     resolve_cache_dir, spec_hash, unit_dir, versions)
-from mi_probe._core.runner.stages import check_failures, job_payload, run_analysis_unit
+from mi_probe._core.runner.units import check_failures, job_payload, run_analysis_unit
 from mi_probe._core.runner.worker import run_job
 from mi_probe._core.spec import dump_spec
 from mi_probe._core.validation import Validated, validate
@@ -42,7 +42,8 @@ from mi_probe._core.tables import (CORE_SCHEMAS, check_schema, concat_tables,
 
 @dataclass
 class RunOutcome:
-    run_dir: Path
+    #: None on a torchrun follower rank (rank 0 writes the run)
+    run_dir: Path | None
     index: Path | None
     status: str
     warnings: list[str] = field(default_factory=list)
@@ -55,10 +56,10 @@ class RunOutcome:
         return [c for c in self.checks if not c["passed"]]
 
 
-def table_schemas(experiment: Any) -> dict[str, Sequence[str]]:
+def table_schemas(experiment: Any) -> dict[str, TableSchema | Sequence[str]]:
     """Required columns of every table a run of ``experiment`` may write: the core's
     (training, evaluation) and the experiment's own declaration."""
-    declared: Mapping[str, Sequence[str]] = (
+    declared: Mapping[str, TableSchema | Sequence[str]] = (
         experiment.table_schemas if isinstance(experiment, DeclaresTables) else {})
     return {**CORE_SCHEMAS, **declared}
 
@@ -93,7 +94,8 @@ def training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx
     jobs = StageJobs(
         "train", todo,
         run_here=lambda label: engine.run_training(units[label], dist_ctx),
-        payload=lambda label: job_payload(engine, "train", label, run_dir),
+        # a follower rank (run_dir None) runs its units here, never through a payload
+        payload=lambda label: job_payload(engine, "train", label, cast(Path, run_dir)),
         entry=run_job, log=log)
     check_failures("train", executor.run(jobs), run_dir)
 
@@ -235,7 +237,10 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
                          entry=run_job, log=log)
         check_failures("analysis", executor.run(jobs) if todo else {}, run_dir)
 
-        parts, timings, trained, sites = [], {}, {}, None
+        parts: list[dict[str, pl.DataFrame]] = []
+        timings: dict[str, float | None] = {}
+        trained: dict[Any, Any] = {}
+        sites: Any = None
         for unit in units:
             loaded = read_unit(run_dir, unit)
             if loaded is None:
@@ -276,7 +281,7 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
         meta.update(status="interrupted", finished=_dt.datetime.now().isoformat(timespec="seconds"))
         write_json(run_dir / "run.json", meta)
         interrupt = exc if isinstance(exc, KeyboardInterrupt) else Terminated(f"exit {exc.code}")
-        interrupt.run_dir = run_dir  # the CLI's hint names it
+        setattr(interrupt, "run_dir", run_dir)  # the CLI's hint names it
         if interrupt is exc:
             raise
         raise interrupt from None

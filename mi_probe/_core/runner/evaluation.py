@@ -8,15 +8,20 @@ the site, then only the rest of it per intervention (the knockout sweeps' hot pa
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from mi_probe._core import capture as capture_mod
 from mi_probe._core.data import make_loader
-from mi_probe.interfaces import Captured, HasSuffix, Intervention, Site
+from torch.utils.data import Dataset
+
+from mi_probe.interfaces import Adapter, Captured, HasSuffix, Intervention, Site
 from mi_probe._core.sites import get_module, site_output
+
+if TYPE_CHECKING:
+    from mi_probe._core.spec import SpecBase
 
 
 def model_fingerprint(model: nn.Module) -> tuple:
@@ -33,13 +38,18 @@ class _TooBig(Exception):
 
 
 class Evaluator:
-    """Evaluates models on the run's evaluation set for one :class:`RunContext`.
+    """Evaluates models on a run's evaluation set. It gets what it needs as arguments:
+    the spec (evaluation settings), the device, the evaluation set, a loader factory
+    over it and the site adapter (for a site's suffix)."""
 
-    ``ctx`` provides ``spec``, ``device``, ``eval_set``, ``loader()`` and
-    ``adapter(model)``."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+    def __init__(self, spec: SpecBase, device: torch.device, eval_set: Dataset,
+                 loader: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                 adapter: Callable[[nn.Module], Adapter]) -> None:
+        self.spec = spec
+        self.device = device
+        self.eval_set = eval_set
+        self.loader = loader
+        self.adapter = adapter
         self._site_cache: dict[tuple[int, str], Any] = {}
 
     def clear(self) -> None:
@@ -49,7 +59,6 @@ class Evaluator:
                  interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
                  subset: torch.Tensor | None = None, sites: Sequence[Site] = (),
                  generator: torch.Generator | None = None) -> Captured:
-        ctx = self.ctx
         interventions = list(interventions)
         targets = {site.name for site, _, _ in interventions}
         if len(targets) == 1 and not sites:
@@ -57,14 +66,14 @@ class Evaluator:
             fast = self._suffix_evaluate(model, site, interventions, subset, generator)
             if fast is not None:
                 return fast
-        data = ctx.eval_set if subset is None else torch.utils.data.Subset(
-            ctx.eval_set, [int(i) for i in subset])
-        loader = make_loader(data, ctx.spec.eval.batch_size, shuffle=False,
-                             num_workers=ctx.spec.model.train.num_workers,
-                             pin_memory=ctx.device.type == "cuda")
-        cap = capture_mod.capture(model, list(sites), loader, ctx.device, interventions,
+        data = self.eval_set if subset is None else torch.utils.data.Subset(
+            self.eval_set, [int(i) for i in subset])
+        loader = make_loader(data, self.spec.eval.batch_size, shuffle=False,
+                             num_workers=self.spec.model.train.num_workers,
+                             pin_memory=self.device.type == "cuda")
+        cap = capture_mod.capture(model, list(sites), loader, self.device, interventions,
                                   generator=generator)
-        if sites and ctx.spec.eval.on_nonfinite == "error":
+        if sites and self.spec.eval.on_nonfinite == "error":
             # activations an experiment will estimate on: refuse NaN/Inf naming the site
             # (with `skip` the estimator's own error still refuses them)
             where = "evaluation" + (" with interventions" if interventions else "")
@@ -75,16 +84,15 @@ class Evaluator:
                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The full (unpooled) evaluation-set output of ``site`` and the labels, cached per
         model; None when it would exceed ``eval.site_cache_mb``."""
-        ctx = self.ctx
         key = (id(model), site.name)
         fingerprint = model_fingerprint(model)
         entry = self._site_cache.get(key)
         if entry is not None and entry[0]() is model and entry[1] == fingerprint:
             return entry[2]
-        budget = ctx.spec.eval.site_cache_mb * 2**20
+        budget = self.spec.eval.site_cache_mb * 2**20
         parts: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
-        n_total = len(ctx.eval_set)
+        n_total = len(self.eval_set)  # type: ignore[arg-type]  # map-style datasets are Sized
 
         def hook(_m, _inp, out):
             out = site_output(out, site.index)
@@ -95,9 +103,9 @@ class Evaluator:
         handles = [get_module(model, site.module).register_forward_hook(hook)]
         try:
             with capture_mod.removing(handles), torch.no_grad():
-                for x, y in ctx.loader():
-                    model(x.to(ctx.device, non_blocking=True))
-                    labels.append(y.to(ctx.device))
+                for x, y in self.loader():
+                    model(x.to(self.device, non_blocking=True))
+                    labels.append(y.to(self.device))
             result = (torch.cat(parts), torch.cat(labels).long())
         except _TooBig:
             result = None
@@ -106,10 +114,9 @@ class Evaluator:
 
     def _suffix_evaluate(self, model, site, interventions, subset, generator
                          ) -> Captured | None:
-        ctx = self.ctx
-        adapter = ctx.adapter(model)
+        adapter = self.adapter(model)
         suffix = adapter.suffix(model, site) if isinstance(adapter, HasSuffix) else None
-        if suffix is None or ctx.spec.eval.site_cache_mb == 0:
+        if suffix is None or self.spec.eval.site_cache_mb == 0:
             return None
         cached = self.site_outputs(model, site)
         if cached is None:
@@ -119,7 +126,7 @@ class Evaluator:
             index = torch.as_tensor(subset, device=outputs.device, dtype=torch.long)
             outputs, labels = outputs.index_select(0, index), labels.index_select(0, index)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        batch = ctx.spec.eval.batch_size
+        batch = self.spec.eval.batch_size
         for _, iv, _ in interventions:
             iv.reset(generator)
         was_training = model.training

@@ -160,7 +160,7 @@ def find_unfinished_run(spec: Any, reports: Path, cache_dir: Path) -> Path:
         raise RunError(f"--resume: no unfinished run of spec {spec.name!r} (hash {digest}) "
                        f"under {parent.absolute()} or in the run index {index}; give the run "
                        "directory with --out instead")
-    return max(started, key=started.get)
+    return max(started, key=lambda path: started[path])
 
 
 def prepare_run_dir(spec: Any, out: Path | None, resume: bool, reports: Path = DEFAULT_REPORTS,

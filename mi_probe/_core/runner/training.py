@@ -9,43 +9,66 @@ train them first, as units of their own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import torch
 
 from torch import nn
 
 from mi_probe.errors import RunError, SpecError
-from mi_probe.interfaces import RANDOM, TRAINED, DeclaresTrainings, TrainingRequest
+from mi_probe.interfaces import RANDOM, TRAINED, Adapter, DataBundle, TrainingRequest
 from mi_probe._core.models import build_model, load_weights, model_meta
 from mi_probe._core.sites import resolve_sites
 from mi_probe._core.spec import pretrained_tag
 from mi_probe._core.train import cache_key, cached_training
 
+if TYPE_CHECKING:
+    from mi_probe._core.plugins import Registry
+    from mi_probe._core.spec import SpecBase
+
 
 class ModelStore:
-    """Models by (seed, state) for one :class:`RunContext`, and the trainings behind them.
+    """Models by (seed, state) for one run, and the trainings behind them. It gets what
+    it needs as arguments: the spec, the registry (regularisers), the data, the class
+    count, the device and input size models are built for, the model cache, the log,
+    the site adapter and probe input (a regulariser's sites), and the trainings the
+    experiment declares (``DeclaresTrainings``; a callable that returns None: derived
+    from the spec)."""
 
-    ``ctx`` provides ``spec``, ``registry``, ``data``, ``num_classes``, ``device``,
-    ``cache_dir``, ``log``, ``show_progress``, ``adapter(model)``, ``probe_input()`` and
-    ``validate_plugin_params(kind, params)``."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+    def __init__(self, spec: SpecBase, registry: Registry, data: DataBundle, num_classes: int,
+                 device: torch.device, image_size: tuple[int, int] | None, cache_dir: Path,
+                 log: Callable[[str], None], show_progress: bool,
+                 adapter: Callable[[nn.Module], Adapter], probe_input: Callable[[], torch.Tensor],
+                 declared_trainings: Callable[[], Iterable[TrainingRequest] | None] | None = None
+                 ) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.data = data
+        self.num_classes = num_classes
+        self.device = device
+        self.image_size = image_size
+        self.cache_dir = cache_dir
+        self.log = log
+        self.show_progress = show_progress
+        self.adapter = adapter
+        self.probe_input = probe_input
+        self.declared_trainings = declared_trainings
         #: per seed, per training variant: cache folder, best epoch and accuracy
         self.trained_info: dict[int, dict[str, Any]] = {}
         self._history_rows: list[dict[str, Any]] = []
         self._models: dict[tuple[int, str], nn.Module] = {}
-        self._dist_ctx = None
+        self._dist_ctx: Any = None
 
     # ------------------------------------------------------------------ models
     def build(self, seed: int, m: Any = None) -> nn.Module:
         """A freshly initialised model of the spec (or of model spec ``m``)."""
-        m = m or self.ctx.spec.model
-        return build_model(m.arch, self.ctx.num_classes, seed, m.act, m.head,
-                           m.zero_init_last, img_size=self.ctx.image_size)
+        m = m or self.spec.model
+        return build_model(m.arch, self.num_classes, seed, m.act, m.head,
+                           m.zero_init_last, img_size=self.image_size)
 
     def meta(self, m: Any = None) -> dict[str, Any]:
-        m = m or self.ctx.spec.model
-        return model_meta(m.arch, self.ctx.num_classes, m.act, m.head, m.zero_init_last)
+        m = m or self.spec.model
+        return model_meta(m.arch, self.num_classes, m.act, m.head, m.zero_init_last)
 
     def model(self, seed: int, state: str) -> nn.Module:
         key = (seed, state)
@@ -57,23 +80,23 @@ class ModelStore:
             model = self._trained(seed)
         else:
             raise RunError(f"unknown model state {state!r}; valid: {TRAINED}, {RANDOM}")
-        model = model.to(self.ctx.device).eval()
+        model = model.to(self.device).eval()
         self._models[key] = model
         return model
 
     def _trained(self, seed: int) -> nn.Module:
-        weights = self.ctx.spec.model.weights
+        weights = self.spec.model.weights
         if weights == "random":
             raise SpecError("the experiment asks for the trained state but model.weights is "
                             "'random'; use weights: train, a .safetensors file, or measure "
                             "only the random state")
         tagged = pretrained_tag(weights)
         if tagged is not None:  # timm's pretrained backbone, a new head from the seed
-            m = self.ctx.spec.model
-            model = build_model(m.arch, self.ctx.num_classes, seed, m.act, m.head,
+            m = self.spec.model
+            model = build_model(m.arch, self.num_classes, seed, m.act, m.head,
                                 m.zero_init_last, pretrained=tagged[1],
                                 pretrained_file=m.pretrained_file,
-                                img_size=self.ctx.image_size)
+                                img_size=self.image_size)
             self.trained_info[seed] = {"weights": weights, "pretrained_file": m.pretrained_file}
             return model
         if weights != "train":
@@ -89,16 +112,15 @@ class ModelStore:
               track_key: str | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
         """Train (or load from the cache) the spec's model for ``seed``; see
         ``RunContext.train``."""
-        ctx = self.ctx
         m, reg_params, payload = self.training_plan(seed, model_overrides, regularizers,
                                                     track, track_key)
-        reg_objects = [ctx.registry.build("regularizers", p) for p in reg_params]
+        reg_objects = [self.registry.build("regularizers", p) for p in reg_params]
         regs = []
         if reg_objects:
             probe_model = self.build(seed, m)
-            adapter = ctx.adapter(probe_model)
+            adapter = self.adapter(probe_model)
             for reg in reg_objects:
-                regs.append((reg, resolve_sites(probe_model, adapter, ctx.probe_input(),
+                regs.append((reg, resolve_sites(probe_model, adapter, self.probe_input(),
                                                 reg.site_patterns, (), m.arch)))
         on_epoch_end = None
         if track is not None:
@@ -106,9 +128,9 @@ class ModelStore:
                 row["tracked"] = track(model, epoch)
         train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
         model, history, folder = cached_training(
-            lambda: self.build(seed, m), payload, self.meta(m), ctx.data, train_cfg, seed,
-            ctx.device, ctx.cache_dir, regs, ctx.spec.eval.batch_size,
-            ctx.show_progress, ctx.log, on_epoch_end=on_epoch_end,
+            lambda: self.build(seed, m), payload, self.meta(m), self.data, train_cfg, seed,
+            self.device, self.cache_dir, regs, self.spec.eval.batch_size,
+            self.show_progress, self.log, on_epoch_end=on_epoch_end,
             dist_ctx=self._dist_ctx)
         self._history_rows.extend({k: v for k, v in row.items() if k != "tracked"}
                                   | {"act": m.act or "as built"} for row in history)
@@ -118,18 +140,18 @@ class ModelStore:
         self.trained_info.setdefault(seed, {})[variant] = {
             "cache": str(folder), "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
             "regularizers": [p.kind for p in reg_params]}
-        return model.to(ctx.device).eval(), history
+        return model.to(self.device).eval(), history
 
     def training_plan(self, seed: int, model_overrides: dict[str, Any] | None,
                       regularizers: Sequence[Any] | None, track: Any, track_key: str | None
                       ) -> tuple[Any, list[Any], dict[str, Any]]:
         """(model spec, validated regulariser params, cache payload) of a training."""
-        spec = self.ctx.spec
+        spec = self.spec
         m = spec.model
         if model_overrides:
             m = m.model_copy(update=dict(model_overrides))
         reg_params = list(m.train.regularizers) if regularizers is None else [
-            self.ctx.validate_plugin_params("regularizers", r) for r in regularizers]
+            self.registry.validate_params("regularizers", r) for r in regularizers]
         train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
         payload = {"model": self.meta(m), "data": spec.data.model_dump(mode="json"),
                    "train": train_cfg.model_dump(mode="json", exclude={"num_workers"}),
@@ -141,9 +163,10 @@ class ModelStore:
     # ------------------------------------------------------------------ training stage
     def requests(self) -> list[TrainingRequest]:
         """The models the experiment's units will ask for (see ``Experiment``)."""
-        spec, experiment = self.ctx.spec, self.ctx.experiment
-        if isinstance(experiment, DeclaresTrainings):
-            return list(experiment.trainings(self.ctx))
+        spec = self.spec
+        declared = self.declared_trainings() if self.declared_trainings is not None else None
+        if declared is not None:
+            return list(declared)
         if spec.model.weights != "train":
             return []
         params = spec.experiment
@@ -168,7 +191,7 @@ class ModelStore:
         _, _, payload = self.training_plan(request.seed, dict(request.model_overrides),
                                            request.regularizers, request.track,
                                            request.track_key)
-        return self.ctx.cache_dir / "models" / cache_key(payload)
+        return self.cache_dir / "models" / cache_key(payload)
 
     def is_trained(self, request: TrainingRequest) -> bool:
         """Whether the model cache already holds this request's trained model."""

@@ -80,7 +80,7 @@ def _compute(payload: dict[str, Any], log: Callable[[str], None]) -> None:
     from mi_probe._core.models import resolve_device
     from mi_probe._core.plugins import get_plugin_manager
     from mi_probe._core.runner.context import Engine
-    from mi_probe._core.runner.stages import run_analysis_unit
+    from mi_probe._core.runner.units import run_analysis_unit
     from mi_probe._core.spec import load_spec_text
 
     pm = get_plugin_manager(**payload["plugins"])

@@ -10,7 +10,7 @@ measures each site's channel count and layout with one probe forward pass.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -134,7 +134,7 @@ def block_of(ref: SiteRef) -> str | None:
 
 
 def probe_sites(model: nn.Module, refs: Sequence[SiteRef], probe_input: torch.Tensor,
-                tokens: str = "patch_mean", required: Sequence[str] | None = None
+                tokens: str = "patch_mean", required: Iterable[str] | None = None
                 ) -> list[Site]:
     """Run one forward pass to learn each site's channel count, layout, stage and
     position. Sites in ``required`` (default: all) must be reached by the pass; others
@@ -183,7 +183,7 @@ def probe_sites(model: nn.Module, refs: Sequence[SiteRef], probe_input: torch.Te
             stage += 1
         stage_of[block] = stage
     last = max(len(blocks) - 1, 1)
-    sites = []
+    sites: list[Site] = []
     for ref in reached:
         layout, channels = layouts[ref.name]
         block = block_of(ref)
@@ -246,23 +246,25 @@ def at_position(sites: Sequence[Site], position: str) -> list[Site]:
         raise SiteError(f"unknown sites.position {position!r}; valid: {', '.join(POSITIONS)}")
     if position == "all":
         return list(sites)
-    placed = [s for s in sites if s.position is not None and s.stage is not None]
+    # (site, stage, position) of the sites that have both
+    placed = [(s, s.stage, s.position) for s in sites
+              if s.position is not None and s.stage is not None]
     if not placed:
         return []
-    stages = [s.stage for s in placed]
+    stages = [stage for _, stage, _ in placed]
     if position == "first_stage":
-        return [s for s in placed if s.stage == min(stages)]
+        return [s for s, stage, _ in placed if stage == min(stages)]
     if position == "last_stage":
-        return [s for s in placed if s.stage == max(stages)]
+        return [s for s, stage, _ in placed if stage == max(stages)]
     if position == "last":
-        deepest = max(s.position for s in placed)
-        return [s for s in placed if s.position == deepest]
+        deepest = max(where for _, _, where in placed)
+        return [s for s, _, where in placed if where == deepest]
     if position in ("first_half", "last_half"):
         half = position == "last_half"
-        return [s for s in placed if (min(int(2 * s.position), 1) == 1) == half]
+        return [s for s, _, where in placed if (min(int(2 * where), 1) == 1) == half]
     third = {"first_third": 0, "middle_third": 1, "last_third": 2}[position]
-    return [s for s in placed if min(int(3 * s.position), 2) == third
-            or (third == 2 and s.position == 1.0)]
+    return [s for s, _, where in placed if min(int(3 * where), 2) == third
+            or (third == 2 and where == 1.0)]
 
 
 def resolve_sites(model: nn.Module, adapter: Adapter, probe_input: torch.Tensor,

@@ -371,13 +371,14 @@ def _analyse(calls: dict[str, _Call], recorder: "_Recorder", logits_key, batch: 
         if width not in (shape[1], shape[-1]):
             width = None
         prefix = prefixes.get(int(shape[1]), 0) if len(shape) == 3 and width != shape[1] else 0
-        branch, skip, branch_shape = residual.get(path, (None, None, None))
-        units.append(Unit(path, shape, index, width, prefix, path in residual, branch, skip,
-                          branch_shape))
+        branch_path, skip, branch_shape = residual.get(path, (None, None, None))
+        units.append(Unit(path, shape, index, width, prefix, path in residual, branch_path,
+                          skip, branch_shape))
     stem = stem_shape = None
     if chosen:
         first = candidates[chosen[0]][0]
-        outer = [c for c in by_out.get(first.in_key, [])
+        feeds = by_out.get(first.in_key, []) if first.in_key is not None else []
+        outer = [c for c in feeds
                  if not any(below(u, c.path) or u == c.path for u in chosen)]
         named = [c for c in once.values() if "." not in c.path and _is_stem_name(c.path)
                  and c.finished < first.started]

@@ -25,11 +25,12 @@ import weakref
 from typing import Any
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
-from mi_probe.builtin.adapters._params import _params
+from mi_probe.builtin.adapters._params import adapter_hooks
 from mi_probe.plugin import (
-    BlockTrace, hookimpl, probe_for, SiteError, SiteRef, trace_blocks, Unit)
+    BlockTrace, probe_for, Site, SiteError, SiteRef, trace_blocks, Unit)
 
 
 class BlocksAdapter:
@@ -75,7 +76,7 @@ class BlocksAdapter:
 
     # ------------------------------------------------------------------ skip gain
     @staticmethod
-    def block_path(site) -> str | None:
+    def block_path(site: Site) -> str | None:
         """The block a ``pre_add`` / ``post_add`` site belongs to."""
         for suffix in (".pre_add", ".post_add"):
             if site.kind == suffix[1:] and site.name.endswith(suffix):
@@ -89,7 +90,8 @@ class BlocksAdapter:
         raise SiteError(f"block {block_path!r} is not a block of {type(model).__name__} "
                         "(run `mi-probe sites ARCH` to list them)")
 
-    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float) -> list:
+    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float
+                        ) -> list[RemovableHandle]:
         """Hooks that make the block compute (act of) branch + gain · skip; the caller
         removes them. ``gain = 1`` adds exactly 0."""
         unit = self._unit(model, block_path)
@@ -103,13 +105,5 @@ class BlocksAdapter:
         return skip_gain_handles(gain, reader=reader, branch=model.get_submodule(unit.branch))
 
 
-@hookimpl
-def mi_probe_register_adapters(register):
-    register("blocks", lambda _params: BlocksAdapter(), _params("blocks"))
-
-
-@hookimpl(specname="mi_probe_resolve_adapter", trylast=True)
-def resolve_blocks_adapter(model, arch):
-    """Any model whose blocks the trace finds, when no family adapter claims it."""
-    adapter = BlocksAdapter()
-    return adapter if adapter.claims(model, arch) else None
+mi_probe_register_adapters, mi_probe_resolve_adapter = adapter_hooks("blocks", BlocksAdapter,
+                                                                    trylast=True)

@@ -8,14 +8,15 @@ activation is one more site, kind ``stem``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
-from mi_probe.builtin.adapters._params import _params
-from mi_probe.plugin import hookimpl, SiteRef
+from mi_probe.builtin.adapters._params import adapter_hooks
+from mi_probe.plugin import Site, SiteRef
 
 
 def _residual_tail(block: nn.Module) -> str:
@@ -36,7 +37,7 @@ class ResNetAdapter:
                    for _, layer in self._layers(model) for b in layer)
 
     @staticmethod
-    def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def _layers(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
         return [(name, getattr(model, name)) for name in ("layer1", "layer2", "layer3", "layer4")
                 if hasattr(model, name)]
 
@@ -49,13 +50,14 @@ class ResNetAdapter:
                 refs.append(SiteRef(f"{path}.post_add", path, "post_add"))
         return refs
 
-    def suffix(self, model: nn.Module, site) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def suffix(self, model: nn.Module, site: Site
+               ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The rest of the network after a ``stem`` or ``post_add`` site, as a function of
         that site's output (None for ``pre_add``: the skip is still to be added)."""
         layers = self._layers(model)
         if site.kind == "stem":
             blocks = [b for _, layer in layers for b in layer]
-            first = [model.maxpool]
+            first = [cast(nn.Module, model.maxpool)]
         elif site.kind == "post_add":
             layer_name, idx = site.module.split(".")
             names = [n for n, _ in layers]
@@ -69,7 +71,7 @@ class ResNetAdapter:
         def run(x: torch.Tensor) -> torch.Tensor:
             for module in first + blocks:
                 x = module(x)
-            return model.forward_head(x)
+            return cast(Callable[[torch.Tensor], torch.Tensor], model.forward_head)(x)
 
         return run
 
@@ -85,7 +87,7 @@ class ResNetAdapter:
         return found
 
     @staticmethod
-    def block_path(site) -> str | None:
+    def block_path(site: Site) -> str | None:
         """The block (``layer3.1``) a ``pre_add`` / ``post_add`` site belongs to."""
         if site.kind == "post_add":
             return site.module
@@ -94,7 +96,7 @@ class ResNetAdapter:
                 site.module.rsplit(".", 1)[0]
         return None
 
-    def producers(self, model: nn.Module, site) -> list[tuple[str, str]]:
+    def producers(self, model: nn.Module, site: Site) -> list[tuple[str, str]]:
         """Modules whose out-channel rows produce the channels of ``site``, as
         ``(module path, role)`` with role ``conv`` or ``norm``, in forward order.
 
@@ -110,7 +112,7 @@ class ResNetAdapter:
         if site.kind == "stem":
             if not hasattr(model, "conv1") or not hasattr(model, "bn1"):
                 return []
-            conv = self._last(model.conv1, "conv1", (nn.Conv2d,))
+            conv = self._last(cast(nn.Module, model.conv1), "conv1", (nn.Conv2d,))
             return [(conv, "conv"), ("bn1", "norm")] if conv else []
         path = self.block_path(site)
         if path is None:
@@ -125,13 +127,14 @@ class ResNetAdapter:
             out.append((f"{path}.se.fc2", "conv"))
         downsample = getattr(block, "downsample", None)
         has_projection = downsample is not None and not isinstance(downsample, nn.Identity)
-        if site.kind == "post_add" and has_projection:
+        if site.kind == "post_add" and has_projection and downsample is not None:
             conv = self._last(downsample, f"{path}.downsample", (nn.Conv2d,))
             norm = self._last(downsample, f"{path}.downsample", norms)
             out += [(p, role) for p, role in ((conv, "conv"), (norm, "norm")) if p]
         return out
 
-    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float) -> list:
+    def skip_gain_hooks(self, model: nn.Module, block_path: str, gain: float
+                        ) -> list[RemovableHandle]:
         """Scale the skip connection of ``block_path`` by ``gain`` with forward hooks, so
         the block computes act(residual + gain · shortcut). Returns the hook handles; the
         caller must remove them (``handle.remove()``), e.g. in a ``finally``.
@@ -158,14 +161,4 @@ class ResNetAdapter:
                                  branch=getattr(block, _residual_tail(block)))
 
 
-@hookimpl
-def mi_probe_register_adapters(register):
-    register("resnet", lambda _params: ResNetAdapter(), _params("resnet"))
-
-
-@hookimpl
-def mi_probe_resolve_adapter(model, arch):
-    adapter = ResNetAdapter()
-    if adapter.claims(model, arch):
-        return adapter
-    return None
+mi_probe_register_adapters, mi_probe_resolve_adapter = adapter_hooks("resnet", ResNetAdapter)

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
 
-from mi_probe.builtin.adapters._params import _params
-from mi_probe.plugin import hookimpl, SiteRef
+from mi_probe.builtin.adapters._params import adapter_hooks
+from mi_probe.plugin import Site, SiteRef
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
 
@@ -24,7 +24,7 @@ class VGGAdapter:
     def site_refs(self, model: nn.Module) -> list[SiteRef]:
         refs = []
         seen_conv = False
-        for idx, module in enumerate(model.features):
+        for idx, module in enumerate(cast(nn.Sequential, model.features)):
             if isinstance(module, nn.Conv2d):
                 seen_conv = True
             elif isinstance(module, ACTIVATIONS) and seen_conv:
@@ -32,21 +32,22 @@ class VGGAdapter:
                 seen_conv = False
         return refs
 
-    def suffix(self, model: nn.Module, site) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def suffix(self, model: nn.Module, site: Site
+               ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The rest of the network after a ``post_act`` site, as a function of its output."""
         if site.kind != "post_act":
             return None
         idx = int(site.module.split(".")[1])
-        rest = list(model.features)[idx + 1:]
+        rest = list(cast(nn.Sequential, model.features))[idx + 1:]
 
         def run(x: torch.Tensor) -> torch.Tensor:
             for module in rest:
                 x = module(x)
-            return model.forward_head(x)
+            return cast(Callable[[torch.Tensor], torch.Tensor], model.forward_head)(x)
 
         return run
 
-    def producers(self, model: nn.Module, site) -> list[tuple[str, str]]:
+    def producers(self, model: nn.Module, site: Site) -> list[tuple[str, str]]:
         """Modules whose out-channel rows produce a ``post_act`` site's channels, as
         ``(module path, role)``: the nearest preceding conv (``conv``: weight and bias
         rows) and any BatchNorm between it and the activation (``norm``, ``*_bn``
@@ -56,7 +57,7 @@ class VGGAdapter:
         idx = int(site.module.split(".")[1])
         out: list[tuple[str, str]] = []
         for j in range(idx - 1, -1, -1):
-            module = model.features[j]
+            module = cast(nn.Sequential, model.features)[j]
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 out.insert(0, (f"features.{j}", "norm"))
             elif isinstance(module, nn.Conv2d):
@@ -65,14 +66,4 @@ class VGGAdapter:
         return []
 
 
-@hookimpl
-def mi_probe_register_adapters(register):
-    register("vgg", lambda _params: VGGAdapter(), _params("vgg"))
-
-
-@hookimpl
-def mi_probe_resolve_adapter(model, arch):
-    adapter = VGGAdapter()
-    if adapter.claims(model, arch):
-        return adapter
-    return None
+mi_probe_register_adapters, mi_probe_resolve_adapter = adapter_hooks("vgg", VGGAdapter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mi_probe.plugin import (
     CropScale, DataBundle, DataError, EVAL_CROP_PCT, hookimpl, IMAGE_EXTENSIONS,
     ImageFileDataset, IMAGENET_MEAN, IMAGENET_STD, load_rgb, Register)
+
+if TYPE_CHECKING:  # imported where used: torchvision is slow to import
+    from torchvision.transforms import v2
 
 
 class ImageFolderParams(BaseModel):

@@ -45,9 +45,10 @@ class RayParams(BaseModel):
                          "`ray start`); ray://host:port: Ray client; host:port: a head node")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance "
                                  "(default: all); ignored when joining a cluster")
-    train: Resources = Field(default_factory=Resources,
+    # pydantic's Field stub (without its mypy plugin) infers Never from a model class
+    train: Resources = Field(default_factory=Resources,  # type: ignore[arg-type]
                              description="per (model, seed) training unit")
-    analysis: Resources = Field(default_factory=Resources,
+    analysis: Resources = Field(default_factory=Resources,  # type: ignore[arg-type]
                                 description="per experiment unit")
     max_retries: int = Field(1, ge=0, description="retries of a failed unit before it is "
                              "reported by name")

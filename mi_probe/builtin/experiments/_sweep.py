@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, check_mass_levels, mean_over_draws, Plan, RunContext,
@@ -17,7 +17,7 @@ from mi_probe.functional.concentration import mass
 from mi_probe.functional.masses import set_overlap
 from mi_probe.functional.selection import bottom_set, mass_set, select
 
-SELECTIONS = ("top", "random", "bottom")
+SELECTIONS: tuple[Literal["top", "random", "bottom"], ...] = ("top", "random", "bottom")
 FITS = ("in_sample", "cross_fit")
 
 
@@ -67,12 +67,16 @@ class SweepParams(FitParams):
                            "highest-MI channels holding this fraction of the site's label MI")
     selections: list[Literal["top", "random", "bottom"]] = Field(list(SELECTIONS), min_length=1)
     random_draws: int = Field(3, ge=1, description="size-matched random sets per (site, q)")
+    if TYPE_CHECKING:  # each experiment's subclass declares its ``kind: Literal[...]``
+        kind: str
 
     _q_range = field_validator("q")(check_mass_levels)
 
 
-def _variants(params: BaseModel) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
-    """(variant label, intervention name, intervention params, extra row columns)."""
+def _variants(params: Any) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(variant label, intervention name, intervention params, extra row columns) of a
+    sweep's params (``KnockoutParams``, ``ShuffleExpParams`` or ``PerturbExpParams``, whose
+    modules import this one)."""
     if params.kind == "knockout":
         return [(v, "knockout" if v == "plain" else "energy", {}, {}) for v in params.variants]
     if params.kind == "shuffle":
@@ -109,7 +113,8 @@ class InterventionSweep:
         state = self.params.state
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
-        correct0 = cap.logits.argmax(1) == cap.labels
+        # captures and evaluations of the engine always keep the logits
+        correct0 = cast(torch.Tensor, cap.logits).argmax(1) == cap.labels
         plans = fit_plans(ctx, self.params, seed, cap.labels)
         rows, mass_rows = [], []
         for site in cap.sites:
@@ -147,7 +152,7 @@ class InterventionSweep:
                                 result = ctx.evaluate(model, [(site, iv, channels)],
                                                       generator=ctx.rng(seed, f"apply/{site.name}/"
                                                                         f"{q}/{selection}/{draw}/{label}{tag}"))
-                                correct = result.logits.argmax(1) == result.labels
+                                correct = cast(torch.Tensor, result.logits).argmax(1) == result.labels
                                 acc = mean_of(rows_at(correct, score))
                                 rows.append({**site_row(seed, state, site), **fit_cols, "q": q,
                                              "selection": selection, "variant": label, **extra,
@@ -176,7 +181,7 @@ class InterventionSweep:
         return {f"summary_{self.name}": aggregate(per_seed, self._keys(),
                                                   ["drop", "accuracy", "frac_channels"])}
 
-    def notes(self, tables: dict[str, pl.DataFrame]) -> list[str]:
+    def notes(self, tables: Mapping[str, pl.DataFrame]) -> list[str]:
         """Say so when no site was intervened on (no table of drops is then written)."""
         masses = tables.get(f"{self.name}_site_masses")
         swept = tables.get(self.name)

@@ -6,7 +6,7 @@ add more and name them in ``extra_metrics``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import polars as pl
 from pydantic import ConfigDict, Field
@@ -15,6 +15,7 @@ from mi_probe.plugin import (
     aggregate_seeds, channel_masses, ChannelMassParams, hookimpl, Plan, RANDOM, RunContext,
     seed_units, SITE_COLUMNS, site_row, SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.functional import concentration as C
+from mi_probe.functional.masses import SignalTest
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
 
@@ -90,6 +91,8 @@ class ConcentrationExperiment:
                                            corrected_kind, seed=seed, purpose=purpose,
                                            null_draws=params.mass_null_draws)
                 raw = corrected.raw
+                # corrected kinds always carry their signal test (only raw has none)
+                signal = cast(SignalTest, corrected.signal)
                 raw_m = _metrics(raw, params.top_k)
                 corr_m = _metrics(corrected.values, params.top_k) if corrected.usable else None
                 chosen_m = raw_m if params.mass == "raw" else corr_m
@@ -103,9 +106,9 @@ class ConcentrationExperiment:
                     "mass_kind": params.mass, "corrected_kind": corrected_kind,
                     "total_i_ty": float(raw.clamp(min=0).sum()),
                     "total_mass_corrected": float(corrected.values.sum()),
-                    "signal_channels": corrected.signal.signal_channels,
-                    "signal_p": corrected.signal.p_value,
-                    "has_signal": corrected.signal.has_signal,
+                    "signal_channels": signal.signal_channels,
+                    "signal_p": signal.p_value,
+                    "has_signal": signal.has_signal,
                     "channels": site.channels, **extra}
                 for k in params.top_k:
                     row = {**base, "top_k": k, "top_k_channels": C.top_k_count(site.channels, k)}

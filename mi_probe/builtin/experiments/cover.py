@@ -14,7 +14,7 @@ the third arm. Each set is knocked out with the registered ``knockout`` interven
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 import torch
@@ -28,7 +28,7 @@ from mi_probe.functional.histogram import bin_uniform
 from mi_probe.functional.pairwise import pair_mi_from_codes
 from mi_probe.functional.selection import MASS_SLACK, mass_set, random_set
 
-SETS = ("cover", "redundant", "random")
+SETS: tuple[Literal["cover", "redundant", "random"], ...] = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
 
 
@@ -131,7 +131,8 @@ class CoverExperiment:
         """I(T_r; T_d) for the channels ``rows`` against every channel: the estimator's
         own pair_mi, or a ``pair_bins`` histogram (min/max range) when the spec asks."""
         if self.params.pair_bins is None:
-            return ctx.estimator.pair_mi(acts[:, rows.to(acts.device)], acts)
+            # check_spec refused an estimator without pair_mi when pair_bins is None
+            return cast(PairMI, ctx.estimator).pair_mi(acts[:, rows.to(acts.device)], acts)
         codes = bin_uniform(acts, self.params.pair_bins)
         return pair_mi_from_codes(codes[:, rows.to(codes.device)], codes, self.params.pair_bins)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 import torch
@@ -294,7 +294,9 @@ class Dynamics:
         if n is None:
             return None
         if labels is None:
-            labels = eval_labels(ctx.eval_set)
+            # the engine's evaluation set, outside the RunContext protocol (plan asks
+            # hasattr first)
+            labels = eval_labels(cast(Any, ctx).eval_set)
         total, k = int(labels.numel()), ctx.num_classes
         if n > total:
             raise SpecError(f"experiment.track_samples: {n} is larger than the evaluation "

@@ -5,7 +5,7 @@ rank agreement of layers and channels against a reference setting.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import polars as pl
 import torch
@@ -100,6 +100,7 @@ class EstimatorSweep:
             raise SpecError(f"estimator_sweep varies the bin count; estimator "
                             f"{base['kind']!r} has no bins parameter")
         p = self.params
+        ranges: Sequence[str | None]
         if "range" in base:
             ranges = p.ranges or ["minmax", "quantile"]
             if p.reference_range not in ranges:
@@ -163,9 +164,9 @@ class EstimatorSweep:
                     layer_values[(b, r, fraction)] = torch.stack(
                         [v.mean() for v in per_site.values()])
             for key, per_site in channel_values.items():
-                chan = [spearman(per_site[s.name], channel_values[ref_key][s.name])
-                        for s in cap.sites]
-                chan = [c for c in chan if c is not None]
+                rank_corrs = [spearman(per_site[s.name], channel_values[ref_key][s.name])
+                              for s in cap.sites]
+                chan = [c for c in rank_corrs if c is not None]
                 agreement.append({"seed": seed, "state": state, "bins": key[0],
                                   "range": key[1], "fraction": key[2],
                                   "n_samples": max(2, round(key[2] * n)),

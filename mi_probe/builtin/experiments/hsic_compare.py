@@ -6,7 +6,7 @@ target accuracy, generalisation gap and time per epoch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -186,8 +186,10 @@ class HSICCompare:
             figs["hsic_seconds_per_epoch"] = alt.layer(bars, errs).properties(
                 width=300, height=300, title=alt.TitleParams(
                     "Training time per epoch (95% CI over seeds)",
-                    subtitle=[f"n = {int(summary['seconds_per_epoch_n'].min())}"
-                              f"–{int(summary['seconds_per_epoch_n'].max())} seeds per bar"
+                    # a count column (polars types a Series' min/max as any scalar)
+                    subtitle=[f"n = {int(cast(int, summary['seconds_per_epoch_n'].min()))}"
+                              f"–{int(cast(int, summary['seconds_per_epoch_n'].max()))} "
+                              "seeds per bar"
                               if summary['seconds_per_epoch_n'].n_unique() > 1 else
                               f"n = {int(summary['seconds_per_epoch_n'][0])} seeds per bar"]))
         return figs

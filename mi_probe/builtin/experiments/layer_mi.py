@@ -8,7 +8,7 @@ evaluation accuracy of the model.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 import torch
@@ -107,8 +107,10 @@ class LayerMIExperiment:
                     i_xt, i_ty = layer.i_xt, layer.i_ty
                 base = site_row(seed, state, site)
                 layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
-                               "i_ty_null": null_layer.mean().item() if nulls else None,
-                               "i_ty_null_sd": (null_layer.std().item() if len(nulls) > 1
+                               "i_ty_null": (null_layer.mean().item()
+                                             if null_layer is not None else None),
+                               "i_ty_null_sd": (null_layer.std().item()
+                                                if null_layer is not None and len(nulls) > 1
                                                 else None),
                                "channels": site.channels, "reduce": self.params.reduce})
                 if self.params.channel_table:
@@ -159,7 +161,8 @@ class LayerMIExperiment:
             import altair as alt
 
             # drawn last and dark, so the null lines (light, shuffled labels) never hide it
-            rule = alt.Chart(alt.InlineData(values=[{"bias": float(layer["i_ty_bias"].max())}])
+            top = cast(float, layer["i_ty_bias"].max())  # a float column
+            rule = alt.Chart(alt.InlineData(values=[{"bias": float(top)}])
                              ).mark_rule(strokeDash=[6, 3], color="#333", strokeWidth=1.5
                                          ).encode(y=alt.Y("bias", type="quantitative"))
             i_ty = alt.layer(i_ty, rule)

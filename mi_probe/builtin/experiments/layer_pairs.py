@@ -7,7 +7,7 @@ layers) and the value above that floor.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, cast
 
 import polars as pl
 import torch
@@ -86,6 +86,7 @@ class LayerPairs:
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
         est = ctx.estimator
+        pair_est = cast(PairMI, est)  # check_spec refused an estimator without pair_mi
         bins = est.describe().get("bins")
         rows = []
         for state in self.params.states:
@@ -106,14 +107,14 @@ class LayerPairs:
                 for b in cap.sites[i:]:
                     same = a.name == b.name
                     acts_a, acts_b = chosen[a.name], chosen[b.name]
-                    value, n_pairs = mean_pair_mi(est.pair_mi(acts_a, acts_b), same)
+                    value, n_pairs = mean_pair_mi(pair_est.pair_mi(acts_a, acts_b), same)
                     # null: a's rows permuted, so every pair keeps its marginals but loses
                     # the pairing of samples; its mean pair MI is the floor of the estimate
                     nulls = []
                     for d in range(self.params.null_draws):
                         perm = torch.randperm(n, generator=ctx.rng(
                             seed, f"pairs-null/{state}/{a.name}/{b.name}/{d}")).to(acts_a.device)
-                        nulls.append(mean_pair_mi(est.pair_mi(acts_a[perm], acts_b), same)[0])
+                        nulls.append(mean_pair_mi(pair_est.pair_mi(acts_a[perm], acts_b), same)[0])
                     null = sum(nulls) / len(nulls) if nulls else None
                     null_sd = (torch.tensor(nulls, dtype=torch.float64).std().item()
                                if len(nulls) > 1 else None)
@@ -143,15 +144,17 @@ class LayerPairs:
             out["layer_pairs_delta"] = delta
         return out
 
-    def notes(self, tables: dict[str, pl.DataFrame]) -> list[str]:
+    def notes(self, tables: Mapping[str, pl.DataFrame]) -> list[str]:
         """Report notes: what the layer–layer quantity can and cannot show, with this
         run's measured floor."""
         frame = tables.get("layer_pairs")
         lines = ["Layer–layer MI. " + " ".join(PAIRS_CAN + PAIRS_CANNOT)]
         if frame is not None and _has_null(frame):
             bias, null = frame["mi_bias"].drop_nulls(), frame["mi_null"]
-            lines.append(f"Row-permuted null (plug-in floor) here: mean {null.mean():.4f} nats, "
-                         f"range {null.min():.4f}–{null.max():.4f}"
+            # a float column (polars types a Series' aggregates as any Python scalar)
+            mean, low, high = (cast(float, v) for v in (null.mean(), null.min(), null.max()))
+            lines.append(f"Row-permuted null (plug-in floor) here: mean {mean:.4f} nats, "
+                         f"range {low:.4f}–{high:.4f}"
                          + (f" (first-order (B−1)²/2N = {bias[0]:.4f})" if bias.len() else "")
                          + "; mi_excess = mi − mi_null, not clipped (negative: no dependence "
                          "above the floor).")

@@ -6,9 +6,10 @@ selection columns are shared with ``knockout``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
+import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
@@ -71,7 +72,8 @@ class SemanticKnockout:
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
         labels = cap.labels
-        correct0 = (cap.logits.argmax(1) == labels)
+        # captures and evaluations of the engine always keep the logits
+        correct0 = (cast(torch.Tensor, cap.logits).argmax(1) == labels)
         classes = self.params.classes or list(range(ctx.num_classes))
         iv_name = "knockout" if self.params.variant == "plain" else "energy"
         plans = fit_plans(ctx, self.params, seed, labels)
@@ -115,7 +117,8 @@ class SemanticKnockout:
                                 channels = select(v, q, selection, gen, size=top.numel())
                                 iv = ctx.plugin("interventions", iv_name)
                                 result = ctx.evaluate(model, [(site, iv, channels)])
-                                correct = rows_at(result.logits.argmax(1) == result.labels, score)
+                                logits = cast(torch.Tensor, result.logits)
+                                correct = rows_at(logits.argmax(1) == result.labels, score)
                                 class_acc = mean_of(correct[score_k])
                                 rows.append({
                                     **site_row(seed, state, site), **fit_cols, "class": k,

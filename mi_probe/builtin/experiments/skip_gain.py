@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import fnmatch
-from typing import Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 import torch
@@ -84,7 +84,7 @@ def _block_of(site: Site) -> str | None:
 
 
 def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
-                ) -> list[dict]:
+                ) -> list[dict[str, Any]]:
     """Per block (forward order): its path, block index and its pre/post Site objects
     (constructed from the adapter's site list when the spec lacks one of them)."""
     refs = {r.name: r for r in adapter.site_refs(model)}
@@ -107,7 +107,8 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
     plan = []
     for b in chosen:
         pre, post = by_name.get(f"{b}.pre_add"), by_name.get(f"{b}.post_add")
-        anchor = post or pre
+        # b was chosen for having a site in the spec, so one of the two is there
+        anchor = cast(Site, post or pre)
         if pre is None:
             ref = refs[f"{b}.pre_add"]
             pre = replace(anchor, name=ref.name, module=ref.module, kind=ref.kind,
@@ -165,16 +166,16 @@ class SkipGain:
         model = ctx.model(seed, state)
         adapter = resnet_adapter(ctx, model)
         cap = ctx.capture(seed, state)
-        plan = plan_blocks(adapter, model, cap.sites, self.params.blocks)
+        blocks = plan_blocks(adapter, model, cap.sites, self.params.blocks)
         acts = dict(cap.acts)
-        missing = [s for b in plan for s in (b["pre"], b["post"]) if s.name not in acts]
+        missing = [s for b in blocks for s in (b["pre"], b["post"]) if s.name not in acts]
         if missing:
             ctx.progress(f"seed {seed}: capturing {len(missing)} site(s) not in the spec")
             extra = ctx.evaluate(model, sites=missing)
             acts.update(extra.acts)
         baseline = cap.accuracy
         conc_rows, gain_rows = [], []
-        for b in plan:
+        for b in blocks:
             pre_gini, pre_top, pre_raw = self._concentration(
                 ctx, acts[b["pre"].name], cap.labels, seed, f"{state}/{b['pre'].name}")
             post_gini, post_top, post_raw = self._concentration(

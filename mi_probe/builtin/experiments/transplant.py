@@ -12,7 +12,7 @@ and the donor's bottom-MI channels. The recipient model itself is never modified
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 import torch
@@ -128,7 +128,7 @@ class Transplant:
         if unknown:
             raise SpecError(f"experiment.pairs names seeds {unknown} that are not in seeds "
                             f"{seeds}")
-        return [tuple(p) for p in self.params.pairs]
+        return [cast("tuple[int, int]", tuple(p)) for p in self.params.pairs]
 
     def plan(self, ctx: RunContext) -> Plan:
         recipients = list(dict.fromkeys(r for _, r in self._pairs(ctx)))

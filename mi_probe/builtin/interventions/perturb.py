@@ -3,7 +3,7 @@ channel's standard deviation over the evaluation set (calibrated on it first).""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import Field
@@ -27,7 +27,8 @@ class Perturb(_Base):
 
     def reset(self, generator: torch.Generator) -> None:
         super().reset(generator)
-        self._sum = self._sumsq = None
+        self._sum: torch.Tensor | None = None
+        self._sumsq: torch.Tensor | None = None
         self._count = 0
         self._device_gen: torch.Generator | None = None
 
@@ -41,8 +42,10 @@ class Perturb(_Base):
         self._count += flat.shape[0]
 
     def std(self) -> torch.Tensor:
-        mean = self._sum / self._count
-        var = (self._sumsq / self._count - mean * mean).clamp_min(0)
+        # set by calibrate (__call__ refuses an uncalibrated perturb first)
+        total, total_sq = cast(torch.Tensor, self._sum), cast(torch.Tensor, self._sumsq)
+        mean = total / self._count
+        var = (total_sq / self._count - mean * mean).clamp_min(0)
         return var.sqrt()
 
     def __call__(self, output, site, channels, start):

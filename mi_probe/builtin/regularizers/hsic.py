@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -115,7 +115,8 @@ class HSICRegularizer:
             return torch.zeros((), device=device)
         values = self.dependence(active, labels)
         self.last_values = {site: float(v.detach()) for site, v in values.items()}
-        total = sum(weights[site] * v for site, v in values.items())
+        # a tensor: ``active`` is not empty, so neither is ``values``
+        total = cast(torch.Tensor, sum(weights[site] * v for site, v in values.items()))
         return -lam * total
 
 

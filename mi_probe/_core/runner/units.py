@@ -50,10 +50,12 @@ def job_payload(engine: Any, stage: str, unit: str, run_dir: Path,
             "log": str((run_dir / "logs" / f"{stage}-{safe_name(unit)}.log").resolve())}
 
 
-def check_failures(stage: str, failures: dict[str, str], run_dir: Path) -> None:
-    """Raise UnitsFailedError naming the failed units and how to finish the run."""
+def check_failures(stage: str, failures: dict[str, str], run_dir: Path | None) -> None:
+    """Raise UnitsFailedError naming the failed units and how to finish the run (a
+    torchrun follower rank has no run directory: the re-run is the same command)."""
     if failures:
-        raise UnitsFailedError(
-            f"{len(failures)} {stage} unit(s) failed; finished units are kept and a re-run "
-            f"with --out {run_dir} computes only the missing ones (worker logs: "
-            f"{run_dir / 'logs'})", failures)
+        again = (f"a re-run with --out {run_dir} computes only the missing ones (worker "
+                 f"logs: {run_dir / 'logs'})" if run_dir is not None else
+                 "the same command again computes only the missing ones")
+        raise UnitsFailedError(f"{len(failures)} {stage} unit(s) failed; finished units are "
+                               f"kept and {again}", failures)
