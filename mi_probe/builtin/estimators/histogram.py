@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,14 +54,18 @@ class HistogramEstimator:
         #: None = min/max range; else the tail share clipped at each end of a channel
         self.quantile = params.range_quantile if params.range == "quantile" else None
 
-    def _codes(self, acts: torch.Tensor) -> torch.Tensor:
+    def _binned(self, binner: Any, acts: torch.Tensor) -> Any:
+        """``binner(acts, bins, quantile)`` with the estimator's typed errors."""
         if acts.ndim != 2:
             raise EstimatorError(f"histogram estimator expects (N, C) activations, "
                                  f"got shape {tuple(acts.shape)}")
         try:
-            return F.bin_uniform(acts, self.bins, self.quantile)
+            return binner(acts, self.bins, self.quantile)
         except ValueError as exc:  # NaN / ±inf / no samples: the estimator's typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
+
+    def _codes(self, acts: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self._binned(F.bin_uniform, acts))
 
     def _label_mi(self, codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
                   num_classes: int) -> torch.Tensor:
@@ -140,13 +144,7 @@ class HistogramEstimator:
         """One site's activations binned once (ranges, codes): the state the
         ``*_prepared`` methods answer from, each equal bit for bit to its per-quantity
         method on ``acts``. Valid until ``acts`` changes."""
-        if acts.ndim != 2:
-            raise EstimatorError(f"histogram estimator expects (N, C) activations, "
-                                 f"got shape {tuple(acts.shape)}")
-        try:
-            return F.bin_site(acts, self.bins, self.quantile)
-        except ValueError as exc:  # NaN / ±inf / no samples: the estimator's typed error
-            raise EstimatorError(f"histogram estimator: {exc}") from exc
+        return cast(F.BinnedSite, self._binned(F.bin_site, acts))
 
     def _prepared_statistics(self, state: F.BinnedSite, labels: torch.Tensor | None,
                              num_classes: int = 1) -> F.ChannelStatistics:
