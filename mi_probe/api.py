@@ -116,7 +116,8 @@ class Run:
 
     @property
     def checks(self) -> list[dict[str, Any]]:
-        """The spec's claims: name, kind, table, passed, detail, observed."""
+        """The spec's claims: name, kind, table, verdict (holds, does not hold or
+        inconclusive), passed (it holds), detail, observed and its interval."""
         return list(self.meta.get("checks", []))
 
     @property

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=["tiny"], help="apply a run profile (tiny: small "
                      "models and data, for smoke tests; see mi_probe/_core/profiles.py)")
     run.add_argument("--strict", action="store_true",
-                     help="exit with status 3 when a claim in the spec's checks fails")
+                     help="exit with status 3 unless every claim in the spec's checks holds "
+                     "(one that does not hold or is inconclusive fails)")
     run.add_argument("--executor", metavar="NAME", help="where units run: local (default) or "
                      "ray; replaces the spec's executor block unless it names the same kind "
                      "(then --set executor.address=... etc. refine it)")
@@ -134,7 +135,7 @@ def _cmd_run(args, pm) -> int:
     for warning in outcome.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for check in outcome.checks:
-        verdict = "holds" if check["passed"] else "FAILED"
+        verdict = check.get("verdict") or ("holds" if check["passed"] else "does not hold")
         print(f"claim {check['name']!r} {verdict}: {check['detail']}", file=sys.stderr)
     print(f"report: {outcome.index}")
     return 3 if args.strict and outcome.failed_checks else 0

@@ -75,12 +75,23 @@ class Site:
 @dataclass
 class DataBundle:
     """What a data source returns: a training set, the evaluation (validation) set in a
-    fixed order without augmentation, and the class names (index = label)."""
+    fixed order without augmentation, and the class names (index = label).
+
+    ``selection``, when a source has one, is a third set of images, disjoint from both,
+    that chooses the checkpoint and stops training early; the evaluation set is then
+    used only for analysis (MI, channel ranking, interventions), never to choose the
+    model it analyses. Without it the evaluation set plays both roles."""
 
     train: torch.utils.data.Dataset[Any]
     val: torch.utils.data.Dataset[Any]
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    selection: torch.utils.data.Dataset[Any] | None = None
+
+    @property
+    def selection_set(self) -> torch.utils.data.Dataset[Any]:
+        """The images that choose the checkpoint: ``selection``, else ``val``."""
+        return self.val if self.selection is None else self.selection
 
     @property
     def num_classes(self) -> int:

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from mi_probe import cli
-from mi_probe._core.checks import BoundCheck, CompareCheck, TrendCheck, evaluate_checks
+from mi_probe._core.checks import BoundCheck, CompareCheck, TrendCheck
+from mi_probe._core.claims import evaluate_checks
 from mi_probe.errors import SpecError
 from mi_probe._core.profiles import apply_profile, tiny_arch
 from mi_probe._core.spec import load_spec_text
@@ -40,55 +41,68 @@ KNOCK = pl.DataFrame({
     "drop": [0.5, 0.01, 0.6, 0.02, 0.55, 0.0]})
 
 
-def test_trend_claim():
+KNOCK3 = pl.DataFrame({
+    "seed": [0, 0, 1, 1, 2, 2], "selection": ["top", "random"] * 3,
+    "drop": [0.5, 0.01, 0.6, 0.02, 0.55, 0.0]})
+
+
+def test_trend_claim_one_seed_is_inconclusive_three_seeds_decide():
     ok = TrendCheck(name="rises", table="layer_mi", value="i_ty")
     down = TrendCheck(name="falls", table="layer_mi", value="i_ty", direction="decreasing")
+    # two seeds that both rise perfectly: Fisher z of the clipped correlations
     res = evaluate_checks([ok, down], {"layer_mi": LAYERS})
-    assert [r["passed"] for r in res] == [True, False]
-    assert res[0]["observed"] == pytest.approx(1.0)
-    assert "Spearman(depth, mean i_ty) = 1.000 over 4 points" in res[0]["detail"]
+    assert [r["verdict"] for r in res] == ["holds", "does not hold"]
+    assert res[0]["observed"] == pytest.approx(0.9999) and res[0]["n"] == 2
+    assert "Spearman(depth, i_ty) per seed" in res[0]["detail"]
+    one = evaluate_checks([ok], {"layer_mi": LAYERS.filter(pl.col("seed") == 0)})[0]
+    assert one["verdict"] == "inconclusive" and not one["passed"]
+    assert "one seed: no interval to decide on" in one["detail"]
 
 
-def test_compare_claim_with_ci_separation():
+def test_compare_claim_per_seed_differences():
     claim = CompareCheck(name="top beats random", table="knockout", value="drop", by="selection",
-                         greater="top", lesser="random", ci_separated=True)
-    res = evaluate_checks([claim], {"knockout": KNOCK})[0]
-    assert res["passed"] and "do not overlap" in res["detail"]
-    assert res["observed"] == pytest.approx(0.55 - 0.01)
-    close = KNOCK.with_columns(drop=pl.when(pl.col("selection") == "random")
-                               .then(pl.col("drop") + 0.5).otherwise(pl.col("drop")))
+                         greater="top", lesser="random")
+    res = evaluate_checks([claim], {"knockout": KNOCK3})[0]
+    assert res["passed"] and res["verdict"] == "holds"
+    assert res["observed"] == pytest.approx((0.49 + 0.58 + 0.55) / 3)
+    assert "90% interval over seeds" in res["detail"] and "n = 3" in res["detail"]
+    close = KNOCK3.with_columns(drop=pl.when(pl.col("selection") == "random")
+                                .then(pl.col("drop") + 0.54).otherwise(pl.col("drop")))
     res = evaluate_checks([claim], {"knockout": close})[0]
-    assert not res["passed"] and "overlap" in res["detail"]
+    assert res["verdict"] == "inconclusive"
 
 
 def test_compare_claim_counts_seeds_with_a_value_and_never_rows():
     claim = CompareCheck(name="top beats random", table="knockout", value="drop", by="selection",
-                         greater="top", lesser="random", ci_separated=True)
+                         greater="top", lesser="random")
     # seeds 3 and 4 have no top value (null, NaN): they are not seeds of the interval
     extra = pl.DataFrame({"seed": [3, 3, 4, 4], "selection": ["top", "random"] * 2,
                           "drop": [None, 0.01, float("nan"), 0.0]})
-    res = evaluate_checks([claim], {"knockout": pl.concat([KNOCK, extra])})[0]
-    assert res["passed"] and "95% CIs over 3 seed(s) do not overlap" in res["detail"]
+    res = evaluate_checks([claim], {"knockout": pl.concat([KNOCK3, extra])})[0]
+    assert res["passed"] and res["n"] == 3 and "seed(s) [3, 4] have rows but no value" \
+        in res["detail"]
     # two sites of one seed are one observation, not two
-    sites = KNOCK.with_columns(site=pl.lit("a"))
+    sites = KNOCK3.with_columns(site=pl.lit("a"))
     res = evaluate_checks([claim], {"knockout": pl.concat(
         [sites, sites.with_columns(site=pl.lit("b"))])})[0]
-    assert "over 3 seed(s)" in res["detail"]
-    # a table without seeds has no interval over seeds to separate
-    res = evaluate_checks([claim], {"knockout": KNOCK.drop("seed")})[0]
-    assert not res["passed"] and "ci_separated needs a per-seed table with a 'seed' column" \
-        in res["detail"]
+    assert res["n"] == 3
+    # a table without seeds has no interval over seeds
+    res = evaluate_checks([claim], {"knockout": KNOCK3.drop("seed")})[0]
+    assert res["verdict"] == "inconclusive" and "no column(s) ['seed']" in res["detail"]
 
 
-def test_bound_claim_and_unevaluable_claims_fail_with_reason():
-    claims = [BoundCheck(name="small", table="layer_mi", value="i_ty", max=1.0),
+def test_bound_claim_and_unevaluable_claims_are_inconclusive_with_reason():
+    claims = [BoundCheck(name="small", table="layer_mi", value="i_ty", max=1.0, aggregate="all"),
               BoundCheck(name="mean", table="layer_mi", value="i_ty", min=0.5, aggregate="mean"),
               BoundCheck(name="no table", table="nope", value="x", min=0),
               BoundCheck(name="no column", table="layer_mi", value="x", min=0),
               BoundCheck(name="no rows", table="layer_mi", value="i_ty", min=0,
                          filter={"state": "random"})]
     res = evaluate_checks(claims, {"layer_mi": LAYERS})
-    assert [r["passed"] for r in res] == [True, False, False, False, False]
+    # per-seed means 0.375 and 0.4: the 90% interval [0.30, 0.49] lies below 0.5
+    assert [r["verdict"] for r in res] == ["holds", "does not hold", "inconclusive",
+                                           "inconclusive", "inconclusive"]
+    assert "every one of 8 values lies within" in res[0]["detail"]
     assert "no table 'nope'" in res[2]["detail"]
     assert "no column(s) ['x']" in res[3]["detail"]
     assert "no rows of 'layer_mi' match filter {'state': 'random'}" in res[4]["detail"]
@@ -109,7 +123,7 @@ def test_checks_in_a_spec_are_validated_with_locations(pm):
         load_spec_text(text, "c.yaml", pm=pm)
     problems = "\n".join(exc.value.problems)
     assert "c.yaml:14: checks.1.kind: unknown check kind 'comparee'; valid: trend, compare, " \
-           "bound (did you mean 'compare'?)" in problems
+           "bound, equivalence (did you mean 'compare'?)" in problems
     assert "c.yaml:15: checks.2.mx: unknown field" in problems and "did you mean 'max'" in problems
 
 
@@ -182,7 +196,7 @@ def test_pytest_collects_every_spec_stage_with_readable_failures(pytester, spec_
     assert "specs/nosites.yaml [validate]" in out
     assert "site pattern(s) ['layer9.*'] match no site" in out
     assert "specs/claim.yaml [checks]" in out
-    assert "claim 'values are finite and capped' failed: i_xt range" in out
+    assert "claim 'values are finite and capped' failed (does not hold): range of i_xt" in out
 
 
 def test_a_stage_selected_alone_runs_the_stages_it_needs(pytester, spec_dir):
@@ -226,7 +240,7 @@ def test_run_strict_exits_3_on_a_failed_claim(tmp_path, capsys, pm, monkeypatch)
     assert cli.main(["run", str(path), "--out", str(tmp_path / "r"), "--no-progress",
                      "--strict"], pm=pm) == 3
     err = capsys.readouterr().err
-    assert "claim 'values are finite and capped' FAILED: i_xt range" in err
+    assert "claim 'values are finite and capped' does not hold: range of i_xt" in err
     import json
 
     info = json.loads((tmp_path / "r" / "run.json").read_text())

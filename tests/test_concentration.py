@@ -276,3 +276,50 @@ def test_metric_params_are_validated(pm):
         model(k=0)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         pm.registry.entries("metrics")["gini"].params_model(bins=3)
+
+
+# ------------------------------------------------------------------ clipping artefact (issue 21)
+
+def _layer(generalists: int, specialists: int, seed: int = 0):
+    """Per-channel raw MI and a shuffled-label null for one synthetic site: ``C`` noise
+    channels at the null floor, ``generalists`` with a little label MI each and
+    ``specialists`` with much."""
+    rng = np.random.default_rng(seed)
+    floor, c = 0.02, 64
+    null = torch.tensor(floor + 0.002 * rng.standard_normal((16, c)))
+    raw = floor + 0.002 * rng.standard_normal(c)
+    raw[:generalists] += 0.05 + 0.01 * rng.random(generalists)
+    raw[generalists:generalists + specialists] += 0.5
+    return torch.tensor(raw), null
+
+
+def _signal_gini(raw, null):
+    from mi_probe.functional.concentration import signal_measures, signal_values
+    from mi_probe.functional.masses import null_subtracted, signal_test
+
+    test = signal_test(raw, null)
+    measures = signal_measures(signal_values(null_subtracted(raw, null), raw, test.threshold),
+                               [0.1])
+    return None if measures is None or not test.has_signal else measures["gini"]
+
+
+def test_clipped_gini_reads_a_noise_floor_layer_as_concentrated_the_signal_measure_does_not():
+    from mi_probe.functional.masses import null_subtracted
+
+    raw, null = _layer(generalists=4, specialists=0)
+    # four informative channels of 64, the rest at the floor: clipping zeroes 60 channels
+    assert gini(null_subtracted(raw, null)) > 0.8
+    # over the channels that beat the null, four near-equal channels (and a noise channel
+    # that crossed the threshold) are not concentrated
+    assert _signal_gini(raw, null) < 0.3
+
+
+def test_signal_concentration_is_scale_invariant_and_rises_with_planted_specialists():
+    raw, null = _layer(generalists=32, specialists=0)
+    base = _signal_gini(raw, null)
+    # every channel's MI (and so the null) times a constant: the same measure
+    for factor in (0.1, 3.0):
+        assert _signal_gini(raw * factor, null * factor) == pytest.approx(base, abs=1e-12)
+    # a planted subset of specialists among the informative channels raises it
+    planted_raw, planted_null = _layer(generalists=28, specialists=4)
+    assert _signal_gini(planted_raw, planted_null) > base + 0.3

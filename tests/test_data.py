@@ -176,6 +176,46 @@ def test_imagefolder_corrupt_file_named_on_access_and_by_verify(tmp_path):
     assert folder_source(make_folder(tmp_path / "clean")).verify() == []
 
 
+def _names(dataset) -> set[Path]:
+    return {path for path, _ in dataset.samples}
+
+
+def test_imagefolder_selection_is_held_back_from_train_and_disjoint_from_eval(tmp_path):
+    root = make_folder(tmp_path / "ds", n=6)
+    everything = folder_source(root).load()
+    bundle = folder_source(root, selection_fraction=0.34).load()
+    train, held, val = _names(bundle.train), _names(bundle.selection), _names(bundle.val)
+    # three roles, no image in two of them; train and selection partition the train folder
+    assert not train & held and not held & val and not train & val
+    assert train | held == _names(everything.train)
+    assert val == _names(everything.val)
+    # two of six per class, stratified, with labels kept
+    assert sorted(label for _, label in bundle.selection.samples) == [0, 0, 1, 1, 2, 2]
+    assert bundle.info["n_selection"] == 6 and bundle.info["n_train"] == 12
+    assert bundle.selection_set is bundle.selection
+    # the same files on every load (no seed, no listing order), eval transform (no crops)
+    assert _names(folder_source(root, selection_fraction=0.34).load().selection) == held
+    assert torch.equal(bundle.selection[0][0], bundle.selection[0][0])
+    # without a fraction there is no third set: the evaluation images choose the model
+    assert everything.selection is None and everything.selection_set is everything.val
+
+
+def test_imagefolder_train_per_class_caps_training_only(tmp_path):
+    root = make_folder(tmp_path / "ds", n=6)
+    full = folder_source(root, selection_fraction=0.34).load()
+    capped = folder_source(root, selection_fraction=0.34, train_per_class=1).load()
+    assert sorted(label for _, label in capped.train.samples) == [0, 1, 2]
+    assert _names(capped.train) <= _names(full.train)
+    assert _names(capped.selection) == _names(full.selection)
+    assert _names(capped.val) == _names(full.val)
+
+
+def test_imagefolder_selection_needs_two_images_per_class(tmp_path):
+    root = make_folder(tmp_path / "ds", n=1)
+    with pytest.raises(DataError, match="needs at least 2 training images per class"):
+        folder_source(root, selection_fraction=0.5).load()
+
+
 def test_imagefolder_params_validation():
     with pytest.raises(ValidationError):
         ImageFolderParams(root="x", image_size=4)

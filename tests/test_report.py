@@ -339,8 +339,8 @@ def test_write_index_lists_everything_escapes_and_truncates(tmp_path: Path) -> N
     assert page.count("<tr>") == 1 + 200 + 1 + 1  # two header rows, 200 + 1 body rows
     assert "Warnings" in page and "estimator saturated at layer4" in page
     assert "log B = 3.00 nats per channel" in page
-    assert "Claims (1 of 2 hold)" in page
-    assert re.search(r'class="fail">FAIL monotone: I\(X;T\) rose at depth 3', page)
+    assert "Claims (1 of 2 hold, 1 do not, 0 inconclusive)" in page
+    assert re.search(r'class="fail"><b>does not hold</b>: monotone &mdash; I\(X;T\) rose at depth 3', page)
 
 
 def test_the_page_reads_like_a_paper(tmp_path: Path) -> None:

@@ -250,3 +250,19 @@ def test_cli_run_writes_tables_and_figures(cli_run_writes):
          "figures/skip_pre_post_gini.png", "index.html"))
     frame = pl.read_parquet(run / "tables" / "skip_gain.parquet")
     assert frame["site"].unique().to_list() == ["layer4.0.post_add"] and frame.height == 2
+
+
+def test_channel_identity_between_pre_add_and_post_add():
+    """App. A's question: does the skip change which channels carry label information?
+    The same ranking gives overlap 1 and Spearman 1; a reversed one overlap 0."""
+    from mi_probe.builtin.experiments.skip_gain import SkipGain, SkipGainParams
+
+    exp = SkipGain(SkipGainParams(top_k=0.25))
+    values = torch.arange(8, dtype=torch.float64)
+    same = exp._identity(values, values * 3 + 1)
+    assert same == {"top_overlap": 1.0, "channel_rank_spearman": pytest.approx(1.0)}
+    flipped = exp._identity(values, values.flip(0))
+    assert flipped["top_overlap"] == 0.0
+    assert flipped["channel_rank_spearman"] == pytest.approx(-1.0)
+    assert exp._identity(values, torch.arange(4.0)) == {"top_overlap": None,
+                                                         "channel_rank_spearman": None}

@@ -12,7 +12,7 @@ import pytest
 
 from mi_probe import cli
 from mi_probe._core.checks import BoundCheck, CompareCheck, TrendCheck
-from mi_probe._core.study import FAILS, HOLDS, INCONCLUSIVE, verdict
+from mi_probe._core.claims import FAILS, HOLDS, INCONCLUSIVE, judge as verdict
 
 
 def knockout_rows(effects: dict[int, float], sites=("a", "b")) -> pl.DataFrame:
@@ -34,15 +34,15 @@ def test_compare_verdicts_follow_the_per_seed_interval():
     holds = verdict(compare(), {"knockout": knockout_rows({0: 0.2, 1: 0.3, 2: 0.25})})
     assert holds.verdict == HOLDS and holds.n == 3
     assert holds.mean == pytest.approx(0.25)
-    # t(0.975, 2) = 4.303; sd of (0.2, 0.3, 0.25) = 0.05
-    assert holds.high - holds.mean == pytest.approx(4.302653 * 0.05 / math.sqrt(3), rel=1e-5)
+    # t(0.95, 2) = 2.920 (a 90% interval: one-sided 5% tests); sd of (0.2, 0.3, 0.25) = 0.05
+    assert holds.high - holds.mean == pytest.approx(2.919986 * 0.05 / math.sqrt(3), rel=1e-5)
     fails = verdict(compare(), {"knockout": knockout_rows({0: -0.2, 1: -0.3, 2: -0.25})})
     assert fails.verdict == FAILS
     mixed = verdict(compare(), {"knockout": knockout_rows({0: -0.2, 1: 0.3, 2: 0.05})})
-    assert mixed.verdict == INCONCLUSIVE and "contains 0" in mixed.reason
+    assert mixed.verdict == INCONCLUSIVE and "reaches both 0" in mixed.reason
     above_margin = verdict(compare(margin=0.5), {"knockout": knockout_rows({0: 0.2, 1: 0.3,
                                                                             2: 0.25})})
-    assert above_margin.verdict == FAILS and "below 0.5" in above_margin.reason
+    assert above_margin.verdict == FAILS and "above 0.5" in above_margin.reason
     one = verdict(compare(), {"knockout": knockout_rows({0: 0.2})})
     assert one.verdict == INCONCLUSIVE and "one seed" in one.reason
 
@@ -64,12 +64,16 @@ def test_trend_and_bound_verdicts():
     # per-seed means 2.00, 2.01, 2.02: a tight interval around 2.01
     steady = {"layer_mi": pl.DataFrame([{"seed": s, "depth": d, "i_ty": d + 0.01 * s}
                                         for s in range(3) for d in range(5)])}
-    bound = BoundCheck(name="positive", table="layer_mi", value="i_ty", min=0.0)
+    bound = BoundCheck(name="positive", table="layer_mi", value="i_ty", min=0.0, aggregate="mean")
     assert verdict(bound, steady).verdict == HOLDS
-    tight = BoundCheck(name="below", table="layer_mi", value="i_ty", max=1.0)
+    tight = BoundCheck(name="below", table="layer_mi", value="i_ty", max=1.0, aggregate="mean")
     assert verdict(tight, steady).verdict == FAILS
-    edge = BoundCheck(name="edge", table="layer_mi", value="i_ty", max=2.01)
+    edge = BoundCheck(name="edge", table="layer_mi", value="i_ty", max=2.01, aggregate="mean")
     assert verdict(edge, steady).verdict == INCONCLUSIVE
+    # per-seed minimum: every seed has a layer below 0.5
+    low = BoundCheck(name="some low layer", table="layer_mi", value="i_ty", max=0.5,
+                     aggregate="min")
+    assert verdict(low, steady).verdict == HOLDS
     missing = BoundCheck(name="x", table="nope", value="i_ty", min=0.0)
     assert verdict(missing, table).verdict == INCONCLUSIVE
 
@@ -84,7 +88,7 @@ def test_the_study_command_writes_the_document_from_the_runs(pm, tmp_path, capsy
     (folder / "a_layer_mi.yaml").write_text(TINY_SPEC.replace("name: tiny", "name: study_a")
                                             .replace("seeds: [0]", "seeds: [0, 1]") + """\
 checks:
-  - {name: "label MI is positive", kind: bound, table: layer_mi, value: i_ty, min: 0}
+  - {name: "label MI is positive", kind: bound, table: layer_mi, value: i_ty, min: 0, aggregate: mean}
 """)
     (folder / "b_not_run.yaml").write_text(TINY_SPEC.replace("name: tiny", "name: study_b"))
     doc, figures = tmp_path / "docs" / "reproduction.md", tmp_path / "docs" / "reproduction"
@@ -117,7 +121,9 @@ def test_study_specs_state_claims_and_share_one_model_block():
     import yaml
 
     folder = Path(__file__).resolve().parents[1] / "specs" / "study"
-    specs = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
+    from mi_probe._core.study import spec_files
+
+    specs = {p.stem: yaml.safe_load(p.read_text()) for p in spec_files(folder)}
     assert specs and all(s.get("checks") for s in specs.values())
     assert all(len(s["seeds"]) >= 3 for s in specs.values())
     r18 = [s for name, s in specs.items() if name.startswith("r18_")]
@@ -138,9 +144,10 @@ def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
                          tmp_path / "runs", pm)
     text = readme.read_text()
     assert "old text" not in text and "; 1 spec(s) without a finished run: a (not run yet)" in text
-    from mi_probe._core.study import HEADLINE_CLAIMS
+    from mi_probe._core.study import load_manifest
 
-    assert all(f"- *{name}*: no finished run states it yet" in text for name in HEADLINE_CLAIMS)
+    # this folder has no manifest: no headline claims, and nothing invented
+    assert load_manifest(folder).headline == [] and "- *" not in text
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
     assert "[docs/reproduction.md](docs/reproduction.md)" in text
     plain = tmp_path / "PLAIN.md"
@@ -152,8 +159,8 @@ def test_the_readme_block_is_generated_between_its_markers(pm, tmp_path):
 
 EXPLAINED = """\
 checks:
-  - {name: "label MI is negative", kind: bound, table: layer_mi, value: i_ty, max: -10}
-  - {name: "label MI is positive", kind: bound, table: layer_mi, value: i_ty, min: 0}
+  - {name: "label MI is negative", kind: bound, table: layer_mi, value: i_ty, max: -10, aggregate: mean}
+  - {name: "label MI is positive", kind: bound, table: layer_mi, value: i_ty, min: 0, aggregate: mean}
 """
 
 
@@ -225,8 +232,9 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
     differ = text.split("## Where the results differ from the paper", 1)[1].split(
         "## Testing explanations")[0]
     assert re.search(r"- label MI is negative \(test_resnet; \*\*does not hold\*\*, .*\): could "
-                     r"be explained by image size, epochs, data size, augmentation, "
-                     r"architecture, bias correction, layer reduction\.", differ), differ
+                     r"be explained by image size, epochs, data size, augmentation, image "
+                     r"roles, sites, architecture, bias correction, layer reduction\.", differ), \
+        differ
     assert re.search(r"  - tested in \[study_base--3_epochs\]\(#study_base--3_epochs\) \(three "
                      r"epochs instead of two\): seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 "
                      r"there vs seeds \[0\]: [0-9.e-]+ \(no interval\), n = 1 in the study; "
@@ -359,23 +367,25 @@ def test_seeds_without_a_value_are_named_not_dropped():
 def test_known_differences_bear_on_the_claims_they_can_explain():
     from pathlib import Path
 
-    from mi_probe._core.study import ClaimResult, SpecRecord, known_differences
+    from mi_probe._core.claims import ClaimResult
+    from mi_probe._core.study import SpecRecord, known_differences
 
     def record(arch):
         r = SpecRecord(Path("x.yaml"), "x", "", Path("runs/x"), status="complete")
         r.setting = {"arch": arch, "image_size": 64, "epochs": 12, "plateau": 3,
                      "early_stop": 6, "n_train": 2200, "n_eval": 1000, "n_seeds": 3,
                      "crop_scale": [0.35, 1.0], "bins": 20, "classes": 10,
-                     "estimator": "histogram"}
+                     "estimator": "histogram", "mass": "raw", "n_selection": 330}
         return r
 
     r18, vgg = record("resnet18"), record("vgg11")
-    differences = known_differences([r18, vgg])
+    paper = ("vgg16", "resnet18", "resnet50")
+    differences = known_differences([r18, vgg], paper)
     text = {d.name: d.text for d in differences}
     assert "2x2 maps" in text["image size"] and "12 epochs" in text["epochs"]
     assert "2,200 training / 1,000 evaluation" in text["data size"]
     assert "vgg11 stands in for the VGG-16" in text["architecture"]
-    other = {d.name: d.text for d in known_differences([record("test_resnet")])}
+    other = {d.name: d.text for d in known_differences([record("test_resnet")], paper)}
     assert other["architecture"].endswith("ResNet-50; test_resnet is not one of them")
     # (B-1)(K-1)/2N = 19 * 9 / 2000
     assert f"= {19 * 9 / 2000:.3g} nats (B = 20, K = 10, N = 1,000)" in text["bias correction"]
@@ -384,34 +394,77 @@ def test_known_differences_bear_on_the_claims_they_can_explain():
         claim = ClaimResult("c", "compare", table, verdict, "")
         return {d.name for d in differences if d.applies(rec, claim)}
 
-    common = {"image size", "epochs", "data size", "augmentation"}
-    assert bearing(r18, "knockout") == common
-    assert bearing(r18, "knockout", INCONCLUSIVE) == common | {"seeds"}
-    assert bearing(r18, "concentration") == common | {"bias correction"}
+    common = {"image size", "epochs", "data size", "augmentation", "image roles", "sites"}
+    assert bearing(r18, "knockout") == common | {"masses"}
+    assert bearing(r18, "knockout", INCONCLUSIVE) == common | {"masses", "seeds"}
+    assert bearing(r18, "concentration") == common | {"bias correction", "masses"}
     assert bearing(r18, "dynamics_summary") == common | {"bias correction", "layer reduction"}
     assert bearing(vgg, "layer_mi") == common | {"architecture", "bias correction",
                                                  "layer reduction"}
 
 
-def test_the_headline_claims_are_stated_by_the_study_specs():
-    """The README's three central claims are looked up by name: renaming a check must not
-    silently drop one."""
-    from pathlib import Path
+STUDY = __import__("pathlib").Path(__file__).resolve().parents[1] / "specs" / "study"
 
+
+def _study_specs():
     import yaml
 
-    from mi_probe._core.study import HEADLINE_CLAIMS
+    from mi_probe._core.study import explanation_files, spec_files
 
-    folder = Path(__file__).resolve().parents[1] / "specs" / "study"
-    specs = [yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")]
-    assert len(HEADLINE_CLAIMS) == 3
-    for name in HEADLINE_CLAIMS:
-        stating = [s for s in specs if name in {c["name"] for c in s["checks"]}]
-        assert stating, name
+    paths = spec_files(STUDY) + [p for p, _ in explanation_files(STUDY)]
+    return {p.stem: yaml.safe_load(p.read_text()) for p in paths}
+
+
+def test_the_headline_claims_are_stated_by_the_study_specs():
+    """The README's three central claims are looked up by name prefix in the manifest:
+    renaming a check must not silently drop one."""
+    from mi_probe._core.study import load_manifest
+
+    specs = {k: v for k, v in _study_specs().items() if "--" not in k}
+    headline = load_manifest(STUDY).headline
+    assert len(headline) == 3
+    for prefix in headline:
+        stating = [s for s in specs.values()
+                   if any(c["name"].startswith(prefix) for c in s["checks"])]
+        assert stating, prefix
         # every architecture that runs the claim's experiment states it (same words)
         kinds = {s["experiment"]["kind"] for s in stating}
-        running = {s["model"]["arch"] for s in specs if s["experiment"]["kind"] in kinds}
-        assert running == {s["model"]["arch"] for s in stating}, name
+        running = {s["model"]["arch"] for s in specs.values() if s["experiment"]["kind"] in kinds
+                   and s["experiment"].get("mass", "raw") == "raw"}
+        assert running == {s["model"]["arch"] for s in stating}, prefix
+
+
+def test_no_analysis_image_chooses_a_checkpoint_in_the_study():
+    """Issue 21: three disjoint roles. Every study spec that trains holds back part of
+    train/ to choose the checkpoint (the data source then never selects on val/, the
+    analysis images: tests/test_data.py and tests/test_train.py)."""
+    for stem, spec in _study_specs().items():
+        if spec["model"].get("weights", "train") == "train":
+            assert spec["data"].get("selection_fraction", 0) > 0, stem
+            assert spec["data"].get("val_dir", "val") == "val", stem
+
+
+def test_every_study_claim_has_a_role_and_the_papers_quote_its_sentence():
+    for stem, spec in _study_specs().items():
+        for check in spec["checks"]:
+            assert check.get("role") in ("paper", "ours", "sanity"), (stem, check["name"])
+            if check["role"] == "paper":
+                assert check.get("paper"), (stem, check["name"])
+            if check["role"] == "ours":
+                assert "(ours" in check["name"], (stem, check["name"])
+            if check["role"] == "sanity":
+                assert "sanity check" in check["name"], (stem, check["name"])
+
+
+def test_the_coverage_table_names_real_specs_and_claims():
+    from mi_probe._core.study import load_manifest
+
+    specs = _study_specs()
+    for row in load_manifest(STUDY).coverage:
+        assert row.specs or row.untested, row.item
+        for stem in row.specs:
+            names = [c["name"] for c in specs[stem]["checks"]]
+            assert any(n.startswith(p) for n in names for p in row.prefixes), (row.item, stem)
 
 
 def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
@@ -432,7 +485,8 @@ def test_study_explanation_specs_name_their_baseline_and_restate_its_claims():
 
 
 def test_the_move_of_an_explanation_is_read_against_the_claims_direction():
-    from mi_probe._core.study import ClaimResult, _moved
+    from mi_probe._core.claims import ClaimResult
+    from mi_probe._core.study import _moved
 
     def at(mean):
         return ClaimResult("c", "k", "t", INCONCLUSIVE, "", mean=mean, n=1)

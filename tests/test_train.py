@@ -163,3 +163,26 @@ def test_progress_bars_do_not_change_training(data):
     train_model(quiet_model, data, cfg(), 0, CPU, progress=False, log=quiet)
     train_model(shown_model, data, cfg(), 0, CPU, progress=True, log=quiet)
     assert same(quiet_model, shown_model)
+
+
+def test_checkpoint_is_chosen_on_the_selection_images_not_the_evaluation_images(data):
+    """With a selection set, no evaluation (analysis) image takes part in training:
+    every accuracy that picks the checkpoint is measured on the selection images."""
+    import dataclasses
+
+    import mi_probe._core.train as train_module
+
+    seen = []
+    real = train_module._evaluate
+
+    def spy(model, loader, device, dist_ctx):
+        seen.append(loader.dataset)
+        return real(model, loader, device, dist_ctx)
+
+    selection = torch.utils.data.Subset(data.val, range(10))
+    analysis = torch.utils.data.Subset(data.val, range(10, 30))
+    split = dataclasses.replace(data, val=analysis, selection=selection)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "_evaluate", spy)
+        train_model(fresh(), split, cfg(epochs=2), 0, CPU, progress=False, log=quiet)
+    assert len(seen) == 3 and all(d is selection for d in seen)

@@ -1,24 +1,31 @@
-"""Declarative claims over result tables (the ``checks:`` section of a spec).
+"""Declarative claims over result tables: the ``checks:`` vocabulary of a spec.
 
-A small vocabulary, evaluated on the run's tables; nothing in a spec is ever evaluated
-as code:
+Nothing in a spec is ever evaluated as code. The kinds (the statistics that judge
+them live in :mod:`mi_probe._core.claims`, one rule for runs and studies):
 
-* ``trend``: the mean of ``value`` over seeds (and any other rows) per ``over`` value
-  (default ``depth``) has a Spearman correlation with ``over`` of at least
-  ``min_spearman`` (``direction: decreasing`` flips the sign).
-* ``compare``: the mean of ``value`` for rows whose ``by`` column equals ``greater``
-  exceeds the mean for ``lesser`` by more than ``margin``; with ``ci_separated`` the
-  two groups' 95% t-intervals over seeds must not overlap either.
-* ``bound``: every value (``aggregate: all``) or their mean (``aggregate: mean``) lies
-  within [``min``, ``max``].
+* ``compare``: the per-seed difference of ``value`` between rows whose ``by`` column
+  equals ``greater`` and ``lesser`` exceeds ``margin``.
+* ``trend``: the per-seed Spearman correlation of ``value`` with ``over`` (default
+  ``depth``) exceeds ``min_spearman`` (``direction: decreasing``: lies below its
+  negative).
+* ``bound``: the per-seed mean (``aggregate: mean``), minimum or maximum of ``value``
+  lies above ``min`` and/or below ``max``; ``aggregate: all`` asks every row to.
+* ``equivalence``: the per-seed difference between ``groups`` of ``by`` (with ``over``,
+  the per-seed Spearman correlation with it; with neither, the per-seed mean of
+  ``value``) lies within ``center`` ± ``bound`` (TOST).
 
-``filter`` keeps rows whose column equals a value (or is in a list of values) first.
-A claim that cannot be evaluated (missing table or column, no rows) fails and says why.
+Every claim has ``alpha`` (one-sided level), ``sesoi`` (smallest effect of interest:
+a directional claim "does not hold" once its interval excludes every effect that far
+beyond the margin), and may carry ``paper`` (the sentence of the paper it encodes)
+and ``role`` (``paper``, ``ours`` for the project's reading, ``sanity`` for a check
+that the pipeline works rather than a finding). ``filter`` keeps rows whose column
+equals a value (or is in a list of values) first. A claim that cannot be evaluated
+(missing table or column, no rows) is inconclusive and says why.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Union, cast
+from typing import Annotated, Literal, Union
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,13 +40,26 @@ class _Check(BaseModel):
     value: str = Field(description="numeric column the claim is about")
     filter: dict[str, Union[Scalar, list[Scalar]]] = Field(
         {}, description="keep rows whose column equals the value (or is in the list)")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="level of each one-sided test "
+                         "(the interval shown is 1 - 2 alpha)")
+    sesoi: float = Field(0.0, ge=0, description="smallest effect of interest beyond the "
+                         "margin: the claim does not hold once the interval excludes it")
+    paper: str | None = Field(None, description="the paper's sentence this claim encodes")
+    role: Literal["paper", "ours", "sanity"] | None = Field(
+        None, description="paper: the paper's statement; ours: the project's reading; "
+        "sanity: a check that the measurement works, not a finding")
+    scale: Literal["auto", "linear", "correlation"] = Field(
+        "auto", description="correlation: per-seed values in [-1, 1], averaged in Fisher "
+        "z so the interval stays in range (auto: correlation for trends)")
 
 
 class TrendCheck(_Check):
     kind: Literal["trend"] = "trend"
     over: str = "depth"
     direction: Literal["increasing", "decreasing"] = "increasing"
-    min_spearman: float = Field(0.5, ge=-1, le=1)
+    min_spearman: float = Field(0.0, gt=-1, lt=1, description="the claim: the per-seed "
+                                "Spearman correlation exceeds this (its negative for a "
+                                "decreasing trend)")
 
 
 class CompareCheck(_Check):
@@ -47,25 +67,52 @@ class CompareCheck(_Check):
     by: str = Field(description="column naming the groups, e.g. selection or state")
     greater: Scalar = Field(description="group expected to have the larger mean")
     lesser: Scalar = Field(description="group expected to have the smaller mean")
-    margin: float = Field(0.0, description="required difference of the means")
-    ci_separated: bool = Field(False, description="also require the 95% t-intervals over "
-                               "seeds not to overlap")
+    margin: float = Field(0.0, description="the claim: greater - lesser exceeds this")
 
 
 class BoundCheck(_Check):
     kind: Literal["bound"] = "bound"
     min: float | None = None
     max: float | None = None
-    aggregate: Literal["all", "mean"] = "all"
+    aggregate: Literal["all", "mean", "min", "max"] = Field(
+        "all", description="all: every row lies within the bounds (a fact, no test); mean, "
+        "min, max: that per-seed statistic is tested over seeds")
 
     @model_validator(mode="after")
     def _some_bound(self) -> "BoundCheck":
         if self.min is None and self.max is None:
             raise ValueError("a bound check needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"a bound check needs min <= max; found min {self.min} > "
+                             f"max {self.max}")
         return self
 
 
-Check = Annotated[Union[TrendCheck, CompareCheck, BoundCheck], Field(discriminator="kind")]
+class EquivalenceCheck(_Check):
+    kind: Literal["equivalence"] = "equivalence"
+    by: str | None = Field(None, description="column naming the two groups; without it, "
+                           "the per-seed mean of value is tested")
+    groups: tuple[Scalar, Scalar] | None = Field(
+        None, description="the two groups of by whose per-seed difference (first minus "
+        "second) is tested")
+    over: str | None = Field(None, description="with it, the effect is the per-seed "
+                             "Spearman correlation of value with this column (\"flat in "
+                             "depth\": over depth, center 0)")
+    center: float = Field(0.0, description="the value the effect is claimed to equal")
+    bound: float = Field(gt=0, description="equivalence margin: |effect - center| < bound")
+
+    @model_validator(mode="after")
+    def _groups_with_by(self) -> "EquivalenceCheck":
+        if (self.by is None) != (self.groups is None):
+            raise ValueError("an equivalence check names both by and groups, or neither")
+        if self.by is not None and self.over is not None:
+            raise ValueError("an equivalence check compares groups (by) or a trend (over), "
+                             "not both")
+        return self
+
+
+Check = Annotated[Union[TrendCheck, CompareCheck, BoundCheck, EquivalenceCheck],
+                  Field(discriminator="kind")]
 
 
 class ClaimError(Exception):
@@ -94,89 +141,3 @@ def claim_rows(check: _Check, tables: dict[str, pl.DataFrame], extra: list[str],
     if frame.height == 0:
         raise ClaimError(f"no rows of {check.table!r} match filter {check.filter}")
     return frame
-
-
-def _trend(check: TrendCheck, tables) -> tuple[bool, str, float]:
-    from scipy.stats import spearmanr
-
-    frame = claim_rows(check, tables, [check.over])
-    means = frame.group_by(check.over).agg(pl.col(check.value).mean()).sort(check.over)
-    if means.height < 3:
-        raise ClaimError(f"a trend needs at least 3 values of {check.over!r}, found {means.height}")
-    rho = float(spearmanr(means[check.over].to_numpy(), means[check.value].to_numpy()).statistic)
-    signed = rho if check.direction == "increasing" else -rho
-    ok = signed >= check.min_spearman
-    return ok, (f"Spearman({check.over}, mean {check.value}) = {rho:.3f} over "
-                f"{means.height} points; need {'≥' if check.direction == 'increasing' else '≤'} "
-                f"{check.min_spearman if check.direction == 'increasing' else -check.min_spearman:g}"), rho
-
-
-def _group_stats(frame: pl.DataFrame, value: str, interval: bool) -> tuple[float, float, float, int]:
-    """Mean of ``value`` and its 95% t-interval over seeds (sites, classes and draws of a
-    seed are averaged first: they are not independent observations). ``frame`` holds no
-    missing values (``claim_rows`` drops them), so n counts the seeds that have a value."""
-    from mi_probe._core.tables import mean_t_interval
-
-    if "seed" in frame.columns:
-        per_seed = frame.group_by("seed").agg(pl.col(value).mean())[value]
-    elif interval:
-        raise ClaimError(f"ci_separated needs a per-seed table with a 'seed' column; "
-                         f"found columns {frame.columns}")
-    else:
-        per_seed = frame[value]
-    mean, low, high, n = mean_t_interval(per_seed.to_list())
-    # mean_t_interval gives both bounds or neither
-    return (mean, mean, mean, n) if low is None or high is None else (mean, low, high, n)
-
-
-def _compare(check: CompareCheck, tables) -> tuple[bool, str, float]:
-    frame = claim_rows(check, tables, [check.by])
-    groups = {}
-    for label in (check.greater, check.lesser):
-        part = frame.filter(pl.col(check.by).cast(pl.Utf8) == str(label))
-        if part.height == 0:
-            raise ClaimError(f"no rows with {check.by} = {label!r} (values: "
-                             f"{sorted(map(str, frame[check.by].unique()))})")
-        groups[label] = _group_stats(part, check.value, check.ci_separated)
-    (g_mean, g_low, _, n), (l_mean, _, l_high, _) = groups[check.greater], groups[check.lesser]
-    diff = g_mean - l_mean
-    ok = diff > check.margin
-    detail = (f"mean {check.value}: {check.by}={check.greater} {g_mean:.4g} vs "
-              f"{check.by}={check.lesser} {l_mean:.4g} (difference {diff:.4g}, need > "
-              f"{check.margin:g})")
-    if check.ci_separated:
-        separated = g_low > l_high
-        ok = ok and separated
-        detail += (f"; 95% CIs over {n} seed(s) {'do not overlap' if separated else 'overlap'}"
-                   + (" (one seed: no interval)" if n < 2 else ""))
-    return ok, detail, diff
-
-
-def _bound(check: BoundCheck, tables) -> tuple[bool, str, float]:
-    frame = claim_rows(check, tables, [])
-    values = frame[check.value]
-    # ``value`` is a numeric column: its mean, min and max are numbers
-    observed = float(cast(float, values.mean())) if check.aggregate == "mean" else None
-    low, high = (observed, observed) if observed is not None else (
-        float(cast(float, values.min())), float(cast(float, values.max())))
-    ok = (check.min is None or low >= check.min) and (check.max is None or high <= check.max)
-    what = f"mean {observed:.4g}" if observed is not None else f"range [{low:.4g}, {high:.4g}]"
-    return ok, f"{check.value} {what}; bounds [{check.min}, {check.max}]", \
-        observed if observed is not None else high
-
-
-EVALUATORS: dict[str, Callable[[Any, dict[str, pl.DataFrame]], tuple[bool, str, float]]] = {
-    "trend": _trend, "compare": _compare, "bound": _bound}
-
-
-def evaluate_checks(checks: list[Any], tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
-    """Verdicts ``{name, kind, table, passed, detail, observed}`` in spec order."""
-    results = []
-    for check in checks:
-        try:
-            passed, detail, observed = EVALUATORS[check.kind](check, tables)
-        except ClaimError as exc:
-            passed, detail, observed = False, f"cannot be evaluated: {exc}", None
-        results.append({"name": check.name, "kind": check.kind, "table": check.table,
-                        "passed": bool(passed), "detail": detail, "observed": observed})
-    return results

@@ -567,6 +567,7 @@ nav a { margin-right: .8em; }
 .checks { list-style: none; padding-left: 0; }
 .pass::before { content: "\\2714  "; color: #1a7f37; } .fail::before { content: "\\2718  "; color: #cf222e; }
 .fail { font-weight: 600; }
+.inconclusive::before { content: "?  "; color: #9a6700; font-weight: 700; }
 figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-family: monospace; margin-bottom: .3em; }
 .tablewrap { overflow-x: auto; }
@@ -668,11 +669,12 @@ def _check_html(check: Mapping[str, Any]) -> str:
     missing = [k for k in ("name", "passed") if k not in check]
     if missing:
         raise RunError(f"check {dict(check)!r} lacks keys {missing} (expected name, passed, detail)")
-    passed = bool(check["passed"])
+    # runs written before verdicts had three values carry only ``passed``
+    verdict = check.get("verdict") or ("holds" if check["passed"] else "does not hold")
+    css = {"holds": "pass", "does not hold": "fail"}.get(verdict, "inconclusive")
     detail = check.get("detail") or ""
-    status = "PASS" if passed else "FAIL"
-    return (f'<li class="{"pass" if passed else "fail"}">{status} {_esc(check["name"])}'
-            + (f": {_esc(detail)}" if detail else "") + "</li>")
+    return (f'<li class="{css}"><b>{_esc(verdict)}</b>: {_esc(check["name"])}'
+            + (f" &mdash; {_esc(detail)}" if detail else "") + "</li>")
 
 
 def _run_summary(meta: Mapping[str, Any]) -> str:
@@ -739,8 +741,11 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
         body.append("<nav>" + "".join(nav) + "</nav>")
     if checks:
         n_pass = sum(bool(c.get("passed")) for c in checks)
+        n_fail = sum(c.get("verdict", "holds" if c.get("passed") else "does not hold")
+                     == "does not hold" for c in checks)
         items = "".join(_check_html(c) for c in checks)
-        body.append(f'<h2 id="checks">Claims ({n_pass} of {len(checks)} hold)</h2>'
+        body.append(f'<h2 id="checks">Claims ({n_pass} of {len(checks)} hold, {n_fail} do not, '
+                    f'{len(checks) - n_pass - n_fail} inconclusive)</h2>'
                     f'<ul class="checks">{items}</ul>')
     if warnings:
         items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)

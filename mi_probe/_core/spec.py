@@ -148,8 +148,9 @@ class SitesSpecBase(_Strict):
 
 class EvalSpec(_Strict):
     batch_size: int = Field(default=256, ge=1)
-    max_samples: int | None = Field(default=None, ge=2, description="use only the first n "
-                                    "evaluation samples (None: all)")
+    max_samples: int | None = Field(default=None, ge=2, description="use only n evaluation "
+                                    "samples, evenly spaced over the set so that a set "
+                                    "listed class by class keeps every class (None: all)")
     site_cache_mb: int = Field(
         default=2048, ge=0, description="memory (MB, on the model's device) for caching one "
         "site's full evaluation-set output, so interventions there re-run only the layers "

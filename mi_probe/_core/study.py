@@ -15,17 +15,10 @@ spec's claims in a changed setting (say, more epochs for one seed), and both run
 evaluated side by side on the same seeds. A run directory made from an earlier version
 of a spec is reported as stale, never as the current spec's result.
 
-Verdicts come from per-seed values (sites, classes and draws of a seed are averaged
-first: they are not independent observations):
-
-* ``compare``: the per-seed difference greater − lesser. *holds* when its 95% interval
-  lies above the claim's margin, *does not hold* when it lies below, *inconclusive*
-  when it contains the margin or there is one seed;
-* ``trend``: the per-seed Spearman correlation. *holds* when its mean reaches
-  ``min_spearman`` and its interval lies above 0, *does not hold* when the interval
-  lies below ``min_spearman``, *inconclusive* otherwise;
-* ``bound``: the per-seed mean of the value. *holds* when the interval lies within the
-  bounds, *does not hold* when it lies outside, *inconclusive* otherwise.
+Verdicts come from :mod:`mi_probe._core.claims`, the same rule ``mi-probe run`` uses
+(per-seed effects, 1 − 2α intervals over seeds, Fisher z for correlations, one-sided
+tests, TOST for equivalence, a smallest effect of interest); across the study's claims
+the verdicts are also Holm-adjusted, and the document shows both.
 """
 
 from __future__ import annotations
@@ -42,23 +35,54 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, cast
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe._core.checks import ClaimError
+from mi_probe._core.claims import (FAILS, HOLDS, INCONCLUSIVE, ClaimResult, holm,
+                                   judge as verdict)
 from mi_probe.errors import MiProbeError, SpecError
 
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 #: figures per run copied into the document (all of them stay in the run directory)
 KEY_FIGURES = 2
 
-#: The paper's three central claims (exact check names of specs/study): they head the
-#: README's findings, for every architecture that states them.
-HEADLINE_CLAIMS = (
-    "Fig. 1: label MI I(T;Y) rises with depth in the trained network",
-    "Figs. 3-4: training concentrates label MI in the last stage (Gini, bias-corrected masses)",
-    "Fig. 5: top-MI knockouts cost more accuracy than random ones at q = 0.5",
-)
-#: architectures the paper trained
-PAPER_ARCHS = ("vgg16", "resnet18", "resnet50")
+#: the study's own facts (headline claims, the paper's architectures, coverage of the
+#: paper); files of a study folder whose name starts with "_" are not specs
+MANIFEST = "_study.yaml"
+
+
+class CoverageRow(BaseModel):
+    """One result statement of the paper and what tests it (or why nothing does)."""
+    model_config = ConfigDict(extra="forbid")
+    item: str = Field(description="the paper's figure or appendix, e.g. Fig. 1")
+    statement: str = Field(description="what the paper states there")
+    specs: list[str] = Field([], description="study specs (file stems) that test it")
+    prefixes: list[str] = Field([], description="name prefixes of the claims that test it")
+    untested: str | None = Field(None, description="what of it is not tested, and why")
+
+
+class StudyManifest(BaseModel):
+    """``<study folder>/_study.yaml``."""
+    model_config = ConfigDict(extra="forbid")
+    paper_archs: list[str] = Field([], description="the architectures the paper trained")
+    headline: list[str] = Field([], description="name prefixes of the central claims that "
+                                "head the README's findings")
+    quotes: str = Field("", description="where the claims' quoted sentences come from")
+    coverage: list[CoverageRow] = Field([], description="every result statement of the paper")
+
+
+def load_manifest(folder: Path) -> StudyManifest:
+    """The study's manifest (an empty one when the folder has none)."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = folder / MANIFEST
+    if not path.is_file():
+        return StudyManifest.model_validate({})
+    try:
+        return StudyManifest.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise SpecError(f"{path}: not a valid study manifest: {exc}") from None
+
+
 #: tables whose values are MI estimates (the histogram's bias bears on them), with their
 #: derived tables (``dynamics_summary``, ``estimator_sweep_agreement``)
 MI_TABLES = frozenset({"layer_mi", "layer_pairs", "concentration", "dynamics",
@@ -71,22 +95,6 @@ EXPLAIN_FOLDER = "explain"
 
 def _in_family(table: str, family: frozenset[str]) -> bool:
     return any(table == name or table.startswith(name + "_") for name in family)
-
-
-@dataclass
-class ClaimResult:
-    name: str
-    kind: str
-    table: str
-    verdict: str
-    reason: str
-    mean: float | None = None
-    low: float | None = None
-    high: float | None = None
-    n: int = 0
-    quantity: str = ""
-    #: seeds with rows for the claim that give no per-seed value (left out)
-    excluded: tuple[int, ...] = ()
 
 
 @dataclass
@@ -111,138 +119,13 @@ class SpecRecord:
         return str(self.setting.get("arch"))
 
 
-# ------------------------------------------------------------------ per-seed statistics
-
-def _interval(values: Sequence[float]) -> tuple[float | None, float | None, float | None, int]:
-    from mi_probe._core.tables import mean_t_interval
-
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return mean_t_interval(values) if values else (None, None, None, 0)
-
-
-def _filtered(check: Any, tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, set[int]]:
-    """The claim's rows with a value (the rows ``checks`` evaluates, per seed), and every
-    seed that has rows for it."""
-    from mi_probe._core.checks import claim_rows
-
-    extra = ["seed", *([check.by] if check.kind == "compare" else []),
-             *([check.over] if check.kind == "trend" else [])]
-    frame = claim_rows(check, tables, extra, drop_missing=False)
-    seeds = set(frame["seed"].to_list())
-    frame = frame.drop_nulls(check.value)
-    if frame.height == 0:
-        raise ClaimError(f"no rows of {check.table!r} matching {check.filter} have a value")
-    return frame, seeds
-
-
-def per_seed_values(check: Any, tables: dict[str, pl.DataFrame]
-                    ) -> tuple[dict[int, float], str, set[int]]:
-    """The claim's quantity for each seed, what it is, and the seeds that have rows
-    for the claim but no value (a side missing, too few depths, only nulls)."""
-    frame, seeds = _filtered(check, tables)
-    values, quantity = _per_seed(check, frame)
-    return values, quantity, seeds - set(values)
-
-
-def _per_seed(check: Any, frame: pl.DataFrame) -> tuple[dict[int, float], str]:
-    if check.kind == "compare":
-        by = pl.col(check.by).cast(pl.Utf8)
-        means = {}
-        for label in (check.greater, check.lesser):
-            part = frame.filter(by == str(label)).group_by("seed").agg(pl.col(check.value).mean())
-            means[label] = dict(zip(part["seed"].to_list(), part[check.value].to_list()))
-        seeds = sorted(set(means[check.greater]) & set(means[check.lesser]))
-        return ({s: means[check.greater][s] - means[check.lesser][s] for s in seeds},
-                f"{check.value}: {check.by}={check.greater} minus {check.by}={check.lesser}")
-    if check.kind == "trend":
-        from scipy.stats import spearmanr
-
-        values = {}
-        for seed in sorted(frame["seed"].unique().to_list()):
-            per = frame.filter(pl.col("seed") == seed).group_by(check.over).agg(
-                pl.col(check.value).mean()).sort(check.over)
-            if per.height >= 3:
-                rho = spearmanr(per[check.over].to_numpy(), per[check.value].to_numpy()).statistic
-                values[seed] = float(rho)
-        return values, f"Spearman({check.over}, {check.value}) per seed"
-    per = frame.group_by("seed").agg(pl.col(check.value).mean())
-    return dict(zip(per["seed"].to_list(), per[check.value].to_list())), \
-        f"mean {check.value} per seed"
-
-
-def verdict(check: Any, tables: dict[str, pl.DataFrame]) -> ClaimResult:
-    """The claim's verdict from per-seed values (rules in the module docstring); seeds
-    that give no value are named in the reason, never silently dropped."""
-    base = dict(name=check.name, kind=check.kind, table=check.table)
-    try:
-        values, quantity, excluded = per_seed_values(check, tables)
-    except (ClaimError, pl.exceptions.PolarsError) as exc:
-        return ClaimResult(**base, verdict=INCONCLUSIVE, reason=f"cannot be evaluated: {exc}")
-    result = _decide(check, [values[s] for s in sorted(values)], quantity, base)
-    if excluded:
-        result.excluded = tuple(sorted(excluded))
-        result.reason += (f"; seed(s) {list(result.excluded)} have rows but no value "
-                          "(e.g. one side missing) and are left out")
-    return result
-
-
-def _decide(check: Any, values: list[float], quantity: str, base: dict[str, Any]
-            ) -> ClaimResult:
-    mean, low, high, n = _interval(values)
-    stats: dict[str, Any] = dict(mean=mean, low=low, high=high, n=n, quantity=quantity)
-    if n == 0:
-        return ClaimResult(**base, verdict=INCONCLUSIVE, reason="no seed has a value", **stats)
-    if n < 2:
-        return ClaimResult(**base, verdict=INCONCLUSIVE,
-                           reason="one seed: no interval to decide on", **stats)
-    # two or more seeds: the interval exists
-    assert mean is not None and low is not None and high is not None
-    if check.kind == "compare":
-        margin = check.margin
-        if low > margin:
-            return ClaimResult(**base, verdict=HOLDS, reason=f"the interval lies above "
-                               f"{margin:g}", **stats)
-        if high < margin:
-            return ClaimResult(**base, verdict=FAILS, reason=f"the interval lies below "
-                               f"{margin:g}", **stats)
-        return ClaimResult(**base, verdict=INCONCLUSIVE, reason=f"the interval contains "
-                           f"{margin:g}", **stats)
-    if check.kind == "trend":
-        if check.direction == "increasing":
-            target = check.min_spearman
-            holds, fails = mean >= target and low > 0, high < target
-        else:
-            target = -check.min_spearman
-            holds, fails = mean <= target and high < 0, low > target
-        if holds:
-            return ClaimResult(**base, verdict=HOLDS, reason=f"the mean reaches {target:g} "
-                               "and the interval excludes 0", **stats)
-        if fails:
-            return ClaimResult(**base, verdict=FAILS, reason=f"the interval lies on the "
-                               f"wrong side of {target:g}", **stats)
-        return ClaimResult(**base, verdict=INCONCLUSIVE, reason=f"the interval reaches "
-                           f"{target:g} or 0", **stats)
-    lo_ok = check.min is None or low >= check.min
-    hi_ok = check.max is None or high <= check.max
-    if lo_ok and hi_ok:
-        return ClaimResult(**base, verdict=HOLDS, reason="the interval lies within the "
-                           f"bounds [{check.min}, {check.max}]", **stats)
-    outside = ((check.min is not None and high < check.min)
-               or (check.max is not None and low > check.max))
-    if outside:
-        return ClaimResult(**base, verdict=FAILS, reason="the interval lies outside the "
-                           f"bounds [{check.min}, {check.max}]", **stats)
-    return ClaimResult(**base, verdict=INCONCLUSIVE, reason="the interval crosses a bound",
-                       **stats)
-
-
 # ------------------------------------------------------------------ running
 
 def spec_files(folder: Path) -> list[Path]:
     """The study's specs (one or more paper claims each), in name order."""
     if not folder.is_dir():
         raise SpecError(f"study folder {folder} does not exist")
-    files = sorted(p for p in folder.glob("*.yaml"))
+    files = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
     if not files:
         raise SpecError(f"study folder {folder} holds no .yaml specs")
     return files
@@ -381,7 +264,8 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
                       "n_seeds": len(spec.seeds),
                       "bins": getattr(spec.estimator, "bins", None),
                       "estimator": spec.estimator.kind,
-                      "sites": list(spec.sites.include), "experiment": spec.experiment.kind}
+                      "sites": _sites_text(spec.sites), "experiment": spec.experiment.kind,
+                      "mass": getattr(spec.experiment, "mass", None)}
     currency = run_currency(spec, run_dir, pm)
     if currency == "absent":
         return record
@@ -390,6 +274,8 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
     facts = info.get("data", {})
     root = facts.get("root")
     record.setting.update(n_train=facts.get("n_train"), n_eval=facts.get("n_eval"),
+                          n_selection=facts.get("n_selection"),
+                          checkpoint_selection=facts.get("checkpoint_selection"),
                           classes=len(facts.get("classes") or []) or None,
                           data=Path(root).name if root else facts.get("source"),
                           device=info.get("device"))
@@ -413,11 +299,23 @@ def _record(path: Path, out: Path, pm: Any, ledger: dict[str, Any],
     return record
 
 
+def _sites_text(sites: Any) -> str:
+    """The site selection of a spec in words: its patterns and kinds."""
+    parts = [] if list(sites.include) == ["*"] else [", ".join(sites.include)]
+    if sites.kinds:
+        parts.append("kinds " + ", ".join(sites.kinds))
+    return "; ".join(parts) or "all"
+
+
 def study_records(folder: Path, out: Path, pm: Any, profile: str | None = None
                   ) -> tuple[list[SpecRecord], list[SpecRecord]]:
     """The study's records and its explanation records, read from ``out``."""
     ledger = _ledger(out)
     main = [_record(path, out, pm, ledger, profile=profile) for path in spec_files(folder)]
+    # the study's claims are one family: Holm-adjusted verdicts beside the raw ones
+    family = [(r, i) for r in main for i in range(len(r.claims))]
+    for (record, i), adjusted in zip(family, holm([r.claims[i] for r, i in family])):
+        record.claims[i] = adjusted
     explain = [_record(path, out, pm, ledger, baseline=base, profile=profile)
                for path, base in explanation_files(folder)]
     return main, explain
@@ -438,10 +336,22 @@ def _fmt(value: float | None) -> str:
 
 def _measured(claim: ClaimResult) -> str:
     if claim.mean is None:
+        if claim.low is not None:  # bound over every row: a range, not a test
+            return f"range [{_fmt(claim.low)}, {_fmt(claim.high)}] over {claim.n} rows"
         return "–"
     interval = (f" [{_fmt(claim.low)}, {_fmt(claim.high)}]" if claim.low is not None
                 else " (no interval)")
     return f"{_fmt(claim.mean)}{interval}, n = {claim.n}"
+
+
+#: how a claim's role reads in the document
+ROLE_LABELS = {"paper": "", "ours": " *(ours)*", "sanity": " *(sanity check, not a finding)*"}
+
+
+def _label(claim: ClaimResult) -> str:
+    """The claim's name with its role, and the paper's sentence it encodes."""
+    quote = f"<br>paper: “{claim.paper}”" if claim.paper else ""
+    return f"{claim.name}{ROLE_LABELS.get(claim.role or '', '')}{quote}"
 
 
 def _machine() -> str:
@@ -474,7 +384,13 @@ class Difference:
     applies: Callable[[SpecRecord, ClaimResult], bool]
 
 
-def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
+#: tables ranked or weighed by per-channel masses (the mass kind bears on them)
+MASS_TABLES = frozenset({"concentration", "knockout", "shuffle", "perturb", "transplant",
+                         "cover", "semantic_knockout", "skip_concentration", "skip_gain"})
+
+
+def known_differences(records: Sequence[SpecRecord],
+                      paper_archs: Sequence[str] = ()) -> list[Difference]:
     """The known differences, with this study's side read from its runs."""
     ran = [r for r in records if r.status == "complete"] or list(records)
     sizes = sorted({r.setting["image_size"] for r in ran if r.setting.get("image_size")})
@@ -486,7 +402,11 @@ def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
             biases.append(((bins - 1) * (k - 1) / (2 * n), bins, k, n))
     bias = max(biases) if biases else None
     always = lambda record, claim: True  # noqa: E731
-    off_paper = sorted({r.arch for r in ran if r.arch not in PAPER_ARCHS})
+    off_paper = sorted({r.arch for r in ran if r.arch not in paper_archs})
+    seeds = {len(r.setting.get("seeds") or ()) for r in ran}
+    most = max(seeds) if seeds else 0
+    fewer = sorted(f"{r.path.stem} ({r.setting['n_seeds']})" for r in ran
+                   if r.setting.get("n_seeds", most) < most)
     vggs = [a for a in off_paper if a.startswith("vgg")]
     return [
         Difference("image size", f"{_values(ran, 'image_size')} px inputs"
@@ -505,9 +425,29 @@ def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
         Difference("augmentation", f"random resized crops of scale {_values(ran, 'crop_scale')}"
                    "; the paper's standard random resized crops take scale [0.08, 1]",
                    always),
-        Difference("seeds", f"{_values(ran, 'n_seeds')} seeds per setting; the paper: five. "
-                   "Few seeds make wide intervals, so small effects come out inconclusive",
-                   lambda record, claim: claim.verdict == INCONCLUSIVE),
+        Difference("seeds", f"{most} seeds per setting"
+                   + (f", fewer for cost in {', '.join(fewer)}" if fewer else "")
+                   + "; the paper: five. Few seeds make wide intervals, so small effects "
+                     "come out inconclusive",
+                   lambda record, claim: claim.verdict == INCONCLUSIVE
+                   or record.setting.get("n_seeds", most) < most),
+        Difference("image roles", (
+            f"models train on {_values(ran, 'n_train')} images of train/, choose their "
+            f"checkpoint on {_values(ran, 'n_selection')} held-back images of train/ and are "
+            f"analysed on {_values(ran, 'n_eval')} images of val/"
+            if all(r.setting.get("n_selection") for r in ran) else
+            f"checkpoint selection: {_values(ran, 'checkpoint_selection')}; where that is the "
+            "evaluation images, the images that chose the model also analyse it")
+            + "; the paper does not say which images chose its checkpoints", always),
+        *([Difference("masses", f"channels are ranked and weighed by {_values(ran, 'mass')} "
+                      "per-channel masses (raw: the paper's plug-in I(T_c;Y); the claims "
+                      "marked (ours) run the project's null-subtracted masses as controls)",
+                      lambda record, claim: _in_family(claim.table, MASS_TABLES))]
+          if any(r.setting.get("mass") for r in ran) else []),
+        Difference("sites", f"sites {_values(ran, 'sites')}; the paper's sites for ResNet "
+                   "are every block's pre_add and post_add (layer-pair, semantic-knockout, "
+                   "transplant, cover and dynamics runs use post_add only, for cost)",
+                   lambda record, claim: True),
         Difference("architecture", "the paper trained VGG-16, ResNet-18 and ResNet-50; "
                    + (f"here {', '.join(vggs)} stands in for the VGG-16 (fewer layers, "
                       "cheaper to train)" if vggs else "")
@@ -515,7 +455,7 @@ def known_differences(records: Sequence[SpecRecord]) -> list[Difference]:
                    + (f"{', '.join(a for a in off_paper if a not in vggs)} is not one of them"
                       if len(vggs) < len(off_paper) else "")
                    + ("here only the paper's own" if not off_paper else ""),
-                   lambda record, claim: record.arch not in PAPER_ARCHS),
+                   lambda record, claim: record.arch not in paper_archs),
         Difference("bias correction", (
             f"per-channel histogram MI is biased upwards by up to about (B-1)(K-1)/2N = "
             f"{bias[0]:.3g} nats (B = {bias[1]}, K = {bias[2]}, N = {bias[3]:,}), less for "
@@ -601,6 +541,8 @@ def _moved(check: Any, this: ClaimResult, same: ClaimResult | None) -> str:
     if same is None or this.mean is None or same.mean is None:
         return "–"
     delta = this.mean - same.mean
+    if check.kind == "equivalence":
+        return f"{delta:+.3g}"
     if check.kind == "compare" or (check.kind == "trend" and check.direction == "increasing"):
         sign = 1
     elif check.kind == "trend":
@@ -670,26 +612,67 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
         "",
         "## Verdicts",
         "",
-        "Measured: the claim's quantity per seed (sites, classes and draws averaged within "
-        "a seed), mean [95% t-interval] over seeds, n seeds.",
+        "Measured: the claim's effect per seed (sites, classes and draws averaged within "
+        "a seed), mean [1 − 2α interval over seeds; 90% for α = 0.05] and n seeds; "
+        "correlations are averaged in Fisher z. *holds*: the one-sided test at α passes "
+        "(TOST for equivalence claims); *does not hold*: the interval excludes every effect "
+        "of interest; otherwise *inconclusive* (always with one seed). The adjusted verdict "
+        f"applies Holm's correction across all {sum(len(r.claims) for r in records)} "
+        "claims of the study. Claims marked *(ours)* are the project's reading, not the "
+        "paper's statement; *sanity checks* test that the measurement works. The quoted "
+        "sentences: see \"Where the claims come from\" below.",
         "",
-        "| claim (the paper's statement) | model | measured | verdict |",
-        "|---|---|---|---|",
+        "| claim | model | measured | verdict | Holm-adjusted |",
+        "|---|---|---|---|---|",
     ]
     for record in records:
         if record.status != "complete":
-            lines.append(f"| `{record.path.name}`: {_state(record)} | – | – | – |")
+            lines.append(f"| `{record.path.name}`: {_state(record)} | – | – | – | – |")
             continue
         for claim in record.claims:
-            lines.append(f"| {claim.name} | {record.arch} | {claim.quantity}: "
-                         f"{_measured(claim)} | **{claim.verdict}** ({claim.reason}) |")
+            lines.append(f"| {_label(claim)} | {record.arch} | {claim.quantity}: "
+                         f"{_measured(claim)} | **{claim.verdict}** ({claim.reason}) | "
+                         f"**{claim.adjusted or claim.verdict}** |")
+    manifest = load_manifest(folder)
+    lines += _coverage_section(manifest, records)
+    if manifest.quotes:
+        lines += ["## Where the claims come from", "", manifest.quotes, ""]
     lines += ["", "## Runs", ""]
     for record in records:
         lines += _run_section(record, figures_dir, rel)
-    lines += _differences_section(records, explanations)
+    lines += _differences_section(records, explanations, manifest.paper_archs)
     lines += _explanations_section(explanations, figures_dir, rel)
     atomic_write_text(doc, "\n".join(lines) + "\n")
     return doc
+
+
+def _coverage_section(manifest: StudyManifest, records: Sequence[SpecRecord]) -> list[str]:
+    """Every result statement of the paper (the manifest's coverage), the claims that test
+    it with their verdicts, and what is not tested and why."""
+    if not manifest.coverage:
+        return []
+    by_stem = {r.path.stem: r for r in records}
+    lines = ["## Coverage of the paper", "",
+             "Every result statement of the paper, the study specs and claims that test it, "
+             "and what is not tested (from the study's `_study.yaml`).", "",
+             "| paper | statement | tested by | verdicts (raw; Holm-adjusted) | not tested |",
+             "|---|---|---|---|---|"]
+    for row in manifest.coverage:
+        tested, verdicts = [], []
+        for stem in row.specs:
+            record = by_stem.get(stem)
+            if record is None:
+                tested.append(f"`{stem}` (no such spec)")
+                continue
+            tested.append(f"`{stem}`" + ("" if record.status == "complete"
+                                         else f" ({_state(record)})"))
+            for claim in record.claims:
+                if any(claim.name.startswith(p) for p in row.prefixes):
+                    verdicts.append(f"{claim.verdict}; {claim.adjusted or claim.verdict} "
+                                    f"({record.arch}: {claim.name})")
+        lines.append(f"| {row.item} | {row.statement} | {', '.join(tested) or '–'} | "
+                     f"{'<br>'.join(verdicts) or '–'} | {row.untested or '–'} |")
+    return lines + [""]
 
 
 def _run_section(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
@@ -700,8 +683,9 @@ def _run_section(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
              f"- wall time: {record.seconds / 60:.1f} min over {record.invocations} "
              "invocation(s)", ""]
     for claim in record.claims:
-        lines.append(f"- **{claim.verdict}**: {claim.name}. {claim.quantity}: "
-                     f"{_measured(claim)}; {claim.reason}.")
+        lines.append(f"- **{claim.verdict}** (Holm-adjusted: {claim.adjusted or claim.verdict})"
+                     f": {claim.name}{ROLE_LABELS.get(claim.role or '', '')}. "
+                     f"{claim.quantity}: {_measured(claim)}; {claim.reason}.")
     return lines + _figure_lines(record, figures_dir, rel) + [""]
 
 
@@ -716,8 +700,9 @@ def _figure_lines(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
 
 
 def _differences_section(records: Sequence[SpecRecord],
-                         explanations: Sequence[ExplanationResult]) -> list[str]:
-    differences = known_differences(records)
+                         explanations: Sequence[ExplanationResult],
+                         paper_archs: Sequence[str] = ()) -> list[str]:
+    differences = known_differences(records, paper_archs)
     lines = ["## Where the results differ from the paper", ""]
     others = [(r, c) for r in records for c in r.claims if c.verdict != HOLDS]
     if not others:
@@ -809,12 +794,13 @@ def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any,
             + f". Every verdict, its setting and interval, and which known differences could "
             f"explain each departure are in [{rel}]({rel}). The paper's three central claims:",
             ""]
-    for name in HEADLINE_CLAIMS:
-        found = [(r, c) for r, c in claims if c.name == name]
+    for prefix in load_manifest(folder).headline:
+        found = [(r, c) for r, c in claims if c.name.startswith(prefix)]
         if not found:
-            rows.append(f"- *{name}*: no finished run states it yet")
+            rows.append(f"- *{prefix}*: no finished run states it yet")
         for record, claim in found:
-            rows.append(f"- **{claim.verdict}** ({record.arch}): {name} ({_measured(claim)})")
+            rows.append(f"- **{claim.verdict}** (Holm-adjusted: {claim.adjusted or claim.verdict}"
+                        f"; {record.arch}): {claim.name} ({_measured(claim)})")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     atomic_write_text(readme, head + README_BEGIN + "\n" + "\n".join(rows) + "\n"

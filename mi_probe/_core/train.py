@@ -160,7 +160,7 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
                 on_epoch_end: Callable[[nn.Module, int, dict], None] | None = None,
                 dist_ctx: DistContext | None = None) -> TrainResult:
     """Train ``model`` in place with the recipe in ``cfg`` (a TrainSpec); on return the
-    model holds the best-validation-accuracy weights. ``regularizers`` pairs each
+    model holds the best-validation-accuracy weights (validation: ``data.selection_set``). ``regularizers`` pairs each
     regulariser with the sites whose pooled (non-detached) activations it receives.
     ``on_epoch_end(model, epoch, row)`` runs at initialisation (epoch 0) and after every
     epoch, before the checkpoint is written; what it adds to ``row`` is persisted.
@@ -180,8 +180,11 @@ def train_model(model: nn.Module, data: DataBundle, cfg: Any, seed: int, device:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     pin = device.type == "cuda"
-    val_set = data.val if dist_ctx is None else Subset(
-        data.val, shard_range(len(cast(Sized, data.val)), dist_ctx))
+    # the checkpoint is chosen on the selection images (the evaluation images when the
+    # source holds none back), never on images the analysis uses when it does
+    choosing = data.selection_set
+    val_set = choosing if dist_ctx is None else Subset(
+        choosing, shard_range(len(cast(Sized, choosing)), dist_ctx))
     val_loader = make_loader(val_set, eval_batch_size, shuffle=False,
                              num_workers=cfg.num_workers, pin_memory=pin)
     reg_name = "+".join(r.name for r, _ in regularizers) or "none"

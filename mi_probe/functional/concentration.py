@@ -57,3 +57,27 @@ def normalized_entropy(values: torch.Tensor) -> float:
     if n < 2 or _no_mass(values):
         return 1.0
     return min(1.0, max(0.0, float(-(torch.special.xlogy(p, p)).sum() / math.log(n))))
+
+
+def signal_values(values: torch.Tensor, raw: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The (null-corrected) ``values`` of the channels whose raw MI exceeds the
+    shuffled-label null's ``threshold`` (:class:`~mi_probe.functional.masses.SignalTest`).
+
+    Concentration over these channels alone is not an artefact of clipping: a Gini over
+    max(0, I − null) of every channel counts each channel at the noise floor as a zero,
+    so a layer with few informative channels (a random network) reads as concentrated.
+    Scaling every channel's MI and the null by one constant leaves the subset and the
+    masses unchanged, so the measure too."""
+    keep = raw.to(torch.float64) > threshold
+    return values[keep.to(values.device)]
+
+
+def signal_measures(values: torch.Tensor, top_k: list[float]) -> dict[str, float] | None:
+    """Gini, normalised entropy and top-k% shares (``top_k_share@k``) of the signal
+    channels' values (:func:`signal_values`); None with fewer than two such channels,
+    where no spread can be measured."""
+    if values.numel() < 2:
+        return None
+    out = {"gini": gini(values), "norm_entropy": normalized_entropy(values)}
+    out.update({f"top_k_share@{k}": top_k_share(values, k) for k in top_k})
+    return out

@@ -81,7 +81,9 @@ def stage_checks(state: SpecState) -> str:
     checks = state.outcome.checks
     failed = state.outcome.failed_checks
     if failed:
-        raise StageFailure("\n".join(f"claim {c['name']!r} failed: {c['detail']}" for c in failed))
+        raise StageFailure("\n".join(
+            f"claim {c['name']!r} failed ({c.get('verdict', 'does not hold')}): {c['detail']}"
+            for c in failed))
     return f"{len(checks)} claim(s) hold" if checks else "no claims"
 
 

@@ -70,7 +70,10 @@ class Engine:
         self.regularizers = list(validated.regularizers)
         val = self.data.val
         if spec.eval.max_samples is not None and spec.eval.max_samples < len(val):
-            val = torch.utils.data.Subset(val, range(spec.eval.max_samples))
+            # evenly spaced, not the first n: image folders list samples class by class,
+            # so the first n would hold only the first classes
+            n, total = spec.eval.max_samples, len(val)
+            val = torch.utils.data.Subset(val, [i * total // n for i in range(n)])
         self.eval_set = val
         experiment = self.experiment
         self.models = ModelStore(

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 import polars as pl
 
-from mi_probe._core.checks import evaluate_checks
+from mi_probe._core.claims import evaluate_checks
 from mi_probe.errors import MiProbeError, RunError, SpecError, UnitsFailedError
 from mi_probe.interfaces import DeclaresTables, StageJobs, TableSchema
 from mi_probe._core.models import resolve_device
@@ -209,7 +209,11 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
         executor = pm.registry.build("executors", spec.executor)
         meta.update(device=str(engine.device), data={
             "classes": engine.class_names, "n_train": len(engine.data.train),
-            "n_eval": len(engine.eval_set), **engine.data.info},
+            "n_eval": len(engine.eval_set),
+            **({"checkpoint_selection": "held-back training images"
+                if engine.data.selection is not None else "the evaluation images"}
+               if spec.model.weights == "train" else {}),
+            **engine.data.info},
             estimator=engine.estimator.describe())
         plan = engine.experiment.plan(engine)
         units = list(plan.units)

@@ -3,6 +3,7 @@ lazily and decoded on access (helpers and conventions: :mod:`mi_probe._core.data
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +36,54 @@ class ImageFolderParams(BaseModel):
     crop_scale: CropScale = Field((0.08, 1.0),
                                   description="RandomResizedCrop area range for training")
     hflip: bool = Field(True, description="random horizontal flips in training")
+    train_per_class: int | None = Field(
+        None, ge=1, description="train on only the first n (sorted) training images of each "
+        "class, after the selection images are held back (for training-set-size studies; "
+        "the selection and evaluation images stay the same)")
+    selection_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="hold back this fraction of each class's training images (the same "
+        "files for every seed: ordered by a hash of their names) to choose the checkpoint "
+        "and stop early, so that the evaluation images, which the analysis uses, never "
+        "choose the model; 0: the evaluation images choose it too")
+
+
+def hold_back(samples: list[tuple[Path, int]], fraction: float, root: Path
+              ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Split ``samples`` into (kept, held back): ``round(fraction * n)`` files of each
+    class, at least one and never all, chosen by the SHA-1 of their path below ``root``,
+    so the choice is the same for every seed and run and does not depend on the order
+    files were listed in. Both parts keep the input order."""
+    if fraction <= 0:
+        return samples, []
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+
+    def rank(sample: tuple[Path, int]) -> str:
+        path = sample[0]
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        return hashlib.sha1(name.as_posix().encode()).hexdigest()
+
+    held: set[Path] = set()
+    for label, members in by_class.items():
+        if len(members) < 2:
+            raise DataError(f"selection_fraction {fraction} needs at least 2 training images "
+                            f"per class to hold one back; class {label} has {len(members)}")
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held.update(s[0] for s in sorted(members, key=rank)[:count])
+    return ([s for s in samples if s[0] not in held], [s for s in samples if s[0] in held])
+
+
+def first_per_class(samples: list[tuple[Path, int]], cap: int) -> list[tuple[Path, int]]:
+    """The first ``cap`` samples of each label, in the input order."""
+    taken: dict[int, int] = {}
+    kept = []
+    for sample in samples:
+        taken[sample[1]] = taken.get(sample[1], 0) + 1
+        if taken[sample[1]] <= cap:
+            kept.append(sample)
+    return kept
 
 
 class ImageFolderSource:
@@ -131,12 +180,18 @@ class ImageFolderSource:
 
     def load(self) -> DataBundle:
         classes, train, val = self.scan()
+        train, held = hold_back(train, self.params.selection_fraction, self.root)
+        if self.params.train_per_class is not None:
+            train = first_per_class(train, self.params.train_per_class)
+        info = {"n_train": len(train), "n_val": len(val), "root": str(self.root),
+                "source": self.params.kind}
+        if held:
+            info["n_selection"] = len(held)
         return DataBundle(
             train=ImageFileDataset(train, self.train_transform()),
             val=ImageFileDataset(val, self.eval_transform()),
-            classes=classes,
-            info={"n_train": len(train), "n_val": len(val), "root": str(self.root),
-                  "source": self.params.kind})
+            classes=classes, info=info,
+            selection=ImageFileDataset(held, self.eval_transform()) if held else None)
 
     def verify(self) -> list[str]:
         """Decode every file the source would use; return the paths that fail."""

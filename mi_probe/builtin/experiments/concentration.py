@@ -44,7 +44,9 @@ def _metrics(values, top_k: list[float]) -> dict[str, Any]:
 class ConcentrationExperiment:
     """Raw measures (``*_raw``) are the paper's; ``*_corrected`` use the shuffled-null
     corrected masses (or Miller–Madow when ``mass: miller_madow``) and are missing at a
-    site whose channels do not beat the null. ``gini``, ``top_k_share`` and
+    site whose channels do not beat the null; ``*_signal`` are the same measures over
+    the channels that beat the null only (``signal_fraction`` of them), which clipping
+    at the noise floor cannot inflate (missing with fewer than two such channels). ``gini``, ``top_k_share`` and
     ``norm_entropy`` are the measures of the spec's ``mass``."""
 
     name = "concentration"
@@ -61,14 +63,15 @@ class ConcentrationExperiment:
                  "top_k_share", "norm_entropy"),
                 ("top_k_channels", "gini_raw", "gini_corrected", "top_k_share_raw",
                  "top_k_share_corrected", "norm_entropy_raw", "norm_entropy_corrected",
+                 "gini_signal", "top_k_share_signal", "norm_entropy_signal",
                  "mass_kind", "corrected_kind", "total_i_ty", "total_mass_corrected",
-                 "signal_channels", "signal_p", "has_signal", "channels"),
+                 "signal_channels", "signal_fraction", "signal_p", "has_signal", "channels"),
                 open=bool(params.extra_metrics)),
             "channel_mass": TableSchema(tuple(SITE_COLUMNS) + ("channel",),
                                         ("i_ty", "i_ty_corrected", "mass")),
             "concentration_delta": TableSchema(
                 ("seed", "site", "depth", "site_kind", "top_k"),
-                tuple(f"delta_{m}{suffix}" for suffix in ("", "_raw", "_corrected")
+                tuple(f"delta_{m}{suffix}" for suffix in ("", "_raw", "_corrected", "_signal")
                       for m in METRIC_COLUMNS))}
 
     def plan(self, ctx: RunContext) -> Plan:
@@ -94,6 +97,10 @@ class ConcentrationExperiment:
                 # corrected kinds always carry their signal test (only raw has none)
                 signal = cast(SignalTest, corrected.signal)
                 raw_m = _metrics(raw, params.top_k)
+                # the same measures over the channels that beat the null only
+                signal_m = C.signal_measures(
+                    C.signal_values(corrected.values, raw, signal.threshold),
+                    params.top_k) if signal.has_signal else None
                 corr_m = _metrics(corrected.values, params.top_k) if corrected.usable else None
                 chosen_m = raw_m if params.mass == "raw" else corr_m
                 chosen_values = raw if params.mass == "raw" else corrected.values
@@ -107,6 +114,7 @@ class ConcentrationExperiment:
                     "total_i_ty": float(raw.clamp(min=0).sum()),
                     "total_mass_corrected": float(corrected.values.sum()),
                     "signal_channels": signal.signal_channels,
+                    "signal_fraction": signal.signal_channels / max(1, site.channels),
                     "signal_p": signal.p_value,
                     "has_signal": signal.has_signal,
                     "channels": site.channels, **extra}
@@ -117,6 +125,7 @@ class ConcentrationExperiment:
                         row[m] = None if chosen_m is None else chosen_m[key]
                         row[f"{m}_raw"] = raw_m[key]
                         row[f"{m}_corrected"] = None if corr_m is None else corr_m[key]
+                        row[f"{m}_signal"] = None if signal_m is None else signal_m[key]
                     rows.append({**row, **common})
                 channels.append(pl.DataFrame({
                     **{key: [val] * site.channels for key, val in base.items()},
@@ -125,7 +134,8 @@ class ConcentrationExperiment:
                     "mass": (C.mass(chosen_values).cpu().numpy() if chosen_m is not None
                              else [None] * site.channels)},
                     schema_overrides={"mass": pl.Float64}))
-        floats = {c: pl.Float64 for m in METRIC_COLUMNS for c in (m, f"{m}_corrected")}
+        floats = {c: pl.Float64 for m in METRIC_COLUMNS
+                  for c in (m, f"{m}_corrected", f"{m}_signal")}
         return {"concentration": pl.DataFrame(rows, schema_overrides=floats,
                                               infer_schema_length=None),
                 "channel_mass": pl.concat(channels)}
@@ -133,8 +143,8 @@ class ConcentrationExperiment:
     def finalize(self, ctx, tables):
         conc = tables["concentration"]
         keys = ["state", "site", "depth", "site_kind", "top_k"]
-        measured = [f"{m}{suffix}" for suffix in ("", "_raw", "_corrected")
-                    for m in METRIC_COLUMNS]
+        measured = [f"{m}{suffix}" for suffix in ("", "_raw", "_corrected", "_signal")
+                    for m in METRIC_COLUMNS] + ["signal_fraction"]
         out = {"summary_concentration": aggregate_seeds(conc, keys, measured)}
         states = set(conc["state"].unique())
         if {TRAINED, RANDOM} <= states:

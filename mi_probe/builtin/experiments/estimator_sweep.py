@@ -78,7 +78,7 @@ TABLE_SCHEMAS = {
         ("i_xt", "i_ty_bias")),
     "estimator_sweep_agreement": TableSchema(
         ("seed", "state", "bins", "range", "fraction", "n_samples"),
-        ("layer_rank_spearman", "channel_rank_spearman")),
+        ("comparison", "layer_rank_spearman", "channel_rank_spearman")),
 }
 
 
@@ -163,22 +163,52 @@ class EstimatorSweep:
                     channel_values[(b, r, fraction)] = per_site
                     layer_values[(b, r, fraction)] = torch.stack(
                         [v.mean() for v in per_site.values()])
+            # agreement: never the reference with itself (rho = 1 by construction).
+            # Binning rows: another (bins, range) on the reference's samples.
             for key, per_site in channel_values.items():
-                rank_corrs = [spearman(per_site[s.name], channel_values[ref_key][s.name])
-                              for s in cap.sites]
-                chan = [c for c in rank_corrs if c is not None]
-                agreement.append({"seed": seed, "state": state, "bins": key[0],
-                                  "range": key[1], "fraction": key[2],
-                                  "n_samples": max(2, round(key[2] * n)),
-                                  "layer_rank_spearman": spearman(layer_values[key],
-                                                                  layer_values[ref_key]),
-                                  "channel_rank_spearman": (sum(chan) / len(chan) if chan
-                                                            else None)})
+                if key[2] != self.params.reference_fraction or key == ref_key:
+                    continue
+                agreement.append(self._agreement(
+                    seed, state, key, "binning", max(2, round(key[2] * n)),
+                    (per_site, layer_values[key]),
+                    (channel_values[ref_key], layer_values[ref_key]), cap.sites))
+            # sample-size rows: two disjoint subsamples of the same size, with the
+            # reference estimator (overlapping samples would agree by sharing images)
+            reference = estimators[ref_key[:2]]
+            for fraction in self.params.fractions:
+                size = max(2, round(fraction * n))
+                if 2 * size > n:
+                    continue
+                perm = torch.randperm(n, generator=ctx.rng(seed, f"sweep-disjoint/{state}/"
+                                                                 f"{fraction}"))
+                halves = []
+                for part in (perm[:size], perm[size:2 * size]):
+                    idx = part.sort().values.to(cap.labels.device)
+                    per_site = {site.name: prepare_site(reference, cap.acts[site.name][idx])
+                                .label_mi(cap.labels[idx], ctx.num_classes)
+                                for site in cap.sites}
+                    halves.append((per_site, torch.stack([v.mean() for v in per_site.values()])))
+                agreement.append(self._agreement(
+                    seed, state, (*ref_key[:2], fraction), "disjoint_subsamples", size,
+                    halves[0], halves[1], cap.sites))
         return {"estimator_sweep": pl.DataFrame(rows, schema_overrides={
                     "i_xt": pl.Float64, "range": pl.Utf8}),
                 "estimator_sweep_agreement": pl.DataFrame(agreement, schema_overrides={
                     "layer_rank_spearman": pl.Float64, "channel_rank_spearman": pl.Float64,
                     "range": pl.Utf8})}
+
+    @staticmethod
+    def _agreement(seed: int, state: str, key: tuple, comparison: str, n_samples: int,
+                   these: tuple[dict[str, torch.Tensor], torch.Tensor],
+                   others: tuple[dict[str, torch.Tensor], torch.Tensor], sites) -> dict:
+        """Rank agreement of layers (by mean I(T;Y)) and of channels (per site, averaged)
+        between two measurements."""
+        rank_corrs = [spearman(these[0][s.name], others[0][s.name]) for s in sites]
+        chan = [c for c in rank_corrs if c is not None]
+        return {"seed": seed, "state": state, "bins": key[0], "range": key[1],
+                "fraction": key[2], "n_samples": n_samples, "comparison": comparison,
+                "layer_rank_spearman": spearman(these[1], others[1]),
+                "channel_rank_spearman": sum(chan) / len(chan) if chan else None}
 
     def finalize(self, ctx, tables):
         from mi_probe.plugin import aggregate_seeds
@@ -186,7 +216,7 @@ class EstimatorSweep:
         agree = _with_range(tables["estimator_sweep_agreement"])
         return {"summary_estimator_sweep_agreement": aggregate_seeds(
             agree,  # each column counts its own non-null seeds (<value>_n)
-            ["state", "bins", "range", "fraction"],
+            ["state", "comparison", "bins", "range", "fraction"],
             ["layer_rank_spearman", "channel_rank_spearman"])}
 
     def figures(self, tables):
@@ -201,8 +231,8 @@ class EstimatorSweep:
                                ).with_columns(series=pl.format("{} bins", pl.col("bins")))
         by_frac = sweep.filter(at_ref_range & (pl.col("bins") == p.reference_bins)
                                ).with_columns(series=pl.format("{} samples", pl.col("n_samples")))
-        agree = _with_range(tables["estimator_sweep_agreement"]).filter(
-            at_ref_range).drop_nulls("layer_rank_spearman")
+        agree = _with_range(tables["estimator_sweep_agreement"]).drop_nulls(
+            "layer_rank_spearman")
         range_note = f", {ref_range} range" if ref_range else ""
         # one panel (or heatmap) per state: trained and random values are never averaged
         figs = {
@@ -231,11 +261,20 @@ class EstimatorSweep:
                         title=f"{name} by depth, min/max vs quantile-clipped bin range "
                               f"({p.reference_bins} bins)")
         for state in agree["state"].unique().sort():
+            part = agree.filter(pl.col("state") == state)
+            if "comparison" in part.columns:  # runs before disjoint subsamples had none
+                part = part.with_columns(pl.format(
+                    "{} ({})", pl.col("comparison"), pl.col("range").fill_null("own"))
+                    .alias("comparison"))
+            else:
+                part = part.with_columns(comparison=pl.lit("vs reference"))
             figs[f"sweep_layer_rank_agreement_{state}"] = charts.heatmap(
-                agree.filter(pl.col("state") == state), x="bins", y="fraction",
-                value="layer_rank_spearman", value_title="Spearman vs reference",
-                title=f"Rank agreement of layers with the reference setting, {state}"
-                      f"{range_note}")
+                part.with_columns(setting=pl.format("{} bins, {} of the set",
+                                                    pl.col("bins"), pl.col("fraction"))),
+                x="setting", y="comparison", value="layer_rank_spearman",
+                value_title="Spearman",
+                title=f"Rank agreement of layers, {state}: other binnings vs the reference "
+                      f"on the same images; disjoint subsamples vs each other")
         return figs
 
 

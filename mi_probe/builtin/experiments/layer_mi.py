@@ -42,7 +42,7 @@ class LayerMIParams(BaseModel):
 TABLE_SCHEMAS = {
     "layer_mi": TableSchema(
         ("seed", "state", "site", "depth", "site_kind", "i_xt", "i_ty"),
-        ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "channels", "reduce")),
+        ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "i_ty_excess", "channels", "reduce")),
     "channel_mi": TableSchema(
         ("seed", "state", "site", "depth", "site_kind", "channel", "i_xt", "i_ty"),
         ("i_ty_null", "i_ty_bias")),
@@ -106,9 +106,13 @@ class LayerMIExperiment:
                     layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
                     i_xt, i_ty = layer.i_xt, layer.i_ty
                 base = site_row(seed, state, site)
+                null_mean = null_layer.mean().item() if null_layer is not None else None
                 layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
-                               "i_ty_null": (null_layer.mean().item()
-                                             if null_layer is not None else None),
+                               "i_ty_null": null_mean,
+                               # label MI beyond the shuffled-label null: what a random
+                               # network's "low" label MI is measured by
+                               "i_ty_excess": (i_ty - null_mean if null_mean is not None
+                                               else None),
                                "i_ty_null_sd": (null_layer.std().item()
                                                 if null_layer is not None and len(nulls) > 1
                                                 else None),
@@ -125,7 +129,7 @@ class LayerMIExperiment:
                         "i_ty_null": (null_c.cpu().numpy() if null_c is not None
                                       else [None] * count),
                         "i_ty_bias": [bias] * count}))
-        floats = {c: pl.Float64 for c in ("i_xt", "i_ty_null", "i_ty_null_sd")}
+        floats = {c: pl.Float64 for c in ("i_xt", "i_ty_null", "i_ty_null_sd", "i_ty_excess")}
         tables = {"layer_mi": pl.DataFrame(layers, schema_overrides=floats),
                   "evaluation": pl.DataFrame(evals)}
         if diags:

@@ -61,7 +61,7 @@ TABLE_SCHEMAS = {
     "layer_pairs": TableSchema(
         ("seed", "state", "site", "depth", "site_kind", "site_b", "depth_b", "mi"),
         ("site_kind_b", "mi_null", "mi_null_sd", "mi_excess", "mi_bias", "n_pairs",
-         "n_samples")),
+         "n_samples", "distance", "pair_rank")),
     "layer_pairs_delta": TableSchema(
         ("seed", "site", "depth", "site_b", "depth_b"),
         ("mi", "mi_excess", "mi_random", "mi_excess_random", "delta_mi", "delta_mi_excess")),
@@ -125,7 +125,14 @@ class LayerPairs:
                                      "mi_excess": value - null if null is not None else None,
                                      "mi_bias": bias, "n_pairs": n_pairs, "n_samples": n})
         floats = {c: pl.Float64 for c in ("mi_null", "mi_null_sd", "mi_excess", "mi_bias")}
-        return {"layer_pairs": pl.DataFrame(rows, schema_overrides=floats)}
+        frame = pl.DataFrame(rows, schema_overrides=floats).with_columns(
+            distance=(pl.col("depth_b") - pl.col("depth")).abs())
+        # rank of each pair of distinct sites by MI within a seed and state (1 = the
+        # largest; both orientations of a pair share it); the diagonal has none
+        off = pl.col("distance") > 0
+        return {"layer_pairs": frame.with_columns(pair_rank=pl.when(off).then(
+            pl.when(off).then(pl.col("mi")).otherwise(None)
+            .rank("dense", descending=True).over(["seed", "state"])))}
 
     def finalize(self, ctx, tables):
         from mi_probe.plugin import aggregate_seeds

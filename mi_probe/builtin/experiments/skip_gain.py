@@ -35,7 +35,8 @@ from pydantic import ConfigDict, Field, field_validator
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, HasSkipGainHooks, hookimpl, Plan, RANDOM, RunContext,
     seed_units, Site, SpecError, TableSchema, TRAINED, unit_seed)
-from mi_probe.functional.concentration import gini, top_k_share
+from mi_probe.functional.concentration import gini, top_k_count, top_k_share
+from mi_probe.functional.masses import set_overlap
 
 
 class SkipGainParams(ChannelMassParams):
@@ -133,7 +134,8 @@ TABLE_SCHEMAS = {
     "skip_concentration": TableSchema(
         ("seed", "state", "block", "depth"),
         ("block_index", "pre_gini", "post_gini", "pre_top_k_share", "post_top_k_share",
-         "pre_gini_raw", "post_gini_raw", "mass_kind", "top_k")),
+         "pre_gini_raw", "post_gini_raw", "gini_raw_change", "top_overlap",
+         "channel_rank_spearman", "mass_kind", "top_k")),
 }
 
 
@@ -151,14 +153,29 @@ class SkipGain:
         return seed_units(ctx)
 
     def _concentration(self, ctx, acts: torch.Tensor, labels: torch.Tensor, seed: int,
-                       purpose: str) -> tuple[float | None, float | None, float]:
+                       purpose: str) -> tuple[float | None, float | None, float, torch.Tensor]:
         """(Gini, top-k share) of the spec's masses (None without signal beyond the
-        null), and the raw Gini."""
+        null), the raw Gini, and the raw per-channel I(T_c;Y)."""
         m = channel_masses(ctx, acts, labels, ctx.num_classes, self.params.mass, seed=seed,
                            purpose=purpose, null_draws=self.params.mass_null_draws)
         if not m.usable:
-            return None, None, gini(m.raw)
-        return gini(m.values), top_k_share(m.values, self.params.top_k), gini(m.raw)
+            return None, None, gini(m.raw), m.raw
+        return gini(m.values), top_k_share(m.values, self.params.top_k), gini(m.raw), m.raw
+
+    def _identity(self, pre: torch.Tensor, post: torch.Tensor) -> dict[str, float | None]:
+        """Whether the skip changes which channels carry label information: the share of
+        the top-k% channels by raw I(T_c;Y) that pre_add and post_add have in common, and
+        the Spearman correlation of their per-channel values (None when the two sites
+        have different channel counts, e.g. a projection changes the width)."""
+        if pre.numel() != post.numel():
+            return {"top_overlap": None, "channel_rank_spearman": None}
+        from scipy.stats import spearmanr
+
+        k = top_k_count(pre.numel(), self.params.top_k)
+        top_pre, top_post = pre.topk(k).indices, post.topk(k).indices
+        rho = (float(spearmanr(pre.cpu().numpy(), post.cpu().numpy()).statistic)
+               if pre.numel() >= 3 and bool(pre.std() > 0) and bool(post.std() > 0) else None)
+        return {"top_overlap": set_overlap(top_pre, top_post), "channel_rank_spearman": rho}
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         seed = unit_seed(unit)
@@ -176,15 +193,17 @@ class SkipGain:
         baseline = cap.accuracy
         conc_rows, gain_rows = [], []
         for b in blocks:
-            pre_gini, pre_top, pre_raw = self._concentration(
+            pre_gini, pre_top, pre_raw, pre_mi = self._concentration(
                 ctx, acts[b["pre"].name], cap.labels, seed, f"{state}/{b['pre'].name}")
-            post_gini, post_top, post_raw = self._concentration(
+            post_gini, post_top, post_raw, post_mi = self._concentration(
                 ctx, acts[b["post"].name], cap.labels, seed, f"{state}/{b['post'].name}")
             base = {"seed": seed, "state": state, "block": b["block"], "depth": b["depth"],
                     "block_index": b["block_index"]}
             conc_rows.append({**base, "pre_gini": pre_gini, "post_gini": post_gini,
                               "pre_top_k_share": pre_top, "post_top_k_share": post_top,
                               "pre_gini_raw": pre_raw, "post_gini_raw": post_raw,
+                              "gini_raw_change": post_raw - pre_raw,
+                              **self._identity(pre_mi, post_mi),
                               "mass_kind": self.params.mass, "top_k": self.params.top_k})
             post = b["post"]
             for g in self.params.gains:
@@ -195,7 +214,7 @@ class SkipGain:
                 finally:
                     for handle in handles:
                         handle.remove()
-                g_gini, g_top, g_raw = self._concentration(
+                g_gini, g_top, g_raw, _ = self._concentration(
                     ctx, result.acts[post.name], result.labels, seed, f"{state}/{post.name}")
                 acc = result.accuracy
                 gain_rows.append({"seed": seed, "state": state, "site": post.name,
@@ -206,7 +225,8 @@ class SkipGain:
                                   "post_top_k_share": g_top, "post_gini_raw": g_raw,
                                   "mass_kind": self.params.mass, "top_k": self.params.top_k})
         floats = {c: pl.Float64 for c in ("pre_gini", "post_gini", "pre_top_k_share",
-                                          "post_top_k_share")}
+                                          "post_top_k_share", "top_overlap",
+                                          "channel_rank_spearman")}
         return {"skip_concentration": pl.DataFrame(conc_rows, schema_overrides=floats),
                 "skip_gain": pl.DataFrame(gain_rows, schema_overrides={
                     c: pl.Float64 for c in ("post_gini", "post_top_k_share")})}
