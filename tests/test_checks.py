@@ -102,7 +102,7 @@ def test_bound_claim_and_unevaluable_claims_are_inconclusive_with_reason():
     # per-seed means 0.375 and 0.4: the 90% interval [0.30, 0.49] lies below 0.5
     assert [r["verdict"] for r in res] == ["holds", "does not hold", "inconclusive",
                                            "inconclusive", "inconclusive"]
-    assert "every one of 8 values lies within" in res[0]["detail"]
+    assert "every one of 8 values is ≤ 1 (a fact about the rows, not a test)" in res[0]["detail"]
     assert "no table 'nope'" in res[2]["detail"]
     assert "no column(s) ['x']" in res[3]["detail"]
     assert "no rows of 'layer_mi' match filter {'state': 'random'}" in res[4]["detail"]

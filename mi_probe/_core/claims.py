@@ -262,8 +262,8 @@ def decide(check: Any, values: Sequence[float]) -> tuple[str, str, Interval | No
         what = (f"every effect at least {check.sesoi:g} {word} {margin:g}" if check.sesoi
                 else f"every effect {word} {margin:g}")
         return FAILS, f"the {pct} interval excludes {what}", iv, p_holds, p_fails
-    return INCONCLUSIVE, (f"the {pct} interval reaches both {margin:g} and "
-                          + (f"{edge:g}" if check.sesoi else f"the {word} side")), \
+    return INCONCLUSIVE, (f"the {pct} interval reaches both {margin:g} and {edge:g}"
+                          if check.sesoi else f"the {pct} interval contains {margin:g}"), \
         iv, p_holds, p_fails
 
 
@@ -297,10 +297,12 @@ def _all_rows(check: Any, tables: dict[str, pl.DataFrame], base: dict[str, Any]
     frame = claim_rows(check, tables, [])
     low, high = float(frame[check.value].min()), float(frame[check.value].max())  # type: ignore[arg-type]
     ok = (check.min is None or low >= check.min) and (check.max is None or high <= check.max)
+    wanted = (f"[{check.min:g}, {check.max:g}]" if check.min is not None and check.max is not None
+              else f"≥ {check.min:g}" if check.min is not None else f"≤ {check.max:g}")
     return ClaimResult(**base, verdict=HOLDS if ok else FAILS, adjusted=HOLDS if ok else FAILS,
-                       reason=(f"every one of {frame.height} values lies within " if ok else
-                               f"values range over [{low:.4g}, {high:.4g}], outside ")
-                       + f"[{check.min}, {check.max}] (a fact about the rows, not a test)",
+                       reason=(f"every one of {frame.height} values is {wanted}" if ok else
+                               f"values range over [{low:.4g}, {high:.4g}], not all {wanted}")
+                       + " (a fact about the rows, not a test)",
                        mean=None, low=low, high=high, n=frame.height,
                        quantity=f"range of {check.value}")
 
