@@ -217,7 +217,8 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
             "[0, 1] |") in section
     row = re.search(r"\| label MI is negative \| mean i_ty per seed: ([0-9.e-]+) \(no interval\), "
                     r"n = 1 \| ([0-9.e-]+) \(no interval\), n = 1 \| ([^|]+) \| "
-                    r"([0-9.e-]+) \[.*\], n = 2; \*\*does not hold\*\* \|", section)
+                    r"([0-9.e-]+) \[.*\], n = 2 \(per seed: [0-9.e-]+, [0-9.e-]+\); "
+                    r"\*\*does not hold\*\* \|", section)
     assert row, section
     here, there = float(row[1]), float(row[2])
     # a bound with only a max: a smaller value moves towards the claim (the shown values

@@ -534,8 +534,15 @@ def _cell(claim: ClaimResult | None, missing: str = "–") -> str:
         return missing
     if claim.mean is None:
         return f"– ({claim.reason})"
-    text = _measured(claim)
+    text = _measured(claim) + _per_seed(claim)
     return text + (f"; **{claim.verdict}**" if claim.n >= 2 else "")
+
+
+def _per_seed(claim: ClaimResult) -> str:
+    """The per-seed values behind an interval (the distribution, not only its mean)."""
+    if len(claim.values) < 2:
+        return ""
+    return " (per seed: " + ", ".join(_fmt(v) for v in claim.values) + ")"
 
 
 def _moved(check: Any, this: ClaimResult, same: ClaimResult | None) -> str:
@@ -688,7 +695,8 @@ def _run_section(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
     for claim in record.claims:
         lines.append(f"- **{claim.verdict}** (Holm-adjusted: {claim.adjusted or claim.verdict})"
                      f": {claim.name}{ROLE_LABELS.get(claim.role or '', '')}. "
-                     f"{claim.quantity}: {_measured(claim)}; {claim.reason}.")
+                     f"{claim.quantity}: {_measured(claim)}{_per_seed(claim)}; "
+                     f"{claim.reason}.")
     return lines + _figure_lines(record, figures_dir, rel) + [""]
 
 
