@@ -4,8 +4,9 @@
     result = mi_probe.run("specs/layer_mi.yaml", out="reports/mine", seeds=[0, 1],
                           model__train__epochs=3)
     result.tables["layer_mi"]          # polars DataFrames, by name
-    result.figures["layer_mi_by_depth"]  # Altair charts: they render in Jupyter
+    result.figures["layer_i_ty"]       # Altair charts: they render in Jupyter
     result.checks                      # the spec's claims with their verdicts
+    result                             # in Jupyter: status, verdicts, figure names
     again = mi_probe.load_run("reports/mine")
 
 A run from Python is the same as ``mi-probe run``: the same spec validation, cache,
@@ -19,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, cast
 
-from mi_probe.errors import RunError, SpecError
+from mi_probe.errors import MiProbeError, RunError, SpecError
 
 
 def _override_args(overrides: Mapping[str, Any]) -> list[str]:
@@ -78,6 +79,35 @@ class Run:
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, status={self.status!r}, "
                 f"tables={sorted(self.tables) if self.status == 'complete' else '...'})")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the status, each claim with its verdict and detail, and the
+        figure names (all escaped; figures only of a complete run)."""
+        import html
+
+        def esc(value: Any) -> str:
+            return html.escape(str(value), quote=True)
+
+        parts = [f"<div><b>mi-probe run</b> <code>{esc(self.path)}</code>: "
+                 f"status <b>{esc(self.status)}</b>"]
+        if self.checks:
+            items = []
+            for check in self.checks:
+                # runs written before verdicts had three values carry only ``passed``
+                verdict = check.get("verdict") or ("holds" if check.get("passed")
+                                                   else "does not hold")
+                items.append(f"<li><b>{esc(verdict)}</b>: {esc(check.get('name', '?'))}"
+                             f" &mdash; {esc(check.get('detail', ''))}</li>")
+            parts.append("<div>claims:</div><ul>" + "".join(items) + "</ul>")
+        else:
+            parts.append("<div>claims: none</div>")
+        if self.status == "complete":
+            try:
+                names = ", ".join(f"<code>{esc(n)}</code>" for n in self.figures) or "none"
+            except MiProbeError as exc:  # a repr never raises: say why there are none
+                names = f"unavailable ({esc(exc)})"
+            parts.append(f"<div>figures: {names}</div>")
+        return "\n".join(parts) + "</div>"
 
     @property
     def pm(self) -> Any:

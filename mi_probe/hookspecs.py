@@ -102,7 +102,7 @@ def mi_probe_register_datasets(register: Register) -> None:
     ``synthetic``.
 
     :param register: the registration callback; a source returns a ``DataBundle`` of
-        train / evaluation datasets and class names.
+        train / evaluation datasets and class names; optional ability ``ChecksSource``.
     :return: None (all implementations are called).
     """
 

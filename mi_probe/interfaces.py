@@ -80,13 +80,17 @@ class DataBundle:
     ``selection``, when a source has one, is a third set of images, disjoint from both,
     that chooses the checkpoint and stops training early; the evaluation set is then
     used only for analysis (MI, channel ranking, interventions), never to choose the
-    model it analyses. Without it the evaluation set plays both roles."""
+    model it analyses. Without it the evaluation set plays both roles.
+
+    ``warnings``: what the source found odd but usable (e.g. a class with one evaluation
+    image); the run reports them in ``run.json``, ``index.html`` and on stderr."""
 
     train: torch.utils.data.Dataset[Any]
     val: torch.utils.data.Dataset[Any]
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     selection: torch.utils.data.Dataset[Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def selection_set(self) -> torch.utils.data.Dataset[Any]:
@@ -343,6 +347,16 @@ class DataSource(Protocol):
     """Builds the train / evaluation data."""
 
     def load(self) -> DataBundle: ...
+
+
+@runtime_checkable
+class ChecksSource(Protocol):
+    """Optional ability of a data source: refuse a location that cannot hold its data
+    cheaply (paths and folder names, never decoding), so ``mi-probe validate`` and the
+    start of ``run`` catch a wrong ``data.root`` before anything is trained."""
+
+    def check_source(self) -> None:
+        """Raise ``DataError`` naming the path, what was expected and what was found."""
 
 
 @runtime_checkable

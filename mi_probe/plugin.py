@@ -45,9 +45,9 @@ _HOME = {
     **dict.fromkeys([
         'hookimpl'], "mi_probe.hookspecs"),
     **dict.fromkeys([
-        'Adapter', 'Binned', 'Captured', 'ChecksSpec', 'DataBundle', 'DataSource',
-        'DeclaresTables', 'DeclaresTrainings', 'Diagnoses', 'Estimator', 'Executor',
-        'Experiment', 'ExplainsEstimates', 'HasNotes', 'HasProducers',
+        'Adapter', 'Binned', 'Captured', 'ChecksSource', 'ChecksSpec', 'DataBundle',
+        'DataSource', 'DeclaresTables', 'DeclaresTrainings', 'Diagnoses', 'Estimator',
+        'Executor', 'Experiment', 'ExplainsEstimates', 'HasNotes', 'HasProducers',
         'HasSkipGainHooks', 'HasSuffix', 'Intervention', 'LayerMI', 'Metric',
         'OUTPUT_KINDS', 'PairMI', 'Plan', 'Prepares', 'RANDOM', 'Register',
         'Regularizer', 'RunContext', 'Site', 'SiteRef', 'StageJobs', 'TRAINED',
@@ -78,7 +78,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from mi_probe.hookspecs import (  # noqa: F401
         hookimpl)
     from mi_probe.interfaces import (  # noqa: F401
-        Adapter, Binned, Captured, ChecksSpec, DataBundle, DataSource,
+        Adapter, Binned, Captured, ChecksSource, ChecksSpec, DataBundle, DataSource,
         DeclaresTables, DeclaresTrainings, Diagnoses, Estimator, Executor,
         Experiment, ExplainsEstimates, HasNotes, HasProducers, HasSkipGainHooks,
         HasSuffix, Intervention, LayerMI, Metric, OUTPUT_KINDS, PairMI, Plan,
@@ -114,8 +114,8 @@ __all__ = [
     # protocols and abilities
     "Adapter", "HasSuffix", "HasProducers", "HasSkipGainHooks", "Estimator", "PairMI",
     "Diagnoses", "Prepares", "Binned", "ExplainsEstimates", "Regularizer", "Intervention",
-    "Metric", "DataSource", "RunContext", "Experiment", "DeclaresTrainings", "HasNotes",
-    "DeclaresTables", "ChecksSpec", "Executor", "Register",
+    "Metric", "DataSource", "ChecksSource", "RunContext", "Experiment", "DeclaresTrainings",
+    "HasNotes", "DeclaresTables", "ChecksSpec", "Executor", "Register",
     # result types and constants
     "SiteRef", "Site", "DataBundle", "Captured", "LayerMI", "Plan", "TableSchema",
     "TrainingRequest", "StageJobs", "as_schema", "TRAINED", "RANDOM", "OUTPUT_KINDS",

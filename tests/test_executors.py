@@ -240,7 +240,7 @@ def test_killed_worker_is_reported_by_name_and_a_rerun_completes_only_that_unit(
     _assert_same_tables(local_tables, outcome.tables)
 
 
-def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys):
+def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys, tmp_path):
     """cluster/paper-protocol.sh passes these --set options to every paper spec."""
     import re
 
@@ -251,7 +251,11 @@ def test_the_cluster_script_overrides_validate_on_every_paper_spec(pm, capsys):
     sets = re.findall(r'--set "?([a-z_.]+=[^"\s]+)"?', script)
     assert {s.split("=")[0] for s in sets} >= {"executor.address", "executor.train.gpus",
                                                "data.root"}
-    values = {"$ADDRESS": "auto", "$IMAGENETTE": "/shared/imagenette2"}
+    imagenette = tmp_path / "imagenette2"  # validate refuses a data.root that is not there
+    for split in ("train", "val"):
+        for name in ("n01440764", "n02102040"):
+            (imagenette / split / name).mkdir(parents=True)
+    values = {"$ADDRESS": "auto", "$IMAGENETTE": str(imagenette)}
     overrides = [re.sub(r"\$[A-Z]+", lambda m: values[m.group(0)], s) for s in sets]
     specs = re.search(r'SPECS=\$\{SPECS:-"([^"]+)"\}', script).group(1).split()
     argv = ["validate", *[str(root / s) for s in specs], "--executor", "ray"]

@@ -53,6 +53,19 @@ def test_a_missing_imagenette_says_how_to_get_it(pm, tmp_path):
         imagenette_source(pm, root=str(tmp_path), size="320px").load()
 
 
+def test_validate_checks_where_imagenette_is_without_reading_it(pm, tmp_path):
+    """``check_source`` (run by ``mi-probe validate``): a missing release is refused
+    unless it will be downloaded; a data.root that is a file always."""
+    with pytest.raises(DataError, match=r"Imagenette2 \(320px\) is not in .*imagenette2-320: "
+                       r"expected the extracted folder .*set data.download: true"):
+        imagenette_source(pm, root=str(tmp_path), size="320px").check_source()
+    imagenette_source(pm, root=str(tmp_path / "later"), download=True).check_source()
+    imagenette_source(pm, root=str(imagenette_folder(tmp_path / "data"))).check_source()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DataError, match=r"data.root: data folder .*a-file is a file"):
+        imagenette_source(pm, root=str(tmp_path / "a-file"), download=True).check_source()
+
+
 def test_imagenette_download_goes_through_torchvision(pm, tmp_path, monkeypatch):
     """download: true asks torchvision to fetch the archive; here the "download" writes
     the folder (no network in tests)."""

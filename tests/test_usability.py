@@ -1,6 +1,8 @@
 """What a new user hits first (issue 14, items 1-3 and 5): mistakes refused before any
 training, clear errors instead of tracebacks, honest states, signals, locks, a cache
-that does not depend on the working directory, and the Python API."""
+that does not depend on the working directory, and the Python API. Issue 26: bad input
+(data folders, weights files, damaged tables, impossible paths) is a clear message and
+a non-zero exit status, never a traceback or a silent wrong answer."""
 
 from __future__ import annotations
 
@@ -311,6 +313,11 @@ def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, mon
     assert [c["name"] for c in result.checks] == ["finite"] and not result.failed_checks
     assert result.figures and all(isinstance(c, alt.TopLevelMixin)
                                   for c in result.figures.values())
+    # the figure the module docstring shows exists (it once named one that did not)
+    assert set(re.findall(r'figures\["(\w+)"\]', mi_probe.api.__doc__)) <= set(result.figures)
+    view = result._repr_html_()  # what Jupyter shows for the result
+    assert "status <b>complete</b>" in view and "<b>holds</b>: finite" in view
+    assert all(f"<code>{name}</code>" in view for name in result.figures)
     assert result.index.is_file()
     again = mi_probe.load_run(tmp_path / "api")
     assert again.tables["layer_mi"].equals(layer) and again.checks == result.checks
@@ -330,3 +337,148 @@ def test_sites_of_a_regulariser_named_by_the_experiment_are_checked_before_train
     path.write_text(text)
     assert cli.main(["validate", str(path)], pm=pm) == 2
     assert "site pattern(s) ['*.post_addd'] match no site" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- issue 26: bad input
+
+def image_folder(root: Path, counts: dict[str, tuple[int, int]]) -> Path:
+    """``root/train/<class>/`` and ``root/val/<class>/`` with (n_train, n_val) tiny PNGs
+    per class."""
+    from PIL import Image
+
+    for k, (name, per_split) in enumerate(counts.items()):
+        for split, n in zip(("train", "val"), per_split):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                colour = [40 * i % 255, 0, 0]
+                colour[k % 3] = 200
+                Image.new("RGB", (16, 16), tuple(colour)).save(folder / f"{i}.png")
+    return root
+
+
+def folder_spec(tiny_text: str, root: Path | str) -> str:
+    return spec_text(tiny_text, (
+        "data: {kind: synthetic, n_classes: 3, n_train: 48, n_val: 60, image_size: 16, "
+        "noise: 0.5}", f"data: {{kind: imagefolder, root: '{root}', image_size: 16}}"),
+        ("epochs: 2", "epochs: 1"))
+
+
+def validate_cli(pm, capsys, folder: Path, text: str) -> tuple[int, str]:
+    path = folder / "v.yaml"
+    path.write_text(text)
+    code = cli.main(["validate", str(path)], pm=pm)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("case", ["a file", "missing", "no val"])
+def test_validate_refuses_an_image_folder_that_cannot_hold_the_data(case, pm, tmp_path, capsys,
+                                                                   tiny_text):
+    root = tmp_path / "data"
+    if case == "a file":
+        root.write_text("not a folder")
+    elif case == "no val":
+        (root / "train" / "cat").mkdir(parents=True)
+    code, text = validate_cli(pm, capsys, tmp_path, folder_spec(tiny_text, root))
+    assert code == 2 and "ok:" not in text
+    expected = {"a file": rf"data.root: data folder {root} is a file; expected a folder "
+                          r"holding train/ and val/",
+                "missing": rf"data.root: data folder {root} does not exist; expected a folder "
+                           r"holding train/ and val/",
+                "no val": rf"split folder {root / 'val'} does not exist; expected the "
+                          r"Imagenette2 layout .*found subfolders \['train'\]"}[case]
+    assert re.search(expected, text), text
+
+
+def test_validate_refuses_a_weights_file_that_is_not_there(pm, tmp_path, capsys, tiny_text,
+                                                          monkeypatch):
+    missing = "/path/that/does/not/exist.safetensors"
+    code, text = validate_cli(pm, capsys, tmp_path,
+                              spec_text(tiny_text, ("weights: train", f"weights: {missing}")))
+    assert code == 2
+    assert f"error: model.weights: weights file {missing} does not exist; expected a " \
+           ".safetensors file" in text
+    monkeypatch.chdir(tmp_path)  # a relative path names the folder it is relative to
+    code, text = validate_cli(pm, capsys, tmp_path,
+                              spec_text(tiny_text, ("weights: train", "weights: m.safetensors")))
+    assert code == 2 and f"m.safetensors (relative to the working folder {tmp_path})" in text
+
+
+def test_an_image_folder_with_one_class_is_refused(pm, tmp_path, capsys, tiny_text):
+    root = image_folder(tmp_path / "data", {"cat": (3, 3)})
+    code, text = validate_cli(pm, capsys, tmp_path, folder_spec(tiny_text, root))
+    assert code == 2
+    assert f"{root / 'train'} has one class folder, 'cat'; expected at least 2 classes" in text
+
+
+def test_a_class_with_one_evaluation_image_is_a_warning_of_the_run(pm, tmp_path, capsys,
+                                                                  tiny_text):
+    from mi_probe.builtin.datasets.imagefolder import ImageFolderParams, ImageFolderSource
+
+    root = image_folder(tmp_path / "data", {"cat": (4, 3), "dog": (1, 1), "fish": (4, 3)})
+    bundle = ImageFolderSource(ImageFolderParams(root=str(root), image_size=16)).load()
+    assert bundle.warnings == [
+        f"class(es) with fewer than 2 training images in {root / 'train'}: dog (1); "
+        "per-class results for them rest on one image or none",
+        f"class(es) with fewer than 2 evaluation images in {root / 'val'}: dog (1); "
+        "per-class results for them rest on one image or none"]
+    spec = tmp_path / "few.yaml"
+    spec.write_text(folder_spec(tiny_text, root))
+    code, _, err = run_cli(pm, capsys, spec, "--out", tmp_path / "run", "--cache-dir",
+                           tmp_path / "cache")
+    assert code == 0, err
+    assert f"warning: class(es) with fewer than 2 evaluation images in {root / 'val'}: " \
+           "dog (1)" in err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "complete" and bundle.warnings[1] in info["warnings"]
+    assert "dog (1)" in (tmp_path / "run" / "index.html").read_text()
+
+
+def test_report_on_a_damaged_table_names_the_file(pm, tmp_path, capsys, tiny_text):
+    from mi_probe._core.tables import read_tables
+
+    run = tmp_path / "run"
+    (run / "tables").mkdir(parents=True)
+    (run / "spec.yaml").write_text(tiny_text)
+    (run / "run.json").write_text(json.dumps({"status": "complete"}))
+    pl.DataFrame({"a": [1]}).write_parquet(run / "tables" / "a_fine.parquet")
+    bad = run / "tables" / "layer_mi.parquet"
+    bad.write_bytes(b"PAR1 cut short")
+    with pytest.raises(RunError, match=rf"cannot read table {re.escape(str(bad))}: expected "
+                       r"a parquet table; found a damaged or foreign file \(.+\)\. Running "
+                       rf"the spec again with --out {re.escape(str(run))} rewrites"):
+        read_tables(run / "tables")
+    code = cli.main(["report", str(run)], pm=pm)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: cannot read table {bad}: ") and len(err.splitlines()) == 1
+
+
+def test_an_out_name_too_long_for_the_filesystem_is_a_clear_error(pm, tmp_path, capsys,
+                                                                 tiny_spec_file):
+    out = tmp_path / ("x" * 300) / "run"
+    code, _, err = run_cli(pm, capsys, tiny_spec_file(), "--out", out,
+                           "--cache-dir", tmp_path / "cache")
+    assert code == 1 and "Traceback" not in err
+    assert f"error: cannot use {out} as the run directory: its folder name " \
+           f"{'x' * 40}... is 300 bytes long; file names may have at most 255; choose a " \
+           "shorter --out" in err
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_the_notebook_view_of_a_run_escapes_what_it_shows(tmp_path):
+    import mi_probe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    checks = [{"name": "<script>x</script>", "verdict": "does not hold", "passed": False,
+               "detail": "mean 0.1 < 0.2 & more"},
+              {"name": "old", "passed": True, "detail": "written before verdicts"}]
+    (run / "run.json").write_text(json.dumps({"status": "running", "checks": checks}))
+    view = mi_probe.load_run(run)._repr_html_()
+    assert "<script>" not in view and "&lt;script&gt;x&lt;/script&gt;" in view
+    assert "<b>does not hold</b>: &lt;script&gt;" in view and "0.1 &lt; 0.2 &amp; more" in view
+    assert "<b>holds</b>: old" in view and "status <b>running</b>" in view
+    assert "figures" not in view  # only a complete run has them

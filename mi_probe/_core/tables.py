@@ -136,11 +136,22 @@ def write_parquet(path: Path, frame: pl.DataFrame) -> None:
 
 
 def read_tables(tables_dir: Path) -> dict[str, pl.DataFrame]:
-    """Every ``*.parquet`` table of a run, by name."""
+    """Every ``*.parquet`` table of a run, by name; a file polars cannot read is a
+    ``RunError`` naming it (not a parquet traceback)."""
     tables_dir = Path(tables_dir)
     if not tables_dir.is_dir():
         raise RunError(f"no tables folder at {tables_dir}")
-    return {p.stem: pl.read_parquet(p) for p in sorted(tables_dir.glob("*.parquet"))}
+    tables = {}
+    for path in sorted(tables_dir.glob("*.parquet")):
+        try:
+            tables[path.stem] = pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunError(f"cannot read table {path}: expected a parquet table; found a "
+                           f"damaged or foreign file ({reason}). Running the spec again "
+                           f"with --out {tables_dir.parent} rewrites the tables from its "
+                           "finished units") from None
+    return tables
 
 
 def concat_tables(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:

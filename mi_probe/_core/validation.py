@@ -7,6 +7,9 @@ model weights or training:
 
 * what the spec alone rules out: the experiment's own ``check_spec``
   (``interfaces.ChecksSpec``) and a channel mass its estimator cannot give;
+* what the file system rules out, from paths alone (no decoding): a weights file that
+  is not there, and a data location its source refuses (``interfaces.ChecksSource``,
+  e.g. an image folder ``data.root`` that is a file or lacks ``train/``);
 * what the model's structure rules out (:mod:`~mi_probe._core.preflight`, on the meta
   device): the architecture, the input size, the site selection, every regulariser's
   sites, the claims' tables and columns.
@@ -23,7 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mi_probe._core.analysis import ChannelMassParams
-from mi_probe.interfaces import ChecksSpec
+from mi_probe.errors import CheckpointError
+from mi_probe.interfaces import ChecksSource, ChecksSpec
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,29 @@ def validate(spec: Any, pm: Any, structural: bool = True) -> Validated:
         experiment.params.check_mass(estimator)
     if isinstance(experiment, ChecksSpec):
         experiment.check_spec(spec, estimator)
+    check_weight_files(spec.model)
+    source = registry.build("datasets", spec.data)
+    if isinstance(source, ChecksSource):
+        source.check_source()
     if structural:
         preflight(spec, pm, experiment)
     return Validated(spec, estimator, experiment, regularizers)
+
+
+def check_weight_files(model: Any) -> None:
+    """Refuse ``model.weights`` or ``model.pretrained_file`` naming a file that is not
+    there: found now, not after the data is loaded (or, for a tag, after a download)."""
+    files = [("model.weights", model.weights)] if model.weights.endswith(".safetensors") else []
+    if model.pretrained_file is not None:
+        files.append(("model.pretrained_file", model.pretrained_file))
+    for field_name, value in files:
+        path = Path(value).expanduser()
+        if path.is_file():
+            continue
+        where = "" if path.is_absolute() else f" (relative to the working folder {Path.cwd()})"
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"{field_name}: weights file {path}{where} {found}; expected a "
+                              ".safetensors file")
 
 
 def load_validated(path: str | Path, overrides: Sequence[str] = (), pm: Any = None,

@@ -55,6 +55,10 @@ class Engine:
         if len(self.data.val) < 2:
             raise DataError(f"the evaluation set has {len(self.data.val)} samples; need at least 2")
         self.class_names = list(self.data.classes)
+        if len(self.class_names) < 2:  # the image folder names its folder; any source
+            raise DataError(f"data source {spec.data.kind!r} has {len(self.class_names)} "
+                            f"class(es) {self.class_names}; expected at least 2 (label "
+                            "information with a single label is zero by construction)")
         #: (H, W) of the evaluation images: the input size models are built for
         self.image_size: tuple[int, int] | None = _image_size(self.data.val)
         self.num_classes = spec.model.num_classes or self.data.num_classes

@@ -215,6 +215,7 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
                if spec.model.weights == "train" else {}),
             **engine.data.info},
             estimator=engine.estimator.describe())
+        meta["warnings"] += list(engine.data.warnings)  # e.g. a class with one image
         plan = engine.experiment.plan(engine)
         units = list(plan.units)
         todo = [u for u in units if not is_unit_done(run_dir, u)]

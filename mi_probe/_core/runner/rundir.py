@@ -177,6 +177,7 @@ def prepare_run_dir(spec: Any, out: Path | None, resume: bool, reports: Path = D
             out = reports / spec.name / f"{stamp}-{suffix}"
             suffix += 1
     out = Path(out)
+    check_run_path(out)
     run_json = out / "run.json"
     if resume and not run_json.is_file():
         raise RunError(f"--resume: {out} holds no run to resume (no run.json); drop "
@@ -198,6 +199,26 @@ def prepare_run_dir(spec: Any, out: Path | None, resume: bool, reports: Path = D
         raise RunError(f"cannot create the run directory {out}: {exc.strerror or exc}; "
                        "choose a writable --out") from None
     return out, False
+
+
+#: the longest file name (bytes) of common filesystems (ext4, XFS, APFS, NTFS)
+NAME_MAX = 255
+
+
+def check_run_path(out: Path) -> None:
+    """Refuse a run directory path the filesystem cannot hold (a name over 255 bytes,
+    a path it cannot look up), naming it, before anything is written."""
+    long = [part for part in out.parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:
+        name = long[0]
+        raise RunError(f"cannot use {out} as the run directory: its folder name "
+                       f"{name[:40]}... is {len(os.fsencode(name))} bytes long; file names "
+                       f"may have at most {NAME_MAX}; choose a shorter --out")
+    try:
+        (out / "run.json").is_file()
+    except OSError as exc:
+        raise RunError(f"cannot use {out} as the run directory: {exc.strerror or exc}; "
+                       "choose another --out") from None
 
 
 def check_writable(run_dir: Path) -> None:

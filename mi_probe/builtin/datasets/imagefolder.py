@@ -86,9 +86,24 @@ def first_per_class(samples: list[tuple[Path, int]], cap: int) -> list[tuple[Pat
     return kept
 
 
+def few_per_class(samples: list[tuple[Path, int]], classes: list[str], folder: Path,
+                  what: str) -> list[str]:
+    """A warning naming the classes of ``samples`` with fewer than 2 images: a class
+    statistic (class-conditional MI, per-class accuracy) from one image is noise."""
+    counts = dict.fromkeys(range(len(classes)), 0)
+    for _, label in samples:
+        counts[label] += 1
+    few = [f"{classes[k]} ({n})" for k, n in counts.items() if n < 2]
+    if not few:
+        return []
+    return [f"class(es) with fewer than 2 {what} images in {folder}: {', '.join(few)}; "
+            "per-class results for them rest on one image or none"]
+
+
 class ImageFolderSource:
     """Reads an image folder lazily; the folder structure is checked in :meth:`load`
-    and each file is decoded when accessed."""
+    (and, without listing images, by :meth:`check_source`) and each file is decoded when
+    accessed."""
 
     def __init__(self, params: ImageFolderParams):
         self.params = params
@@ -104,7 +119,8 @@ class ImageFolderSource:
     def _class_dirs(self, split: Path) -> dict[str, Path]:
         if not split.is_dir():
             found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-            raise DataError(f"split folder {split} does not exist; expected the Imagenette2 "
+            state = "is a file, not a folder" if split.exists() else "does not exist"
+            raise DataError(f"split folder {split} {state}; expected the Imagenette2 "
                             f"layout {self._layout()}; found subfolders {found} in {self.root}")
         dirs = {d.name: d for d in sorted(split.iterdir())
                 if d.is_dir() and not d.name.startswith(".")}
@@ -128,12 +144,15 @@ class ImageFolderSource:
             files = {name: fs[:self.params.max_per_class] for name, fs in files.items()}
         return files
 
-    def scan(self) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]]:
-        """Check the folder structure and list ``(classes, train samples, val samples)``."""
+    def _folders(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """The class folders of both splits, checked from folder names alone: the root
+        is a folder holding both splits, which hold the same classes, at least two."""
         p, root = self.params, self.root
         if not root.is_dir():
-            raise DataError(f"data folder {root} does not exist; expected the Imagenette2 "
-                            f"layout {self._layout()}")
+            state = "is a file" if root.exists() else "does not exist"
+            raise DataError(f"data.root: data folder {root} {state}; expected a folder "
+                            f"holding {p.train_dir}/ and {p.val_dir}/ with one subfolder of "
+                            f"images per class (the Imagenette2 layout {self._layout()})")
         train_split, val_split = root / p.train_dir, root / p.val_dir
         train_dirs = self._class_dirs(train_split)
         val_dirs = self._class_dirs(val_split)
@@ -142,6 +161,23 @@ class ImageFolderSource:
             extra = sorted(set(val_dirs) - set(train_dirs))
             raise DataError(f"class folders of {val_split} differ from {train_split}: "
                             f"missing in {p.val_dir}: {missing}; only in {p.val_dir}: {extra}")
+        if len(train_dirs) < 2:
+            raise DataError(f"{train_split} has one class folder, {next(iter(train_dirs))!r}; "
+                            "expected at least 2 classes (the mutual information between "
+                            "activations and a single label is zero by construction)")
+        return train_dirs, val_dirs
+
+    def check_source(self) -> None:
+        """Refuse a root that is not a folder, a missing split or fewer than 2 classes
+        (``mi-probe validate``: class folder names only; images are neither listed nor
+        decoded)."""
+        self._folders()
+
+    def scan(self) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]]:
+        """Check the folder structure and list ``(classes, train samples, val samples)``."""
+        p, root = self.params, self.root
+        train_split, val_split = root / p.train_dir, root / p.val_dir
+        train_dirs, val_dirs = self._folders()
         classes = sorted(train_dirs)
         index = {name: i for i, name in enumerate(classes)}
         train_files = self._files(train_split, train_dirs)
@@ -179,7 +215,12 @@ class ImageFolderSource:
         return v2.Compose(steps)
 
     def load(self) -> DataBundle:
+        """The three image sets; a class with fewer than 2 training or evaluation images
+        is a warning of the bundle (counted from file names, nothing decoded)."""
+        p = self.params
         classes, train, val = self.scan()
+        warnings = (few_per_class(train, classes, self.root / p.train_dir, "training")
+                    + few_per_class(val, classes, self.root / p.val_dir, "evaluation"))
         train, held = hold_back(train, self.params.selection_fraction, self.root)
         if self.params.train_per_class is not None:
             train = first_per_class(train, self.params.train_per_class)
@@ -191,7 +232,8 @@ class ImageFolderSource:
             train=ImageFileDataset(train, self.train_transform()),
             val=ImageFileDataset(val, self.eval_transform()),
             classes=classes, info=info,
-            selection=ImageFileDataset(held, self.eval_transform()) if held else None)
+            selection=ImageFileDataset(held, self.eval_transform()) if held else None,
+            warnings=warnings)
 
     def verify(self) -> list[str]:
         """Decode every file the source would use; return the paths that fail."""

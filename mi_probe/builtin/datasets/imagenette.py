@@ -45,6 +45,18 @@ class ImagenetteSource(ImageFolderSource):
     def root(self) -> Path:
         return super().root / SIZES[self.params.size]
 
+    def check_source(self) -> None:
+        """Refuse a ``data.root`` that is a file, and a release that is not there when it
+        will not be downloaded; what the release holds is torchvision's to check."""
+        p, base = self.params, super().root
+        if base.exists() and not base.is_dir():
+            raise DataError(f"data.root: data folder {base} is a file; expected the folder "
+                            f"Imagenette2 ({p.size}) is (or will be) extracted into")
+        if not p.download and not self.root.is_dir():
+            raise DataError(f"Imagenette2 ({p.size}) is not in {self.root}: expected the "
+                            f"extracted folder {SIZES[p.size]}/ with train/ and val/ under "
+                            f"data.root {base} (set data.download: true to fetch it)")
+
     def _torchvision(self, split: str):
         try:
             from torchvision.datasets import Imagenette
