@@ -287,7 +287,7 @@ def directional_target(check: Any) -> tuple[float, int]:
         return check.margin, 1
     if check.kind == "trend":
         return (check.min_spearman, 1) if check.direction == "increasing" else \
-            (-check.min_spearman, -1)
+            (0.0 - check.min_spearman, -1)  # 0.0 - x: never a printed "-0"
     # a one-sided bound
     return (check.min, 1) if check.min is not None else (check.max, -1)
 

@@ -351,7 +351,14 @@ ROLE_LABELS = {"paper": "", "ours": " *(ours)*", "sanity": " *(sanity check, not
 def _label(claim: ClaimResult) -> str:
     """The claim's name with its role, and the paper's sentence it encodes."""
     quote = f"<br>paper: “{claim.paper}”" if claim.paper else ""
-    return f"{claim.name}{ROLE_LABELS.get(claim.role or '', '')}{quote}"
+    return f"{claim.name}{_role(claim)}{quote}"
+
+
+def _role(claim: ClaimResult) -> str:
+    """The role's label, unless the claim's name already says it."""
+    label = ROLE_LABELS.get(claim.role or "", "")
+    said = {"ours": "(ours", "sanity": "sanity check"}.get(claim.role or "")
+    return "" if said and said in claim.name else label
 
 
 def _machine() -> str:
@@ -644,7 +651,7 @@ def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm
                          f"{_measured(claim)} | **{claim.verdict}** ({claim.reason}) | "
                          f"**{claim.adjusted or claim.verdict}** |")
     manifest = load_manifest(folder)
-    lines += _coverage_section(manifest, records)
+    lines += [""] + _coverage_section(manifest, records)
     if manifest.quotes:
         lines += ["## Where the claims come from", "", manifest.quotes, ""]
     lines += ["", "## Runs", ""]
@@ -694,7 +701,7 @@ def _run_section(record: SpecRecord, figures_dir: Path, rel: str) -> list[str]:
              "invocation(s)", ""]
     for claim in record.claims:
         lines.append(f"- **{claim.verdict}** (Holm-adjusted: {claim.adjusted or claim.verdict})"
-                     f": {claim.name}{ROLE_LABELS.get(claim.role or '', '')}. "
+                     f": {claim.name}{_role(claim)}. "
                      f"{claim.quantity}: {_measured(claim)}{_per_seed(claim)}; "
                      f"{claim.reason}.")
     return lines + _figure_lines(record, figures_dir, rel) + [""]
@@ -743,6 +750,40 @@ def _differences_section(records: Sequence[SpecRecord],
     return lines
 
 
+def _settings_summary(explanations: Sequence[ExplanationResult]) -> list[str]:
+    """Per baseline, one table: which settings make each of its claims hold (the
+    baseline's own verdict first, then each one-factor change), with the effect."""
+    lines: list[str] = []
+    baselines: dict[Path, list[ExplanationResult]] = {}
+    for ex in explanations:
+        if ex.base is not None and ex.base.status == "complete":
+            baselines.setdefault(ex.base.path, []).append(ex)
+    for group in baselines.values():
+        base = group[0].base
+        assert base is not None  # grouped on it above
+        names = [c.name for c in base.claims]
+        lines += [f"### Which settings make the claims of `{base.path.name}` hold", "",
+                  "| setting | seeds | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 2) + "|"]
+        lines.append(f"| baseline | {len(base.setting['seeds'])} | "
+                     + " | ".join(_verdict_cell(c) for c in base.claims) + " |")
+        for ex in group:
+            by_name = {this.name: this for this, _, _ in ex.rows}
+            change = ex.record.path.stem.partition("--")[2]
+            lines.append(f"| {change} ({ex.record.status}) | {len(ex.record.setting['seeds'])} | "
+                         + " | ".join(_verdict_cell(by_name.get(n)) for n in names) + " |")
+        lines.append("")
+    return lines
+
+
+def _verdict_cell(claim: ClaimResult | None) -> str:
+    if claim is None:
+        return "–"
+    if claim.mean is None:
+        return claim.verdict
+    return f"**{claim.verdict}** {_fmt(claim.mean)} [{_fmt(claim.low)}, {_fmt(claim.high)}]"
+
+
 def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir: Path,
                           rel: str) -> list[str]:
     if not explanations:
@@ -752,6 +793,7 @@ def _explanations_section(explanations: Sequence[ExplanationResult], figures_dir
              "baseline, named before `--` in its file name) in a changed setting. Every claim "
              "is evaluated on the explanation's run and on the baseline's run, for the same "
              "seeds and for all of the baseline's seeds.", ""]
+    lines += _settings_summary(explanations)
     for ex in explanations:
         record, seeds = ex.record, ex.record.setting["seeds"]
         lines += [f"### {record.name}", "", record.description, "",
