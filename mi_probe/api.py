@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, cast
 
@@ -172,13 +173,16 @@ class Run:
 
 def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
         profile: str | None = None, resume: bool = False, plugins: Iterable[Any] = (),
-        progress: bool = False, log: Any = None, overrides: Mapping[str, Any] | None = None,
+        progress: bool = True, log: Any = None, overrides: Mapping[str, Any] | None = None,
         **kwoverrides: Any) -> Run:
     """Run ``spec`` (a path, YAML text, a mapping or a loaded spec) and return the
     :class:`Run`. Keyword overrides set spec fields, ``__`` separating levels
     (``seeds=[0]``, ``model__train__epochs=3``); ``overrides`` takes dotted keys. Other
-    arguments are those of ``mi-probe run``; ``log`` receives progress lines (default:
-    none)."""
+    arguments are those of ``mi-probe run``. A run talks by default, as the command
+    does: progress bars (``tqdm.auto``: widgets in a notebook, text in a terminal) and
+    one line per step (training epochs, units, where the run directory is) on stderr;
+    ``log`` receives those lines instead when given (``log=lambda line: None`` and
+    ``progress=False`` for silence)."""
     from mi_probe._core.plugins import get_plugin_manager
     from mi_probe._core.runner.driver import run as run_spec
 
@@ -188,10 +192,14 @@ def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | Non
     # passed on as given: the driver resolves a str too (an empty one: the default)
     outcome = run_spec(loaded, pm, out=Path(out) if out is not None else None,
                        cache_dir=cast("Path | None", cache_dir), resume=resume,
-                       progress=progress, log=log or (lambda _message: None))
+                       progress=progress, log=log or _to_stderr)
     if outcome.run_dir is None:
         raise RunError(outcome.status)  # a torchrun rank other than 0 writes no run
     return Run(outcome.run_dir, pm)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def load_run(path: str | Path, *, plugins: Iterable[Any] = ()) -> Run:

@@ -296,7 +296,7 @@ def test_runs_record_absolute_cache_paths(pm, tmp_path, monkeypatch, tiny_spec_f
 
 # ------------------------------------------------------------- 5. the Python API
 
-def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, monkeypatch):
+def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, monkeypatch, capsys):
     import altair as alt
 
     import mi_probe
@@ -307,6 +307,8 @@ def test_the_python_api_runs_a_spec_and_reopens_it(tmp_path, tiny_spec_file, mon
     result = mi_probe.run(path, out=tmp_path / "api", seeds=[0, 1],
                           model__train__epochs=1, overrides={"eval.batch_size": 32})
     assert isinstance(result, mi_probe.Run) and result.status == "complete"
+    # a notebook run talks by default, as the command does
+    assert f"run directory: {tmp_path / 'api'}" in capsys.readouterr().err
     layer = result.tables["layer_mi"]
     assert isinstance(layer, pl.DataFrame) and set(layer["seed"]) == {0, 1}
     assert result.spec.model.train.epochs == 1 and result.spec.eval.batch_size == 32
