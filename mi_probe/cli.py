@@ -1,4 +1,5 @@
-"""Command line: mi-probe run | validate | check | study | sites | plugins | schema | report.
+"""Command line: mi-probe run | validate | check | study | sites | plugins | schema | report
+| completion.
 
 User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
 and exit non-zero (2 for spec errors).
@@ -18,6 +19,21 @@ from mi_probe.errors import MiProbeError, SiteError, SpecError
 
 DEFAULT_STUDY_DOC = Path("docs/reproduction.md")
 
+#: shells ``mi-probe completion`` writes a script for (what shtab supports of them)
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
+
+# What the shell completes an argument with (shtab's FILE and DIRECTORY, written out so
+# that building the parser does not need shtab, an optional dependency).
+_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+_DIR = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
+
+
+def _complete(action: argparse.Action, what: dict[str, str]) -> argparse.Action:
+    """Mark ``action`` to complete file (``_FILE``) or folder (``_DIR``) names."""
+    action.complete = what  # type: ignore[attr-defined]  # read by shtab
+    return action
+
+
 def _version() -> str:
     from mi_probe import __version__
 
@@ -32,19 +48,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="import MODULE as an extra plugin (also: MI_PROBE_PLUGINS); "
                         "-p no:NAME blocks a built-in or installed plugin, e.g. "
                         "no:mi_probe.builtin.experiments.knockout, so another can replace it")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; mi-probe COMMAND -h lists its options")
 
     run = sub.add_parser("run", help="run a spec and write a report")
-    run.add_argument("spec")
-    run.add_argument("--out", type=Path, help="run directory (default reports/<name>/<time>/); "
-                     "an unfinished run of the same spec there is resumed")
+    _complete(run.add_argument("spec", help="the spec, a YAML file (see mi-probe schema)"),
+              _FILE)
+    _complete(run.add_argument("--out", type=Path, help="run directory (default "
+                               "reports/<name>/<time>/); an unfinished run of the same spec "
+                               "there is resumed"), _DIR)
     run.add_argument("--resume", action="store_true",
                      help="resume the latest unfinished run of this spec (found through the "
                      "cache's run index, from any folder, or under ./reports/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set model.train.epochs=3")
-    run.add_argument("--cache-dir", type=Path, help="trained-model cache (default "
-                     "$MI_PROBE_CACHE, else the user cache folder, e.g. ~/.cache/mi-probe)")
+    _complete(run.add_argument("--cache-dir", type=Path, help="trained-model cache (default "
+                               "$MI_PROBE_CACHE, else the user cache folder, e.g. "
+                               "~/.cache/mi-probe)"), _DIR)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--profile", choices=["tiny"], help="apply a run profile (tiny: small "
                      "models and data, for smoke tests; see mi_probe/_core/profiles.py)")
@@ -56,48 +76,66 @@ def _parser() -> argparse.ArgumentParser:
                      "(then --set executor.address=... etc. refine it)")
 
     val = sub.add_parser("validate", help="validate specs without running them")
-    val.add_argument("specs", nargs="+")
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    val.add_argument("--profile", choices=["tiny"])
+    _complete(val.add_argument("specs", nargs="+",
+                               help="spec files (YAML) to validate"), _FILE)
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field in every spec, as for run (repeatable)")
+    val.add_argument("--profile", choices=["tiny"], help="validate the specs as the run "
+                     "profile changes them, as for run")
     val.add_argument("--executor", metavar="NAME", help="as for run")
 
     chk = sub.add_parser("check", help="validate, resolve sites, run on the tiny profile and "
                          "check the claims of every spec under PATHS")
-    chk.add_argument("paths", nargs="+", type=Path)
-    chk.add_argument("--profile", default="tiny", choices=["tiny"])
+    _complete(chk.add_argument("paths", nargs="+", type=Path,
+                               help="spec files, or folders searched for specs"), _FILE)
+    chk.add_argument("--profile", default="tiny", choices=["tiny"],
+                     help="the run profile of the run-tiny stage (default tiny)")
     chk.add_argument("--stages", default="validate,sites,run-tiny,checks",
                      help="comma-separated subset of validate,sites,run-tiny,checks")
-    chk.add_argument("--out", type=Path, help="folder for the runs (default: a temporary one)")
+    _complete(chk.add_argument("--out", type=Path, help="folder for the runs (default: a "
+                               "temporary one)"), _DIR)
     chk.add_argument("--claims-as-warnings", action="store_true",
                      help="report failed claims without failing (tiny models need not show "
                      "paper effects)")
 
     study = sub.add_parser("study", help="run every spec of a folder (each states paper "
                            "claims as checks) and write the reproduction document")
-    study.add_argument("folder", type=Path)
-    study.add_argument("--out", type=Path, default=Path("reports/study"),
-                       help="where the run directories go (default reports/study)")
-    study.add_argument("--doc", type=Path, help=f"the document to write (default "
-                       f"{DEFAULT_STUDY_DOC}; with --profile, OUT/reproduction.md)")
-    study.add_argument("--figures", type=Path, help="folder the document's figures are "
-                       "copied to (default: beside the document, named after it)")
+    _complete(study.add_argument("folder", type=Path, help="the folder of study specs, "
+                                 "e.g. specs/study"), _DIR)
+    _complete(study.add_argument("--out", type=Path, default=Path("reports/study"),
+                                 help="where the run directories go (default reports/study)"),
+              _DIR)
+    _complete(study.add_argument("--doc", type=Path, help=f"the document to write (default "
+                                 f"{DEFAULT_STUDY_DOC}; with --profile, OUT/reproduction.md)"),
+              _FILE)
+    _complete(study.add_argument("--figures", type=Path, help="folder the document's figures "
+                                 "are copied to (default: beside the document, named after "
+                                 "it)"), _DIR)
     study.add_argument("--only", action="append", default=[], metavar="NAME",
                        help="run only this spec (name or file stem; repeatable)")
-    study.add_argument("--readme", type=Path, default=Path("README.md"),
-                       help="also refresh the findings between the study markers of this "
-                       "file (skipped when it has none)")
+    _complete(study.add_argument("--readme", type=Path, default=Path("README.md"),
+                                 help="also refresh the findings between the study markers "
+                                 "of this file (skipped when it has none)"), _FILE)
     study.add_argument("--report-only", action="store_true",
                        help="only regenerate the document from the existing runs")
-    study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for run)")
+    _complete(study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for "
+                                 "run)"), _DIR)
     study.add_argument("--profile", choices=["tiny"], help="as for run (smoke tests); the "
                        "document then goes to OUT and the README is left alone")
 
     sites = sub.add_parser("sites", help="list the sites of a timm architecture")
-    sites.add_argument("arch")
-    sites.add_argument("--adapter", default="auto")
-    sites.add_argument("--act", choices=["relu", "tanh"])
-    sites.add_argument("--head", choices=["timm", "paper_vgg"], default="timm")
-    sites.add_argument("--num-classes", type=int, default=10)
+    sites.add_argument("arch", help="a timm architecture name, e.g. resnet18 (see "
+                       "timm.list_models())")
+    sites.add_argument("--adapter", default="auto", metavar="NAME",
+                       help="the site adapter (a registered name, see mi-probe plugins); "
+                       "auto: the one that claims the model (default)")
+    sites.add_argument("--act", choices=["relu", "tanh"], help="swap the model's activations "
+                       "for this one, as a spec's model.act does (default: keep them)")
+    sites.add_argument("--head", choices=["timm", "paper_vgg"], default="timm",
+                       help="the classifier head, as a spec's model.head: timm's own, or "
+                       "paper_vgg (VGG models only); default timm")
+    sites.add_argument("--num-classes", type=int, default=10,
+                       help="classes of the head (default 10)")
     sites.add_argument("--image-size", type=int, default=None,
                        help="probe image size in px (default: the model's own default input "
                        "size, e.g. 224, or 299 for inception_v3); models that timm builds "
@@ -117,7 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list plugins and what each registered")
     sub.add_parser("schema", help="print the JSON Schema of specs")
     rep = sub.add_parser("report", help="redraw figures and index.html of a run directory")
-    rep.add_argument("run_dir", type=Path)
+    _complete(rep.add_argument("run_dir", type=Path, help="the run directory (holds "
+                               "run.json), e.g. reports/<name>/<time>"), _DIR)
+    comp = sub.add_parser("completion", help="print a shell completion script (needs the "
+                          "completion extra: pip install 'mi-probe[completion]')",
+                          description="Print the tab-completion script of mi-probe for "
+                          "SHELL. bash: eval \"$(mi-probe completion bash)\" in ~/.bashrc; "
+                          "zsh: mi-probe completion zsh > a folder on $fpath, named "
+                          "_mi-probe.")
+    comp.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell the script is for")
     return parser
 
 
@@ -303,15 +349,43 @@ def _cmd_report(args, pm) -> int:
     return 0
 
 
+def completion_script(shell: str) -> str:
+    """The tab-completion script of ``mi-probe`` for ``shell`` (bash, zsh or tcsh),
+    generated from the argument parser by shtab (the ``completion`` extra)."""
+    try:
+        import shtab
+    except ImportError:
+        raise MiProbeError("shell completion needs the shtab package, which the "
+                           "'completion' extra installs: pip install 'mi-probe[completion]' "
+                           "(or pip install shtab)") from None
+    if shell not in COMPLETION_SHELLS:
+        raise MiProbeError(f"no completion for shell {shell!r}; valid: "
+                           f"{', '.join(COMPLETION_SHELLS)}")
+    return shtab.complete(_parser(), shell=shell)
+
+
+def _cmd_completion(args, pm) -> int:
+    print(completion_script(args.shell), end="")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "study": _cmd_study,
             "sites": _cmd_sites,
-            "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report}
+            "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report,
+            "completion": _cmd_completion}
+
+#: commands that need no plugin manager (so no plugin is imported for them)
+NO_PLUGINS = frozenset({"completion"})
 
 
 def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
+    """Run one command and return its exit status. An interrupt (Ctrl-C, or SIGTERM
+    during a run) prints how to continue and then propagates, so a program that calls
+    ``main`` (a test runner, a notebook) stops too; the ``mi-probe`` command turns it
+    into exit status 130 (:func:`entry`)."""
     args = _parser().parse_args(argv)
     try:
-        if pm is None:
+        if pm is None and args.command not in NO_PLUGINS:
             from mi_probe._core.plugins import get_plugin_manager
 
             pm = get_plugin_manager(args.plugin)
@@ -327,7 +401,17 @@ def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:
                  "the same command with the same --out")
         print("interrupted: finished units and training checkpoints are kept; continue with "
               f"`{again}` (or the same command with --resume)", file=sys.stderr)
-        return 130
+        raise
+
+
+def entry() -> None:
+    """The ``mi-probe`` command: :func:`main`, with an interrupt as exit status 130
+    (128 + SIGINT, what a shell expects) instead of a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
 
 
 def continue_command(argv: Sequence[str], spec: str, run_dir: Path) -> str:
@@ -358,4 +442,4 @@ def continue_command(argv: Sequence[str], spec: str, run_dir: Path) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

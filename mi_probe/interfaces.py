@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Callable, Final, Iterable, Mapping, Protocol,
                     Sequence, runtime_checkable)
 
-import torch
-from torch import nn
-
-if TYPE_CHECKING:  # annotations only; none of these is imported at run time
+if TYPE_CHECKING:  # annotations only; none of these is imported at run time (so
+    # ``mi-probe plugins`` and ``schema``, which import this module, do not load torch)
     import polars as pl
+    import torch
     from pydantic import BaseModel
+    from torch import nn
     from torch.utils.hooks import RemovableHandle
 
 #: Names of the model states every experiment can ask for. ``epoch_<n>`` states are

@@ -25,10 +25,12 @@ _HOME = {
         'seed_units', 'site_masses', 'site_row', 'split_halves', 'unit_seed'],
         "mi_probe._core.analysis"),
     **dict.fromkeys([
+        'ImageFileDataset', 'TensorImageDataset', 'UpsampledGrayDataset',
+        'check_fits_in_memory', 'load_rgb', 'tensor_train_transform'], "mi_probe._core.data"),
+    # torch-free: data-source params models name CropScale when their plugin registers
+    **dict.fromkeys([
         'CropScale', 'EVAL_CROP_PCT', 'IMAGENET_MEAN', 'IMAGENET_STD',
-        'IMAGE_EXTENSIONS', 'ImageFileDataset', 'TensorImageDataset',
-        'UpsampledGrayDataset', 'check_fits_in_memory', 'load_rgb',
-        'tensor_train_transform'], "mi_probe._core.data"),
+        'IMAGE_EXTENSIONS'], "mi_probe._core.data_fields"),
     **dict.fromkeys([
         'channel_axis', 'site_output'], "mi_probe._core.sites"),
     **dict.fromkeys([
@@ -61,9 +63,10 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         channel_masses, check_mass_levels, mean_over_draws, prepare_site,
         seed_units, site_masses, site_row, split_halves, unit_seed)
     from mi_probe._core.data import (  # noqa: F401
-        CropScale, EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMAGE_EXTENSIONS,
         ImageFileDataset, TensorImageDataset, UpsampledGrayDataset,
         check_fits_in_memory, load_rgb, tensor_train_transform)
+    from mi_probe._core.data_fields import (  # noqa: F401
+        CropScale, EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMAGE_EXTENSIONS)
     from mi_probe._core.sites import (  # noqa: F401
         channel_axis, site_output)
     from mi_probe._core.sites.trace import (  # noqa: F401
@@ -89,8 +92,10 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
 def _charts() -> SimpleNamespace:
     from mi_probe._core import report
 
-    return SimpleNamespace(by_depth=report.by_depth, heatmap=report.heatmap,
-                           line=report.line, scatter=report.scatter)
+    return SimpleNamespace(bars=report.bars, by_depth=report.by_depth,
+                           color_encoding=report.color_encoding, heatmap=report.heatmap,
+                           line=report.line, scatter=report.scatter,
+                           series_order=report.series_order)
 
 
 def __getattr__(name: str) -> Any:

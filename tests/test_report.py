@@ -192,8 +192,9 @@ def test_two_seeds_draw_their_values_as_points_not_a_band() -> None:
     assert seeds == [("l2", 1, 0, 0.5), ("l2", 1, 1, 0.7), ("none", 1, 0, 0.1),
                      ("none", 1, 1, 0.3), ("none", 2, 0, 0.2), ("none", 2, 1, 0.4)]
     assert layer(chart, "point")["encoding"]["y"]["field"] == "val_acc"
-    assert subtitle(chart) == ("mean and 95% t-interval over seeds, n = 2; "
-                               "n = 2: values drawn as points, no band")
+    # each fact once (it read "n = 2; n = 2: values drawn as points")
+    assert subtitle(chart) == ("mean over seeds, n = 2: values drawn as points, no band "
+                               "(95% t-interval in the tooltip)")
 
 
 def test_rows_of_one_seed_are_averaged_before_the_interval() -> None:
@@ -225,7 +226,7 @@ def test_rows_of_one_seed_are_averaged_before_the_interval() -> None:
     pairs = report.line(pl.DataFrame(rows).with_columns(pair=pl.col("seed") % 2), "q", "drop",
                         replicate="pair")
     assert {r["drop_n"] for r in chart_rows(pairs)} == {2}
-    assert subtitle(pairs).startswith("mean and 95% t-interval over pairs, n = 2")
+    assert subtitle(pairs).startswith("mean over pairs, n = 2: values drawn as points")
 
 
 def test_varying_n_is_labelled_and_bands_break_where_n_is_small(tmp_path: Path) -> None:
@@ -335,8 +336,8 @@ def test_write_index_lists_everything_escapes_and_truncates(tmp_path: Path) -> N
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<td>0.0001235</td>" in page and "<td>1.235</td>" in page
-    assert "showing 200 of 5120 rows; full table: tables/channel_mi.parquet" in page
-    assert page.count("<tr>") == 1 + 200 + 1 + 1  # two header rows, 200 + 1 body rows
+    assert "showing 50 of 5120 rows; full table: tables/channel_mi.parquet" in page
+    assert page.count("<tr>") == 1 + 50 + 1 + 1  # two header rows, 50 + 1 body rows
     assert "Warnings" in page and "estimator saturated at layer4" in page
     assert "log B = 3.00 nats per channel" in page
     assert "Claims (1 of 2 hold, 1 do not, 0 inconclusive)" in page
@@ -361,7 +362,7 @@ def test_the_page_reads_like_a_paper(tmp_path: Path) -> None:
         'id="checks"', 'id="notes"', 'id="figures"', 'id="table-summary_layer_mi"',
         'id="table-layer_mi"', 'id="table-channel_mi"', '<details id="metadata">')]
     assert order == sorted(order), order
-    assert "status <b>complete</b> &middot; 2 seed(s) [0, 1] &middot; 899 evaluation " \
+    assert "status <b>complete</b> &middot; 2 seeds (0, 1) &middot; 899 evaluation " \
         "samples, 10 classes" in page
     assert page.index("&quot;torch&quot;") > page.index('<details id="metadata">')
 
@@ -527,3 +528,271 @@ def test_links_work_when_the_run_directory_is_relative(tmp_path: Path, monkeypat
     page = index.read_text()
     assert '<img src="figures/curve.png"' in page and '<a href="figures/curve.html"' in page
     assert (index.parent / "figures" / "curve.png").is_file()
+
+
+# --------------------------------------------------------------------------- issue 26
+
+
+def css_rule(page: str, selector: str) -> str:
+    """The declarations of ``selector``'s rule in the page's inline CSS."""
+    match = re.search(r"(?:^|[}\n])\s*" + re.escape(selector) + r"\s*\{([^}]*)\}", page)
+    assert match, f"no CSS rule for {selector}"
+    return match.group(1)
+
+
+def test_the_page_does_not_scroll_sideways_and_wide_tables_are_cut(tmp_path: Path) -> None:
+    """At a 1,300 px window the nav ran off the page ("metad…": its links had no break
+    between them) and a 180 x 20 table was shown whole."""
+    wide = pl.DataFrame({f"column_{i}": [float(i)] * 20 for i in range(180)})
+    tall = pl.DataFrame({f"c{i}": list(range(180)) for i in range(20)})
+    tables = {f"table_with_a_long_name_{i}": tall.head(3) for i in range(30)}
+    page = report.write_index(tmp_path, "t", {"status": "complete"}, {},
+                              {"wide": wide, "tall": tall, **tables}).read_text()
+    nav = css_rule(page, "nav")
+    assert "display: flex" in nav and "flex-wrap: wrap" in nav
+    wrap = css_rule(page, ".tablewrap")
+    assert "overflow-x: auto" in wrap and "max-width: 100%" in wrap
+    # a wide table shows its first columns, and says where the rest is
+    section = page[page.index('id="table-wide"'):page.index('id="table-tall"')]
+    assert section.count("<th ") == report.MAX_COLUMNS < 180
+    assert (f"showing {report.MAX_COLUMNS} of 180 columns; full table: tables/wide.parquet"
+            in section)
+    assert "column_23</th>" in section and "column_24</th>" not in section
+    # a 180-row table is cut too, and a table both long and wide says both
+    tall_section = page[page.index('id="table-tall"'):]
+    assert f"showing {report.MAX_ROWS} of 180 rows; full table: tables/tall.parquet" in tall_section
+    both = report.write_index(tmp_path, "t", {}, {}, {"w": wide}, max_rows=5,
+                              max_columns=3).read_text()
+    assert "showing 5 of 20 rows and 3 of 180 columns; full table: tables/w.parquet" in both
+    with pytest.raises(RunError, match="max_columns"):
+        report.write_index(tmp_path, "t", {}, {}, {}, max_columns=0)
+
+
+def colour_of(chart: alt.TopLevelMixin) -> dict:
+    """The colour encoding of a chart's first layer that has one (nested layers too)."""
+    def find(spec: dict) -> dict | None:
+        color = spec.get("encoding", {}).get("color")
+        if color and "field" in color:
+            return color
+        for inner in spec.get("layer", []):
+            found = find(inner)
+            if found:
+                return found
+        return None
+    found = find(chart.to_dict())
+    assert found, "no colour encoding"
+    return found
+
+
+def test_a_series_has_one_colour_and_one_order_in_every_chart() -> None:
+    """`bottom` was green in the line charts and blue in the per-class bars, and legends
+    were alphabetical (bottom, random, top)."""
+    rows = [dict(seed=s, q=q, selection=sel, site=f"s{d}", depth=d, site_kind="k",
+                 cls=k, drop=q + s + d + k * 0.1)
+            for s in range(3) for q in (0.1, 0.3, 0.5) for sel in ("bottom", "random", "top")
+            for d in range(2) for k in range(2)]
+    frame = pl.DataFrame(rows)
+    charts = [report.line(frame, "q", "drop", color="selection"),
+              report.by_depth(frame, "drop", color="selection"),
+              report.bars(frame, "cls", "drop", color="selection"),
+              report.scatter(frame, "q", "drop", color="selection")]
+    for chart in charts:
+        color = colour_of(chart)
+        assert color["scale"]["domain"] == ["top", "random", "bottom"]
+        assert color["sort"] == ["top", "random", "bottom"]
+        assert dict(zip(color["scale"]["domain"], color["scale"]["range"])) == {
+            name: report.PALETTE[name] for name in ("top", "random", "bottom")}
+    # a chart with only some of the series gives them the same colours, in the same order
+    some = colour_of(report.bars(frame.filter(pl.col("selection") != "random"), "cls", "drop",
+                                 color="selection"))
+    assert some["scale"] == {"domain": ["top", "bottom"],
+                             "range": [report.PALETTE["top"], report.PALETTE["bottom"]]}
+    # the other families, each in its reading order
+    for values, order in [(["random", "trained"], ["trained", "random"]),
+                          (["random", "redundant", "cover"], ["cover", "redundant", "random"]),
+                          (["hsic", "none"], ["none", "hsic"]), (["tanh", "relu"], ["relu", "tanh"])]:
+        assert report.series_order(values) == order
+        assert report.color_scale(values).domain == order
+    # a series not in the palette gets a colour no listed series of the chart uses
+    mixed = report.color_scale(["top", "middle"])
+    assert mixed.domain == ["top", "middle"] and mixed.range[1] != report.PALETTE["top"]
+    assert report.color_scale(["a", "b"]) is alt.Undefined  # Vega's scheme
+
+
+def test_the_experiments_per_class_bars_and_lines_share_colours() -> None:
+    from mi_probe.builtin.experiments.semantic_knockout import (SemanticKnockout,
+                                                                SemanticKnockoutParams)
+
+    figs = SemanticKnockout(SemanticKnockoutParams()).figures(
+        {"semantic_knockout": semantic_frame()})
+    line_colour = colour_of(figs["semantic_drop_vs_q"])
+    bar_colour = colour_of(figs["semantic_drop_per_class"])
+    assert line_colour["scale"] == bar_colour["scale"]
+    assert bar_colour["scale"]["domain"] == ["top", "random", "bottom"]
+    offset = layer(figs["semantic_drop_per_class"], "bar")["encoding"]["xOffset"]
+    assert offset["sort"] == ["top", "random", "bottom"]
+
+
+def test_few_x_values_get_a_tick_each_at_the_values() -> None:
+    """q in {0.1, 0.3, 0.5} showed ticks at 0.14, 0.18, ..."""
+    rows = [dict(seed=s, q=q, drop=q + s) for s in range(3) for q in (0.1, 0.3, 0.5)]
+    chart = report.line(pl.DataFrame(rows), "q", "drop")
+    axis = layer(chart, "line")["encoding"]["x"]["axis"]
+    assert axis["values"] == [0.1, 0.3, 0.5]
+    # many values: Vega's ticks
+    many = [dict(seed=s, q=q / 20, drop=q + s) for s in range(3) for q in range(20)]
+    assert "axis" not in layer(report.line(pl.DataFrame(many), "q", "drop"),
+                               "line")["encoding"]["x"]
+    # a few whole numbers far apart (epochs 0, 50, 100) get exactly those ticks
+    epochs = [dict(seed=s, epoch=e, acc=0.5) for s in range(3) for e in (0, 50, 100)]
+    axis = layer(report.line(pl.DataFrame(epochs), "epoch", "acc"), "line")["encoding"]["x"]["axis"]
+    assert axis["values"] == [0, 50, 100] and axis["format"] == "d"
+
+
+def semantic_frame(seeds: int = 3) -> pl.DataFrame:
+    """A semantic_knockout table: 3 classes x 2 sites x 3 q x 3 selections per seed."""
+    return pl.DataFrame([
+        {"seed": s, "state": "trained", "site": site, "depth": d, "site_kind": "b",
+         "fit": "in_sample", "part": 0, "class": k, "class_name": str(k), "q": q,
+         "selection": sel, "draw": 0, "n_channels": 3, "class_accuracy": 0.5,
+         "baseline_class_accuracy": 0.9, "other_classes_change": -0.01,
+         "drop": 0.4 * (sel == "top") + 0.1 * s + 0.01 * k + 0.001 * d}
+        for s in range(seeds) for d, site in enumerate(["a", "b"]) for k in range(3)
+        for q in (0.1, 0.3, 0.5) for sel in ("top", "random", "bottom")])
+
+
+def test_bars_show_the_interval_over_seeds_and_n() -> None:
+    """The per-class bars had no interval and no n."""
+    frame = semantic_frame()
+    chart = report.bars(frame.filter(pl.col("q") == 0.5), "class", "drop", color="selection")
+    rows = {(r["class"], r["selection"]): r for r in chart_rows(chart)}
+    # sites of a seed are averaged first: seed means 0.1 s + 0.01 k + 0.0005 (+0.4 top)
+    half = student_t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
+    top0 = rows[(0, "top")]
+    assert top0["drop_n"] == 3 and top0["drop_mean"] == pytest.approx(0.5005)
+    assert top0["drop_ci_low"] == pytest.approx(0.5005 - half)
+    assert top0["drop_ci_high"] == pytest.approx(0.5005 + half)
+    rule = layer(chart, "rule")
+    assert rule["encoding"]["y"]["field"] == "drop_ci_low"
+    assert rule["encoding"]["y2"]["field"] == "drop_ci_high"
+    assert "drop_n" in {t["field"] for t in layer(chart, "bar")["encoding"]["tooltip"]}
+    assert subtitle(chart) == "mean and 95% t-interval (error bars) over seeds, n = 3"
+    # two seeds: the seeds' values as points, no error bar
+    two = report.bars(semantic_frame(2).filter(pl.col("q") == 0.5), "class", "drop",
+                      color="selection")
+    assert marks(two) == ["bar", "point"]
+    assert subtitle(two).startswith("mean over seeds, n = 2: values drawn as points")
+
+    from mi_probe.builtin.experiments.semantic_knockout import (SemanticKnockout,
+                                                                SemanticKnockoutParams)
+
+    per_class = SemanticKnockout(SemanticKnockoutParams()).figures(
+        {"semantic_knockout": frame})["semantic_drop_per_class"]
+    assert "rule" in marks(per_class)
+    assert per_class.to_dict()["title"]["subtitle"] == (
+        "mean and 95% t-interval (error bars) over seeds, n = 3")
+    assert {r["drop_n"] for r in chart_rows(per_class)} == {3}
+
+
+def layer_mi_tables(with_cap: bool = True, reduce: str = "mean") -> dict[str, pl.DataFrame]:
+    layer_mi = pl.DataFrame([
+        dict(seed=s, state=st, site=site, depth=d, site_kind="b", i_xt=1.0 + d + 0.1 * s,
+             i_ty=0.1 * d, i_ty_bias=0.05, i_ty_null=0.02, channels=8, reduce=reduce)
+        for s in range(3) for st in ("trained", "random") for d, site in enumerate(SITES)])
+    diag = layer_mi.select("seed", "state", "site", "depth", "site_kind").with_columns(
+        log_n=pl.lit(math.log(899.0)))
+    if with_cap:
+        diag = diag.with_columns(i_xt_cap=pl.lit(math.log(20.0)))
+    return {"layer_mi": layer_mi, "diagnostics": diag}
+
+
+def rules_of(spec: dict) -> list[dict]:
+    """Every rule layer of a (nested) layer spec with its data values."""
+    found = []
+    for inner in spec.get("layer", []):
+        if inner.get("mark", {}).get("type") == "rule" or inner.get("mark") == "rule":
+            found.append(inner)
+        found += rules_of(inner)
+    return found
+
+
+def test_the_i_xt_chart_marks_the_log_b_cap(tmp_path: Path) -> None:
+    from mi_probe.builtin.experiments.layer_mi import LayerMIExperiment, LayerMIParams
+
+    experiment = LayerMIExperiment(LayerMIParams())
+    chart = experiment.figures(layer_mi_tables())["layer_i_xt"]
+    spec = chart.to_dict()
+    (rule,) = rules_of(spec)
+    assert rule["mark"]["strokeDash"] == [6, 3]
+    values = spec["datasets"][rule["data"]["name"]]
+    assert values[0]["cap"] == pytest.approx(math.log(20))
+    assert values[0]["label"].startswith("log B = 2.996 nats")
+    texts = [lay for lay in spec["layer"] if lay.get("mark", {}).get("type") == "text"]
+    assert texts and texts[0]["encoding"]["text"]["field"] == "label"
+    svg = report.save_chart(chart, tmp_path, "i_xt", formats=("svg",))["svg"].read_text()
+    assert "log B = 2.996 nats" in svg and "I(X;T) [nats]" in svg
+    # joint symbols: capped by log N instead
+    joint = experiment.figures(layer_mi_tables(reduce="joint"))["layer_i_xt"].to_dict()
+    (rule,) = rules_of(joint)
+    assert joint["datasets"][rule["data"]["name"]][0]["label"].startswith("log N = 6.801")
+    # another estimator (no i_xt_cap in its diagnostics): no rule
+    assert not rules_of(experiment.figures(layer_mi_tables(with_cap=False))["layer_i_xt"]
+                        .to_dict())
+
+
+def test_a_subtitle_states_each_fact_once() -> None:
+    """A subtitle read "n = 2; n = 2: values drawn as points"."""
+    rows = [dict(seed=s, x=x, y=float(x + s)) for s in range(2) for x in range(3)]
+    text = subtitle(report.line(pl.DataFrame(rows), "x", "y", title="t"))
+    assert text.count("n = 2") == 1
+    # a caller's line repeating a statement of the note (or of another line) is dropped
+    chart = report.line(pl.DataFrame(rows), "x", "y", title="t",
+                        subtitle=["cross-fit", "cross-fit",
+                                  "mean over seeds, n = 2: values drawn as points, no band "
+                                  "(95% t-interval in the tooltip)"])
+    assert chart.to_dict()["title"]["subtitle"] == [
+        "cross-fit", "mean over seeds, n = 2: values drawn as points, no band "
+        "(95% t-interval in the tooltip)"]
+    three = [dict(seed=s, x=x, y=float(x + s)) for s in range(3) for x in range(3)]
+    assert subtitle(report.line(pl.DataFrame(three), "x", "y", title="t",
+                                subtitle="a; b; a")) == [
+        "a; b", "mean and 95% t-interval over seeds, n = 3"]
+
+
+def test_the_estimator_note_reads_as_words(tmp_path: Path) -> None:
+    """The notes printed describe()'s JSON ({"estimator": "histogram", "bins": 20, ...,
+    "i_xt_cap_per_channel_nats": 2.995732273553991}) and the summary "seed(s) [0]"."""
+    from mi_probe._core.runner.rendering import run_notes
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
+
+    estimator = HistogramEstimator(HistogramParams())
+    notes = run_notes(estimator, object(), 899, 10, {})
+    assert notes[0] == ("Estimator: histogram, 20 bins, min–max range, no bias correction; "
+                        "I(X;T) = H(binned T) (deterministic network, distinct inputs), at "
+                        "most 2.996 nats per channel. All MI values are in nats.")
+    quantile = HistogramEstimator(HistogramParams(bins=30, range="quantile",
+                                                  correction="miller_madow"))
+    assert report.describe_estimator(quantile.describe(), short=True) == (
+        "histogram, 30 bins, quantile range (0.001 of samples clipped at each end), "
+        "Miller–Madow bias correction")
+    # a plugin's facts: every value in words, numbers to 4 significant digits
+    assert report.describe_estimator({"estimator": "ksg", "k": 3, "standardize": True,
+                                      "jitter": 0.000123456789, "i_xt": "not estimated",
+                                      "sizes": [1, 2]}) == (
+        "ksg; k: 3; standardize: yes; jitter: 0.0001235; I(X;T): not estimated; sizes: 1, 2")
+    meta = {"status": "complete", "seeds": [0], "estimator": estimator.describe()}
+    page = report.write_index(tmp_path, "t", meta, {}, {}, notes=notes).read_text()
+    summary = re.search(r'<p class="summary">(.*?)</p>', page).group(1)
+    assert summary == ("status <b>complete</b> &middot; 1 seed (0) &middot; estimator: "
+                       "histogram, 20 bins, min–max range, no bias correction")
+    notes_html = page[page.index('id="notes"'):page.index("</ul>", page.index('id="notes"'))]
+    assert "{" not in notes_html and "&quot;" not in notes_html
+    assert "2.995732" not in notes_html
+
+
+def test_heatmap_labels_follow_the_series_order() -> None:
+    frame = pl.DataFrame({"seed": [0, 0, 0], "selection": ["bottom", "random", "top"],
+                          "q": [0.1, 0.1, 0.1], "drop": [0.0, 0.1, 0.5]})
+    rect = report.heatmap(frame, "q", "selection", "drop").to_dict()["layer"][0]
+    assert rect["encoding"]["y"]["sort"] == ["top", "random", "bottom"]
+    assert rect["encoding"]["x"]["sort"] == "ascending"

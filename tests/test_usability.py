@@ -214,8 +214,9 @@ def test_the_interrupt_hint_and_resume_agree_from_another_folder(pm, tmp_path, c
         raise KeyboardInterrupt
 
     calls = _interrupt_after_first_unit(monkeypatch, ctrl_c)
-    code, _, err = run_cli(pm, capsys, spec, "--set", "eval.batch_size=30")  # ./reports/...
-    assert code == 130
+    with pytest.raises(KeyboardInterrupt):  # propagates: a caller of cli.main stops too
+        run_cli(pm, capsys, spec, "--set", "eval.batch_size=30")  # ./reports/...
+    err = capsys.readouterr().err
     run_dir = next((first / "reports" / "tiny").iterdir())
     assert (f"`mi-probe run {spec.resolve()} --set eval.batch_size=30 --no-progress --out "
             f"{run_dir.resolve()}`") in err and "--resume" in err
@@ -484,3 +485,36 @@ def test_the_notebook_view_of_a_run_escapes_what_it_shows(tmp_path):
     assert "<b>does not hold</b>: &lt;script&gt;" in view and "0.1 &lt; 0.2 &amp; more" in view
     assert "<b>holds</b>: old" in view and "status <b>running</b>" in view
     assert "figures" not in view  # only a complete run has them
+
+
+def test_the_command_turns_an_interrupt_into_exit_status_130(monkeypatch):
+    """``mi-probe`` (cli.entry) exits 130 on Ctrl-C, without a traceback; cli.main lets
+    the interrupt propagate (a test suite calling it stops on Ctrl-C)."""
+    def interrupted(argv=None, pm=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        cli.entry()
+    assert exc.value.code == 130
+
+
+def test_ray_leaves_the_sigterm_handler_as_it_was():
+    """ray.init installs a SIGTERM handler that raises SystemExit wherever the process
+    is (a test runner then only fails its running test); the executor puts the previous
+    handler back. In a fresh process, so the session's own Ray does not hide it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    code = ("import signal\n"
+            "before = signal.getsignal(signal.SIGTERM)\n"
+            "from mi_probe.builtin.executors.ray import RayExecutor, RayParams\n"
+            "executor = RayExecutor(RayParams(address='local', num_cpus=1))\n"
+            "executor._connect()\n"
+            "same = signal.getsignal(signal.SIGTERM) == before\n"
+            "executor.close()\n"
+            "print('same' if same else 'replaced')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "same", done.stderr[-2000:]

@@ -5,16 +5,19 @@ engine imports."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import BaseModel, Field
 
 from mi_probe.errors import SpecError
-from mi_probe.functional import masses as M
 from mi_probe.interfaces import (Captured, Diagnoses, Estimator, Plan, Prepares,
                                  RunContext, Site)
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+
+    from mi_probe.functional import masses as M
 
 
 def seed_units(ctx: RunContext, **settings: Any) -> Plan:
@@ -162,6 +165,10 @@ def channel_masses(ctx: RunContext, acts: torch.Tensor, labels: torch.Tensor,
     already bound to ``ctx.estimator`` (:func:`prepare_site`); else they are prepared
     here when the null asks them several times.
     """
+    import torch
+
+    from mi_probe.functional import masses as M
+
     if kind not in M.MASS_KINDS:
         raise SpecError(f"unknown channel mass {kind!r}; valid: {list(M.MASS_KINDS)}")
     est = ctx.estimator
@@ -203,6 +210,8 @@ def site_masses(ctx: RunContext, cap: Captured, params: ChannelMassParams, seed:
 def split_halves(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint, class-stratified halves of the sample indices (CPU int64, sorted),
     for cross-fitting: select channels on one half, score on the other."""
+    import torch
+
     labels = labels.cpu()
     first, second = [], []
     for k in torch.unique(labels).tolist():

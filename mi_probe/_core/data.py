@@ -13,42 +13,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import AfterValidator
 from torch.utils.data import DataLoader, Dataset
 
+from mi_probe._core.data_fields import (  # noqa: F401 - re-exported
+    CropScale, EVAL_CROP_PCT, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD)
 from mi_probe.errors import DataError
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-#: ImageNet channel statistics (RGB) used to normalise every real-image source.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-#: File extensions an image folder source reads (compared case-insensitively).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-
-#: Fraction of the resized image kept by the evaluation center crop (timm's default).
-EVAL_CROP_PCT = 0.875
-
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-def _check_crop_scale(value: tuple[float, float]) -> tuple[float, float]:
-    lo, hi = value
-    if not 0.0 < lo <= hi <= 1.0:
-        raise ValueError(f"must satisfy 0 < min <= max <= 1 (got ({lo}, {hi}))")
-    return value
-
-
-CropScale = Annotated[tuple[float, float], AfterValidator(_check_crop_scale)]
 
 
 # ----------------------------------------------------------------------------- datasets

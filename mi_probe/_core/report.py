@@ -40,24 +40,70 @@ FORMATS = ("png", "html", "svg")
 #: Default chart size (pixels); faceted panels are narrower so three fit side by side.
 WIDTH, HEIGHT, FACET_WIDTH, FACET_COLUMNS = 500, 300, 300, 3
 
-#: One colour per meaning in every chart: a model state, a channel selection or an
-#: activation keeps its colour from figure to figure (other categories use Vega's).
+#: One colour per meaning in every chart, in reading order: a model state, a channel
+#: selection, a knockout set, a regulariser or an activation keeps its colour from
+#: figure to figure, and legends list the series in this order (top, random, bottom;
+#: cover, redundant, random; trained, random), not alphabetically. "random" is the same
+#: control, and the same colour, wherever it appears. Other categories use Vega's
+#: scheme; in a chart that mixes both they get colours no listed series there uses.
 PALETTE = {
-    "trained": "#1f77b4", "random": "#ff7f0e",
+    "trained": "#1f77b4",
+    "top": "#d62728", "cover": "#d62728", "redundant": "#9467bd",
+    "random": "#ff7f0e",
+    "bottom": "#2ca02c",
     "trained (shuffled labels)": "#9ecae1", "random (shuffled labels)": "#fdd0a2",
-    "top": "#d62728", "bottom": "#2ca02c",
+    "none": "#1f77b4", "cross-entropy": "#1f77b4", "hsic": "#e377c2", "nhsic": "#8c564b",
     "relu": "#1f77b4", "tanh": "#9467bd",
-    "cross-entropy": "#1f77b4",
 }
 
+#: Colours for categories not in ``PALETTE`` when a chart also shows some that are.
+_SPARE_COLOURS = ("#7f7f7f", "#17becf", "#bcbd22", "#8c564b", "#e377c2", "#9467bd",
+                  "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4")
 
-def color_scale(values: Sequence[Any]) -> Any:
-    """A colour scale fixing ``PALETTE`` colours when every value has one (else Vega's
-    default scheme, alt.Undefined)."""
-    values = [v for v in dict.fromkeys(values) if v is not None]
-    if not values or not all(isinstance(v, str) and v in PALETTE for v in values):
+
+def series_order(values: Iterable[Any]) -> list[Any]:
+    """The distinct non-null ``values`` in reading order: ``PALETTE``'s series first, in
+    its order, then the others sorted (as text)."""
+    distinct = [v for v in dict.fromkeys(values) if v is not None]
+    rank = {name: i for i, name in enumerate(PALETTE)}
+    known = sorted((v for v in distinct if isinstance(v, str) and v in rank), key=rank.__getitem__)
+    return known + sorted((v for v in distinct if v not in known), key=str)
+
+
+def color_scale(values: Iterable[Any]) -> Any:
+    """A colour scale giving every ``PALETTE`` series its fixed colour, its domain in
+    reading order (``series_order``); alt.Undefined (Vega's scheme, alphabetical) when
+    none of ``values`` is a listed series."""
+    domain = series_order(values)
+    known = [v for v in domain if isinstance(v, str) and v in PALETTE]
+    if not known:
         return alt.Undefined
-    return alt.Scale(domain=values, range=[PALETTE[v] for v in values])
+    used = {PALETTE[v] for v in known}
+    spare = [c for c in _SPARE_COLOURS if c not in used] or list(_SPARE_COLOURS)
+    colours, extra = [], 0
+    for v in domain:
+        if v in known:
+            colours.append(PALETTE[v])
+        else:
+            colours.append(spare[extra % len(spare)])
+            extra += 1
+    return alt.Scale(domain=domain, range=colours)
+
+
+def color_encoding(values: Iterable[Any], field: str, title: str | None = None, **kwargs: Any) -> alt.Color:
+    """Nominal colour encoding of ``field`` with the fixed colours and order of
+    ``color_scale`` (the legend follows the domain's order). Every chart helper draws its
+    series with it; experiments drawing their own charts should too. ``values``: the
+    field's values in the chart (a column or list)."""
+    scale = color_scale(values)
+    sort = scale.domain if scale is not alt.Undefined else alt.Undefined
+    return alt.Color(_field(field), type="nominal", title=title if title is not None else field,
+                     scale=scale, sort=sort, **kwargs)
+
+
+def _offset(values: Iterable[Any], field: str) -> alt.XOffset:
+    """Side-by-side offset of grouped bars in the series' reading order."""
+    return alt.XOffset(_field(field), type="nominal", sort=series_order(values))
 
 #: Fewest values for which a chart draws its 95% band. With two, the t-quantile (12.7)
 #: makes the band about nine standard deviations wide: it then shows the quantile more
@@ -130,6 +176,27 @@ def _integer_axis(frame: pl.DataFrame, column: str) -> Any:
     return alt.Axis(values=list(range(lo, hi + 1)), format="d") if hi - lo <= 20 else alt.Undefined
 
 
+#: Most distinct values of a numeric x axis that get a tick each, exactly at the values
+#: (q in {0.1, 0.3, 0.5}: ticks at 0.1, 0.3 and 0.5, not at Vega's 0.14, 0.18, ...).
+FEW_TICKS = 8
+
+
+def _x_axis(frame: pl.DataFrame, column: str) -> Any:
+    """Axis of a numeric x: ticks exactly at its values when it takes at most
+    ``FEW_TICKS`` of them, else whole-number ticks on a short integer axis
+    (``_integer_axis``), else Vega's."""
+    if frame.height == 0 or column not in frame.columns or not _is_numeric(frame, column):
+        return alt.Undefined
+    values = frame[column].drop_nulls()
+    if frame.schema[column].is_float():
+        values = values.filter(values.is_finite())
+    distinct = sorted(values.unique().to_list())
+    if 0 < len(distinct) <= FEW_TICKS:
+        integer = frame.schema[column].is_integer()
+        return alt.Axis(values=distinct, format="d" if integer else "~g")
+    return _integer_axis(frame, column)
+
+
 def _site_axis(frame: pl.DataFrame) -> Any:
     """A depth axis labelled with site names (one tick per depth) when every depth is one
     site, so a reader sees ``layer3.1.post_add`` rather than 11."""
@@ -199,22 +266,33 @@ def _n_range(agg: pl.DataFrame, n: str) -> tuple[int, int]:
     return int(cast(int, agg[n].min())), int(cast(int, agg[n].max()))
 
 
-def _interval_note(agg: pl.DataFrame, n: str, unit: str, band: bool = True) -> str:
-    """Subtitle naming the interval and the n behind it, e.g. "... over seeds, n = 3".
+def _interval_note(agg: pl.DataFrame, n: str, unit: str, band: bool = True,
+                   mark: Literal["band", "cell", "bar"] | None = None) -> str:
+    """Subtitle naming the interval and the n behind it, e.g. "... over seeds, n = 3";
+    every fact once (n = 2 once said "n = 2; n = 2: values drawn as points").
 
-    ``band``: the chart draws bands and per-seed points (line charts); otherwise the
-    interval is in the tooltip only and varying n is labelled on cells (heatmaps).
+    ``mark``: how the chart draws the interval. "band" (line charts, the default with
+    ``band``): bands, and per-seed points where n = 2; "cell" (heatmaps, ``band=False``):
+    in the tooltip only, varying n labelled on cells; "bar" (bar charts): error bars,
+    and per-seed points where n = 2.
     """
+    mark = mark or ("band" if band else "cell")
     lo, hi = _n_range(agg, n)
     if hi < 2:
         return f"mean over {unit}, n = 1: no interval" if hi == 1 else "no values (n = 0)"
-    where = "points" if band else "cells"
+    where = {"band": "points", "cell": "cells", "bar": "bars"}[mark]
+    drawn = {"band": "band", "cell": "", "bar": "error bar"}[mark]
+    interval = {"band": "95% t-interval", "cell": "95% t-interval (tooltip)",
+                "bar": "95% t-interval (error bars)"}[mark]
     counts = f"n = {hi}" if lo == hi else f"n = {lo}–{hi} ({where} labelled where n < {hi})"
-    interval = "95% t-interval" if band else "95% t-interval (tooltip)"
+    if hi < BAND_MIN_N and drawn:
+        # at most two values per point: none gets a band, the values are drawn instead
+        return (f"mean over {unit}, {counts}" + (": " if lo == hi else "; ")
+                + f"values drawn as points{' where n = 2' if lo < hi else ''}, no {drawn} "
+                "(95% t-interval in the tooltip)")
     note = f"mean and {interval} over {unit}, {counts}"
-    if band and lo < BAND_MIN_N:
-        note += (f"; band only where n ≥ {BAND_MIN_N}, values drawn as points where n = 2"
-                 if hi >= BAND_MIN_N else "; n = 2: values drawn as points, no band")
+    if drawn and lo < BAND_MIN_N:
+        note += f"; {drawn} only where n ≥ {BAND_MIN_N}, values drawn as points where n = 2"
     return note
 
 
@@ -269,13 +347,12 @@ def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_tit
     """
     n = f"{y}{N_SUFFIX}"
     is_mean = alt.FieldEqualPredicate(field=_ROW_KIND, equal="mean")
-    x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title,
-                  axis=x_axis if x_axis is not None else _integer_axis(data, x))
+    if x_axis is None or x_axis is alt.Undefined:
+        x_axis = _x_axis(data, x)
+    x_enc = alt.X(_field(x), type=_x_type(data, x), title=x_title, axis=x_axis)
     # Layers share the colour legend; opaque symbols so it matches the lines, not the band.
-    color_enc = (alt.Color(_field(color), type="nominal", title=color,
-                           legend=alt.Legend(symbolOpacity=1),
-                           scale=color_scale(data[color].to_list()
-                                             if color in data.columns else []))
+    color_enc = (color_encoding(data[color].to_list() if color in data.columns else [], color,
+                                legend=alt.Legend(symbolOpacity=1))
                  if color is not None else alt.Undefined)
     tooltip = [_tip(data, c) for c in dict.fromkeys([*extra_tooltip, x, color]) if c is not None]
     tooltip += [_tip(data, f"{y}_mean", f"{y} mean", ".4g"),
@@ -318,15 +395,32 @@ def _mean_ci_layers(data: pl.DataFrame, x: str, y: str, color: str | None, x_tit
     return layers
 
 
-def _title(title: str, subtitle: Sequence[str], note: str) -> alt.TitleParams:
+def _statements(lines: Sequence[str]) -> list[str]:
+    """``lines`` with every statement (a line's "; "-separated parts) kept only where it
+    first appears, and lines left empty dropped: a caller's subtitle and the interval
+    note may say the same thing."""
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        parts = []
+        for part in str(line).split("; "):
+            key = part.strip()
+            if key and key not in seen:
+                seen.add(key)
+                parts.append(part)
+        if parts:
+            out.append("; ".join(parts))
+    return out
+
+
+def _title(title: str, subtitle: Sequence[str] | str, note: str) -> alt.TitleParams:
     """Chart title with the caller's ``subtitle`` lines and the interval note beneath it
-    (the lines alone, in plain type, when there is no title)."""
-    lines = [subtitle] if isinstance(subtitle, str) else [*subtitle]
-    lines.append(note)
+    (the lines alone, in plain type, when there is no title); each statement once."""
+    lines = _statements(([subtitle] if isinstance(subtitle, str) else [*subtitle]) + [note])
+    text: str | list[str] = lines if len(lines) > 1 else (lines[0] if lines else note)
     if not title:
-        return alt.TitleParams(text=lines if len(lines) > 1 else note, fontSize=11,
-                               fontWeight="normal")
-    return alt.TitleParams(text=title, subtitle=lines if len(lines) > 1 else note)
+        return alt.TitleParams(text=text, fontSize=11, fontWeight="normal")
+    return alt.TitleParams(text=title, subtitle=text)
 
 
 # --------------------------------------------------------------------------- charts
@@ -384,6 +478,72 @@ def line(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title: s
         width=WIDTH, height=HEIGHT, title=_title(title, subtitle, note))
 
 
+def bars(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
+         *, x_title: str | None = None, y_title: str | None = None,
+         replicate: str | None = "seed", subtitle: Sequence[str] = (),
+         width: int = WIDTH) -> AnyChart:
+    """Bars of ``y`` per ``x`` (e.g. the drop per class), one bar per ``color`` value side
+    by side in the series' reading order: mean over seeds with a 95% t-interval error bar.
+
+    Rows are aggregated by [x, color] after averaging the rows one seed has in a group
+    (sites, draws; ``replicate`` and ``subtitle``: see ``by_depth``), so the interval is
+    over seeds like the line charts'. Where n = 2 the two values are drawn as hollow
+    points instead of an error bar (a 2-seed t-interval is about nine standard
+    deviations wide); where n varies, bars below the most are labelled "n=<k>". The
+    tooltip gives the interval and n, the subtitle states n for the whole chart.
+    """
+    _require(frame, [x, y, color], "bars")
+    by = list(dict.fromkeys([c for c in (x, color) if c is not None]))
+    agg, values, replicate = _aggregate(frame, by, y, replicate, "bars")
+    series = [color] if color is not None and color != x else []
+    data = _chart_data(agg, values, by, y, x, series)
+    n = f"{y}{N_SUFFIX}"
+    is_mean = alt.FieldEqualPredicate(field=_ROW_KIND, equal="mean")
+    x_sort: Any = ("ascending" if _is_numeric(agg, x) else series_order(agg[x].to_list()))
+    x_enc = alt.X(_field(x), type="ordinal", title=x_title or x, sort=x_sort,
+                  axis=alt.Axis(labelAngle=0))
+    y_title = y_title or y
+    shared: dict[str, Any] = {"x": x_enc}
+    if color is not None:
+        shared["color"] = color_encoding(agg[color].to_list(), color,
+                                         legend=alt.Legend(symbolOpacity=1))
+        if series:
+            shared["xOffset"] = _offset(agg[color].to_list(), color)
+    tooltip = [_tip(data, c) for c in dict.fromkeys([x, color]) if c is not None]
+    tooltip += [_tip(data, f"{y}_mean", f"{y} mean", ".4g"),
+                _tip(data, f"{y}_ci_low", "95% CI low", ".4g"),
+                _tip(data, f"{y}_ci_high", "95% CI high", ".4g"),
+                _tip(data, n, f"n ({_plural(replicate)} with a value)")]
+    layers: list[alt.Chart] = [alt.Chart().mark_bar().encode(
+        y=alt.Y(_field(f"{y}_mean"), type="quantitative", title=y_title), tooltip=tooltip,
+        **shared).transform_filter(is_mean)]
+    means = data.filter(pl.col(_ROW_KIND) == "mean")
+    wide = means.filter((pl.col(n) >= BAND_MIN_N) & pl.col(f"{y}_ci_low").is_not_null())
+    if wide.height:
+        layers.append(alt.Chart().mark_rule(color="#333", strokeWidth=1.5).encode(
+            y=alt.Y(_field(f"{y}_ci_low"), type="quantitative", title=y_title),
+            y2=alt.Y2(_field(f"{y}_ci_high")), tooltip=tooltip,
+            **{k: v for k, v in shared.items() if k != "color"}).transform_filter(
+            is_mean).transform_filter(
+            f"{_js_field(n)} >= {BAND_MIN_N} && isValid({_js_field(f'{y}_ci_low')})"))
+    if (data[_ROW_KIND] == "replicate").any():
+        layers.append(alt.Chart().mark_point(filled=False, size=40, color="#333").encode(
+            y=alt.Y(_field(y), type="quantitative", title=y_title),
+            tooltip=[_tip(data, c) for c in dict.fromkeys([replicate, x, color, y])
+                     if c is not None],
+            **{k: v for k, v in shared.items() if k != "color"}).transform_filter(
+            alt.FieldEqualPredicate(field=_ROW_KIND, equal="replicate")))
+    if means[_N_LABEL].drop_nulls().len():
+        layers.append(alt.Chart().mark_text(dy=-7, fontSize=9).encode(
+            y=alt.Y(_field(f"{y}_mean"), type="quantitative", title=y_title),
+            text=alt.Text(_N_LABEL, type="nominal"),
+            **{k: v for k, v in shared.items() if k != "color"}).transform_filter(
+            is_mean).transform_filter(f"isValid({_js_field(_N_LABEL)})"))
+    note = _interval_note(agg, n, _plural(replicate), mark="bar")
+    return alt.layer(*layers, data=_data(data)).properties(
+        width=width, height=HEIGHT, title=_title(title, subtitle, note))
+
+
 def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
             tooltip: Sequence[str] = (), *, x_title: str | None = None,
             y_title: str | None = None) -> alt.Chart:
@@ -394,9 +554,8 @@ def scatter(frame: pl.DataFrame, x: str, y: str, color: str | None = None, title
     if color is not None:
         color_type: Literal["quantitative", "nominal"] = (
             "quantitative" if _is_numeric(frame, color) and color != "seed" else "nominal")
-        color_enc = alt.Color(_field(color), type=color_type, title=color,
-                              scale=color_scale(frame[color].to_list())
-                              if color_type == "nominal" else alt.Undefined)
+        color_enc = (color_encoding(frame[color].to_list(), color) if color_type == "nominal"
+                     else alt.Color(_field(color), type=color_type, title=color))
     chart = alt.Chart(_data(frame)).mark_circle(size=30, opacity=0.6).encode(
         x=alt.X(_field(x), type="quantitative", title=x_title or x),
         y=alt.Y(_field(y), type="quantitative", title=y_title or y),
@@ -427,10 +586,14 @@ def heatmap(frame: pl.DataFrame, x: str, y: str, value: str, title: str = "", *,
             _tip(agg, f"{value}_ci_low", "95% CI low", ".4g"),
             _tip(agg, f"{value}_ci_high", "95% CI high", ".4g"),
             _tip(agg, n, f"n ({_plural(replicate)} with a value)")]
-    x_enc = alt.X(_field(x), type="ordinal", title=x,
-                  sort=list(x_sort) if x_sort is not None else "ascending")
-    y_enc = alt.Y(_field(y), type="ordinal", title=y,
-                  sort=list(y_sort) if y_sort is not None else "ascending")
+    def order(column: str, given: Sequence[Any] | None) -> Any:
+        # the series' reading order (top, random, bottom) for text labels, as in legends
+        if given is not None:
+            return list(given)
+        return "ascending" if _is_numeric(agg, column) else series_order(agg[column])
+
+    x_enc = alt.X(_field(x), type="ordinal", title=x, sort=order(x, x_sort))
+    y_enc = alt.Y(_field(y), type="ordinal", title=y, sort=order(y, y_sort))
     rect = alt.Chart().mark_rect().encode(
         x=x_enc, y=y_enc,
         color=alt.Color(_field(f"{value}_mean"), type="quantitative",
@@ -555,14 +718,20 @@ def save_chart(chart: AnyChart, figures_dir: Path, name: str,
 
 # --------------------------------------------------------------------------- index page
 
+#: Most rows and columns of a table the index page shows inline (the rest: its parquet
+#: file, which the truncation note names); the preview scrolls inside its own box.
+MAX_ROWS, MAX_COLUMNS = 50, 24
+
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-dl.meta { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }
-dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
+dl.meta { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: .2em 1em; }
+dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; min-width: 0; }
 pre { background: #f6f8fa; padding: .4em .6em; margin: 0; overflow-x: auto; font-size: 85%; }
-nav a { margin-right: .8em; }
+nav { display: flex; flex-wrap: wrap; gap: .2em .8em; }
+nav a { white-space: nowrap; }
+li, p, figcaption, h3 { overflow-wrap: anywhere; }
 .warnings { background: #fff4e5; border-left: 4px solid #f0a000; padding: .5em 1em .5em 2em; }
 .checks { list-style: none; padding-left: 0; }
 .pass::before { content: "\\2714  "; color: #1a7f37; } .fail::before { content: "\\2718  "; color: #cf222e; }
@@ -570,7 +739,7 @@ nav a { margin-right: .8em; }
 .inconclusive::before { content: "?  "; color: #9a6700; font-weight: 700; }
 figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-family: monospace; margin-bottom: .3em; }
-.tablewrap { overflow-x: auto; }
+.tablewrap { overflow-x: auto; overflow-y: auto; max-width: 100%; max-height: 40em; }
 table { border-collapse: collapse; font-size: 85%; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; } td.s { text-align: left; }
@@ -642,12 +811,16 @@ def _column_title(frame: pl.DataFrame, column: str, counts: set[str]) -> str:
     return str(frame.schema[column])
 
 
-def _table_html(name: str, frame: pl.DataFrame, max_rows: int) -> str:
+def _table_html(name: str, frame: pl.DataFrame, max_rows: int,
+                max_columns: int = MAX_COLUMNS) -> str:
+    """A table's preview: its first ``max_rows`` rows and ``max_columns`` columns (each
+    interval beside its n), with a note pointing at the parquet file when cut."""
     frame = frame.select(_interval_columns_together(frame.columns))
-    shown = frame.head(max_rows)
+    columns = frame.columns[:max_columns]
+    shown = frame.head(max_rows).select(columns)
     counts = set(_interval_counts(frame.columns).values())
     head = "".join(f'<th title="{_esc(_column_title(frame, col, counts))}">{_esc(col)}</th>'
-                   for col in frame.columns)
+                   for col in columns)
     rows = []
     for row in shown.iter_rows():
         cells = []
@@ -657,8 +830,10 @@ def _table_html(name: str, frame: pl.DataFrame, max_rows: int) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     parts = [f'<h3 id="{_anchor("table", name)}">{_esc(name)} '
              f'<small>({frame.height} rows &times; {frame.width} columns)</small></h3>']
-    if frame.height > max_rows:
-        parts.append(f'<p class="truncated">showing {shown.height} of {frame.height} rows; '
+    cut = ([f"{shown.height} of {frame.height} rows"] if frame.height > max_rows else []) + (
+        [f"{len(columns)} of {frame.width} columns"] if frame.width > max_columns else [])
+    if cut:
+        parts.append(f'<p class="truncated">showing {" and ".join(cut)}; '
                      f'full table: tables/{_esc(name)}.parquet</p>')
     parts.append(f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table></div>')
@@ -677,23 +852,89 @@ def _check_html(check: Mapping[str, Any]) -> str:
             + (f" &mdash; {_esc(detail)}" if detail else "") + "</li>")
 
 
+def plain(value: Any) -> str:
+    """A value as words for the page: numbers with at most 4 significant digits, yes/no,
+    lists joined by commas, mappings as "key value" pairs; never JSON or a Python repr."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{_words(str(k))} {plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(plain(v) for v in value)
+    return str(value)
+
+
+def _words(key: str) -> str:
+    """A settings key as words: ``i_xt_cap`` -> "I(X;T) cap", ``max_samples`` -> "max samples"."""
+    key = re.sub(r"(^|_)i_xt(?=_|$)", r"\1I(X;T)", key)
+    key = re.sub(r"(^|_)i_ty(?=_|$)", r"\1I(T;Y)", key)
+    return key.replace("_", " ")
+
+
+#: Bias corrections by their spec name.
+_CORRECTIONS = {"miller_madow": "Miller–Madow"}
+
+
+def describe_estimator(facts: Mapping[str, Any], short: bool = False) -> str:
+    """An estimator's ``describe()`` facts as words, e.g. "histogram, 20 bins, min–max
+    range, no bias correction; I(X;T) = H(binned T) (deterministic network, distinct
+    inputs), at most 2.996 nats per channel". ``short``: the name and the settings that
+    change its values (bins, range, correction) only. Unknown keys read "key: value"."""
+    name = facts.get("estimator") or facts.get("name") or facts.get("kind") or "estimator"
+    settings = [plain(name)]
+    done = {"estimator", "name", "kind"}
+    if facts.get("bins") is not None:
+        settings.append(f"{plain(facts['bins'])} bins")
+    span, tail = facts.get("range"), facts.get("range_quantile")
+    if span == "minmax":
+        settings.append("min–max range")
+    elif span == "quantile":
+        settings.append("quantile range" + (f" ({plain(tail)} of samples clipped at each end)"
+                                            if tail is not None else ""))
+    elif span is not None:
+        settings.append(f"{plain(span)} range")
+    correction = facts.get("correction")
+    if correction in ("none", False):
+        settings.append("no bias correction")
+    elif correction is not None:
+        settings.append(f"{_CORRECTIONS.get(str(correction), plain(correction))} bias correction")
+    done |= {"bins", "range", "range_quantile", "correction"}
+    if short:
+        return ", ".join(settings)
+    i_xt = []
+    convention = facts.get("i_xt_convention")
+    if convention is not None:
+        head, _, why = str(convention).partition(": ")
+        i_xt.append(f"I(X;T) = {head}" + (f" ({why})" if why else ""))
+    cap = facts.get("i_xt_cap_per_channel_nats")
+    if cap is not None:
+        i_xt.append(f"at most {plain(cap)} nats per channel")
+    done |= {"i_xt_convention", "i_xt_cap_per_channel_nats"}
+    others = [f"{_words(str(k))}: {plain(v)}" for k, v in facts.items() if k not in done]
+    return "; ".join(part for part in (", ".join(settings), ", ".join(i_xt), *others) if part)
+
+
 def _run_summary(meta: Mapping[str, Any]) -> str:
     """One line: status, seeds, device, evaluation samples, estimator, wall time."""
     parts = []
     if meta.get("status"):
         parts.append(f"status <b>{_esc(meta['status'])}</b>")
-    if meta.get("seeds"):
-        parts.append(f"{len(meta['seeds'])} seed(s) {_esc(meta['seeds'])}")
+    seeds = meta.get("seeds")
+    if seeds:
+        listed = seeds if isinstance(seeds, (list, tuple)) else [seeds]
+        parts.append(f"{len(listed)} seed{'s' if len(listed) != 1 else ''} "
+                     f"({_esc(plain(listed))})")
     data = meta.get("data") or {}
     if isinstance(data, Mapping) and data.get("n_eval"):
         parts.append(f"{_esc(data['n_eval'])} evaluation samples, "
                      f"{len(data.get('classes', []))} classes")
     estimator = meta.get("estimator")
     if isinstance(estimator, Mapping) and estimator:
-        name = estimator.get("estimator") or estimator.get("name") or "?"
-        settings = ", ".join(f"{k}={v}" for k, v in estimator.items()
-                             if k in ("bins", "range", "correction"))
-        parts.append(f"estimator {_esc(name)}" + (f" ({_esc(settings)})" if settings else ""))
+        parts.append(f"estimator: {_esc(describe_estimator(estimator, short=True))}")
     if meta.get("device"):
         parts.append(f"device {_esc(meta['device'])}")
     total = (meta.get("timings") or {}).get("total_seconds")
@@ -713,19 +954,23 @@ def _reading_order(tables: Mapping[str, pl.DataFrame]) -> list[str]:
 
 def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
                 figures: Mapping[str, Mapping[str, Path]], tables: Mapping[str, pl.DataFrame],
-                notes: Sequence[str] = (), warnings: Sequence[str] = (), max_rows: int = 200,
-                checks: Sequence[Mapping[str, Any]] = ()) -> Path:
+                notes: Sequence[str] = (), warnings: Sequence[str] = (),
+                max_rows: int = MAX_ROWS, checks: Sequence[Mapping[str, Any]] = (),
+                max_columns: int = MAX_COLUMNS) -> Path:
     """Write ``run_dir/index.html``: a one-line summary, the claims' verdicts, warnings,
     notes, figures, tables (summaries first) and the metadata (collapsed, last).
 
     The page is self-contained (inline CSS, no scripts, no network); figures are linked
     by relative path so the run folder can be moved or archived as a whole. All text is
-    HTML-escaped; tables longer than ``max_rows`` are truncated with a note pointing at
-    the parquet file.
+    HTML-escaped; tables longer than ``max_rows`` or wider than ``max_columns`` are
+    truncated with a note pointing at the parquet file, and scroll inside their own box
+    (the page never scrolls sideways: the navigation wraps).
     """
     run_dir = Path(run_dir)
     if max_rows < 0:
         raise RunError(f"max_rows must be >= 0, got {max_rows}")
+    if max_columns < 1:
+        raise RunError(f"max_columns must be >= 1, got {max_columns}")
     # Reading order of a paper: what was found (claims, caveats), the figures, the
     # summary tables, then per-observation tables, and the full metadata last, collapsed.
     body = [f"<h1>{_esc(title)}</h1>"]
@@ -770,7 +1015,7 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
             body.append("".join(parts))
     if ordered:
         body.append('<h2 id="tables">Tables</h2>')
-        body += [_table_html(name, tables[name], max_rows) for name in ordered]
+        body += [_table_html(name, tables[name], max_rows, max_columns) for name in ordered]
     if meta:
         items = "".join(f"<dt>{_esc(k)}</dt><dd>{_meta_value(v)}</dd>" for k, v in meta.items())
         body.append('<details id="metadata"><summary>Run metadata (run.json: versions, '
@@ -788,7 +1033,7 @@ def render_run(run_dir: Path, figures_charts: Mapping[str, AnyChart],
                notes: Sequence[str] = (), warnings: Sequence[str] = (),
                formats: Sequence[str] = ("png", "html"),
                checks: Sequence[Mapping[str, Any]] = (), title: str | None = None,
-               max_rows: int = 200) -> Path:
+               max_rows: int = MAX_ROWS, max_columns: int = MAX_COLUMNS) -> Path:
     """Save every chart under ``run_dir/figures/`` and write ``run_dir/index.html``.
 
     A chart that fails to render does not cost the rest of the report: the index is
@@ -813,7 +1058,8 @@ def render_run(run_dir: Path, figures_charts: Mapping[str, AnyChart],
     if title is None:
         title = str(meta.get("spec") or meta.get("name") or run_dir.name)
     index = write_index(run_dir, title, meta, figures, tables, notes=notes,
-                        warnings=all_warnings, max_rows=max_rows, checks=checks)
+                        warnings=all_warnings, max_rows=max_rows, checks=checks,
+                        max_columns=max_columns)
     if failed:
         raise RunError(f"figures {failed} could not be rendered (see warnings in {index})")
     return index

@@ -28,8 +28,9 @@ class SpecState:
 
 
 def looks_like_spec(path: Path) -> bool:
-    """A YAML file with a top-level ``experiment:`` key (or any YAML under ``specs/``)."""
-    if path.suffix not in (".yaml", ".yml"):
+    """A YAML file with a top-level ``experiment:`` key (or any YAML under ``specs/``);
+    never a file whose name starts with "_" (a study's ``_study.yaml`` manifest)."""
+    if path.suffix not in (".yaml", ".yml") or path.name.startswith("_"):
         return False
     if "specs" in path.parts:
         return True

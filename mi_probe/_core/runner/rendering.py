@@ -6,7 +6,6 @@ Notes come from the estimator and the experiment that produced the tables (their
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +19,11 @@ def run_notes(estimator: Any, experiment: Any, n_samples: int, num_classes: int,
               tables: Mapping[str, pl.DataFrame]) -> list[str]:
     """What a reader must know to interpret the tables: the estimator's settings and
     caveats, then the experiment's."""
-    notes = [f"Estimator: {json.dumps(estimator.describe())}. All MI values are in nats."]
+    from mi_probe._core.report import describe_estimator
+
+    # in words ("histogram, 20 bins, min–max range, ..."), not the JSON of describe()
+    notes = [f"Estimator: {describe_estimator(estimator.describe())}. "
+             "All MI values are in nats."]
     if isinstance(estimator, ExplainsEstimates):
         notes += list(estimator.notes(n_samples, num_classes, tables))
     if isinstance(experiment, HasNotes):

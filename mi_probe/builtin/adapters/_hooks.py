@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
 
 
 def skip_gain_handles(gain: float, projection: nn.Module | None = None,
@@ -16,6 +17,8 @@ def skip_gain_handles(gain: float, projection: nn.Module | None = None,
     output is multiplied by it; otherwise the skip (the first input of ``reader``) is
     added ``gain - 1`` times more to ``branch``'s output. Returns the handles (the
     caller removes them); none is left registered if registering fails."""
+    from torch import nn
+
     gain = float(gain)
     handles: list[RemovableHandle] = []
     try:

@@ -22,15 +22,17 @@ a running sum that a submodule reads.
 from __future__ import annotations
 
 import weakref
-from typing import Any
-
-from torch import nn
-from torch.utils.hooks import RemovableHandle
+from typing import TYPE_CHECKING, Any
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
 from mi_probe.builtin.adapters._params import adapter_hooks
-from mi_probe.plugin import (
-    BlockTrace, probe_for, Site, SiteError, SiteRef, trace_blocks, Unit)
+from mi_probe.plugin import Site, SiteError, SiteRef
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
+
+    from mi_probe.plugin import BlockTrace, Unit
 
 
 class BlocksAdapter:
@@ -40,6 +42,8 @@ class BlocksAdapter:
         self._traces: dict[int, tuple[Any, BlockTrace]] = {}
 
     def trace(self, model: nn.Module) -> BlockTrace:
+        from mi_probe.plugin import probe_for, trace_blocks
+
         cached = self._traces.get(id(model))
         if cached is not None and cached[0]() is model:
             return cached[1]

@@ -8,10 +8,13 @@ module names for others (hrnet, mobilenetv5); such entries are left out."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mi_probe.builtin.adapters._params import _params
-from mi_probe.plugin import head_paths, hookimpl, SiteError, SiteRef
+from mi_probe.plugin import hookimpl, SiteError, SiteRef
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    from torch import nn
 
 
 class GenericAdapter:
@@ -21,6 +24,8 @@ class GenericAdapter:
         return True
 
     def site_refs(self, model: nn.Module) -> list[SiteRef]:
+        from mi_probe.plugin import head_paths
+
         heads = head_paths(model)
         modules = dict(model.named_modules())
 

@@ -8,19 +8,22 @@ activation is one more site, kind ``stem``.
 
 from __future__ import annotations
 
-from typing import Callable, cast
-
-import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
+from typing import TYPE_CHECKING, Callable, cast
 
 from mi_probe.builtin.adapters._hooks import skip_gain_handles
 from mi_probe.builtin.adapters._params import adapter_hooks
 from mi_probe.plugin import Site, SiteRef
 
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
+
 
 def _residual_tail(block: nn.Module) -> str:
     """Name of the last module of the residual branch that runs before the add."""
+    from torch import nn
+
     for attr in ("drop_path", "se"):
         if getattr(block, attr, None) is not None and not isinstance(getattr(block, attr), nn.Identity):
             return attr
@@ -54,6 +57,9 @@ class ResNetAdapter:
                ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The rest of the network after a ``stem`` or ``post_add`` site, as a function of
         that site's output (None for ``pre_add``: the skip is still to be added)."""
+        import torch
+        from torch import nn
+
         layers = self._layers(model)
         if site.kind == "stem":
             blocks = [b for _, layer in layers for b in layer]
@@ -108,6 +114,8 @@ class ResNetAdapter:
           a projection shortcut (they write the shortcut half of the sum). An identity
           shortcut carries the previous block's channels, which are not transplanted.
         """
+        from torch import nn
+
         norms = (nn.modules.batchnorm._BatchNorm,)
         if site.kind == "stem":
             if not hasattr(model, "conv1") or not hasattr(model, "bn1"):
@@ -144,6 +152,8 @@ class ResNetAdapter:
         hook on the residual branch's last module (the ``pre_add`` site's module) returns
         residual + (gain − 1) · x; the block's own ``x += shortcut`` then adds x once
         more. ``gain = 1`` leaves every number unchanged (adds exactly 0)."""
+        from torch import nn
+
         from mi_probe.plugin import SiteError
 
         try:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.plugin import (
-    CropScale, DataBundle, hookimpl, Register, tensor_train_transform, UpsampledGrayDataset)
+from mi_probe.plugin import CropScale, DataBundle, hookimpl, Register
 
 
 class DigitsParams(BaseModel):
@@ -40,8 +37,12 @@ class DigitsSource:
         self.params = params
 
     def load(self) -> DataBundle:
+        import numpy as np
+        import torch
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
+
+        from mi_probe.plugin import tensor_train_transform, UpsampledGrayDataset
 
         p = self.params
         digits = load_digits()

@@ -8,12 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.plugin import (
-    CropScale, DataBundle, DataError, EVAL_CROP_PCT, hookimpl, IMAGE_EXTENSIONS,
-    ImageFileDataset, IMAGENET_MEAN, IMAGENET_STD, load_rgb, Register)
+from mi_probe.plugin import (CropScale, DataBundle, DataError, EVAL_CROP_PCT, hookimpl,
+                             IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, Register)
 
 if TYPE_CHECKING:  # imported where used: torchvision is slow to import
     from torchvision.transforms import v2
@@ -188,6 +186,7 @@ class ImageFolderSource:
 
     def eval_transform(self) -> "v2.Compose":
         """Resize the shorter side to ``round(S / 0.875)``, center-crop S, normalise."""
+        import torch
         from torchvision.transforms import v2
 
         size = self.params.image_size
@@ -201,6 +200,7 @@ class ImageFolderSource:
     def train_transform(self) -> "v2.Compose":
         """RandomResizedCrop + optional flip, normalise (the eval transform when
         ``augment`` is off)."""
+        import torch
         from torchvision.transforms import v2
 
         p = self.params
@@ -217,6 +217,8 @@ class ImageFolderSource:
     def load(self) -> DataBundle:
         """The three image sets; a class with fewer than 2 training or evaluation images
         is a warning of the bundle (counted from file names, nothing decoded)."""
+        from mi_probe.plugin import ImageFileDataset
+
         p = self.params
         classes, train, val = self.scan()
         warnings = (few_per_class(train, classes, self.root / p.train_dir, "training")
@@ -237,6 +239,8 @@ class ImageFolderSource:
 
     def verify(self) -> list[str]:
         """Decode every file the source would use; return the paths that fail."""
+        from mi_probe.plugin import load_rgb
+
         _, train, val = self.scan()
         bad = []
         for path, _ in train + val:

@@ -3,15 +3,14 @@ for tests (helpers and conventions: :mod:`mi_probe._core.data`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.plugin import (
-    check_fits_in_memory, CropScale, DataBundle, hookimpl, Register, tensor_train_transform,
-    TensorImageDataset)
+from mi_probe.plugin import CropScale, DataBundle, hookimpl, Register
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class SyntheticParams(BaseModel):
@@ -42,10 +41,15 @@ class SyntheticSource:
         self.params = params
 
     def _generator(self) -> torch.Generator:
+        import torch
+
         return torch.Generator().manual_seed(self.params.seed)
 
     @staticmethod
     def _templates(gen: torch.Generator, n_classes: int, size: int) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         low = max(2, size // 4)
         base = torch.randn(n_classes, 3, low, low, generator=gen)
         return F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
@@ -57,12 +61,19 @@ class SyntheticSource:
 
     def _split(self, templates: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor,
                                                                            torch.Tensor]:
+        import torch
+
         gen = torch.Generator().manual_seed(seed)
         labels = torch.arange(n) % len(templates)
         noise = torch.randn(n, *templates.shape[1:], generator=gen)
         return templates[labels] + self.params.noise * noise, labels
 
     def load(self) -> DataBundle:
+        import torch
+
+        from mi_probe.plugin import (check_fits_in_memory, tensor_train_transform,
+                                     TensorImageDataset)
+
         p = self.params
         check_fits_in_memory(p.n_train + p.n_val, p.image_size, "data (synthetic)")
         gen = self._generator()

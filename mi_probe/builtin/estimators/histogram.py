@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
-from mi_probe.functional import histogram as F
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+
+    from mi_probe.functional import histogram as F
 
 
 class HistogramParams(BaseModel):
@@ -30,7 +33,9 @@ class HistogramParams(BaseModel):
     correction: Literal["none", "miller_madow"] = Field(
         "none", description="miller_madow adds (m - 1)/(2N) to every entropy (m occupied "
         "cells), removing the first-order plug-in bias; corrected MI can be slightly negative")
-    chunk_cells: int = Field(F.DEFAULT_CHUNK_CELLS, gt=0,
+    # = functional.histogram.DEFAULT_CHUNK_CELLS, written out: importing the kernels here
+    # would load torch whenever the plugin registers (tests/test_cli.py checks the two agree)
+    chunk_cells: int = Field(1 << 25, gt=0,
                              description="max cells per batched chunk (bounds memory)")
     pair_cells: int = Field(1 << 24, gt=0, description="max joint-count cells per block of "
                             "channel pairs in the one-hot (GPU) pair kernel (bounds its memory; "
@@ -65,10 +70,16 @@ class HistogramEstimator:
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
     def _codes(self, acts: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        from mi_probe.functional import histogram as F
+
         return cast(torch.Tensor, self._binned(F.bin_uniform, acts))
 
     def _label_mi(self, codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
                   num_classes: int) -> torch.Tensor:
+        from mi_probe.functional import histogram as F
+
         try:
             return F.label_mi_from_codes(codes, labels, n_symbols, num_classes,
                                          self.params.chunk_cells)
@@ -78,6 +89,8 @@ class HistogramEstimator:
     def _statistics(self, acts: torch.Tensor, labels: torch.Tensor | None,
                     num_classes: int = 1) -> F.ChannelStatistics:
         """Every per-channel plug-in quantity from one joint (bin, label) count."""
+        from mi_probe.functional import histogram as F
+
         if acts.ndim != 2:
             raise EstimatorError(f"histogram estimator expects (N, C) activations, "
                                  f"got shape {tuple(acts.shape)}")
@@ -95,6 +108,8 @@ class HistogramEstimator:
         return stats.label_mi + stats.label_mi_mm if self.corrected else stats.label_mi
 
     def _input_mi_of(self, stats: F.ChannelStatistics, n_samples: int) -> torch.Tensor:
+        from mi_probe.functional import histogram as F
+
         if self.corrected:
             return stats.entropy + F.miller_madow_bias(stats.occupied, n_samples)
         return stats.entropy
@@ -123,6 +138,10 @@ class HistogramEstimator:
         """Facts about one site's binned activations that qualify its MI values:
         constant channels, the share of samples in a channel's first or last bin, channels
         near the log B cap, the bin range used and the share of samples it clipped."""
+        import torch
+
+        from mi_probe.functional import histogram as F
+
         codes = self._codes(acts)
         constant = (acts.max(dim=0).values == acts.min(dim=0).values)
         h = self._statistics(acts, None).entropy
@@ -144,10 +163,14 @@ class HistogramEstimator:
         """One site's activations binned once (ranges, codes): the state the
         ``*_prepared`` methods answer from, each equal bit for bit to its per-quantity
         method on ``acts``. Valid until ``acts`` changes."""
+        from mi_probe.functional import histogram as F
+
         return cast(F.BinnedSite, self._binned(F.bin_site, acts))
 
     def _prepared_statistics(self, state: F.BinnedSite, labels: torch.Tensor | None,
                              num_classes: int = 1) -> F.ChannelStatistics:
+        from mi_probe.functional import histogram as F
+
         if state.bins != self.bins or state.quantile != self.quantile:
             raise EstimatorError(f"histogram estimator: state prepared with bins="
                                  f"{state.bins}, quantile={state.quantile}; this estimator "
@@ -168,6 +191,8 @@ class HistogramEstimator:
 
     def diagnostics_prepared(self, state: F.BinnedSite) -> dict[str, Any]:
         """``diagnostics(state.acts)``, from the prepared ranges and bin counts."""
+        from mi_probe.functional import histogram as F
+
         h = self._prepared_statistics(state, None).entropy
         cap = math.log(self.bins)
         clipped = (0.0 if self.quantile is None
@@ -179,6 +204,8 @@ class HistogramEstimator:
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
+        from mi_probe.functional import histogram as F
+
         if reduce == "mean":  # one count gives both planes' coordinates
             stats = self._statistics(acts, labels, num_classes)
             return LayerMI(i_xt=self._input_mi_of(stats, acts.shape[0]).mean().item(),
@@ -192,6 +219,8 @@ class HistogramEstimator:
                              f"valid: {sorted(self.reductions)}")
 
     def bias(self, n_samples: int, num_classes: int) -> float:
+        from mi_probe.functional import histogram as F
+
         if self.corrected:
             return 0.0  # the first-order term is what Miller–Madow removes
         return F.plugin_bias(self.bins, num_classes, n_samples)

@@ -12,6 +12,8 @@ be on a path every node sees.
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import time
 from typing import Any, Literal
 
@@ -113,11 +115,20 @@ class RayExecutor:
                 kwargs.update(address="local", num_cpus=self.params.num_cpus)
             else:
                 kwargs["address"] = address
+            # ray.init replaces the process's SIGTERM handler for good (even after
+            # shutdown) with one that raises SystemExit wherever the process is: a test
+            # runner then only fails its running test instead of stopping. Put back what
+            # was there; a run handles SIGTERM itself (driver.terminate_as_interrupt).
+            previous = (signal.getsignal(signal.SIGTERM)
+                        if threading.current_thread() is threading.main_thread() else None)
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RunError(f"cannot start or reach Ray at address {address!r}: "
                                f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
             self._started = True
         self._ray = ray
         return ray

@@ -7,15 +7,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
 import polars as pl
-import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, check_mass_levels, mean_over_draws, Plan, RunContext,
     seed_units, site_row, split_halves, TableSchema, TRAINED, unit_seed)
-from mi_probe.functional.concentration import mass
-from mi_probe.functional.masses import set_overlap
-from mi_probe.functional.selection import bottom_set, mass_set, select
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 SELECTIONS: tuple[Literal["top", "random", "bottom"], ...] = ("top", "random", "bottom")
 FITS = ("in_sample", "cross_fit")
@@ -54,6 +53,8 @@ def selection_columns(channels: torch.Tensor, n_channels: int, top: torch.Tensor
                       bottom: torch.Tensor) -> dict[str, Any]:
     """Size of a selection as a fraction of the site, and how much the top and bottom
     sets of its level share (above half the site they must overlap)."""
+    from mi_probe.functional.masses import set_overlap
+
     return {"n_channels": int(channels.numel()),
             "frac_channels": channels.numel() / max(1, n_channels),
             "top_bottom_overlap": set_overlap(top, bottom)}
@@ -109,6 +110,11 @@ class InterventionSweep:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        import torch
+
+        from mi_probe.functional.concentration import mass
+        from mi_probe.functional.selection import bottom_set, mass_set, select
+
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)

@@ -14,8 +14,6 @@ from pydantic import ConfigDict, Field
 from mi_probe.plugin import (
     aggregate_seeds, channel_masses, ChannelMassParams, hookimpl, Plan, RANDOM, RunContext,
     seed_units, SITE_COLUMNS, site_row, SpecError, TableSchema, TRAINED, unit_seed)
-from mi_probe.functional import concentration as C
-from mi_probe.functional.masses import SignalTest
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
 
@@ -36,6 +34,8 @@ class ConcentrationParams(ChannelMassParams):
 
 
 def _metrics(values, top_k: list[float]) -> dict[str, Any]:
+    from mi_probe.functional import concentration as C
+
     out = {"gini": C.gini(values), "norm_entropy": C.normalized_entropy(values)}
     out.update({f"top_k_share@{k}": C.top_k_share(values, k) for k in top_k})
     return out
@@ -80,6 +80,9 @@ class ConcentrationExperiment:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        from mi_probe.functional import concentration as C
+        from mi_probe.functional.masses import SignalTest
+
         seed = unit_seed(unit)
         params = self.params
         extra_metrics = [ctx.plugin("metrics", name) for name in params.extra_metrics]
@@ -195,13 +198,16 @@ class ConcentrationExperiment:
         mass = tables.get("channel_mass")
         if mass is not None and mass.height:
             seed0 = mass.filter(pl.col("seed") == mass["seed"].min())
+            # the states' fixed colours and order, as in every other chart
+            state_color = charts.color_encoding(seed0["state"], "state")
             figs["channel_mi_distribution"] = alt.Chart(alt.InlineData(
                 values=seed0.select("state", "depth", "site", "i_ty").to_dicts())).mark_boxplot(
                 extent="min-max").encode(
                 x=alt.X("depth", type="ordinal", title="depth"),
                 y=alt.Y("i_ty", type="quantitative", title="I(T_c;Y) [nats]"),
-                color=alt.Color("state", type="nominal"),
-                xOffset=alt.XOffset("state", type="nominal")).properties(
+                color=state_color,
+                xOffset=alt.XOffset("state", type="nominal",
+                                    sort=charts.series_order(seed0["state"]))).properties(
                 title="Per-channel label MI by depth (first seed)", width=600)
         return figs
 

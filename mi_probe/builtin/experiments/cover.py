@@ -14,19 +14,17 @@ the third arm. Each set is knocked out with the registered ``knockout`` interven
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
     ChannelMassParams, check_mass_levels, hookimpl, mean_over_draws, PairMI, Plan, RunContext,
     seed_units, site_masses, site_row, SpecError, TableSchema, TRAINED, unit_seed)
-from mi_probe.functional.concentration import mass
-from mi_probe.functional.histogram import bin_uniform
-from mi_probe.functional.pairwise import pair_mi_from_codes
-from mi_probe.functional.selection import MASS_SLACK, mass_set, random_set
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 SETS: tuple[Literal["cover", "redundant", "random"], ...] = ("cover", "redundant", "random")
 DEFAULT_PAIR_BINS = 20
@@ -66,6 +64,11 @@ def redundant_set(values: torch.Tensor, cover: torch.Tensor, pair_mi_to_cover: t
     mass was reached). When the channels run out first the set holds every non-cover
     channel and the flag is False.
     """
+    import torch
+
+    from mi_probe.functional.concentration import mass
+    from mi_probe.functional.selection import MASS_SLACK
+
     n = values.numel()
     p = mass(values)
     target = float(p[cover].sum())
@@ -130,6 +133,9 @@ class CoverExperiment:
                     ) -> torch.Tensor:
         """I(T_r; T_d) for the channels ``rows`` against every channel: the estimator's
         own pair_mi, or a ``pair_bins`` histogram (min/max range) when the spec asks."""
+        from mi_probe.functional.histogram import bin_uniform
+        from mi_probe.functional.pairwise import pair_mi_from_codes
+
         if self.params.pair_bins is None:
             # check_spec refused an estimator without pair_mi when pair_bins is None
             return cast(PairMI, ctx.estimator).pair_mi(acts[:, rows.to(acts.device)], acts)
@@ -137,6 +143,9 @@ class CoverExperiment:
         return pair_mi_from_codes(codes[:, rows.to(codes.device)], codes, self.params.pair_bins)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        from mi_probe.functional.concentration import mass
+        from mi_probe.functional.selection import mass_set, MASS_SLACK, random_set
+
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)

@@ -42,15 +42,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.plugin import (
-    aggregate_seeds, derive_seed, hookimpl, Plan, prepare_site, RunContext, RunError, Site,
-    SpecError, TableSchema, TrainingRequest)
+from mi_probe.plugin import (aggregate_seeds, hookimpl, Plan, prepare_site, RunContext,
+                             RunError, Site, SpecError, TableSchema, TrainingRequest)
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 #: Version of what the tracker records (part of the model cache key). 2: frac_edge_bins.
 TRACK_VERSION = 2
@@ -195,6 +196,10 @@ def stratified_subsample(labels: torch.Tensor, n: int, seed: int) -> torch.Tenso
     proportional share n·N_k/N rounded by largest remainder (ties: lower class index),
     at least one row per class present, drawn without replacement by a generator seeded
     from ``seed`` alone. The same (labels, n, seed) always gives the same rows."""
+    import torch
+
+    from mi_probe.plugin import derive_seed
+
     labels = torch.as_tensor(labels).cpu().long().flatten()
     total = labels.numel()
     classes, counts = torch.unique(labels, return_counts=True)
@@ -222,6 +227,8 @@ def stratified_subsample(labels: torch.Tensor, n: int, seed: int) -> torch.Tenso
 def eval_labels(dataset: Any) -> torch.Tensor:
     """Labels of an evaluation dataset in order, without decoding images where the
     dataset exposes them (``labels``, ``samples``, ``Subset``); else by iterating it."""
+    import torch
+
     if isinstance(dataset, torch.utils.data.Subset):
         return eval_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices),
                                                             dtype=torch.long)]
@@ -324,6 +331,8 @@ class Dynamics:
     def tracker(self, ctx: RunContext):
         """``track(model, epoch) -> dict``: per-site layer (and channel) MI of the evaluation
         set; activations are reduced to numbers inside the call and then dropped."""
+        import torch
+
         est = ctx.estimator
         channel_values = self.params.channel_values
         subset: list[torch.Tensor | None] = []  # computed once, at the first call

@@ -5,15 +5,17 @@ rank agreement of layers and channels against a reference setting.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import polars as pl
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
     hookimpl, Plan, prepare_site, RunContext, seed_units, site_row, SpecError, TableSchema,
     TRAINED, unit_seed)
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 BinRange = Literal["minmax", "quantile"]
 
@@ -132,6 +134,8 @@ class EstimatorSweep:
         return out
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        import torch
+
         seed = unit_seed(unit)
         rows, agreement = [], []
         estimators = self._estimators(ctx, plan)

@@ -6,7 +6,7 @@ target accuracy, generalisation gap and time per epoch.
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -143,8 +143,6 @@ class HSICCompare:
         return {"summary_hsic_compare": summary.join(reached, on="regularizer", how="left")}
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
-        import altair as alt
-
         from mi_probe.plugin import charts
 
         figs: dict[str, Any] = {}
@@ -164,34 +162,14 @@ class HSICCompare:
                     trained, x="epoch", y="train_loss", color="regularizer",
                     title="Training cross-entropy per epoch (regulariser term excluded)",
                     y_title="training CE")
-        summary = tables.get("summary_hsic_compare")
-        if summary is not None and summary.height:
-            data = alt.InlineData(values=summary.select(
-                "regularizer", "seconds_per_epoch_mean", "seconds_per_epoch_ci_low",
-                "seconds_per_epoch_ci_high", "seconds_per_epoch_n").fill_nan(None).to_dicts())
-            base = alt.Chart(data)
-            bars = base.mark_bar().encode(
-                x=alt.X("regularizer", type="nominal", title="regulariser"),
-                y=alt.Y("seconds_per_epoch_mean", type="quantitative",
-                        title="seconds per epoch (mean over seeds)"),
-                color=alt.Color("regularizer", type="nominal"),
-                tooltip=[alt.Tooltip("regularizer", type="nominal"),
-                         alt.Tooltip("seconds_per_epoch_mean", type="quantitative", format=".3g"),
-                         alt.Tooltip("seconds_per_epoch_n", type="quantitative",
-                                     title="n (seeds with a value)")])
-            errs = base.mark_errorbar().encode(
-                x=alt.X("regularizer", type="nominal"),
-                y=alt.Y("seconds_per_epoch_ci_low", type="quantitative", title=""),
-                y2=alt.Y2("seconds_per_epoch_ci_high"))
-            figs["hsic_seconds_per_epoch"] = alt.layer(bars, errs).properties(
-                width=300, height=300, title=alt.TitleParams(
-                    "Training time per epoch (95% CI over seeds)",
-                    # a count column (polars types a Series' min/max as any scalar)
-                    subtitle=[f"n = {int(cast(int, summary['seconds_per_epoch_n'].min()))}"
-                              f"–{int(cast(int, summary['seconds_per_epoch_n'].max()))} "
-                              "seeds per bar"
-                              if summary['seconds_per_epoch_n'].n_unique() > 1 else
-                              f"n = {int(summary['seconds_per_epoch_n'][0])} seeds per bar"]))
+        per_seed = tables.get("hsic_compare")
+        if (per_seed is not None and "seconds_per_epoch" in per_seed.columns
+                and per_seed["seconds_per_epoch"].drop_nulls().len()):
+            # the same colours and order as the training curves; error bars over seeds
+            figs["hsic_seconds_per_epoch"] = charts.bars(
+                per_seed, x="regularizer", y="seconds_per_epoch", color="regularizer",
+                title="Training time per epoch", x_title="regulariser",
+                y_title="seconds per epoch", width=300)
         return figs
 
 

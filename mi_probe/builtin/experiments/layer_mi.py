@@ -11,7 +11,6 @@ import math
 from typing import Any, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.plugin import (
@@ -73,6 +72,8 @@ class LayerMIExperiment:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        import torch
+
         seed = unit_seed(unit)
         est = ctx.estimator
         layers, channels, evals, diags = [], [], [], []
@@ -149,6 +150,8 @@ class LayerMIExperiment:
         return out
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+        import altair as alt
+
         from mi_probe.plugin import charts
 
         layer = tables["layer_mi"]
@@ -162,20 +165,19 @@ class LayerMIExperiment:
                                title="Label information by depth, I(T;Y) (dashed: plug-in bias)",
                                y_title="I(T;Y) [nats]")
         if "i_ty_bias" in layer.columns and layer["i_ty_bias"].max():
-            import altair as alt
-
             # drawn last and dark, so the null lines (light, shuffled labels) never hide it
             top = cast(float, layer["i_ty_bias"].max())  # a float column
             rule = alt.Chart(alt.InlineData(values=[{"bias": float(top)}])
                              ).mark_rule(strokeDash=[6, 3], color="#333", strokeWidth=1.5
                                          ).encode(y=alt.Y("bias", type="quantitative"))
             i_ty = alt.layer(i_ty, rule)
-        figs = {
-            "layer_i_ty": i_ty,
-            "layer_i_xt": charts.by_depth(layer, "i_xt", color="state",
-                                          title="Input information by depth, I(X;T) = H(T)",
-                                          y_title="I(X;T) [nats]"),
-        }
+        i_xt: Any = charts.by_depth(layer, "i_xt", color="state",
+                                    title="Input information by depth, I(X;T) = H(T)",
+                                    y_title="I(X;T) [nats]")
+        cap = i_xt_cap(tables)
+        if cap is not None:
+            i_xt = alt.layer(i_xt, *cap_rule(*cap, y_title="I(X;T) [nats]"))
+        figs = {"layer_i_ty": i_ty, "layer_i_xt": i_xt}
         summary = tables.get("summary_layer_mi")
         if summary is not None:
             figs["information_plane"] = charts.scatter(
@@ -184,6 +186,46 @@ class LayerMIExperiment:
                 x_title="I(X;T) [nats], mean over seeds",
                 y_title="I(T;Y) [nats], mean over seeds")
         return figs
+
+
+def i_xt_cap(tables: dict[str, pl.DataFrame]) -> tuple[float, str] | None:
+    """(value in nats, label) of the ceiling on the layer I(X;T) values: with the
+    histogram estimator (its diagnostics carry ``i_xt_cap`` = log B), log B per channel
+    for ``reduce: mean`` and log N (``log_n``) for ``reduce: joint``, where the binned
+    channel vector is one symbol among N samples. None for other estimators."""
+    diag = tables.get("diagnostics")
+    if diag is None or "i_xt_cap" not in diag.columns:
+        return None
+    caps = diag["i_xt_cap"].drop_nulls()
+    if not caps.len():
+        return None
+    layer = tables.get("layer_mi")
+    reduce = (set(layer["reduce"].drop_nulls().unique().to_list())
+              if layer is not None and "reduce" in layer.columns else {"mean"})
+    if reduce <= {"mean"}:
+        log_b = float(cast(float, caps.max()))
+        return log_b, (f"log B = {log_b:.3f} nats: the histogram's I(X;T) cap per channel "
+                       f"(B = {round(math.exp(log_b))} bins)")
+    if reduce == {"joint"} and "log_n" in diag.columns and diag["log_n"].drop_nulls().len():
+        log_n = float(cast(float, diag["log_n"].max()))
+        return log_n, (f"log N = {log_n:.3f} nats: the cap of the joint symbol's entropy "
+                       f"(N = {round(math.exp(log_n))} samples)")
+    return None
+
+
+def cap_rule(value: float, label: str, y_title: str) -> list[Any]:
+    """A dashed horizontal rule at ``value`` with ``label`` under its left end (inside
+    the plot), to layer over a chart whose y axis is ``y_title`` (the same title, so the
+    axis keeps it). The y scale then reaches the cap: how far below it the values lie
+    is what the rule shows."""
+    import altair as alt
+
+    base = alt.Chart(alt.InlineData(values=[{"cap": value, "label": label}]))
+    y = alt.Y("cap", type="quantitative", title=y_title)
+    return [base.mark_rule(strokeDash=[6, 3], color="#555", strokeWidth=1.5).encode(y=y),
+            base.mark_text(align="left", baseline="top", dx=4, dy=4, fontSize=10,
+                           color="#555").encode(x=alt.value(0), y=y, text=alt.Text(
+                               "label", type="nominal"))]
 
 
 @hookimpl

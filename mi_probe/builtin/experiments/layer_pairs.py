@@ -7,16 +7,17 @@ layers) and the value above that floor.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
 import polars as pl
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.plugin import (
     hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, site_row, SpecError, TableSchema,
     TRAINED, unit_seed)
-from mi_probe.functional.histogram import plugin_bias
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class LayerPairsParams(BaseModel):
@@ -49,6 +50,8 @@ PAIRS_CANNOT = ("Cannot show: an absolute MI. Each pair is capped at log B and b
 def mean_pair_mi(mi: torch.Tensor, same_site: bool) -> tuple[float, int]:
     """Mean of a (C1, C2) pair-MI matrix and its pair count; within one site the
     diagonal (a channel with itself: its entropy) is left out."""
+    import torch
+
     if same_site:
         off = ~torch.eye(mi.shape[0], dtype=torch.bool, device=mi.device)
         return mi[off].mean().item(), int(off.sum().item())
@@ -84,6 +87,10 @@ class LayerPairs:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        import torch
+
+        from mi_probe.functional.histogram import plugin_bias
+
         seed = unit_seed(unit)
         est = ctx.estimator
         pair_est = cast(PairMI, est)  # check_spec refused an estimator without pair_mi

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Literal, cast
 
 import polars as pl
-import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
@@ -17,8 +16,6 @@ from mi_probe.plugin import (
     site_row, SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.builtin.experiments._sweep import (FitParams, mean_of, rows_at, fit_plans,
                                                   selection_columns)
-from mi_probe.functional.concentration import mass
-from mi_probe.functional.selection import bottom_set, mass_set, select
 
 
 class SemanticKnockoutParams(FitParams):
@@ -67,6 +64,11 @@ class SemanticKnockout:
         return seed_units(ctx)
 
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
+        import torch
+
+        from mi_probe.functional.concentration import mass
+        from mi_probe.functional.selection import bottom_set, mass_set, select
+
         seed = unit_seed(unit)
         state = self.params.state
         model = ctx.model(seed, state)
@@ -153,8 +155,6 @@ class SemanticKnockout:
                 "summary_semantic_knockout_by_q": by_q}
 
     def figures(self, tables):
-        import altair as alt
-
         from mi_probe.plugin import charts
 
         frame = tables.get("semantic_knockout")
@@ -175,15 +175,11 @@ class SemanticKnockout:
             per_seed, x="q", y="other_classes_change", color="selection",
             title=f"Accuracy change on the other classes ({fit})", y_title="accuracy change")}
         q_max = frame["q"].max()
-        per_class = per_obs.filter(pl.col("q") == q_max).group_by(
-            ["class", "selection"]).agg(pl.col("drop").mean())
-        figs["semantic_drop_per_class"] = alt.Chart(alt.InlineData(
-            values=per_class.to_dicts())).mark_bar().encode(
-            x=alt.X("class", type="ordinal", title="class"),
-            xOffset=alt.XOffset("selection", type="nominal"),
-            y=alt.Y("drop", type="quantitative", title="class-k accuracy drop"),
-            color=alt.Color("selection", type="nominal")).properties(
-            title=f"Per-class drop at q = {q_max:g} (mean over sites and seeds)", width=600)
+        # sites (and draws) of one seed are averaged first; the error bars are over seeds
+        figs["semantic_drop_per_class"] = charts.bars(
+            per_obs.filter(pl.col("q") == q_max), x="class", y="drop", color="selection",
+            title=f"Per-class drop at q = {q_max:g} ({fit}; mean over sites within a seed, "
+                  "interval over seeds)", y_title="class-k accuracy drop", width=600)
         return figs
 
 

@@ -26,17 +26,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 import fnmatch
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, HasSkipGainHooks, hookimpl, Plan, RANDOM, RunContext,
     seed_units, Site, SpecError, TableSchema, TRAINED, unit_seed)
-from mi_probe.functional.concentration import gini, top_k_count, top_k_share
-from mi_probe.functional.masses import set_overlap
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class SkipGainParams(ChannelMassParams):
@@ -156,6 +156,8 @@ class SkipGain:
                        purpose: str) -> tuple[float | None, float | None, float, torch.Tensor]:
         """(Gini, top-k share) of the spec's masses (None without signal beyond the
         null), the raw Gini, and the raw per-channel I(T_c;Y)."""
+        from mi_probe.functional.concentration import gini, top_k_share
+
         m = channel_masses(ctx, acts, labels, ctx.num_classes, self.params.mass, seed=seed,
                            purpose=purpose, null_draws=self.params.mass_null_draws)
         if not m.usable:
@@ -167,6 +169,9 @@ class SkipGain:
         the top-k% channels by raw I(T_c;Y) that pre_add and post_add have in common, and
         the Spearman correlation of their per-channel values (None when the two sites
         have different channel counts, e.g. a projection changes the width)."""
+        from mi_probe.functional.concentration import top_k_count
+        from mi_probe.functional.masses import set_overlap
+
         if pre.numel() != post.numel():
             return {"top_overlap": None, "channel_rank_spearman": None}
         from scipy.stats import spearmanr

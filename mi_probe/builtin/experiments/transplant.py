@@ -12,19 +12,18 @@ and the donor's bottom-MI channels. The recipient model itself is never modified
 from __future__ import annotations
 
 import copy
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import polars as pl
-import torch
 from pydantic import ConfigDict, Field, field_validator
-from torch import nn
 
 from mi_probe.plugin import (
     ChannelMassParams, check_mass_levels, HasProducers, hookimpl, mean_over_draws, Plan,
     RunContext, RunError, Site, site_masses, site_row, SpecError, TableSchema, TRAINED)
-from mi_probe.functional.concentration import mass
-from mi_probe.functional.masses import set_overlap
-from mi_probe.functional.selection import bottom_set, mass_set, select
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+    from torch import nn
 
 #: Per-channel tensors copied for each producer role.
 ROLE_TENSORS = {"conv": ("weight", "bias"),
@@ -72,6 +71,8 @@ def transplant_channels(recipient: nn.Module, donor: nn.Module,
                         producers: list[tuple[str, str]], channels: torch.Tensor) -> nn.Module:
     """A deep copy of ``recipient`` whose ``producers`` carry the donor's out-channel
     rows ``channels``; every other parameter and buffer is the recipient's."""
+    import torch
+
     model = copy.deepcopy(recipient)
     with torch.no_grad():
         for path, role in producers:
@@ -182,6 +183,10 @@ class Transplant:
     def _site(self, ctx: RunContext, site: Site, producers, v: torch.Tensor, donor, recipient,
               donor_seed: int, recipient_seed: int, baseline: float,
               donor_accuracy: float) -> list[dict]:
+        from mi_probe.functional.concentration import mass
+        from mi_probe.functional.masses import set_overlap
+        from mi_probe.functional.selection import bottom_set, mass_set, select
+
         p = mass(v)
         rows = []
         ctx.progress(f"transplant {donor_seed} -> {recipient_seed} at {site.name}")

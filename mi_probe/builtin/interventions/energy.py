@@ -3,13 +3,14 @@ rescaled per sample to the pre-ablation L2 norm."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from mi_probe.builtin.interventions._base import _Params
 from mi_probe.builtin.interventions.knockout import Knockout
 from mi_probe.plugin import hookimpl, Site
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class EnergyParams(_Params):
@@ -25,6 +26,8 @@ class EnergyKnockout(Knockout):
 
     def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
                  start: int) -> torch.Tensor:
+        import torch
+
         out = super().__call__(output, site, channels, start)
         before = output.flatten(1).norm(dim=1)
         after = out.flatten(1).norm(dim=1)

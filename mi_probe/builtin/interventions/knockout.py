@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from mi_probe.builtin.interventions._base import _Base, _Params
-from mi_probe.plugin import channel_axis, hookimpl, Site
+from mi_probe.plugin import hookimpl, Site
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class KnockoutParams(_Params):
@@ -22,6 +23,8 @@ class Knockout(_Base):
 
     def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
                  start: int) -> torch.Tensor:
+        from mi_probe.plugin import channel_axis
+
         out = output.clone()
         out.index_fill_(channel_axis(site.layout) % out.ndim, channels, 0.0)
         return out

@@ -3,13 +3,15 @@ channel's standard deviation over the evaluation set (calibrated on it first).""
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
-import torch
 from pydantic import Field
 
 from mi_probe.builtin.interventions._base import _Base, _Params, _move_channels_last
-from mi_probe.plugin import channel_axis, EstimatorError, hookimpl
+from mi_probe.plugin import EstimatorError, hookimpl
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class PerturbParams(_Params):
@@ -33,6 +35,10 @@ class Perturb(_Base):
         self._device_gen: torch.Generator | None = None
 
     def calibrate(self, output, site, channels, start) -> None:
+        import torch
+
+        from mi_probe.plugin import channel_axis
+
         moved, _ = _move_channels_last(output.index_select(channel_axis(site.layout) % output.ndim,
                                                            channels).to(torch.float64), site)
         flat = moved.reshape(-1, moved.shape[-1])
@@ -42,6 +48,8 @@ class Perturb(_Base):
         self._count += flat.shape[0]
 
     def std(self) -> torch.Tensor:
+        import torch
+
         # set by calibrate (__call__ refuses an uncalibrated perturb first)
         total, total_sq = cast(torch.Tensor, self._sum), cast(torch.Tensor, self._sumsq)
         mean = total / self._count
@@ -49,6 +57,10 @@ class Perturb(_Base):
         return var.sqrt()
 
     def __call__(self, output, site, channels, start):
+        import torch
+
+        from mi_probe.plugin import channel_axis
+
         if self._sum is None:
             raise EstimatorError("perturb intervention was applied without calibration")
         if self._device_gen is None:

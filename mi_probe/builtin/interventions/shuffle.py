@@ -3,12 +3,13 @@ samples of the evaluation set (calibrated on it first)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from mi_probe.builtin.interventions._base import _Base, _Params
-from mi_probe.plugin import channel_axis, EstimatorError, hookimpl
+from mi_probe.plugin import EstimatorError, hookimpl
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class ShuffleParams(_Params):
@@ -30,10 +31,14 @@ class Shuffle(_Base):
         self._perm: torch.Tensor | None = None
 
     def calibrate(self, output, site, channels, start) -> None:
+        from mi_probe.plugin import channel_axis
+
         axis = channel_axis(site.layout) % output.ndim
         self._parts.append((int(start), output.index_select(axis, channels).detach().clone()))
 
     def _prepare(self, device: torch.device) -> None:
+        import torch
+
         if not self._parts:
             raise EstimatorError("shuffle intervention was applied without calibration")
         parts = sorted(self._parts, key=lambda part: part[0])
@@ -49,6 +54,8 @@ class Shuffle(_Base):
         self._perm = torch.randperm(self._values.shape[0], generator=gen).to(device)
 
     def __call__(self, output, site, channels, start):
+        from mi_probe.plugin import channel_axis
+
         if self._values is None:
             self._prepare(output.device)
         n = self._values.shape[0]

@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mi_probe.functional import concentration as C
 from mi_probe.plugin import hookimpl
 
 
@@ -25,6 +24,8 @@ class Gini:
         self.params = params
 
     def __call__(self, values):
+        from mi_probe.functional import concentration as C
+
         return {"gini": C.gini(values)}
 
 

@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from mi_probe.builtin.metrics.gini import Gini
-from mi_probe.functional import concentration as C
 from mi_probe.plugin import hookimpl
 
 
@@ -23,6 +22,8 @@ class NormEntropy(Gini):
     name = "norm_entropy"
 
     def __call__(self, values):
+        from mi_probe.functional import concentration as C
+
         return {"norm_entropy": C.normalized_entropy(values)}
 
 

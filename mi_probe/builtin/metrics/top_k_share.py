@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.builtin.metrics.gini import Gini
-from mi_probe.functional import concentration as C
 from mi_probe.plugin import hookimpl
 
 
@@ -24,6 +23,8 @@ class TopKShare(Gini):
     name = "top_k_share"
 
     def __call__(self, values):
+        from mi_probe.functional import concentration as C
+
         return {f"top_{self.params.k:g}_share": C.top_k_share(values, self.params.k)}
 
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mi_probe.functional.hsic import delta_kernel, hsic, nhsic, rbf_kernel_minus_one
 from mi_probe.plugin import hookimpl
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class HSICParams(BaseModel):
@@ -91,6 +92,10 @@ class HSICRegularizer:
         """HSIC (or nHSIC) of every site's (n, C) activations with ``labels``, with gradient.
         The RBF kernel enters as K − 1 (expm1): the same value as K, and full precision for
         any bandwidth (docs/hsic.md)."""
+        import torch
+
+        from mi_probe.functional.hsic import delta_kernel, hsic, nhsic, rbf_kernel_minus_one
+
         out: dict[str, torch.Tensor] = {}
         if not pooled:
             return out
@@ -106,6 +111,8 @@ class HSICRegularizer:
 
     def penalty(self, pooled: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """−λ Σ_l β_l D(T_l, Y): added to the cross-entropy, so dependence lowers the loss."""
+        import torch
+
         device = next(iter(pooled.values())).device if pooled else labels.device
         lam = float(self.params.lam)
         weights = {site: self.beta(site) for site in pooled}

@@ -21,18 +21,21 @@ The stage ``downsample`` (norm + strided conv between stages) is not a site.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from mi_probe.plugin import SiteRef
+
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
+    from torch import nn
 
 
 class ConvNeXtAdapter:
     name = "convnext"
 
     def claims(self, model: nn.Module, arch: str) -> bool:
+        from torch import nn
+
         stages, stem = getattr(model, "stages", None), getattr(model, "stem", None)
         if (type(model).__name__ != "ConvNeXt" or not isinstance(stem, nn.Module)
                 or not isinstance(stages, nn.Sequential) or len(stages) == 0

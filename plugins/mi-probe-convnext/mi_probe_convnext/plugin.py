@@ -4,7 +4,9 @@ Registered through the entry point ``[project.entry-points.mi_probe] convnext =
 "mi_probe_convnext.plugin"`` (or ``MI_PROBE_PLUGINS=mi_probe_convnext.plugin`` /
 ``mi-probe -p mi_probe_convnext.plugin``). Uses only mi-probe's public plugin surface
 (``hookspecs``, ``interfaces``), never the engine. Importing it also registers the
-``<arch>_ls1`` timm architectures (see ``variants``).
+``<arch>_ls1`` timm architectures (see ``variants``), as soon as timm is imported: the
+plugin itself imports neither timm nor torch, so ``mi-probe plugins`` and ``schema``
+stay fast.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from mi_probe.plugin import hookimpl
 
 from mi_probe_convnext.adapter import ConvNeXtAdapter
-from mi_probe_convnext.variants import register_layer_scale_variants
+from mi_probe_convnext.variants import register_when_timm_loads
 
-register_layer_scale_variants()
+register_when_timm_loads()
 
 
 class ConvNeXtAdapterParams(BaseModel):

@@ -15,17 +15,23 @@ gives a random baseline whose blocks are not the identity (the ConvNeXt analogue
 ResNet ``zero_init_last: false`` default). The choice is part of the model: with
 ``weights: train`` the network is trained from that initialisation.
 
-The registration runs when the plugin module is imported (mi-probe imports plugins
-before it builds a model, also in executor workers), is idempotent, and is refused for
-pretrained weights (there are none for these names).
+The registration runs as soon as both the plugin module and timm are imported: at once
+when the plugin is imported after timm, else right after ``import timm`` completes
+(:func:`register_when_timm_loads`; mi-probe imports plugins before it builds a model,
+also in executor workers). So importing the plugin, e.g. for ``mi-probe plugins``, does
+not import timm or torch. It is idempotent, and the variants refuse pretrained weights
+(there are none for these names).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.abc
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    from torch import nn
 
 SUFFIX = "_ls1"
 #: ``ls_init_value`` of the ``<arch>_ls1`` architectures
@@ -72,9 +78,43 @@ def register_layer_scale_variants() -> list[str]:
     return names
 
 
+class _AfterTimmImport(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: finds timm as the other finders would and, once its
+    ``__init__`` has run, registers the variants."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "timm":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")  # the remaining finders' answer
+        if spec is None or spec.loader is None:
+            return spec
+        loader, exec_module = spec.loader, spec.loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            loader.exec_module = exec_module  # type: ignore[method-assign]  # one shot
+            exec_module(module)
+            register_layer_scale_variants()
+
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+def register_when_timm_loads() -> None:
+    """Register the ``<arch>_ls1`` variants now if timm is imported, else right after it
+    is (the plugin module calls this, so importing the plugin does not import timm)."""
+    if "timm" in sys.modules:
+        register_layer_scale_variants()
+    elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTimmImport())
+
+
 def set_layer_scale(model: nn.Module, value: float = LS1) -> int:
     """Fill every ConvNeXt block's layer-scale ``gamma`` with ``value`` in place (for a
     model built outside a spec); returns how many blocks changed."""
+    import torch
+
     changed = 0
     for module in model.modules():
         gamma = getattr(module, "gamma", None)

@@ -468,6 +468,21 @@ def test_plugin_imports_no_engine():
                                            "mi_probe.interfaces", "mi_probe.plugin"}
 
 
+def test_plugin_imports_no_torch_and_registers_variants_once_timm_loads():
+    """``mi-probe plugins`` and ``schema`` import every installed plugin: this one loads
+    neither torch nor timm; the ``_ls1`` architectures appear as soon as timm is
+    imported (and at once when timm already was)."""
+    code = (f"import json, sys, {PLUGIN} as p; p.mi_probe_register_adapters(lambda *a: None)\n"
+            "before = sorted(m for m in ('torch', 'timm') if m in sys.modules)\n"
+            "import timm\n"
+            "print(json.dumps([before, timm.is_model('test_convnext_ls1')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [[], True]
+    code = (f"import json, timm, {PLUGIN}; print(json.dumps(timm.is_model('test_convnext_ls1')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is True
+
+
 def _installed() -> bool:
     try:
         return any(ep.name == "convnext" for ep in md.entry_points(group="mi_probe"))

@@ -8,14 +8,14 @@ mi-probe (``hookspecs``, ``interfaces``, ``errors``), never the engine.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
 
-from mi_probe_ksg import ksg as K
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class KSGParams(BaseModel):
@@ -38,12 +38,16 @@ class KSGParams(BaseModel):
         False, description="pair_mi only: divide each column by its standard deviation "
         "first, as sklearn's mutual_info_regression does (the max-norm estimate depends on "
         "the relative scales of the two variables; label_mi is scale-free)")
-    chunk_size: int = Field(K.DEFAULT_CHUNK_SIZE, gt=0,
+    # = ksg.DEFAULT_CHUNK_SIZE, written out: importing the kernels here would load torch
+    # whenever the plugin registers (tests/test_ksg.py checks the two agree)
+    chunk_size: int = Field(1 << 24, gt=0,
                             description="max float64 elements held by the batched "
                             "intermediates of one chunk of channels (bounds memory)")
 
 
 def _check_2d(name: str, t: Any) -> torch.Tensor:
+    import torch
+
     if not isinstance(t, torch.Tensor):
         raise EstimatorError(f"ksg estimator: {name} must be a torch.Tensor, got "
                              f"{type(t).__name__}")
@@ -59,6 +63,8 @@ def _check_2d(name: str, t: Any) -> torch.Tensor:
 def _standardize(t: torch.Tensor) -> torch.Tensor:
     """Columns divided by their standard deviation (ddof 0, not centred, like
     ``sklearn.preprocessing.scale(with_mean=False)``); constant columns are left alone."""
+    import torch
+
     t = t.to(torch.float64)
     std = t.std(dim=0, correction=0)
     return t / torch.where(std > 0, std, torch.ones_like(std))
@@ -84,6 +90,8 @@ class KSGEstimator:
     # -- helpers ------------------------------------------------------------------
     def _rows(self, n: int, device: torch.device) -> torch.Tensor | None:
         """Row indices of the deterministic subsample, or None to use every row."""
+        import torch
+
         cap = self.params.max_samples
         if cap is None or n <= cap:
             return None
@@ -94,12 +102,18 @@ class KSGEstimator:
     def _noise_generator(self) -> torch.Generator | None:
         """A fresh CPU generator for the tie-breaking noise (None when ``jitter`` is off),
         so every call with the same input gives the same values."""
+        import torch
+
         if not self.params.jitter:
             return None
         return torch.Generator().manual_seed(self.params.seed)
 
     # -- interfaces.Estimator -----------------------------------------------------
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        import torch
+
+        from mi_probe_ksg import ksg as K
+
         acts = _check_2d("activations", acts)
         n = acts.shape[0]
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != n:
@@ -138,6 +152,10 @@ class KSGEstimator:
         """I(a_i; b_j) in nats for every column pair: (C1, C2) float64 on ``a``'s device.
         1-D inputs count as one column. Loops over the columns of ``a``; each is batched
         over all columns of ``b``."""
+        import torch
+
+        from mi_probe_ksg import ksg as K
+
         if isinstance(a, torch.Tensor) and a.ndim == 1:
             a = a[:, None]
         if isinstance(b, torch.Tensor) and b.ndim == 1:
@@ -177,6 +195,8 @@ class KSGEstimator:
         return 0.0
 
     def describe(self) -> dict[str, Any]:
+        from mi_probe_ksg import ksg as K
+
         return {"estimator": "ksg", "k": self.k, "i_xt": "not estimated",
                 "max_samples": self.params.max_samples, "seed": self.params.seed,
                 "standardize": self.params.standardize, "jitter": self.params.jitter,

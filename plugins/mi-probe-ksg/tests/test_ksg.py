@@ -7,6 +7,9 @@ public ``mutual_info_classif`` / ``mutual_info_regression``) and from closed for
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -406,6 +409,20 @@ def test_errors():
 
 
 # -------------------------------------------------------------- discovery and the engine
+
+def test_registering_the_plugin_imports_no_torch():
+    """``mi-probe plugins`` and ``schema`` import every installed plugin: the kernels and
+    torch load only when an estimate runs."""
+    code = ("import json, sys, mi_probe_ksg.plugin as p; p.mi_probe_register_estimators("
+            "lambda *a: None); print(json.dumps('torch' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False
+
+
+def test_chunk_size_default_is_the_kernels():
+    """The params model writes the default out (importing the kernels loads torch)."""
+    assert KSGParams().chunk_size == K.DEFAULT_CHUNK_SIZE
+
 
 KSG_SPEC = """\
 name: tiny_ksg

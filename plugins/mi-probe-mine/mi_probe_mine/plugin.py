@@ -8,14 +8,14 @@ Registered through the entry point ``[project.entry-points.mi_probe] mine =
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
 
-from mi_probe_mine import neural
+if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
+    import torch
 
 
 class _NeuralParams(BaseModel):
@@ -61,6 +61,8 @@ class NeuralEstimator:
     bound = ""
 
     def __init__(self, params: _NeuralParams):
+        from mi_probe_mine import neural
+
         self.params = params
         self.name = params.kind
         self.config = neural.TrainConfig(
@@ -71,6 +73,10 @@ class NeuralEstimator:
 
     # ---------------------------------------------------------------- validation
     def _check_acts(self, acts: Any, what: str = "activations") -> None:
+        import torch
+
+        from mi_probe_mine import neural
+
         if not isinstance(acts, torch.Tensor):
             raise EstimatorError(f"{self.name} estimator expects (N, C) tensor {what}, "
                                  f"got {type(acts).__name__}")
@@ -87,6 +93,8 @@ class NeuralEstimator:
             raise EstimatorError(f"{self.name} estimator: {what} hold NaN or Inf values")
 
     def _check_labels(self, acts: torch.Tensor, labels: Any, num_classes: int) -> None:
+        import torch
+
         if not isinstance(num_classes, int) or num_classes < 1:
             raise EstimatorError(f"{self.name} estimator: num_classes must be a positive "
                                  f"integer, got {num_classes!r}")
@@ -104,12 +112,16 @@ class NeuralEstimator:
 
     # ----------------------------------------------------------------- interface
     def label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        from mi_probe_mine import neural
+
         self._check_acts(acts)
         self._check_labels(acts, labels, num_classes)
         return neural.label_mi(acts, labels, num_classes, self.config)
 
     def pair_mi(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """I(A_i;B_j) of continuous columns, (C1, C2), all pairs trained in parallel."""
+        from mi_probe_mine import neural
+
         self._check_acts(a, "values a")
         self._check_acts(b, "values b")
         if a.shape[0] != b.shape[0]:
@@ -160,6 +172,8 @@ class InfoNCEEstimator(NeuralEstimator):
                   "batch_size, averaged over random batchings; capped at log(batch_size) nats")
 
     def _extra(self) -> dict[str, Any]:
+        from mi_probe_mine import neural
+
         return {"cap_nats": math.log(self.params.batch_size),
                 "eval_batchings": neural.EVAL_PERMUTATIONS,
                 "cap": "log(batch_size): InfoNCE can never exceed it (fewer samples: "

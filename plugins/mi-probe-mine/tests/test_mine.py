@@ -366,3 +366,12 @@ def test_plugin_imports_no_engine():
     loaded = set(json.loads(out.stdout))
     assert loaded <= {"mi_probe.errors", "mi_probe.hookspecs", "mi_probe.interfaces",
                       "mi_probe.plugin"}, loaded
+
+
+def test_registering_the_plugin_imports_no_torch():
+    """``mi-probe plugins`` and ``schema`` import every installed plugin: the critics and
+    torch load only when an estimate runs."""
+    code = ("import json, sys, mi_probe_mine.plugin as p; p.mi_probe_register_estimators("
+            "lambda *a: None); print(json.dumps('torch' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False
