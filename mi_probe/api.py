@@ -92,11 +92,11 @@ class Run:
         parts = [f"<div><b>mi-probe run</b> <code>{esc(self.path)}</code>: "
                  f"status <b>{esc(self.status)}</b>"]
         if self.checks:
+            from mi_probe._core.claims import verdict_of
+
             items = []
             for check in self.checks:
-                # runs written before verdicts had three values carry only ``passed``
-                verdict = check.get("verdict") or ("holds" if check.get("passed")
-                                                   else "does not hold")
+                verdict = verdict_of(check)
                 items.append(f"<li><b>{esc(verdict)}</b>: {esc(check.get('name', '?'))}"
                              f" &mdash; {esc(check.get('detail', ''))}</li>")
             parts.append("<div>claims:</div><ul>" + "".join(items) + "</ul>")

@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args, pm) -> int:
     from mi_probe._core.runner.driver import run
+    from mi_probe._core.claims import verdict_of
     from mi_probe._core.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, pm, profile=args.profile,
@@ -181,8 +182,8 @@ def _cmd_run(args, pm) -> int:
     for warning in outcome.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for check in outcome.checks:
-        verdict = check.get("verdict") or ("holds" if check["passed"] else "does not hold")
-        print(f"claim {check['name']!r} {verdict}: {check['detail']}", file=sys.stderr)
+        print(f"claim {check['name']!r} {verdict_of(check)}: {check['detail']}",
+              file=sys.stderr)
     print(f"report: {outcome.index}")
     return 3 if args.strict and outcome.failed_checks else 0
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import polars as pl
 
@@ -363,6 +363,12 @@ def holm(results: Sequence[ClaimResult], alpha: float = 0.05) -> list[ClaimResul
 
 def cast_float(value: float | None) -> float:
     return 1.0 if value is None else float(value)
+
+
+def verdict_of(record: Mapping[str, Any]) -> str:
+    """The verdict of a claim record of ``run.json`` (runs written before verdicts had
+    three values carry only ``passed``)."""
+    return record.get("verdict") or (HOLDS if record.get("passed") else FAILS)
 
 
 def describe(result: ClaimResult) -> str:

@@ -27,6 +27,7 @@ import altair as alt
 import polars as pl
 
 from mi_probe.errors import RunError
+from mi_probe._core.claims import FAILS, verdict_of
 from mi_probe._core.files import atomic_write_bytes, atomic_write_text
 from mi_probe._core.tables import N_SUFFIX, aggregate_seeds
 
@@ -844,8 +845,7 @@ def _check_html(check: Mapping[str, Any]) -> str:
     missing = [k for k in ("name", "passed") if k not in check]
     if missing:
         raise RunError(f"check {dict(check)!r} lacks keys {missing} (expected name, passed, detail)")
-    # runs written before verdicts had three values carry only ``passed``
-    verdict = check.get("verdict") or ("holds" if check["passed"] else "does not hold")
+    verdict = verdict_of(check)
     css = {"holds": "pass", "does not hold": "fail"}.get(verdict, "inconclusive")
     detail = check.get("detail") or ""
     return (f'<li class="{css}"><b>{_esc(verdict)}</b>: {_esc(check["name"])}'
@@ -986,8 +986,7 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
         body.append("<nav>" + "".join(nav) + "</nav>")
     if checks:
         n_pass = sum(bool(c.get("passed")) for c in checks)
-        n_fail = sum(c.get("verdict", "holds" if c.get("passed") else "does not hold")
-                     == "does not hold" for c in checks)
+        n_fail = sum(verdict_of(c) == FAILS for c in checks)
         items = "".join(_check_html(c) for c in checks)
         body.append(f'<h2 id="checks">Claims ({n_pass} of {len(checks)} hold, {n_fail} do not, '
                     f'{len(checks) - n_pass - n_fail} inconclusive)</h2>'

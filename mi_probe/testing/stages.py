@@ -79,11 +79,13 @@ def stage_run(state: SpecState, pm: Any, out: Path, cache_dir: Path) -> str:
 
 
 def stage_checks(state: SpecState) -> str:
+    from mi_probe._core.claims import verdict_of
+
     checks = state.outcome.checks
     failed = state.outcome.failed_checks
     if failed:
         raise StageFailure("\n".join(
-            f"claim {c['name']!r} failed ({c.get('verdict', 'does not hold')}): {c['detail']}"
+            f"claim {c['name']!r} failed ({verdict_of(c)}): {c['detail']}"
             for c in failed))
     return f"{len(checks)} claim(s) hold" if checks else "no claims"
 
