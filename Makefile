@@ -13,7 +13,7 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ray]' $(foreach p,$(PLUGIN_DIRS),-e $(p))
+	$(PY) -m pip install --quiet -e '.[dev,ray,tensorboard,mlflow,notebook]' $(foreach p,$(PLUGIN_DIRS),-e $(p))
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -4,7 +4,7 @@
     result = mi_probe.run("specs/layer_mi.yaml", out="reports/mine", seeds=[0, 1],
                           model__train__epochs=3)
     result.tables["layer_mi"]          # polars DataFrames, by name
-    result.figures["layer_i_ty"]       # Altair charts: they render in Jupyter
+    result.figures["layer_i_ty"]       # Altair charts: Jupyter draws them offline (Vega inlined)
     result.checks                      # the spec's claims with their verdicts
     result                             # in Jupyter: status, verdicts, figure names
     again = mi_probe.load_run("reports/mine")
@@ -160,6 +160,9 @@ class Run:
         """Altair charts by name, drawn by the run's experiment from its tables."""
         from mi_probe._core.runner.rendering import figures_of
 
+        from mi_probe._core.notebook import use_inline_renderer
+
+        use_inline_renderer()  # Jupyter shows the charts with Vega inlined: they draw offline
         experiment = self.pm.registry.build("experiments", self.spec.experiment)
         return figures_of(experiment, self.tables)
 
@@ -171,9 +174,10 @@ class Run:
         return self.tables[name]
 
 
-def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
-        profile: str | None = None, resume: bool = False, plugins: Iterable[Any] = (),
-        progress: bool = True, log: Any = None, overrides: Mapping[str, Any] | None = None,
+def run(spec: Any, out: str | Path | None = None, *, model: Any = None,
+        cache_dir: str | Path | None = None, profile: str | None = None,
+        resume: bool = False, plugins: Iterable[Any] = (), progress: bool = True,
+        log: Any = None, overrides: Mapping[str, Any] | None = None,
         **kwoverrides: Any) -> Run:
     """Run ``spec`` (a path, YAML text, a mapping or a loaded spec) and return the
     :class:`Run`. Keyword overrides set spec fields, ``__`` separating levels
@@ -182,12 +186,23 @@ def run(spec: Any, out: str | Path | None = None, *, cache_dir: str | Path | Non
     does: progress bars (``tqdm.auto``: widgets in a notebook, text in a terminal) and
     one line per step (training epochs, units, where the run directory is) on stderr;
     ``log`` receives those lines instead when given (``log=lambda line: None`` and
-    ``progress=False`` for silence)."""
+    ``progress=False`` for silence).
+
+    ``model`` measures your own network instead of the spec's ``model.arch``: an
+    ``nn.Module`` (copied for every seed: trained from, or measured at, the weights it
+    has) or a function returning one (called with ``num_classes`` when it takes it,
+    under each seed). Its sites come from an adapter that understands it (``blocks``
+    finds residual and plain blocks in many networks) or from ``sites.modules`` in the
+    spec; see docs/custom_models.md."""
     from mi_probe._core.plugins import get_plugin_manager
     from mi_probe._core.runner.driver import run as run_spec
 
     pm = get_plugin_manager(list(plugins))
     args = _override_args({**(overrides or {}), **kwoverrides})
+    if model is not None:
+        from mi_probe._core.models import register_python_model
+
+        args.append(f"model.arch={json.dumps(register_python_model(model))}")
     loaded = _load_spec(spec, args, pm, profile)
     # passed on as given: the driver resolves a str too (an empty one: the default)
     outcome = run_spec(loaded, pm, out=Path(out) if out is not None else None,

@@ -1,16 +1,24 @@
-"""timm backbones: creation by name, initialisation choices, activation swap, the
-paper's VGG head, and safetensors weights with JSON metadata (nothing is unpickled)."""
+"""Models: timm backbones by name, your own ``nn.Module`` (a factory named
+``package.module:function`` in a spec, or a module or factory handed to
+``mi_probe.run(model=...)``), initialisation choices, activation swap, the paper's VGG
+head, and safetensors weights with JSON metadata (nothing is unpickled)."""
 
 from __future__ import annotations
 
+import copy
 import difflib
+import hashlib
+import importlib
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import torch
 from torch import nn
 
+from mi_probe._core.archs import PYTHON_PREFIX, is_custom_arch
 from mi_probe._core.files import atomic_path
 from mi_probe.errors import CheckpointError, ModelError, UnknownModelError
 
@@ -73,9 +81,112 @@ def register_tiny_models() -> None:
     register_model(mi_probe_tiny_vgg)
 
 
+# --------------------------------------------------------------------------- your own models
+
+#: models handed to ``mi_probe.run(model=...)`` in this process, by their arch name
+_PYTHON_MODELS: dict[str, Any] = {}
+
+
+def register_python_model(model: Any, name: str | None = None) -> str:
+    """Make ``model`` (an ``nn.Module``, or a callable returning one) buildable as
+    ``model.arch: python:<name>`` in this process; returns that arch name. The name is
+    the class (or function) name plus a fingerprint of the model, so two different
+    models never share a name (nor a cached training)."""
+    if not (isinstance(model, nn.Module) or callable(model)):
+        raise ModelError(f"model=: expected a torch nn.Module or a function returning one, "
+                         f"got {type(model).__name__}")
+    base = name or (type(model).__name__ if isinstance(model, nn.Module)
+                    else getattr(model, "__name__", type(model).__name__))
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_") or "model"  # e.g. <lambda>
+    arch = f"{PYTHON_PREFIX}{base}-{model_fingerprint(model)[:8]}"
+    _PYTHON_MODELS[arch] = model
+    return arch
+
+
+def model_fingerprint(target: Any) -> str:
+    """What identifies a user's model for the model cache: for a module, its structure
+    and its weights; for a factory, its qualified name and the source of the module
+    that defines it (edit the code and the cached trainings no longer match)."""
+    digest = hashlib.sha256()
+    if isinstance(target, nn.Module):
+        digest.update(repr(target).encode())
+        for key, value in target.state_dict().items():
+            digest.update(key.encode())
+            if not value.is_meta:
+                digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+        return digest.hexdigest()[:20]
+    digest.update(f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', '')}"
+                  .encode())
+    try:
+        digest.update(inspect.getsource(inspect.getmodule(target) or target).encode())
+    except (OSError, TypeError):  # defined in a notebook cell or C: the name alone
+        pass
+    return digest.hexdigest()[:20]
+
+
+def custom_target(arch: str) -> Any:
+    """The module or factory a custom ``arch`` names, with a clear error when it cannot
+    be found (a ``python:`` model of another process; a module that does not import)."""
+    if arch.startswith(PYTHON_PREFIX):
+        if arch not in _PYTHON_MODELS:
+            raise UnknownModelError(
+                f"model.arch {arch!r} is a model handed to mi_probe.run(model=...) in "
+                "another Python session; run it again from Python with the module, or "
+                "name a factory in your code: arch: package.module:function")
+        return _PYTHON_MODELS[arch]
+    module_name, _, attr = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownModelError(f"model.arch {arch!r}: cannot import {module_name!r} "
+                                f"({exc}); is its folder on PYTHONPATH, or the package "
+                                "installed?") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise UnknownModelError(f"model.arch {arch!r}: module {module_name!r} has no "
+                                    f"{attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UnknownModelError(f"model.arch {arch!r}: {attr!r} is a "
+                                f"{type(target).__name__}, not a function returning a model")
+    return target
+
+
+def custom_fingerprint(arch: str) -> str | None:
+    """The model-cache fingerprint of a custom ``arch`` (None for timm names)."""
+    return model_fingerprint(custom_target(arch)) if is_custom_arch(arch) else None
+
+
+def _build_custom(arch: str, num_classes: int, seed: int) -> nn.Module:
+    """A fresh copy of the user's module, or the factory's model for ``num_classes``;
+    both under ``torch.manual_seed(seed)``."""
+    target = custom_target(arch)
+    if isinstance(target, nn.Module):
+        model = copy.deepcopy(target)  # the given weights, the same for every seed
+        here = torch.empty(0).device  # the device a `with torch.device(...)` asks for
+        return model.to(here) if here.type == "meta" else model
+    try:
+        takes_classes = "num_classes" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes_classes = False
+    try:
+        model = target(num_classes=num_classes) if takes_classes else target()
+    except Exception as exc:  # the user's code: report what it raised
+        raise ModelError(f"model.arch {arch!r}: the factory raised {type(exc).__name__}: "
+                         f"{exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.arch {arch!r}: the factory returned a "
+                         f"{type(model).__name__}, not a torch nn.Module")
+    return model
+
+
 def check_arch(arch: str) -> None:
     import timm
 
+    if is_custom_arch(arch):
+        custom_target(arch)
+        return
     register_tiny_models()
     if timm.is_model(arch):
         return
@@ -160,6 +271,8 @@ def default_input_size(arch: str) -> tuple[int, int, int] | None:
     """timm's default (C, H, W) input of ``arch`` (None when timm records none)."""
     from timm.models import get_pretrained_cfg
 
+    if is_custom_arch(arch):
+        return None
     cfg = get_pretrained_cfg(arch)
     size = getattr(cfg, "input_size", None) if cfg is not None else None
     return cast("tuple[int, int, int]", tuple(int(v) for v in size)) if size else None
@@ -169,6 +282,8 @@ def fixes_input_size(arch: str) -> bool:
     """timm builds ``arch`` for one input size (position embeddings, windows)."""
     from timm.models import get_pretrained_cfg
 
+    if is_custom_arch(arch):
+        return False
     cfg = get_pretrained_cfg(arch)
     return bool(getattr(cfg, "fixed_input_size", False)) if cfg is not None else False
 
@@ -203,13 +318,21 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
     ``pretrained_file``) with a new head for ``num_classes``, initialised from ``seed``.
 
     ``img_size`` is the input the model will see: models that timm builds for one size
-    (ViT, Swin, gMLP, LeViT...) are built for it; others just record it."""
+    (ViT, Swin, gMLP, LeViT...) are built for it; others just record it.
+
+    A custom ``arch`` (see :func:`is_custom_arch`) builds the user's model instead: a
+    factory is called with ``num_classes`` (when it takes it) under the seed; a module
+    handed to ``mi_probe.run(model=...)`` is copied as it is, for every seed."""
     import timm
 
     check_arch(arch)
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
     if pretrained is not None:
+        if is_custom_arch(arch):
+            raise ModelError(f"model.arch {arch!r} is your own model: timm's pretrained "
+                             "weights are for timm names; give a .safetensors file as "
+                             "model.weights, or weights: train")
         model = _pretrained_model(arch, num_classes, seed, act, head, pretrained,
                                   pretrained_file, img_size)
         _mark_input_size(model, arch, img_size)
@@ -222,11 +345,15 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sized = _size_kwargs(arch, img_size)
-        try:
-            model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **sized)
-        except Exception as exc:  # timm raises many types for unusable configurations
-            raise ModelError(_build_failure(arch, num_classes, sized, exc)) from None
-        if not zero_init_last:
+        if is_custom_arch(arch):
+            model = _build_custom(arch, num_classes, seed)
+        else:
+            try:
+                model = timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                          **sized)
+            except Exception as exc:  # timm raises many types for unusable configurations
+                raise ModelError(_build_failure(arch, num_classes, sized, exc)) from None
+        if not zero_init_last and not arch.startswith(PYTHON_PREFIX):
             reset_zero_norm_weights(model)
         if head == "paper_vgg":
             attach_paper_vgg_head(model, num_classes)

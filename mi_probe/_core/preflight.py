@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from mi_probe.errors import SiteError, SpecError
 from mi_probe.interfaces import DeclaresTables, TableSchema, as_schema
+from mi_probe._core.archs import is_custom_arch
 from mi_probe._core.models import build_model
-from mi_probe._core.sites import filter_refs, resolve_sites, select_adapter
+from mi_probe._core.sites import filter_refs, resolve_sites
+from mi_probe._core.sites.listed import spec_adapter
 from mi_probe._core.sites.trace import probe_for
 from mi_probe._core.tables import CORE_SCHEMAS
 
@@ -58,6 +60,14 @@ def check_logits(spec: Any, model: torch.nn.Module, probe: torch.Tensor,
         out = model.eval()(probe)
     logits = out[0] if isinstance(out, (tuple, list)) else out
     shape = tuple(getattr(logits, "shape", ()))
+    if is_custom_arch(spec.model.arch):
+        # your own model fixes its class count itself; the run checks it against the
+        # data's classes once they are known (ModelStore.build)
+        if len(shape) != 2 or shape[0] != probe.shape[0] or shape[1] < 2:
+            raise SpecError(f"model.arch {spec.model.arch!r} returns {shape} from its "
+                            f"forward pass for {probe.shape[0]} images; expected "
+                            f"({probe.shape[0]}, number of classes) logits")
+        return
     if shape != (probe.shape[0], num_classes):
         raise SpecError(f"model.arch {spec.model.arch!r} returns {shape} from its forward "
                         f"pass for {probe.shape[0]} images, not ({probe.shape[0]}, "
@@ -171,7 +181,7 @@ def check_sites(spec: Any, pm: Any, model: torch.nn.Module) -> None:
     output has no channel axis all fail here, before any training)."""
     m = spec.model
     model = check_input_size(spec, model)
-    adapter = select_adapter(pm, model, m.arch, spec.sites.adapter)
+    adapter = spec_adapter(pm, model, spec.sites, m.arch)
     refs = adapter.site_refs(model)
     s = spec.sites
     filter_refs(refs, s.include, s.exclude, m.arch, s.kinds)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_validator)
 
+from mi_probe._core.archs import is_custom_arch
 from mi_probe._core.checks import Check
 from mi_probe.errors import SpecError
 
@@ -61,7 +62,10 @@ class ModelSpecBase(_Strict):
     if TYPE_CHECKING:  # added by build_spec_model (its regularizers come from plugins)
         train: TrainSpecBase
 
-    arch: str = Field(description="any timm architecture name, e.g. resnet18, vgg16")
+    arch: str = Field(description="any timm architecture name, e.g. resnet18, vgg16; or "
+                      "your own model: package.module:function, a function in your code "
+                      "that returns an nn.Module (called with num_classes when it takes "
+                      "it); python:<name> is a model handed to mi_probe.run(model=...)")
     num_classes: int | None = Field(None, ge=2, description="defaults to the data's classes")
     weights: str = Field("train", description="train (train the model per seed) | random | "
                          "path/to/model.safetensors | pretrained (timm's default pretrained "
@@ -108,6 +112,10 @@ class ModelSpecBase(_Strict):
             raise ValueError(f"weights {self.weights!r} are a tag of {tagged[0]!r}, but arch "
                              f"is {self.arch!r}; use weights: pretrained, or arch: "
                              f"{tagged[0]}")
+        if tagged is not None and is_custom_arch(self.arch):
+            raise ValueError(f"weights {self.weights!r}: arch {self.arch!r} is your own model, "
+                             "and timm's pretrained weights are for timm names; use "
+                             "weights: train, random or a .safetensors file")
         if self.pretrained_file is not None and tagged is None:
             raise ValueError(f"pretrained_file is only used with weights: pretrained (or a "
                              f"timm tag); weights is {self.weights!r}")
@@ -140,6 +148,11 @@ class SitesSpecBase(_Strict):
         "all", description="where the sites' blocks lie: a stage is a run of blocks at one "
         "resolution; halves and thirds split the blocks in forward order by relative "
         "position; last is the deepest block. The stem is kept only with all")
+    modules: list[str] = Field(
+        [], description="sites by module name (e.g. features.1 for the output of "
+        "model.features[1]), kind block, in the order given, for a model no adapter "
+        "understands (your own nn.Module); replaces the adapter's list, and include, kinds "
+        "and position then select among these")
     tokens: Literal["patch_mean", "cls"] = Field(
         "patch_mean", description="how a token output (ViT-like blocks) pools per sample: "
         "the mean of the patch tokens (class and register tokens left out), or the class "

@@ -52,7 +52,8 @@ def stage_sites(state: SpecState, pm: Any) -> str:
     import torch
 
     from mi_probe._core.models import build_model
-    from mi_probe._core.sites import resolve_sites, select_adapter
+    from mi_probe._core.sites import resolve_sites
+    from mi_probe._core.sites.listed import spec_adapter
 
     spec = state.spec
     m = spec.model
@@ -60,7 +61,7 @@ def stage_sites(state: SpecState, pm: Any) -> str:
     size = getattr(spec.data, "image_size", 32)
     model = build_model(m.arch, classes, spec.seeds[0], m.act, m.head, m.zero_init_last,
                         img_size=size)
-    adapter = select_adapter(pm, model, m.arch, spec.sites.adapter)
+    adapter = spec_adapter(pm, model, spec.sites, m.arch)
     s = spec.sites
     state.sites = resolve_sites(model, adapter, torch.zeros(2, 3, size, size), s.include,
                                 s.exclude, m.arch, s.kinds, s.position, s.tokens)

@@ -22,7 +22,8 @@ from mi_probe._core.models import resolve_device
 from mi_probe._core.runner.evaluation import Evaluator
 from mi_probe._core.runner.rundir import resolve_cache_dir
 from mi_probe._core.runner.training import ModelStore
-from mi_probe._core.sites import resolve_sites, select_adapter
+from mi_probe._core.sites import resolve_sites
+from mi_probe._core.sites.listed import spec_adapter
 from mi_probe._core.train import derive_seed
 
 if TYPE_CHECKING:
@@ -113,8 +114,8 @@ class Engine:
 
     def adapter(self, model: nn.Module) -> Adapter:
         if self._adapter is None:
-            self._adapter = select_adapter(self.pm, model, self.spec.model.arch,
-                                           self.spec.sites.adapter)
+            self._adapter = spec_adapter(self.pm, model, self.spec.sites,
+                                         self.spec.model.arch)
         return self._adapter
 
     def probe_input(self) -> torch.Tensor:

@@ -46,13 +46,24 @@ def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
     return Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
 
 
+#: Spec fields added after runs had been made, as (section, field, default): left out of
+#: the hash while at their default, so a run made before a field existed keeps its
+#: identity (it stays resumable and a study does not call it stale)
+LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("model", "pretrained_file", None),  # 0.2
+    ("sites", "modules", []),  # issue 26: sites listed by module name
+    ("", "track", []),  # issue 26: live tracking sinks
+)
+
+
 def spec_hash(spec: Any, exclude: frozenset[str] = frozenset()) -> str:
     """The identity of a run: the resolved spec without ``executor`` (where units run
     does not change what they compute) and without the ``exclude`` fields."""
     data = spec.model_dump(mode="json", exclude={"executor", *exclude})
-    model = data.get("model")
-    if isinstance(model, dict) and model.get("pretrained_file") is None:
-        model.pop("pretrained_file", None)  # added in 0.2: keep the hashes of earlier runs
+    for section, field, default in LATER_FIELDS:
+        part = data.get(section) if section else data
+        if isinstance(part, dict) and field in part and part[field] == default:
+            part.pop(field)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from mi_probe.errors import RunError, SpecError
 from mi_probe.interfaces import RANDOM, TRAINED, Adapter, DataBundle, TrainingRequest
-from mi_probe._core.models import build_model, load_weights, model_meta
+from mi_probe._core.archs import is_custom_arch
+from mi_probe._core.models import build_model, custom_fingerprint, load_weights, model_meta
 from mi_probe._core.sites import resolve_sites
 from mi_probe._core.spec import pretrained_tag
 from mi_probe._core.train import cache_key, cached_training
@@ -57,14 +58,32 @@ class ModelStore:
         self.trained_info: dict[int, dict[str, Any]] = {}
         self._history_rows: list[dict[str, Any]] = []
         self._models: dict[tuple[int, str], nn.Module] = {}
+        self._classes_checked: set[str] = set()
         self._dist_ctx: Any = None
 
     # ------------------------------------------------------------------ models
     def build(self, seed: int, m: Any = None) -> nn.Module:
         """A freshly initialised model of the spec (or of model spec ``m``)."""
         m = m or self.spec.model
-        return build_model(m.arch, self.num_classes, seed, m.act, m.head,
-                           m.zero_init_last, img_size=self.image_size)
+        model = build_model(m.arch, self.num_classes, seed, m.act, m.head,
+                            m.zero_init_last, img_size=self.image_size)
+        if is_custom_arch(m.arch) and m.arch not in self._classes_checked:
+            self._check_classes(model, m.arch)
+        return model
+
+    def _check_classes(self, model: nn.Module, arch: str) -> None:
+        """Your own model must return one logit per class of the data (a timm model is
+        built for them; yours builds its own head)."""
+        with torch.no_grad():
+            out = model.eval()(self.probe_input().to("cpu"))
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        found = tuple(getattr(logits, "shape", ()))
+        if len(found) != 2 or found[1] != self.num_classes:
+            raise SpecError(f"model.arch {arch!r} returns {found} logits for 2 images, but "
+                            f"the data has {self.num_classes} classes: build its head for "
+                            f"{self.num_classes} classes (a factory is called with "
+                            "num_classes when it takes that argument)")
+        self._classes_checked.add(arch)
 
     def meta(self, m: Any = None) -> dict[str, Any]:
         m = m or self.spec.model
@@ -156,6 +175,9 @@ class ModelStore:
         payload = {"model": self.meta(m), "data": spec.data.model_dump(mode="json"),
                    "train": train_cfg.model_dump(mode="json", exclude={"num_workers"}),
                    "seed": seed}
+        code = custom_fingerprint(m.arch)
+        if code is not None:  # your own model: its code or weights are part of the key
+            payload["code"] = code
         if track is not None:
             payload["tracking"] = track_key or getattr(track, "__qualname__", "tracked")
         return m, reg_params, payload
