@@ -1,4 +1,5 @@
-"""The Python API for notebooks and scripts: ``mi_probe.run`` and ``mi_probe.load_run``.
+"""The Python API for notebooks and scripts: ``mi_probe.run``, ``mi_probe.load_run`` and
+``mi_probe.compare``.
 
     import mi_probe
     result = mi_probe.run("specs/layer_mi.yaml", out="reports/mine", seeds=[0, 1],
@@ -8,6 +9,7 @@
     result.checks                      # the spec's claims with their verdicts
     result                             # in Jupyter: status, verdicts, figure names
     again = mi_probe.load_run("reports/mine")
+    mi_probe.compare(["reports/relu", "reports/tanh"], out="reports/relu-vs-tanh")
 
 A run from Python is the same as ``mi-probe run``: the same spec validation, cache,
 run directory and report; the result object only reads what the run wrote.
@@ -222,3 +224,15 @@ def load_run(path: str | Path, *, plugins: Iterable[Any] = ()) -> Run:
     from mi_probe._core.plugins import get_plugin_manager
 
     return Run(Path(path), get_plugin_manager(list(plugins)) if plugins else None)
+
+
+def compare(runs: Iterable[str | Path | Run], out: str | Path, *,
+            labels: Iterable[str] | None = None) -> Path:
+    """Overlay finished runs in one report, as ``mi-probe compare`` does: writes
+    ``out/index.html`` (Vega inlined), ``out/tables/<name>.parquet`` (the runs' rows
+    concatenated, with run_id, arch, act, estimator and data columns) and
+    ``out/summary.txt`` (what differs between the specs); returns the page's path."""
+    from mi_probe._core.compare import compare_runs
+
+    paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
+    return compare_runs(paths, Path(out), list(labels) if labels is not None else None)

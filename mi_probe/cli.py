@@ -1,5 +1,5 @@
 """Command line: mi-probe run | validate | check | study | sites | plugins | schema | report
-| completion.
+| compare | completion.
 
 User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
 and exit non-zero (2 for spec errors).
@@ -157,6 +157,23 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="redraw figures and index.html of a run directory")
     _complete(rep.add_argument("run_dir", type=Path, help="the run directory (holds "
                                "run.json), e.g. reports/<name>/<time>"), _DIR)
+    cmp_ = sub.add_parser("compare", help="overlay finished runs in one offline HTML report",
+                          description="Overlay two or more finished runs: for every table "
+                          "they share, each per-site value against depth (rel_depth when "
+                          "their sites differ), one colour per run, mean over seeds with "
+                          "95% t-intervals; the tables concatenated with run metadata "
+                          "columns; and what differs between their specs. See "
+                          "docs/compare.md.")
+    _complete(cmp_.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                                help="run directories (each holds run.json and tables/), "
+                                "at least two, e.g. reports/layer_mi/<time>"), _DIR)
+    _complete(cmp_.add_argument("--out", type=Path, required=True,
+                                help="folder for the comparison: index.html, summary.txt "
+                                "and tables/<name>.parquet"), _DIR)
+    cmp_.add_argument("--label", dest="labels", action="append", metavar="TEXT",
+                      help="legend name of a run, once per run in the order given "
+                      "(default: what differs between the specs, e.g. act=tanh, else the "
+                      "run folder names)")
     comp = sub.add_parser("completion", help="print a shell completion script (needs the "
                           "completion extra: pip install 'mi-probe[completion]')",
                           description="Print the tab-completion script of mi-probe for "
@@ -269,8 +286,10 @@ def _cmd_sites(args, pm) -> int:
                           args.kinds, args.position, args.tokens)
     print(f"{args.arch}: adapter {adapter.name}, {len(sites)} sites at {size}x{size} px")
     width = max(len(s.name) for s in sites)
-    print(f"{'depth':>5}  {'site':<{width}}  {'kind':<9} {'channels':>8}  {'stage':>5}  "
-          f"{'pos':>4}  layout  module")
+    # depth: the site's index among all the model's sites, whatever is selected; rel:
+    # depth / (sites - 1), the column rel_depth of every table
+    print(f"{'depth':>5}  {'rel':>4}  {'site':<{width}}  {'kind':<9} {'channels':>8}  "
+          f"{'stage':>5}  {'pos':>4}  layout  module")
     for s in sites:
         stage = "-" if s.stage is None else str(s.stage)
         pos = "-" if s.position is None else f"{s.position:.2f}"
@@ -279,8 +298,8 @@ def _cmd_sites(args, pm) -> int:
             layout += f" ({s.tokens}, {s.prefix_tokens} prefix)" if s.prefix_tokens else ""
         if s.index:
             layout += f" [output {s.index}]"
-        print(f"{s.depth:>5}  {s.name:<{width}}  {s.kind:<9} {s.channels:>8}  {stage:>5}  "
-              f"{pos:>4}  {layout:<6}  {s.module}")
+        print(f"{s.depth:>5}  {s.rel_depth:>4.2f}  {s.name:<{width}}  {s.kind:<9} "
+              f"{s.channels:>8}  {stage:>5}  {pos:>4}  {layout:<6}  {s.module}")
     counts = Counter(s.kind for s in sites)
     print("per kind: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -350,6 +369,15 @@ def _cmd_report(args, pm) -> int:
     return 0
 
 
+def _cmd_compare(args, pm) -> int:
+    from mi_probe._core.compare import compare_runs
+
+    index = compare_runs(args.runs, args.out, labels=args.labels, pm=pm)
+    print((index.parent / "summary.txt").read_text(), end="", file=sys.stderr)
+    print(f"report: {index}")
+    return 0
+
+
 def completion_script(shell: str) -> str:
     """The tab-completion script of ``mi-probe`` for ``shell`` (bash, zsh or tcsh),
     generated from the argument parser by shtab (the ``completion`` extra)."""
@@ -373,10 +401,11 @@ def _cmd_completion(args, pm) -> int:
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "study": _cmd_study,
             "sites": _cmd_sites,
             "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report,
-            "completion": _cmd_completion}
+            "compare": _cmd_compare, "completion": _cmd_completion}
 
-#: commands that need no plugin manager (so no plugin is imported for them)
-NO_PLUGINS = frozenset({"completion"})
+#: commands that need no plugin manager (so no plugin is imported for them): compare
+#: reads specs as plain YAML
+NO_PLUGINS = frozenset({"completion", "compare"})
 
 
 def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:

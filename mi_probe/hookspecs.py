@@ -10,7 +10,7 @@ first, ``tryfirst`` / ``trylast`` respected). Only :func:`mi_probe_resolve_adapt
 The hooks, grouped by purpose:
 
 * **What a spec can name** (``mi_probe_register_<kind>``): estimators, adapters, datasets,
-  experiments, metrics, interventions, regularizers, reports, executors.
+  experiments, metrics, interventions, regularizers, reports, executors, trackers.
 * **What the engine asks at run time**: :func:`mi_probe_resolve_adapter`.
 
 Every ``mi_probe_register_<kind>`` hook receives one parameter, ``register``: a callback
@@ -148,6 +148,19 @@ def mi_probe_register_executors(register: Register) -> None:
     """Register executors (``interfaces.Executor``): where the independent units of a run
     (one training per model and seed, one analysis per experiment unit) are computed.
     Built in: ``local`` (sequential, this process) and ``ray`` (Ray tasks).
+
+    :param register: the registration callback.
+    :return: None (all implementations are called).
+    """
+
+
+@hookspec
+def mi_probe_register_trackers(register: Register) -> None:
+    """Register live tracking sinks (``interfaces.Tracker``), e.g. ``tensorboard`` and
+    ``mlflow``. A spec names them in ``track: [{kind: NAME, ...params}]``; each receives
+    the run's start, every training epoch's values as they come (losses, accuracy, and
+    the per-site I(X;T) and I(T;Y) a tracked training measures), and the finished run's
+    tables and figures.
 
     :param register: the registration callback.
     :return: None (all implementations are called).

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # annotations only; none of these is imported at run time (so
     from pydantic import BaseModel
     from torch import nn
     from torch.utils.hooks import RemovableHandle
+    from pathlib import Path
 
 #: Names of the model states every experiment can ask for. ``epoch_<n>`` states are
 #: produced by training-dynamics experiments.
@@ -51,7 +52,13 @@ OUTPUT_KINDS = ("post_add", "block", "post_act", "stage")
 @dataclass(frozen=True)
 class Site:
     """A resolved site: a :class:`SiteRef` plus its channel count, 0-based depth and the
-    layout of the hooked output (``nchw``, ``nhwc``, ``nlc`` tokens, or ``nc``)."""
+    layout of the hooked output (``nchw``, ``nhwc``, ``nlc`` tokens, or ``nc``).
+
+    ``depth`` is the site's index among ALL the sites the adapter lists for the model
+    (forward order), whatever the spec selects, so ``layer4.0.post_add`` has one depth
+    in every run of a model and runs that select different sites line up;
+    ``rel_depth`` = depth / (number of the model's sites - 1), in [0, 1] (0.0 for a
+    model with one site), lines up runs of models with different site counts."""
 
     name: str
     module: str
@@ -70,6 +77,9 @@ class Site:
     #: block among all blocks of the model (0 first, 1 last); None for the stem
     stage: int | None = None
     position: float | None = None
+    #: depth / (the model's site count - 1), set by site resolution; a hand-built Site
+    #: (tests, helpers) that does not say keeps 0.0
+    rel_depth: float = 0.0
 
 
 @dataclass
@@ -580,3 +590,22 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what ``run`` acquired (e.g. a Ray instance this executor started)."""
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """A live tracking sink (``track:`` in a spec; ``tensorboard``, ``mlflow``): told
+    when the run starts, sent every training epoch's values as the epoch ends, then the
+    finished run's tables and figures, then the run's status. ``run`` is a
+    ``mi_probe._core.tracking.TrackedRun`` (run_dir, name, spec, metadata); ``values``
+    are ``{name: float}`` with ``/``-grouped names (``val/acc``, ``i_ty/<site>``);
+    ``label`` names the training (``seed0``, ``seed0-tanh``)."""
+
+    def start(self, run: Any) -> None: ...
+
+    def log_epoch(self, label: str, epoch: int, values: Mapping[str, float]) -> None: ...
+
+    def log_results(self, run_dir: Path, tables: Mapping[str, Any],
+                    figures: Sequence[Path]) -> None: ...
+
+    def close(self, status: str) -> None: ...

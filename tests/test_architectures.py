@@ -126,7 +126,12 @@ def test_kind_and_position_selectors_on_resnet(pm, position, expected):
     sites = resolve_sites(model, select_adapter(pm, model, "resnet18"), _x(), arch="resnet18",
                           kinds=["output"], position=position)
     assert [s.name for s in sites] == expected
-    assert [s.depth for s in sites] == list(range(len(expected)))
+    # the model's own site indices (stem 0, layer1.0.pre_add 1, layer1.0.post_add 2, ...)
+    every = {s.name: s.depth for s in resolve_sites(
+        model, select_adapter(pm, model, "resnet18"), _x(), arch="resnet18")}
+    assert [s.depth for s in sites] == [every[name] for name in expected]
+    if position == "last":  # resnet18's 17th and last site
+        assert [(s.depth, s.rel_depth) for s in sites] == [(16, 1.0)]
 
 
 def test_last_stage_on_a_vit_and_an_efficientnet(pm):

@@ -86,7 +86,8 @@ def local_tables(sweep, plugin_pm, one_thread):
 
 
 def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
-    frame = frame.drop([c for c in frame.columns if c == "seconds"])  # wall clock
+    # wall clock, and the run metadata column naming the run (its folder and start time)
+    frame = frame.drop([c for c in frame.columns if c in ("seconds", "run_id")])
     return frame.sort(frame.columns)
 
 

@@ -212,7 +212,14 @@ def test_forced_adapter(pm, tiny_resnet):
 def test_include_exclude_patterns(pm, resnet18):
     _, post = _sites(pm, resnet18, "resnet18", include=["*.post_add"])
     assert len(post) == 8 and {s.kind for s in post} == {"post_add"}
-    assert [s.depth for s in post] == list(range(8))
+    # depth is the model's own site index (stem 0, then pre_add / post_add per block),
+    # whatever the selection: the same site has the same depth in every run
+    assert [s.depth for s in post] == list(range(2, 17, 2))
+    assert [s.rel_depth for s in post] == [d / 16 for d in range(2, 17, 2)]
+    _, every = _sites(pm, resnet18, "resnet18")
+    by_name = {s.name: (s.depth, s.rel_depth) for s in every}
+    assert all(by_name[s.name] == (s.depth, s.rel_depth) for s in post)
+    assert every[0].rel_depth == 0.0 and every[-1].rel_depth == 1.0
     _, l4 = _sites(pm, resnet18, "resnet18", include=["layer4.*"])
     assert [s.name for s in l4] == ["layer4.0.pre_add", "layer4.0.post_add",
                                     "layer4.1.pre_add", "layer4.1.post_add"]

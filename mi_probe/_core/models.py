@@ -95,8 +95,8 @@ def register_python_model(model: Any, name: str | None = None) -> str:
     if not (isinstance(model, nn.Module) or callable(model)):
         raise ModelError(f"model=: expected a torch nn.Module or a function returning one, "
                          f"got {type(model).__name__}")
-    base = name or (type(model).__name__ if isinstance(model, nn.Module)
-                    else getattr(model, "__name__", type(model).__name__))
+    base = str(name or (type(model).__name__ if isinstance(model, nn.Module)
+                        else getattr(model, "__name__", type(model).__name__)))
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_") or "model"  # e.g. <lambda>
     arch = f"{PYTHON_PREFIX}{base}-{model_fingerprint(model)[:8]}"
     _PYTHON_MODELS[arch] = model

@@ -26,7 +26,7 @@ ENTRY_POINT_GROUP = "mi_probe"
 
 #: The kinds of things plugins register, each with its ``mi_probe_register_<kind>`` hook.
 KINDS = ("estimators", "adapters", "datasets", "experiments", "metrics", "interventions",
-         "regularizers", "reports", "executors")
+         "regularizers", "reports", "executors", "trackers")
 
 #: Built-in plugin modules, registered before anything else: one per registered entry,
 #: ``mi_probe.builtin.<kind>.<name>`` (the layout rule of :mod:`mi_probe.builtin`).
@@ -65,6 +65,8 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.regularizers.nhsic",
     "mi_probe.builtin.executors.local",
     "mi_probe.builtin.executors.ray",
+    "mi_probe.builtin.trackers.tensorboard",
+    "mi_probe.builtin.trackers.mlflow",
 )
 
 

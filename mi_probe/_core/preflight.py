@@ -23,7 +23,7 @@ from mi_probe._core.models import build_model
 from mi_probe._core.sites import filter_refs, resolve_sites
 from mi_probe._core.sites.listed import spec_adapter
 from mi_probe._core.sites.trace import probe_for
-from mi_probe._core.tables import CORE_SCHEMAS
+from mi_probe._core.tables import CORE_SCHEMAS, RUN_COLUMNS
 
 
 def spec_image_size(spec: Any) -> tuple[int, int] | None:
@@ -232,7 +232,7 @@ def check_claims(spec: Any, experiment: Any) -> None:
         schema = tables[check.table]
         if schema.open:
             continue
-        columns = list(schema.columns)
+        columns = [*schema.columns, *RUN_COLUMNS]  # every table carries the run columns
         named = [check.value, *check.filter, *(getattr(check, f, None) for f in ("over", "by"))]
         for column in [c for c in named if c is not None]:
             if column not in columns:

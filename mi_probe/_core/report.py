@@ -29,7 +29,7 @@ import polars as pl
 from mi_probe.errors import RunError
 from mi_probe._core.claims import FAILS, verdict_of
 from mi_probe._core.files import atomic_write_bytes, atomic_write_text
-from mi_probe._core.tables import N_SUFFIX, aggregate_seeds
+from mi_probe._core.tables import N_SUFFIX, RUN_COLUMNS, aggregate_seeds
 
 #: Anything altair can save: single, layered, faceted or concatenated charts.
 AnyChart = Union[alt.Chart, alt.LayerChart, alt.FacetChart, alt.ConcatChart,
@@ -198,13 +198,15 @@ def _x_axis(frame: pl.DataFrame, column: str) -> Any:
     return _integer_axis(frame, column)
 
 
-def _site_axis(frame: pl.DataFrame) -> Any:
+def _site_axis(frame: pl.DataFrame, x: str = "depth") -> Any:
     """A depth axis labelled with site names (one tick per depth) when every depth is one
-    site, so a reader sees ``layer3.1.post_add`` rather than 11."""
-    if frame.height == 0 or "site" not in frame.columns or not frame.schema["depth"].is_integer():
+    site, so a reader sees ``layer3.1.post_add`` rather than 11. Depths need not be
+    consecutive (a spec that selects some sites keeps the model's own depths)."""
+    if (frame.height == 0 or "site" not in frame.columns or x not in frame.columns
+            or not frame.schema[x].is_integer()):
         return alt.Undefined
-    pairs = frame.select("depth", "site").unique()
-    if pairs["depth"].n_unique() != pairs.height or pairs.height > 40:
+    pairs = frame.select(x, "site").unique()
+    if pairs[x].n_unique() != pairs.height or pairs.height > 40:
         return alt.Undefined
     names = {int(d): str(s) for d, s in pairs.iter_rows()}
     lookup = "{" + ", ".join(f"{d}: {json.dumps(s)}" for d, s in sorted(names.items())) + "}"
@@ -429,8 +431,8 @@ def _title(title: str, subtitle: Sequence[str] | str, note: str) -> alt.TitlePar
 
 def by_depth(frame: pl.DataFrame, y: str, color: str = "state", title: str = "",
              y_title: str | None = None, facet: str | None = None,
-             x_title: str = "depth", *, replicate: str | None = "seed",
-             subtitle: Sequence[str] = ()) -> AnyChart:
+             x_title: str | None = None, *, replicate: str | None = "seed",
+             subtitle: Sequence[str] = (), x: str = "depth") -> AnyChart:
     """Per-site value against depth: mean over seeds with a 95% CI band, one line per ``color``.
 
     ``frame`` is a per-seed site table (seed, state, site, depth, site_kind, ``y``);
@@ -440,14 +442,19 @@ def by_depth(frame: pl.DataFrame, y: str, color: str = "state", title: str = "",
     and the subtitle then says "over rows"). Pass units in ``y_title``, e.g.
     ``"I(X;T) (nats)"``. The title's subtitle holds the ``subtitle`` lines, then a line
     stating the interval and its n. How n and small n are drawn: ``_mean_ci_layers``.
+
+    ``x``: the depth column, ``depth`` (the site's index among the model's sites; the
+    axis is labelled with site names when each depth is one site) or ``rel_depth``
+    (depth scaled to [0, 1], which lines up models with different site counts).
+    ``x_title`` defaults to ``x``.
     """
-    _require(frame, ["site", "depth", y, color, facet], "by_depth")
-    by = list(dict.fromkeys([c for c in (color, "site", "depth", facet) if c is not None]))
+    _require(frame, ["site", x, y, color, facet], "by_depth")
+    by = list(dict.fromkeys([c for c in (color, "site", x, facet) if c is not None]))
     agg, values, replicate = _aggregate(frame, by, y, replicate, "by_depth")
-    data = _chart_data(agg, values, by, y, "depth", [c for c in (color, facet) if c])
-    layers = _mean_ci_layers(data, "depth", y, color, x_title, y_title or y,
+    data = _chart_data(agg, values, by, y, x, [c for c in (color, facet) if c])
+    layers = _mean_ci_layers(data, x, y, color, x_title or x, y_title or y,
                              extra_tooltip=["site"], replicate=replicate,
-                             x_axis=_site_axis(agg))
+                             x_axis=_site_axis(agg, x))
     chart = alt.layer(*layers, data=_data(data))
     note = _interval_note(agg, f"{y}{N_SUFFIX}", _plural(replicate))
     heading = _title(title, subtitle, note)
@@ -813,9 +820,14 @@ def _column_title(frame: pl.DataFrame, column: str, counts: set[str]) -> str:
 
 
 def _table_html(name: str, frame: pl.DataFrame, max_rows: int,
-                max_columns: int = MAX_COLUMNS) -> str:
+                max_columns: int = MAX_COLUMNS, stamp: Mapping[str, Any] | None = None) -> str:
     """A table's preview: its first ``max_rows`` rows and ``max_columns`` columns (each
-    interval beside its n), with a note pointing at the parquet file when cut."""
+    interval beside its n), with a note pointing at the parquet file when cut. The run
+    metadata columns (``RUN_COLUMNS``) are left out where they hold just the run's own
+    value (``stamp``, run.json's ``run_columns``): the page is about one run, and says
+    once that every table carries them."""
+    width = frame.width
+    frame = frame.drop(_stamped_columns(frame, stamp or {}))
     frame = frame.select(_interval_columns_together(frame.columns))
     columns = frame.columns[:max_columns]
     shown = frame.head(max_rows).select(columns)
@@ -830,7 +842,7 @@ def _table_html(name: str, frame: pl.DataFrame, max_rows: int,
             cells.append(f'<td class="s">{text}</td>' if is_text else f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     parts = [f'<h3 id="{_anchor("table", name)}">{_esc(name)} '
-             f'<small>({frame.height} rows &times; {frame.width} columns)</small></h3>']
+             f'<small>({frame.height} rows &times; {width} columns)</small></h3>']
     cut = ([f"{shown.height} of {frame.height} rows"] if frame.height > max_rows else []) + (
         [f"{len(columns)} of {frame.width} columns"] if frame.width > max_columns else [])
     if cut:
@@ -839,6 +851,13 @@ def _table_html(name: str, frame: pl.DataFrame, max_rows: int,
     parts.append(f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table></div>')
     return "\n".join(parts)
+
+
+def _stamped_columns(frame: pl.DataFrame, stamp: Mapping[str, Any]) -> list[str]:
+    """The run metadata columns of ``frame`` that hold nothing but the run's own value
+    (a table's own column of the same name, e.g. dynamics' ``act``, stays)."""
+    return [c for c in RUN_COLUMNS if c in stamp and c in frame.columns
+            and frame.height and bool((frame[c] == str(stamp[c])).all())]
 
 
 def _check_html(check: Mapping[str, Any]) -> str:
@@ -1014,7 +1033,17 @@ def write_index(run_dir: Path, title: str, meta: Mapping[str, Any],
             body.append("".join(parts))
     if ordered:
         body.append('<h2 id="tables">Tables</h2>')
-        body += [_table_html(name, tables[name], max_rows, max_columns) for name in ordered]
+        stamp = meta.get("run_columns") or {}
+        hidden = sorted({c for n in ordered for c in _stamped_columns(tables[n], stamp)},
+                        key=RUN_COLUMNS.index)
+        if hidden:
+            body.append(f'<p class="summary">Every table also carries the run metadata '
+                        f'column(s) {_esc(", ".join(hidden))}, one value per run (see the '
+                        'metadata below; the previews leave them out). They tell runs apart '
+                        'when tables of several runs are put together, e.g. by mi-probe '
+                        'compare.</p>')
+        body += [_table_html(name, tables[name], max_rows, max_columns, stamp)
+                 for name in ordered]
     if meta:
         items = "".join(f"<dt>{_esc(k)}</dt><dd>{_meta_value(v)}</dd>" for k, v in meta.items())
         body.append('<details id="metadata"><summary>Run metadata (run.json: versions, '

@@ -252,9 +252,14 @@ def build_spec_model(registry: Any) -> type[SpecBase]:
         _ListOf[writers], Field([], description=(
             "extra report writers from plugins (mi_probe_register_reports), run after "
             "index.html; each entry names one by kind"))))
+    trackers = _union(registry.entries("trackers"), "tracking sinks")
     return create_model(
         "Spec", __base__=SpecBase,
         report=(report_cls, Field(default_factory=report_cls)),
+        track=(_ListOf[trackers], Field([], description=(
+            "live tracking sinks (tensorboard, mlflow, plugins): every training epoch's "
+            "values as they come, the tables and figures at the end; not part of the "
+            "run's identity"))),
         executor=(_union(executors, "executors"), exec_default),
         data=(_union(registry.entries("datasets"), "datasets"), ...),
         model=(model_cls, ...),

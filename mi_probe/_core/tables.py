@@ -17,8 +17,24 @@ from mi_probe._core.files import atomic_path, atomic_write_text
 
 from mi_probe.errors import RunError
 
-#: Columns every per-site table carries.
+#: Columns every per-site table carries. ``depth`` is the site's index among all the
+#: model's sites (``interfaces.Site``); the built-in experiments add ``rel_depth``
+#: (depth scaled to [0, 1]) beside it.
 SITE_COLUMNS = ("seed", "state", "site", "depth", "site_kind")
+
+#: Run metadata columns the run adds to every table it writes (one value per run), so
+#: tables of several runs can be concatenated and still be told apart:
+#: ``run_id`` = "<spec name>/<run folder name>@<start time>" (the folder alone repeats
+#: across ``--out`` parents; the start time makes it unique), ``arch`` = model.arch,
+#: ``act`` = model.act or "as built", ``estimator`` = the estimator in a few words
+#: (e.g. "histogram, 20 bins, min–max range, no bias correction"), ``data`` = the data
+#: source kind, with ":<root>" (or ":<name>") when it has one. A column a table already
+#: has (``dynamics`` has its own per-row ``act`` and ``arch``) is kept as it is. Declared
+#: once here, for every table: schema checks accept them without a declaration.
+RUN_COLUMNS = ("run_id", "arch", "act", "estimator", "data")
+
+#: ``act`` of a spec that keeps the model's own activations (model.act unset).
+AS_BUILT = "as built"
 
 #: Required columns of the table the run itself writes whatever the experiment, when
 #: models are trained (experiments declare theirs: ``interfaces.DeclaresTables``).
@@ -26,6 +42,42 @@ CORE_SCHEMAS: dict[str, tuple[str, ...]] = {
     "training": ("seed", "epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds",
                  "regularizer"),
 }
+
+def make_run_id(name: str, run_dir: Path, started: str | None) -> str:
+    """The ``run_id`` column: "<spec name>/<run folder name>@<start time>"."""
+    return f"{name}/{Path(run_dir).name}" + (f"@{started}" if started else "")
+
+
+def data_label(data: Mapping[str, Any]) -> str:
+    """The ``data`` column of a spec's data block: its kind, with ":<root>" or
+    ":<name>" when the source has one (``imagefolder:../data/imagenette``)."""
+    kind = str(data.get("kind", "?"))
+    where = data.get("root") or data.get("name")
+    return f"{kind}:{where}" if where else kind
+
+
+def run_columns(spec: Mapping[str, Any], run_dir: Path, meta: Mapping[str, Any],
+                estimator: str) -> dict[str, str]:
+    """The ``RUN_COLUMNS`` values of a run, from its spec as a plain mapping (the
+    ``spec.yaml`` the run wrote), its ``run.json`` mapping and ``estimator`` in words
+    (``report.describe_estimator(..., short=True)``): pure, so old runs get the same
+    values back from their files."""
+    model = spec.get("model") or {}
+    return {"run_id": make_run_id(str(spec.get("name", meta.get("name", "run"))), run_dir,
+                                  meta.get("started")),
+            "arch": str(model.get("arch", "?")),
+            "act": str(model.get("act") or AS_BUILT),
+            "estimator": estimator,
+            "data": data_label(spec.get("data") or {})}
+
+
+def with_run_columns(frame: pl.DataFrame, values: Mapping[str, str]) -> pl.DataFrame:
+    """``frame`` with each run metadata column it lacks appended (constant strings);
+    columns it already has are left unchanged, so existing meanings stay."""
+    new = [pl.lit(v, dtype=pl.String).alias(k) for k, v in values.items()
+           if k not in frame.columns]
+    return frame.with_columns(new) if new else frame
+
 
 def check_schema(name: str, frame: pl.DataFrame,
                  schemas: Mapping[str, Any]) -> None:

@@ -36,8 +36,9 @@ from mi_probe._core.runner.worker import run_job
 from mi_probe._core.spec import dump_spec
 from mi_probe._core.validation import Validated, validate
 from mi_probe._core.files import atomic_write_text
-from mi_probe._core.tables import (CORE_SCHEMAS, check_schema, concat_tables,
-                             read_tables, write_json, write_parquet)
+from mi_probe._core.tables import (CORE_SCHEMAS, RUN_COLUMNS, check_schema, concat_tables,
+                             read_tables, run_columns, with_run_columns, write_json,
+                             write_parquet)
 
 
 @dataclass
@@ -67,15 +68,43 @@ def table_schemas(experiment: Any) -> dict[str, TableSchema | Sequence[str]]:
 def undeclared_columns(name: str, frame: pl.DataFrame,
                        schemas: Mapping[str, Any]) -> list[str]:
     """A warning when a table has columns its closed schema does not declare (claims
-    about them would be refused before a run)."""
+    about them would be refused before a run). The run metadata columns
+    (``tables.RUN_COLUMNS``) are declared for every table at once and never count."""
     schema = schemas.get(name)
     if schema is None or isinstance(schema, (list, tuple)) or getattr(schema, "open", True):
         return []
-    extra = [c for c in frame.columns if c not in schema.columns]
+    extra = [c for c in frame.columns if c not in schema.columns and c not in RUN_COLUMNS]
     if not extra:
         return []
     return [f"table {name!r} has columns its experiment's schema does not declare: {extra} "
             "(claims about them are refused before a run; declare them as optional)"]
+
+
+def stale_units(run_dir: Path, units: Sequence[str],
+                schemas: Mapping[str, Any]) -> list[str]:
+    """Finished units whose tables predate ``rel_depth``: a table with ``depth`` but no
+    ``rel_depth`` although its schema declares it. Such units numbered ``depth`` among
+    the selected sites, not among all the model's sites, so merging them with new units
+    would mix two meanings of depth; the run computes them again. Reads parquet
+    schemas only."""
+    stale = []
+    for unit in units:
+        folder = unit_dir(run_dir, unit)
+        if not is_unit_done(run_dir, unit):
+            continue
+        for path in sorted(folder.glob("*.parquet")):
+            schema = schemas.get(path.stem)
+            declared = getattr(schema, "columns", schema) or ()
+            if "rel_depth" not in declared:
+                continue
+            try:
+                columns = pl.read_parquet_schema(path)
+            except (pl.exceptions.PolarsError, OSError):
+                continue  # an unreadable unit table is reported where it is read
+            if "depth" in columns and "rel_depth" not in columns:
+                stale.append(unit)
+                break
+    return stale
 
 
 def training_stage(engine: Engine, executor: Any, run_dir: Path | None, dist_ctx: Any,
@@ -202,7 +231,7 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "run.json", meta)
     log(f"run directory: {run_dir}" + ("  (resuming)" if resuming else ""))
-    engine = executor = None
+    engine = executor = trackers = None
     try:
         engine = Engine(spec, pm, cache_dir, log, progress, dist_ctx=dist_ctx,
                         validated=validated)
@@ -216,8 +245,22 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
             **engine.data.info},
             estimator=engine.estimator.describe())
         meta["warnings"] += list(engine.data.warnings)  # e.g. a class with one image
+        from mi_probe._core.report import describe_estimator
+        from mi_probe._core.tracking import start_trackers
+
+        trackers = start_trackers(spec, pm.registry, run_dir, run_columns(
+            spec.model_dump(mode="json"), run_dir, meta,
+            describe_estimator(meta["estimator"], short=True)), log)
+        engine.models.trackers = trackers  # training epochs reach the sinks as they end
         plan = engine.experiment.plan(engine)
         units = list(plan.units)
+        if resuming:
+            stale = stale_units(run_dir, units, table_schemas(engine.experiment))
+            if stale:
+                log(f"recomputing {len(stale)} finished unit(s) written before depth became "
+                    f"the model's own site index (no rel_depth column): {', '.join(stale)}")
+                for unit in stale:
+                    (unit_dir(run_dir, unit) / "done.json").unlink(missing_ok=True)
         todo = [u for u in units if not is_unit_done(run_dir, u)]
         needs_models = bool(todo)
         if dist_ctx is not None:
@@ -263,6 +306,14 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
             trained.setdefault(str(seed), {}).update(variants)
         tables = concat_tables(parts)
         tables.update(engine.experiment.finalize(engine, tables))
+        # every table says which run it is from (docs/compare.md), so tables of several
+        # runs concatenate and still tell apart; existing columns are kept as they are
+        from mi_probe._core.report import describe_estimator
+
+        stamp = run_columns(spec.model_dump(mode="json"), run_dir, meta,
+                            describe_estimator(meta["estimator"], short=True))
+        tables = {name: with_run_columns(frame, stamp) for name, frame in tables.items()}
+        meta["run_columns"] = stamp
         schemas = table_schemas(engine.experiment)
         for name, frame in tables.items():
             check_schema(name, frame, schemas)
@@ -280,6 +331,8 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
         meta["checks"] = evaluate_checks(list(spec.checks), tables)
         write_json(run_dir / "run.json", meta)
         index = render(run_dir, engine.experiment, tables, meta, notes, spec, pm)
+        if trackers:
+            trackers.results(run_dir, tables)
         return RunOutcome(run_dir, index, "complete", meta["warnings"], tables, meta["checks"])
     except (KeyboardInterrupt, SystemExit) as exc:
         # SystemExit: Ray's own SIGTERM handler (installed by ray.init, after ours) exits
@@ -304,6 +357,8 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
     finally:
         if executor is not None:
             executor.close()
+        if trackers:
+            trackers.close(meta["status"])
 
 
 def _follower_rank(spec: Any, pm: Any, cache_dir: Path | None, dist_ctx: Any) -> RunOutcome:

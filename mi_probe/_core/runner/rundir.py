@@ -52,14 +52,14 @@ def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
 LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("model", "pretrained_file", None),  # 0.2
     ("sites", "modules", []),  # issue 26: sites listed by module name
-    ("", "track", []),  # issue 26: live tracking sinks
 )
 
 
 def spec_hash(spec: Any, exclude: frozenset[str] = frozenset()) -> str:
     """The identity of a run: the resolved spec without ``executor`` (where units run
-    does not change what they compute) and without the ``exclude`` fields."""
-    data = spec.model_dump(mode="json", exclude={"executor", *exclude})
+    does not change what they compute), without ``track`` (where values are sent as
+    they come) and without the ``exclude`` fields."""
+    data = spec.model_dump(mode="json", exclude={"executor", "track", *exclude})
     for section, field, default in LATER_FIELDS:
         part = data.get(section) if section else data
         if isinstance(part, dict) and field in part and part[field] == default:

@@ -21,6 +21,7 @@ from mi_probe._core.archs import is_custom_arch
 from mi_probe._core.models import build_model, custom_fingerprint, load_weights, model_meta
 from mi_probe._core.sites import resolve_sites
 from mi_probe._core.spec import pretrained_tag
+from mi_probe._core.tracking import training_label
 from mi_probe._core.train import cache_key, cached_training
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class ModelStore:
         self._history_rows: list[dict[str, Any]] = []
         self._models: dict[tuple[int, str], nn.Module] = {}
         self._classes_checked: set[str] = set()
+        #: the run's tracking sinks (``tracking.Trackers``), when the driver has any
+        self.trackers: Any = None
         self._dist_ctx: Any = None
 
     # ------------------------------------------------------------------ models
@@ -141,16 +144,23 @@ class ModelStore:
             for reg in reg_objects:
                 regs.append((reg, resolve_sites(probe_model, adapter, self.probe_input(),
                                                 reg.site_patterns, (), m.arch)))
+        label = training_label(seed, m.act, "+".join(p.kind for p in reg_params) or None)
+        trackers = self.trackers
         on_epoch_end = None
-        if track is not None:
+        if track is not None or trackers:
             def on_epoch_end(model, epoch, row):
-                row["tracked"] = track(model, epoch)
+                if track is not None:
+                    row["tracked"] = track(model, epoch)
+                if trackers:  # live: each epoch as it ends
+                    trackers.epoch(label, epoch, row)
         train_cfg = m.train.model_copy(update={"regularizers": list(reg_params)})
         model, history, folder = cached_training(
             lambda: self.build(seed, m), payload, self.meta(m), self.data, train_cfg, seed,
             self.device, self.cache_dir, regs, self.spec.eval.batch_size,
             self.show_progress, self.log, on_epoch_end=on_epoch_end,
             dist_ctx=self._dist_ctx)
+        if trackers:  # a model from the cache: its epochs were not seen live
+            trackers.replay(label, history)
         self._history_rows.extend({k: v for k, v in row.items() if k != "tracked"}
                                   | {"act": m.act or "as built"} for row in history)
         best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))

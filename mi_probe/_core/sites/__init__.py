@@ -183,6 +183,8 @@ def probe_sites(model: nn.Module, refs: Sequence[SiteRef], probe_input: torch.Te
             stage += 1
         stage_of[block] = stage
     last = max(len(blocks) - 1, 1)
+    # depth: the index among every site the pass reached (the model's own numbering)
+    deepest = max(len(reached) - 1, 1)
     sites: list[Site] = []
     for ref in reached:
         layout, channels = layouts[ref.name]
@@ -195,7 +197,8 @@ def probe_sites(model: nn.Module, refs: Sequence[SiteRef], probe_input: torch.Te
         sites.append(Site(ref.name, ref.module, ref.kind, channels, len(sites), layout,
                           ref.index, prefix, tokens,
                           stage_of.get(block) if block is not None else None,
-                          blocks.index(block) / last if block in stage_of else None))
+                          blocks.index(block) / last if block in stage_of else None,
+                          len(sites) / deepest))
     return sites
 
 
@@ -272,7 +275,13 @@ def resolve_sites(model: nn.Module, adapter: Adapter, probe_input: torch.Tensor,
                   arch: str = "", kinds: Sequence[str] = (), position: str = "all",
                   tokens: str = "patch_mean") -> list[Site]:
     """The sites the spec selects: by name patterns and kinds, then by position (stage
-    and relative depth, from one probe pass over every site of the adapter)."""
+    and relative depth, from one probe pass over every site of the adapter).
+
+    Each keeps the ``depth`` and ``rel_depth`` it has among ALL the model's sites (the
+    probe pass's forward order), not a renumbering of the selection: the same site has
+    the same depth in every run of the model, so runs that select different sites can
+    be compared. Experiments that need "how many selected sites apart" rank the
+    selected sites themselves."""
     refs = adapter.site_refs(model)
     if not refs:
         raise SiteError(f"adapter {adapter.name!r} found no sites in {arch or type(model).__name__}")
@@ -283,9 +292,7 @@ def resolve_sites(model: nn.Module, adapter: Adapter, probe_input: torch.Tensor,
     if not selected:
         raise SiteError(f"sites.position {position!r} leaves no site of {arch or 'the model'} "
                         f"among {sorted(names)[:6]}{'…' if len(names) > 6 else ''}")
-    return [Site(s.name, s.module, s.kind, s.channels, depth, s.layout, s.index,
-                 s.prefix_tokens, s.tokens, s.stage, s.position)
-            for depth, s in enumerate(selected)]
+    return selected
 
 
 def channel_axis(layout: str) -> int:

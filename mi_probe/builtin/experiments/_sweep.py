@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, check_mass_levels, mean_over_draws, Plan, RunContext,
-    seed_units, site_row, split_halves, TableSchema, TRAINED, unit_seed)
+    seed_units, split_halves, TableSchema, TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -87,12 +88,12 @@ def _variants(params: Any) -> list[tuple[str, str, dict[str, Any], dict[str, Any
 
 #: Columns of the sweep table (named after the experiment kind) and of its site masses.
 SWEEP_COLUMNS = TableSchema(
-    ("seed", "state", "site", "depth", "site_kind", "q", "selection", "variant",
+    ("seed", "state", "site", "depth", "rel_depth", "site_kind", "q", "selection", "variant",
      "n_channels", "accuracy", "baseline_accuracy", "drop"),
     ("fit", "part", "alpha", "draw", "frac_channels", "top_bottom_overlap", "mass",
      "mass_kind"))
 SITE_MASS_COLUMNS = TableSchema(
-    ("seed", "state", "site", "depth", "site_kind"),
+    ("seed", "state", "site", "depth", "rel_depth", "site_kind"),
     ("fit", "part", "mass_kind", "signal_channels", "signal_p", "has_signal", "total_mass"))
 
 
@@ -133,7 +134,7 @@ class InterventionSweep:
                                         purpose=f"{state}/{site.name}{tag}",
                                         null_draws=self.params.mass_null_draws)
                 fit_cols = {"fit": fit, "part": part}
-                mass_rows.append({**site_row(seed, state, site), **fit_cols, **masses.columns(),
+                mass_rows.append({**site_columns(seed, state, site), **fit_cols, **masses.columns(),
                                   "total_mass": float(masses.values.sum())})
                 if not masses.usable:
                     ctx.progress(f"seed {seed}: no label MI beyond the null at {site.name}; "
@@ -160,7 +161,7 @@ class InterventionSweep:
                                                                         f"{q}/{selection}/{draw}/{label}{tag}"))
                                 correct = cast(torch.Tensor, result.logits).argmax(1) == result.labels
                                 acc = mean_of(rows_at(correct, score))
-                                rows.append({**site_row(seed, state, site), **fit_cols, "q": q,
+                                rows.append({**site_columns(seed, state, site), **fit_cols, "q": q,
                                              "selection": selection, "variant": label, **extra,
                                              "draw": draw, **sizes,
                                              "n_channels": int(channels.numel()),
@@ -182,9 +183,10 @@ class InterventionSweep:
         if frame is None or frame.height == 0:
             return {}
         # draws and cross-fit halves are averaged within a seed: intervals are over seeds
-        per_seed = mean_over_draws(frame, ["seed", *self._keys()],
+        keys = with_rel_depth(self._keys(), frame)
+        per_seed = mean_over_draws(frame, ["seed", *keys],
                                    ["drop", "accuracy", "mass", "frac_channels"])
-        return {f"summary_{self.name}": aggregate(per_seed, self._keys(),
+        return {f"summary_{self.name}": aggregate(per_seed, keys,
                                                   ["drop", "accuracy", "frac_channels"])}
 
     def notes(self, tables: Mapping[str, pl.DataFrame]) -> list[str]:

@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal, cast
 import polars as pl
 from pydantic import ConfigDict, Field
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     aggregate_seeds, channel_masses, ChannelMassParams, hookimpl, Plan, RANDOM, RunContext,
-    seed_units, SITE_COLUMNS, site_row, SpecError, TableSchema, TRAINED, unit_seed)
+    seed_units, SITE_COLUMNS, SpecError, TableSchema, TRAINED, unit_seed)
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
 
@@ -59,7 +60,7 @@ class ConcentrationExperiment:
         # extra metrics add columns whose names the metric chooses: open to them
         self.table_schemas = {
             "concentration": TableSchema(
-                ("seed", "state", "site", "depth", "site_kind", "gini", "top_k",
+                ("seed", "state", "site", "depth", "rel_depth", "site_kind", "gini", "top_k",
                  "top_k_share", "norm_entropy"),
                 ("top_k_channels", "gini_raw", "gini_corrected", "top_k_share_raw",
                  "top_k_share_corrected", "norm_entropy_raw", "norm_entropy_corrected",
@@ -67,10 +68,10 @@ class ConcentrationExperiment:
                  "mass_kind", "corrected_kind", "total_i_ty", "total_mass_corrected",
                  "signal_channels", "signal_fraction", "signal_p", "has_signal", "channels"),
                 open=bool(params.extra_metrics)),
-            "channel_mass": TableSchema(tuple(SITE_COLUMNS) + ("channel",),
+            "channel_mass": TableSchema(tuple(SITE_COLUMNS) + ("rel_depth", "channel"),
                                         ("i_ty", "i_ty_corrected", "mass")),
             "concentration_delta": TableSchema(
-                ("seed", "site", "depth", "site_kind", "top_k"),
+                ("seed", "site", "depth", "rel_depth", "site_kind", "top_k"),
                 tuple(f"delta_{m}{suffix}" for suffix in ("", "_raw", "_corrected", "_signal")
                       for m in METRIC_COLUMNS))}
 
@@ -111,7 +112,7 @@ class ConcentrationExperiment:
                 for metric in extra_metrics:
                     for key, val in metric(chosen_values).items():
                         extra[key] = val if chosen_m is not None else None
-                base = site_row(seed, state, site)
+                base = site_columns(seed, state, site)
                 common = {
                     "mass_kind": params.mass, "corrected_kind": corrected_kind,
                     "total_i_ty": float(raw.clamp(min=0).sum()),
@@ -145,13 +146,13 @@ class ConcentrationExperiment:
 
     def finalize(self, ctx, tables):
         conc = tables["concentration"]
-        keys = ["state", "site", "depth", "site_kind", "top_k"]
+        keys = with_rel_depth(["state", "site", "depth", "site_kind", "top_k"], conc)
         measured = [f"{m}{suffix}" for suffix in ("", "_raw", "_corrected", "_signal")
                     for m in METRIC_COLUMNS] + ["signal_fraction"]
         out = {"summary_concentration": aggregate_seeds(conc, keys, measured)}
         states = set(conc["state"].unique())
         if {TRAINED, RANDOM} <= states:
-            idx = ["seed", "site", "depth", "site_kind", "top_k"]
+            idx = with_rel_depth(["seed", "site", "depth", "site_kind", "top_k"], conc)
             trained = conc.filter(pl.col("state") == TRAINED).select(idx + measured)
             random = conc.filter(pl.col("state") == RANDOM).select(idx + measured)
             delta = trained.join(random, on=idx, suffix="_random").with_columns(
@@ -159,7 +160,8 @@ class ConcentrationExperiment:
             ).select(idx + [f"delta_{m}" for m in measured])
             out["concentration_delta"] = delta
             out["summary_concentration_delta"] = aggregate_seeds(
-                delta, ["site", "depth", "site_kind", "top_k"], [f"delta_{m}" for m in measured])
+                delta, with_rel_depth(["site", "depth", "site_kind", "top_k"], delta),
+                [f"delta_{m}" for m in measured])
         return out
 
     def figures(self, tables):

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Literal, cast
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     ChannelMassParams, check_mass_levels, hookimpl, mean_over_draws, PairMI, Plan, RunContext,
-    seed_units, site_masses, site_row, SpecError, TableSchema, TRAINED, unit_seed)
+    seed_units, site_masses, SpecError, TableSchema, TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -102,12 +103,12 @@ def mean_pair_mi(pair_mi_to_cover: torch.Tensor, cover: torch.Tensor,
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "cover": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "q", "set"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "q", "set"),
         ("draw", "variant", "n_channels", "frac_channels", "cover_size", "mass_kind",
          "mass", "cover_mass", "mass_reached", "mean_pair_mi_to_cover", "accuracy",
          "baseline_accuracy", "drop")),
     "cover_site_masses": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind"),
         ("mass_kind", "signal_channels", "signal_p", "has_signal", "total_mass")),
 }
 
@@ -156,7 +157,7 @@ class CoverExperiment:
         rows, mass_rows = [], []
         for site in cap.sites:
             m = masses[site.name]
-            mass_rows.append({**site_row(seed, state, site), **m.columns(),
+            mass_rows.append({**site_columns(seed, state, site), **m.columns(),
                               "total_mass": float(m.values.sum())})
             if not m.usable:
                 ctx.progress(f"seed {seed}: no label MI beyond the null at {site.name}; skipped")
@@ -196,7 +197,7 @@ class CoverExperiment:
                     result = ctx.evaluate(model, [(site, iv, channels)], generator=ctx.rng(
                         seed, f"cover-apply/{site.name}/{q}/{set_name}/{draw}"))
                     acc = result.accuracy
-                    rows.append({**site_row(seed, state, site), "q": q, "set": set_name,
+                    rows.append({**site_columns(seed, state, site), "q": q, "set": set_name,
                                  "draw": draw, "variant": self.params.variant,
                                  "n_channels": int(channels.numel()),
                                  "frac_channels": channels.numel() / site.channels,
@@ -218,9 +219,10 @@ class CoverExperiment:
         if frame is None or frame.height == 0:
             return {}
         values = ["drop", "accuracy", "mass", "mean_pair_mi_to_cover"]
-        per_seed = mean_over_draws(frame, ["seed", "state", *self.KEYS], values + ["n_channels"])
+        keys = with_rel_depth(self.KEYS, frame)
+        per_seed = mean_over_draws(frame, ["seed", "state", *keys], values + ["n_channels"])
         by_q = mean_over_draws(per_seed, ["seed", "state", "q", "set"], ["drop", "mass"])
-        return {"summary_cover": aggregate_seeds(per_seed, ["state", *self.KEYS],
+        return {"summary_cover": aggregate_seeds(per_seed, ["state", *keys],
                                                  values + ["n_channels"]),
                 "summary_cover_by_q": aggregate_seeds(by_q, ["state", "q", "set"],
                                                       ["drop", "mass"])}

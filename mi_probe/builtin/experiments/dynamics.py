@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import with_rel_depth
 from mi_probe.plugin import (aggregate_seeds, hookimpl, Plan, prepare_site, RunContext,
                              RunError, Site, SpecError, TableSchema, TrainingRequest)
 
@@ -165,10 +166,11 @@ def summarise(frame: pl.DataFrame, params: DynamicsParams) -> tuple[dict[str, An
                                    params.plateau_window, params.plateau_mode,
                                    params.plateau_min_progress)
     slopes = []
-    for (site, depth, kind), part in frame.sort("epoch").group_by(
-            ["site", "depth", "site_kind"], maintain_order=True):
+    keys = with_rel_depth(["site", "depth", "site_kind"], frame)
+    for group, part in frame.sort("epoch").group_by(keys, maintain_order=True):
         after = part.filter(pl.col("epoch") >= p) if p is not None else part.head(0)
-        slopes.append({"site": site, "depth": depth, "site_kind": kind,
+        depth = group[1]
+        slopes.append({**dict(zip(keys, group)),
                        "final_site": depth in final,
                        "slope_i_xt": ls_slope(after["epoch"].to_list(), after["i_xt"].to_list()),
                        "slope_i_ty": ls_slope(after["epoch"].to_list(), after["i_ty"].to_list())})
@@ -253,11 +255,11 @@ def _finite(value: torch.Tensor) -> float | None:
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "dynamics": TableSchema(
-        ("seed", "epoch", "act", "site", "depth", "i_xt", "i_ty", "val_acc"),
+        ("seed", "epoch", "act", "site", "depth", "rel_depth", "i_xt", "i_ty", "val_acc"),
         ("arch", "state", "site_kind", "frac_edge_bins", "eval_acc", "n_samples",
          "i_ty_bias", "final_site")),
     "dynamics_slopes": TableSchema(
-        ("seed", "act", "site", "depth"),
+        ("seed", "act", "site", "depth", "rel_depth"),
         ("site_kind", "final_site", "slope_i_xt", "slope_i_ty")),
     "dynamics_summary": TableSchema(
         ("seed", "act"),
@@ -401,7 +403,8 @@ class Dynamics:
                                  f"(seed {seed}, act {act}, epoch {epoch}); MI left null")
                 rows.append({"seed": seed, "act": act, "arch": arch, "epoch": epoch,
                              "state": f"epoch_{epoch}", "site": site.name, "depth": site.depth,
-                             "site_kind": site.kind, "i_xt": entry["i_xt"],
+                             "rel_depth": site.rel_depth, "site_kind": site.kind,
+                             "i_xt": entry["i_xt"],
                              "i_ty": entry["i_ty"],
                              "frac_edge_bins": entry.get("frac_edge_bins"),
                              "val_acc": record["val_acc"], "eval_acc": tracked.get("eval_acc"),
@@ -410,7 +413,8 @@ class Dynamics:
                     i_xt_c = entry.get("i_xt_c") or [None] * len(entry["i_ty_c"])
                     channel_rows.append(pl.DataFrame({
                         "seed": seed, "act": act, "epoch": epoch, "site": site.name,
-                        "depth": site.depth, "channel": list(range(len(entry["i_ty_c"]))),
+                        "depth": site.depth, "rel_depth": site.rel_depth,
+                        "channel": list(range(len(entry["i_ty_c"]))),
                         "i_xt": i_xt_c, "i_ty": entry["i_ty_c"]},
                         schema_overrides={"i_xt": pl.Float64, "i_ty": pl.Float64}))
         floats = {c: pl.Float64 for c in ("i_xt", "i_ty", "frac_edge_bins", "val_acc",
@@ -448,7 +452,8 @@ class Dynamics:
             values = ["i_xt", "i_ty", "val_acc"] + (
                 ["frac_edge_bins"] if "frac_edge_bins" in frame.columns else [])
             out["summary_dynamics_sites"] = aggregate_seeds(
-                frame, ["act", "site", "depth", "site_kind", "epoch"], values)
+                frame, with_rel_depth(["act", "site", "depth", "site_kind", "epoch"], frame),
+                values)
         return out
 
     def figures(self, tables: dict[str, pl.DataFrame]) -> dict[str, Any]:

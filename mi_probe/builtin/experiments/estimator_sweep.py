@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import site_columns
 from mi_probe.plugin import (
-    hookimpl, Plan, prepare_site, RunContext, seed_units, site_row, SpecError, TableSchema,
+    hookimpl, Plan, prepare_site, RunContext, seed_units, SpecError, TableSchema,
     TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
@@ -75,7 +76,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "estimator_sweep": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "bins", "range", "fraction",
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "bins", "range", "fraction",
          "n_samples", "i_ty"),
         ("i_xt", "i_ty_bias")),
     "estimator_sweep_agreement": TableSchema(
@@ -159,7 +160,7 @@ class EstimatorSweep:
                         i_ty_c = prepared.label_mi(labels, ctx.num_classes)
                         i_xt_c = prepared.input_mi()  # the histogram: from the same count
                         per_site[site.name] = i_ty_c
-                        rows.append({**site_row(seed, state, site), "bins": b, "range": r,
+                        rows.append({**site_columns(seed, state, site), "bins": b, "range": r,
                                      "fraction": fraction, "n_samples": size,
                                      "i_xt": i_xt_c.mean().item() if i_xt_c is not None else None,
                                      "i_ty": i_ty_c.mean().item(),

@@ -13,8 +13,9 @@ from typing import Any, Literal, cast
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
-    aggregate_seeds, hookimpl, Plan, prepare_site, RANDOM, RunContext, seed_units, site_row,
+    aggregate_seeds, hookimpl, Plan, prepare_site, RANDOM, RunContext, seed_units,
     SpecError, TableSchema, TRAINED, unit_seed)
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
@@ -40,16 +41,17 @@ class LayerMIParams(BaseModel):
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "layer_mi": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "i_xt", "i_ty"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "i_xt", "i_ty"),
         ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "i_ty_excess", "channels", "reduce")),
     "channel_mi": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "channel", "i_xt", "i_ty"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "channel", "i_xt",
+         "i_ty"),
         ("i_ty_null", "i_ty_bias")),
     "evaluation": TableSchema(
         ("seed", "state", "accuracy", "n_samples"),
         ()),
     "diagnostics": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind"),
         ("n_samples", "channels", "log_n", "n_constant", "frac_edge_bins", "frac_near_cap",
          "i_xt_cap", "bin_range", "frac_clipped"), open=True),
 }
@@ -97,7 +99,7 @@ class LayerMIExperiment:
                 # every estimator gets the estimator-free facts; one that Diagnoses adds
                 # its own (the histogram: edge bins, near-cap channels, bin range)
                 constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
-                diags.append({**site_row(seed, state, site), "n_samples": n,
+                diags.append({**site_columns(seed, state, site), "n_samples": n,
                               "channels": site.channels, "log_n": math.log(n),
                               "n_constant": constant, **prepared.diagnostics()})
                 if self.params.reduce == "mean":
@@ -106,7 +108,7 @@ class LayerMIExperiment:
                 else:
                     layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
                     i_xt, i_ty = layer.i_xt, layer.i_ty
-                base = site_row(seed, state, site)
+                base = site_columns(seed, state, site)
                 null_mean = null_layer.mean().item() if null_layer is not None else None
                 layers.append({**base, "i_xt": i_xt, "i_ty": i_ty, "i_ty_bias": bias,
                                "i_ty_null": null_mean,
@@ -123,6 +125,7 @@ class LayerMIExperiment:
                     channels.append(pl.DataFrame({
                         "seed": [seed] * count, "state": [state] * count,
                         "site": [site.name] * count, "depth": [site.depth] * count,
+                        "rel_depth": [site.rel_depth] * count,
                         "site_kind": [site.kind] * count, "channel": list(range(count)),
                         "i_xt": (i_xt_c.cpu().numpy() if i_xt_c is not None
                                  else [None] * count),
@@ -144,7 +147,9 @@ class LayerMIExperiment:
     def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
         values = ["i_xt", "i_ty"] + (["i_ty_null"] if tables["layer_mi"]["i_ty_null"].drop_nulls().len()
                                       else [])
-        out = {"summary_layer_mi": aggregate_seeds(tables["layer_mi"], SITE_KEYS, values)}
+        layer = tables["layer_mi"]
+        out = {"summary_layer_mi": aggregate_seeds(layer, with_rel_depth(SITE_KEYS, layer),
+                                                   values)}
         if "evaluation" in tables:
             out["summary_evaluation"] = aggregate_seeds(tables["evaluation"], ["state"], ["accuracy"])
         return out

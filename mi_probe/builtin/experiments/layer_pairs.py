@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from mi_probe.builtin.experiments._depth import selected_rank, site_columns, with_rel_depth
 from mi_probe.plugin import (
-    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, site_row, SpecError, TableSchema,
+    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, SpecError, TableSchema,
     TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
@@ -62,11 +63,12 @@ def mean_pair_mi(mi: torch.Tensor, same_site: bool) -> tuple[float, int]:
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "layer_pairs": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "site_b", "depth_b", "mi"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "site_b", "depth_b",
+         "rel_depth_b", "mi"),
         ("site_kind_b", "mi_null", "mi_null_sd", "mi_excess", "mi_bias", "n_pairs",
          "n_samples", "distance", "pair_rank")),
     "layer_pairs_delta": TableSchema(
-        ("seed", "site", "depth", "site_b", "depth_b"),
+        ("seed", "site", "depth", "rel_depth", "site_b", "depth_b", "rel_depth_b"),
         ("mi", "mi_excess", "mi_random", "mi_excess_random", "delta_mi", "delta_mi_excess")),
 }
 
@@ -110,6 +112,9 @@ class LayerPairs:
                     acts = acts[:, keep[:limit].sort().values.to(acts.device)]
                 chosen[site.name] = acts
             ctx.progress(f"seed {seed}: {state} layer pairs over {len(cap.sites)} sites")
+            # distance counts selected sites apart (adjacent selected sites: 1), as it did
+            # when depth numbered the selected sites; depth is now the model's own index
+            rank = selected_rank(cap.sites)
             for i, a in enumerate(cap.sites):
                 for b in cap.sites[i:]:
                     same = a.name == b.name
@@ -126,14 +131,15 @@ class LayerPairs:
                     null_sd = (torch.tensor(nulls, dtype=torch.float64).std().item()
                                if len(nulls) > 1 else None)
                     for x, y in ((a, b), (b, a)) if not same else ((a, b),):
-                        rows.append({**site_row(seed, state, x), "site_b": y.name,
-                                     "depth_b": y.depth, "site_kind_b": y.kind, "mi": value,
+                        rows.append({**site_columns(seed, state, x), "site_b": y.name,
+                                     "depth_b": y.depth, "rel_depth_b": y.rel_depth,
+                                     "site_kind_b": y.kind, "mi": value,
                                      "mi_null": null, "mi_null_sd": null_sd,
                                      "mi_excess": value - null if null is not None else None,
-                                     "mi_bias": bias, "n_pairs": n_pairs, "n_samples": n})
+                                     "mi_bias": bias, "n_pairs": n_pairs, "n_samples": n,
+                                     "distance": abs(rank[y.name] - rank[x.name])})
         floats = {c: pl.Float64 for c in ("mi_null", "mi_null_sd", "mi_excess", "mi_bias")}
-        frame = pl.DataFrame(rows, schema_overrides=floats).with_columns(
-            distance=(pl.col("depth_b") - pl.col("depth")).abs())
+        frame = pl.DataFrame(rows, schema_overrides=floats)
         # rank of each pair of distinct sites by MI within a seed and state (1 = the
         # largest; both orientations of a pair share it); the diagonal has none
         off = pl.col("distance") > 0
@@ -146,10 +152,11 @@ class LayerPairs:
 
         frame = tables["layer_pairs"]
         values = ["mi"] + (["mi_null", "mi_excess"] if _has_null(frame) else [])
-        out = {"summary_layer_pairs": aggregate_seeds(
-            frame, ["state", "site", "depth", "site_b", "depth_b"], values)}
+        pair = with_rel_depth(with_rel_depth(["site", "depth", "site_b", "depth_b"], frame),
+                              frame, after="depth_b", column="rel_depth_b")
+        out = {"summary_layer_pairs": aggregate_seeds(frame, ["state", *pair], values)}
         if {TRAINED, RANDOM} <= set(frame["state"].unique()):
-            keys = ["seed", "site", "depth", "site_b", "depth_b"]
+            keys = ["seed", *pair]
             both = ["mi", "mi_excess"] if "mi_excess" in frame.columns else ["mi"]
             delta = frame.filter(pl.col("state") == TRAINED).select(keys + both).join(
                 frame.filter(pl.col("state") == RANDOM).select(keys + both), on=keys,

@@ -11,9 +11,10 @@ from typing import Literal, cast
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     channel_masses, check_mass_levels, hookimpl, mean_over_draws, Plan, RunContext, seed_units,
-    site_row, SpecError, TableSchema, TRAINED, unit_seed)
+    SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.builtin.experiments._sweep import (FitParams, mean_of, rows_at, fit_plans,
                                                   selection_columns)
 
@@ -37,13 +38,13 @@ class SemanticKnockoutParams(FitParams):
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "semantic_knockout": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "class", "q", "selection",
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "class", "q", "selection",
          "n_channels", "class_accuracy", "baseline_class_accuracy", "drop",
          "other_classes_change"),
         ("fit", "part", "class_name", "draw", "frac_channels", "top_bottom_overlap",
          "class_mass", "mass_kind")),
     "semantic_knockout_site_masses": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "class"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "class"),
         ("fit", "part", "mass_kind", "signal_channels", "signal_p", "has_signal",
          "total_mass")),
 }
@@ -94,7 +95,7 @@ class SemanticKnockout:
                                             purpose=f"{state}/{site.name}/class{k}{tag}",
                                             null_draws=self.params.mass_null_draws)
                     fit_cols = {"fit": fit, "part": part}
-                    mass_rows.append({**site_row(seed, state, site), "class": k, **fit_cols,
+                    mass_rows.append({**site_columns(seed, state, site), "class": k, **fit_cols,
                                       **masses.columns(), "total_mass": float(masses.values.sum())})
                     if not masses.usable:
                         continue
@@ -123,7 +124,7 @@ class SemanticKnockout:
                                 correct = rows_at(logits.argmax(1) == result.labels, score)
                                 class_acc = mean_of(correct[score_k])
                                 rows.append({
-                                    **site_row(seed, state, site), **fit_cols, "class": k,
+                                    **site_columns(seed, state, site), **fit_cols, "class": k,
                                     "class_name": ctx.class_names[k], "q": q,
                                     "selection": selection, "draw": draw, **sizes,
                                     "n_channels": int(channels.numel()),
@@ -145,7 +146,8 @@ class SemanticKnockout:
         if frame is None or frame.height == 0:
             return {}
         values = ["drop", "other_classes_change", "class_accuracy"]
-        keys = ["fit", "site", "depth", "site_kind", "class", "q", "selection"]
+        keys = with_rel_depth(["fit", "site", "depth", "site_kind", "class", "q", "selection"],
+                              frame)
         per_seed = mean_over_draws(frame, ["seed", *keys], values + ["n_channels"])
         # Sites and classes of one seed are not independent observations: average them
         # within the seed, then take the interval over seeds.

@@ -16,9 +16,10 @@ Blocks are those with a ``pre_add`` or ``post_add`` site among the spec's sites
 (optionally narrowed by ``blocks``). When the spec lists only one of a block's two sites
 the other is captured here with one extra evaluation pass, so ``sites: {include:
 ["*.pre_add", "*.post_add"]}`` is the natural choice but not required. The ``depth``
-column is the spec depth of the block's ``post_add`` site (of its ``pre_add`` site when
-only that one is in the spec); ``block_index`` is the block's 0-based position among
-all blocks of the model.
+column is the model's own depth (index among all its sites) of the block's ``post_add``
+site (of its ``pre_add`` site when only that one is in the spec), ``rel_depth`` that
+depth scaled to [0, 1]; ``block_index`` is the block's 0-based position among all
+residual blocks of the model (it never depended on the spec's sites).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import with_rel_depth
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, HasSkipGainHooks, hookimpl, Plan, RANDOM, RunContext,
     seed_units, Site, SpecError, TableSchema, TRAINED, unit_seed)
@@ -110,6 +112,8 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
         pre, post = by_name.get(f"{b}.pre_add"), by_name.get(f"{b}.post_add")
         # b was chosen for having a site in the spec, so one of the two is there
         anchor = cast(Site, post or pre)
+        # a site the spec lacks is built from the other one: it is only captured, and its
+        # depth fields (the anchor's) never reach a table, which uses the anchor's depth
         if pre is None:
             ref = refs[f"{b}.pre_add"]
             pre = replace(anchor, name=ref.name, module=ref.module, kind=ref.kind,
@@ -119,7 +123,7 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
             post = replace(anchor, name=ref.name, module=ref.module, kind=ref.kind,
                            index=ref.index)
         plan.append({"block": b, "block_index": all_blocks.index(b), "depth": anchor.depth,
-                     "pre": pre, "post": post})
+                     "rel_depth": anchor.rel_depth, "pre": pre, "post": post})
     return plan
 
 
@@ -127,12 +131,12 @@ def plan_blocks(adapter, model, sites: list[Site], patterns: list[str] | None
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "skip_gain": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "block", "gain", "accuracy",
-         "baseline_accuracy", "change"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "block", "gain",
+         "accuracy", "baseline_accuracy", "change"),
         ("block_index", "post_gini", "post_top_k_share", "post_gini_raw", "mass_kind",
          "top_k")),
     "skip_concentration": TableSchema(
-        ("seed", "state", "block", "depth"),
+        ("seed", "state", "block", "depth", "rel_depth"),
         ("block_index", "pre_gini", "post_gini", "pre_top_k_share", "post_top_k_share",
          "pre_gini_raw", "post_gini_raw", "gini_raw_change", "top_overlap",
          "channel_rank_spearman", "mass_kind", "top_k")),
@@ -203,7 +207,7 @@ class SkipGain:
             post_gini, post_top, post_raw, post_mi = self._concentration(
                 ctx, acts[b["post"].name], cap.labels, seed, f"{state}/{b['post'].name}")
             base = {"seed": seed, "state": state, "block": b["block"], "depth": b["depth"],
-                    "block_index": b["block_index"]}
+                    "rel_depth": b["rel_depth"], "block_index": b["block_index"]}
             conc_rows.append({**base, "pre_gini": pre_gini, "post_gini": post_gini,
                               "pre_top_k_share": pre_top, "post_top_k_share": post_top,
                               "pre_gini_raw": pre_raw, "post_gini_raw": post_raw,
@@ -223,7 +227,8 @@ class SkipGain:
                     ctx, result.acts[post.name], result.labels, seed, f"{state}/{post.name}")
                 acc = result.accuracy
                 gain_rows.append({"seed": seed, "state": state, "site": post.name,
-                                  "depth": b["depth"], "site_kind": post.kind,
+                                  "depth": b["depth"], "rel_depth": b["rel_depth"],
+                                  "site_kind": post.kind,
                                   "block": b["block"], "block_index": b["block_index"],
                                   "gain": float(g), "accuracy": acc, "baseline_accuracy": baseline,
                                   "change": acc - baseline, "post_gini": g_gini,
@@ -244,13 +249,14 @@ class SkipGain:
         if conc is not None and conc.height:
             conc = conc.with_columns(gini_gap=pl.col("post_gini") - pl.col("pre_gini"))
             out["summary_skip_concentration"] = aggregate_seeds(
-                conc, ["state", "block", "depth", "block_index"],
+                conc, with_rel_depth(["state", "block", "depth", "block_index"], conc),
                 ["pre_gini", "post_gini", "gini_gap", "pre_top_k_share", "post_top_k_share",
                  "pre_gini_raw", "post_gini_raw"])
         frame = tables.get("skip_gain")
         if frame is not None and frame.height:
             out["summary_skip_gain"] = aggregate_seeds(
-                frame, ["state", "site", "depth", "site_kind", "block", "gain"],
+                frame, with_rel_depth(["state", "site", "depth", "site_kind", "block", "gain"],
+                                      frame),
                 ["accuracy", "change", "post_gini", "post_top_k_share", "post_gini_raw"])
         return out
 

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Literal, cast
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     ChannelMassParams, check_mass_levels, HasProducers, hookimpl, mean_over_draws, Plan,
-    RunContext, RunError, Site, site_masses, site_row, SpecError, TableSchema, TRAINED)
+    RunContext, RunError, Site, site_masses, SpecError, TableSchema, TRAINED)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -100,12 +101,12 @@ def default_pairs(seeds: list[int]) -> list[tuple[int, int]]:
 #: those that appear with some settings.
 TABLE_SCHEMAS = {
     "transplant": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "donor_seed", "q", "selection",
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "donor_seed", "q", "selection",
          "accuracy", "baseline_accuracy", "change"),
         ("draw", "n_channels", "frac_channels", "top_bottom_overlap", "mass_kind", "mass",
          "donor_accuracy", "producers")),
     "transplant_site_masses": TableSchema(
-        ("seed", "state", "site", "depth", "site_kind", "donor_seed"),
+        ("seed", "state", "site", "depth", "rel_depth", "site_kind", "donor_seed"),
         ("mass_kind", "signal_channels", "signal_p", "has_signal", "total_mass")),
 }
 
@@ -165,7 +166,7 @@ class Transplant:
                              "modules; skipped")
                 continue
             usable += 1
-            site_masses_rows.append({**site_row(recipient_seed, TRAINED, site),
+            site_masses_rows.append({**site_columns(recipient_seed, TRAINED, site),
                                      "donor_seed": donor_seed, **masses[site.name].columns(),
                                      "total_mass": float(masses[site.name].values.sum())})
             if not masses[site.name].usable:
@@ -203,7 +204,7 @@ class Transplant:
                     model = transplant_channels(recipient, donor, producers, channels)
                     acc = ctx.evaluate(model).accuracy
                     del model
-                    rows.append({**site_row(recipient_seed, TRAINED, site),
+                    rows.append({**site_columns(recipient_seed, TRAINED, site),
                                  "donor_seed": donor_seed, "q": q, "selection": selection,
                                  "draw": draw, "n_channels": int(channels.numel()),
                                  "frac_channels": channels.numel() / site.channels,
@@ -222,11 +223,12 @@ class Transplant:
         frame = tables.get("transplant")
         if frame is None or frame.height == 0:
             return {}
-        per_pair = mean_over_draws(frame, ["seed", "donor_seed", *self.KEYS],
+        keys = with_rel_depth(self.KEYS, frame)
+        per_pair = mean_over_draws(frame, ["seed", "donor_seed", *keys],
                                    ["change", "accuracy", "mass", "n_channels"])
         by_q = mean_over_draws(per_pair, ["seed", "donor_seed", "q", "selection"],
                                ["change", "accuracy"])
-        return {"summary_transplant": aggregate_seeds(per_pair, self.KEYS,
+        return {"summary_transplant": aggregate_seeds(per_pair, keys,
                                                       ["change", "accuracy", "mass"],
                                                       count_name="n_pairs"),
                 "summary_transplant_by_q": aggregate_seeds(by_q, ["q", "selection"],

@@ -1,0 +1,1 @@
+"""Built-in tracking sinks (``track:`` in a spec): ``tensorboard`` and ``mlflow``."""
