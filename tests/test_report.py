@@ -505,10 +505,18 @@ def test_screenshots_of_the_page_in_headless_chromium(tmp_path: Path) -> None:
     rows = [{"seed": s, "state": st, "site": f"s{d}", "depth": d, "site_kind": "k",
              "v": float(d + s)} for s in (0, 1, 2) for st in ("trained", "random")
             for d in range(3)]
+    wide = pl.DataFrame({f"a_long_column_name_{i}": [1.23456789] * 3 for i in range(40)})
     report.render_run(tmp_path, {"v_by_depth": report.by_depth(pl.DataFrame(rows), "v")},
-                      {"t": pl.DataFrame(rows)}, {"status": "complete"}, formats=["png"],
-                      checks=[{"name": "c", "passed": True}])
+                      {"t": pl.DataFrame(rows), "wide": wide}, {"status": "complete"},
+                      formats=["png"], checks=[{"name": "c", "passed": True}])
+    # exit 0: the screenshots were written and the page does not scroll sideways at
+    # 1,280 px, although the 40-column table is far wider (it scrolls in its own box)
     assert shots.main([str(tmp_path), "--out", str(tmp_path / "shots")]) == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.html").write_text(
+        '<html><body><div style="width:3000px">wide</div></body></html>')
+    assert shots.sideways_scroll(shots.find_chromium(), broken / "index.html") > 0
     from PIL import Image
 
     for name in ("top", "figure-v_by_depth"):

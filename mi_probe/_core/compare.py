@@ -398,6 +398,11 @@ def summary_text(runs: Sequence[LoadedRun], diff: Mapping[str, Sequence[str]],
     return "\n".join(lines) + "\n"
 
 
+#: the runs table wraps its long cells (paths, run ids, the estimator in words), so the
+#: page fits a 1,280 px window without scrolling sideways
+_RUNS_CSS = "table.runs td.s { white-space: normal; overflow-wrap: break-word; }\n"
+
+
 def _page(title: str, runs: Sequence[LoadedRun], diff: Mapping[str, Sequence[str]],
           figures: Mapping[str, Any], tables: Mapping[str, pl.DataFrame],
           notes: Sequence[str]) -> str:
@@ -416,7 +421,7 @@ def _page(title: str, runs: Sequence[LoadedRun], diff: Mapping[str, Sequence[str
                  *(run.columns.get(c, "") for c in RUN_COLUMNS),
                  ", ".join(str(s) for s in run.meta.get("seeds", []))]
         rows.append("<tr>" + "".join(f'<td class="s">{esc(c)}</td>' for c in cells) + "</tr>")
-    body.append('<h2 id="runs">Runs</h2><div class="tablewrap"><table><thead><tr>'
+    body.append('<h2 id="runs">Runs</h2><div class="tablewrap"><table class="runs"><thead><tr>'
                 f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
     body.append('<h2 id="diff">What differs between the specs</h2>')
     if diff:
@@ -456,7 +461,7 @@ def _page(title: str, runs: Sequence[LoadedRun], diff: Mapping[str, Sequence[str
               "for (const [id, spec] of Object.entries(specs)) {\n"
               "  vegaEmbed('#' + id, spec, options).catch(console.error);\n}\n")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="UTF-8">\n'
-            f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n"
+            f"<title>{esc(title)}</title>\n<style>{_CSS}{_RUNS_CSS}</style>\n"
             f'<script type="text/javascript">\n{bundle}\n</script>\n</head>\n<body>\n'
             + "\n".join(body)
             + f'\n<script type="text/javascript">\n{script}</script>\n</body>\n</html>\n')
