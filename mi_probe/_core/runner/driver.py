@@ -248,9 +248,11 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
         from mi_probe._core.report import describe_estimator
         from mi_probe._core.tracking import start_trackers
 
-        trackers = start_trackers(spec, pm.registry, run_dir, run_columns(
-            spec.model_dump(mode="json"), run_dir, meta,
-            describe_estimator(meta["estimator"], short=True)), log)
+        # every table says which run it is from (docs/compare.md), so tables of several
+        # runs concatenate and still tell apart; the sinks are told the same values
+        stamp = run_columns(spec.model_dump(mode="json"), run_dir, meta,
+                            describe_estimator(meta["estimator"], short=True))
+        trackers = start_trackers(spec, pm.registry, run_dir, stamp, log)
         engine.models.trackers = trackers  # training epochs reach the sinks as they end
         plan = engine.experiment.plan(engine)
         units = list(plan.units)
@@ -306,12 +308,7 @@ def _run_locked(validated: Validated, pm: Any, run_dir: Path, resuming: bool,
             trained.setdefault(str(seed), {}).update(variants)
         tables = concat_tables(parts)
         tables.update(engine.experiment.finalize(engine, tables))
-        # every table says which run it is from (docs/compare.md), so tables of several
-        # runs concatenate and still tell apart; existing columns are kept as they are
-        from mi_probe._core.report import describe_estimator
-
-        stamp = run_columns(spec.model_dump(mode="json"), run_dir, meta,
-                            describe_estimator(meta["estimator"], short=True))
+        # existing columns are kept as they are (with_run_columns adds only missing ones)
         tables = {name: with_run_columns(frame, stamp) for name, frame in tables.items()}
         meta["run_columns"] = stamp
         schemas = table_schemas(engine.experiment)
