@@ -190,3 +190,19 @@ def test_epoch_values_and_labels():
     assert training_label(0, "tanh", "hsic") == "seed0-tanh-hsic"
     assert training_label(0, "as built", "none") == "seed0"
     assert not Trackers([], print)
+
+
+def test_a_resumed_training_gets_its_earlier_epochs_replayed_once():
+    got = []
+
+    class Sink:
+        def log_epoch(self, label, epoch, values):
+            got.append((label, epoch, values["val/acc"]))
+
+    trackers = Trackers([Sink()], print)
+    history = [{"epoch": e, "val_acc": e / 10} for e in range(4)]
+    for row in history[2:]:  # resumed at epoch 2: epochs 2-3 arrive live
+        trackers.epoch("seed0", row["epoch"], row)
+    trackers.replay("seed0", history)  # then the whole history is offered
+    trackers.replay("seed0", history)  # and again at the end of the run
+    assert sorted(got) == [("seed0", e, e / 10) for e in range(4)]

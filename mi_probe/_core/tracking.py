@@ -59,12 +59,12 @@ class Trackers:
     """The run's sinks, called by the driver (start, results, close) and by the model
     store (each epoch). Trainings whose epochs were not seen live (a cached model, a
     unit computed in another process) are replayed from their history, so every sink
-    ends with every curve."""
+    ends with every curve (a training resumed from a checkpoint: its earlier epochs)."""
 
     def __init__(self, sinks: Iterable[Any], log: Callable[[str], None]) -> None:
         self.sinks = list(sinks)
         self.log = log
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, int]] = set()  # (label, epoch) already sent
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
@@ -84,18 +84,17 @@ class Trackers:
 
     def epoch(self, label: str, epoch: int, row: Mapping[str, Any]) -> None:
         """One epoch of training ``label`` (epoch 0: the initial weights)."""
-        self.seen.add(label)
+        self.seen.add((label, int(epoch)))
         values = epoch_values(row)
         if values:
             self._each(f"{label} epoch {epoch}",
                        lambda sink: sink.log_epoch(label, int(epoch), values))
 
     def replay(self, label: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Send a training's whole history, unless its epochs were sent live."""
-        if label in self.seen:
-            return
+        """Send the epochs of a training's history that were not sent live."""
         for row in rows:
-            self.epoch(label, int(row["epoch"]), row)
+            if (label, int(row["epoch"])) not in self.seen:
+                self.epoch(label, int(row["epoch"]), row)
 
     def results(self, run_dir: Path, tables: Mapping[str, Any]) -> None:
         """The finished run: trainings not seen live (from the ``training`` table), then
