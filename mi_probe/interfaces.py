@@ -597,7 +597,8 @@ class Tracker(Protocol):
     """A live tracking sink (``track:`` in a spec; ``tensorboard``, ``mlflow``): told
     when the run starts, sent every training epoch's values as the epoch ends, then the
     finished run's tables and figures, then the run's status. ``run`` is a
-    ``mi_probe._core.tracking.TrackedRun`` (run_dir, name, spec, metadata); ``values``
+    ``mi_probe._core.tracking.TrackedRun`` (run_dir, name, spec, metadata, params: the
+    spec as dotted keys); ``values``
     are ``{name: float}`` with ``/``-grouped names (``val/acc``, ``i_ty/<site>``);
     ``label`` names the training (``seed0``, ``seed0-tanh``)."""
 

@@ -206,3 +206,26 @@ def test_a_resumed_training_gets_its_earlier_epochs_replayed_once():
     trackers.replay("seed0", history)  # then the whole history is offered
     trackers.replay("seed0", history)  # and again at the end of the run
     assert sorted(got) == [("seed0", e, e / 10) for e in range(4)]
+
+
+def test_trainings_run_elsewhere_reach_the_sinks_from_the_training_table(tmp_path):
+    """A training computed in another process (the ray executor) sent nothing live: its
+    rows of the final ``training`` table are sent when the run ends, once."""
+    got, results = [], []
+
+    class Sink:
+        def log_epoch(self, label, epoch, values):
+            got.append((label, epoch, values["val/acc"]))
+
+        def log_results(self, run_dir, tables, figures):
+            results.append(sorted(tables))
+
+    training = pl.DataFrame({"seed": [0, 0, 1, 1], "epoch": [1, 0, 0, 1],
+                             "val_acc": [0.5, 0.1, 0.2, 0.6], "act": ["tanh"] * 4,
+                             "regularizer": ["none", "none", "hsic", "hsic"]})
+    trackers = Trackers([Sink()], print)
+    trackers.epoch("seed0-tanh", 0, {"val_acc": 0.1})  # seen live: not sent again
+    trackers.results(tmp_path, {"training": training})
+    assert sorted(got) == [("seed0-tanh", 0, 0.1), ("seed0-tanh", 1, 0.5),
+                           ("seed1-tanh-hsic", 0, 0.2), ("seed1-tanh-hsic", 1, 0.6)]
+    assert results == [["training"]]

@@ -158,9 +158,9 @@ def custom_fingerprint(arch: str) -> str | None:
     return model_fingerprint(custom_target(arch)) if is_custom_arch(arch) else None
 
 
-def _build_custom(arch: str, num_classes: int, seed: int) -> nn.Module:
-    """A fresh copy of the user's module, or the factory's model for ``num_classes``;
-    both under ``torch.manual_seed(seed)``."""
+def _build_custom(arch: str, num_classes: int) -> nn.Module:
+    """A fresh copy of the user's module, or the factory's model for ``num_classes``
+    (the caller has seeded torch)."""
     target = custom_target(arch)
     if isinstance(target, nn.Module):
         model = copy.deepcopy(target)  # the given weights, the same for every seed
@@ -346,7 +346,7 @@ def build_model(arch: str, num_classes: int, seed: int, act: str | None = None,
         torch.manual_seed(seed)
         sized = _size_kwargs(arch, img_size)
         if is_custom_arch(arch):
-            model = _build_custom(arch, num_classes, seed)
+            model = _build_custom(arch, num_classes)
         else:
             try:
                 model = timm.create_model(arch, pretrained=False, num_classes=num_classes,

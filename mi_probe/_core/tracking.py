@@ -22,13 +22,16 @@ SITE_VALUES = ("i_xt", "i_ty", "frac_edge_bins")
 
 @dataclass(frozen=True)
 class TrackedRun:
-    """What a sink is told when a run starts: where it is, its name, its spec (as JSON)
-    and the metadata columns of its tables (run_id, arch, act, estimator, data)."""
+    """What a sink is told when a run starts: where it is, its name, its spec (as JSON),
+    the same spec as dotted keys and printable values (``model.arch: resnet18``, for
+    sinks that take flat parameters) and the metadata columns of its tables (run_id,
+    arch, act, estimator, data)."""
 
     run_dir: Path
     name: str
     spec: Mapping[str, Any]
     metadata: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
 
 
 def training_label(seed: Any, act: str | None = None, regularizer: str | None = None) -> str:
@@ -122,8 +125,10 @@ def start_trackers(spec: Any, registry: Any, run_dir: Path, metadata: Mapping[st
     sinks = [registry.build("trackers", params) for params in getattr(spec, "track", [])]
     trackers = Trackers(sinks, log)
     if trackers:
+        from mi_probe._core.compare import flatten
+
         dumped = spec.model_dump(mode="json", exclude={"track"})
-        run = TrackedRun(Path(run_dir), spec.name, dumped, dict(metadata))
+        run = TrackedRun(Path(run_dir), spec.name, dumped, dict(metadata), flatten(dumped))
         for sink in trackers.sinks:
             sink.start(run)
         log(f"tracking to {', '.join(p.kind for p in spec.track)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from mi_probe.plugin import PluginError
 
@@ -16,17 +16,6 @@ def require(module: str, extra: str, sink: str) -> Any:
     except ImportError:
         raise PluginError(f"track: {sink} needs the {module!r} package, which is not "
                           f"installed; pip install 'mi-probe[{extra}]'") from None
-
-
-def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """``(dotted.key, text)`` pairs of a nested spec mapping (lists as JSON text)."""
-    import json
-
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from flatten(item, f"{prefix}{key}.")
-    else:
-        yield prefix.rstrip("."), value if isinstance(value, str) else json.dumps(value)
 
 
 def markdown_table(frame: Any, max_rows: int = 50) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mi_probe.builtin.trackers._common import flatten, require
+from mi_probe.builtin.trackers._common import require
 from mi_probe.plugin import hookimpl
 
 #: MLflow's limits on a param's key and value
@@ -57,7 +57,7 @@ class MlflowTracker:
             experiment_id, run_name=self.params.run_name or
             f"{run.name}/{Path(run.run_dir).name}", tags=tags)
         self.run_id = created.info.run_id
-        params = [Param(key[:_KEY], text[:_VALUE]) for key, text in flatten(run.spec)]
+        params = [Param(key[:_KEY], text[:_VALUE]) for key, text in run.params.items()]
         for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("mi_probe.status", "running")])
