@@ -236,8 +236,10 @@ class Estimator(Protocol):
         """JSON-able facts to store with every result (caps, bins, conventions)."""
 
     # Optional abilities, each a protocol below, checked with isinstance:
-    # PairMI (layer_pairs), Diagnoses (diagnostics.parquet), Binned (cover),
-    # Prepares (one site's quantities from one shared state).
+    # PairMI (layer_pairs), Diagnoses and DiagnosesLabels (diagnostics.parquet), Binned
+    # (cover), Prepares (one site's quantities from one shared state), Intervals and
+    # JointMIIntervals (confidence intervals), JointMI (bench-estimators), VectorLabelMI
+    # (unpooled sites).
 
 
 @runtime_checkable
@@ -291,6 +293,88 @@ class Binned(Protocol):
     bins: int
     #: None: each channel's min/max; else the tail share clipped at each end
     quantile: float | None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval, in nats. The tensors are
+    float64 and share one shape: (C,) per channel, or 0-d for one value."""
+
+    estimate: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    #: nominal coverage, e.g. 0.95
+    level: float
+    #: how it was made: ``bootstrap``, ``subsample`` or ``kfold`` (see docs/estimators.md)
+    method: str
+
+
+@runtime_checkable
+class Intervals(Protocol):
+    """Estimator ability: confidence intervals for its per-channel label MI, by a method
+    that is valid for it (a naive bootstrap is not valid for KSG: resampled duplicates
+    sit at distance 0). ``layer_mi``'s ``interval`` parameter writes them as
+    ``*_ci_low`` / ``*_ci_high`` columns."""
+
+    #: ``bootstrap``, ``subsample`` or ``kfold``
+    interval_method: str
+
+    def label_mi_interval(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                          level: float, seed: int) -> tuple[Interval, Interval]:
+        """Intervals of I(T_c;Y) per channel ((C,) tensors) and of their mean over the
+        channels (0-d tensors; the site's ``i_ty``), from resamples shared by every
+        channel. ``estimate`` equals ``label_mi`` and its mean."""
+
+
+@runtime_checkable
+class JointMI(Protocol):
+    """Estimator ability (``bench-estimators``; unpooled layers): I(X;Y) of two
+    continuous multivariate variables from paired rows, as in bmi's benchmark."""
+
+    #: the largest dim_x + dim_y it accepts (None: any); larger inputs raise
+    #: ``EstimatorError`` naming the limit
+    max_joint_dims: int | None
+
+    def joint_mi(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """I(X;Y) in nats of (N, dx) and (N, dy) float samples (row i of x pairs with
+        row i of y)."""
+
+
+@runtime_checkable
+class JointMIIntervals(Protocol):
+    """Estimator ability: a confidence interval for ``joint_mi`` (bench coverage)."""
+
+    interval_method: str
+
+    def joint_mi_interval(self, x: torch.Tensor, y: torch.Tensor, level: float, seed: int
+                          ) -> Interval:
+        """0-d interval whose ``estimate`` equals ``joint_mi(x, y)``."""
+
+
+@runtime_checkable
+class VectorLabelMI(Protocol):
+    """Estimator ability (sites with ``reduce: none``): I(T;Y) of a whole layer's
+    (N, D) representation, D = C·H·W or a declared projection of it, and integer
+    labels, with no pooling to channels."""
+
+    #: the largest D it accepts (None: any)
+    max_dims: int | None
+
+    def vector_label_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int
+                        ) -> float:
+        """I(T;Y) in nats of (N, D) activations and (N,) integer labels."""
+
+
+@runtime_checkable
+class DiagnosesLabels(Protocol):
+    """Estimator ability: facts about how its discretisation of one site relates to the
+    labels (the histogram: the share of the label entropy Ĥ(Y) that the binned channels
+    and the binned layer explain; near 1 means the bins identify the images), added to
+    the site's ``diagnostics.parquet`` row."""
+
+    def label_diagnostics(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int
+                          ) -> dict[str, Any]:
+        """JSON-able columns for one site's (N, C) activations and (N,) labels."""
 
 
 @runtime_checkable
