@@ -163,6 +163,7 @@ def _kth_of_merged(left: list[torch.Tensor], right: list[torch.Tensor], kk: int)
         else:
             cand = torch.maximum(left[i - 1], right[j - 1])
         best = cand if best is None else torch.minimum(best, cand)
+    assert best is not None  # kk >= 1
     return best
 
 
