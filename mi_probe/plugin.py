@@ -48,12 +48,14 @@ _HOME = {
         'hookimpl'], "mi_probe.hookspecs"),
     **dict.fromkeys([
         'Adapter', 'Binned', 'Captured', 'ChecksSource', 'ChecksSpec', 'DataBundle',
-        'DataSource', 'DeclaresTables', 'DeclaresTrainings', 'Diagnoses', 'Estimator',
-        'Executor', 'Experiment', 'ExplainsEstimates', 'HasNotes', 'HasProducers',
-        'HasSkipGainHooks', 'HasSuffix', 'Intervention', 'LayerMI', 'Metric',
+        'DataSource', 'DeclaresTables', 'DeclaresTrainings', 'Diagnoses',
+        'DiagnosesLabels', 'Estimator', 'Executor', 'Experiment', 'ExplainsEstimates',
+        'HasNotes', 'HasProducers', 'HasSkipGainHooks', 'HasSuffix', 'Intervention',
+        'Interval', 'Intervals', 'JointMI', 'JointMIIntervals', 'LayerMI', 'Metric',
         'OUTPUT_KINDS', 'PairMI', 'Plan', 'Prepares', 'RANDOM', 'Register',
         'Regularizer', 'RunContext', 'Site', 'SiteRef', 'StageJobs', 'TRAINED',
-        'TableSchema', 'TrainingRequest', 'as_schema'], "mi_probe.interfaces"),
+        'TableSchema', 'TrainingRequest', 'VectorLabelMI', 'as_schema'],
+        "mi_probe.interfaces"),
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers
@@ -82,11 +84,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         hookimpl)
     from mi_probe.interfaces import (  # noqa: F401
         Adapter, Binned, Captured, ChecksSource, ChecksSpec, DataBundle, DataSource,
-        DeclaresTables, DeclaresTrainings, Diagnoses, Estimator, Executor,
-        Experiment, ExplainsEstimates, HasNotes, HasProducers, HasSkipGainHooks,
-        HasSuffix, Intervention, LayerMI, Metric, OUTPUT_KINDS, PairMI, Plan,
+        DeclaresTables, DeclaresTrainings, Diagnoses, DiagnosesLabels, Estimator,
+        Executor, Experiment, ExplainsEstimates, HasNotes, HasProducers,
+        HasSkipGainHooks, HasSuffix, Intervention, Interval, Intervals, JointMI,
+        JointMIIntervals, LayerMI, Metric, OUTPUT_KINDS, PairMI, Plan,
         Prepares, RANDOM, Register, Regularizer, RunContext, Site, SiteRef,
-        StageJobs, TRAINED, TableSchema, TrainingRequest, as_schema)
+        StageJobs, TRAINED, TableSchema, TrainingRequest, VectorLabelMI, as_schema)
 
 
 def _charts() -> SimpleNamespace:

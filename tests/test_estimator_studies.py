@@ -422,7 +422,7 @@ def test_estimator_sweep_without_a_range_parameter():
     plan = exp.plan(ctx)
     assert list(plan.units) == ["seed=0"]
     assert built == [{"bins": 4}, {"bins": 8}]  # no range passed to the estimator
-    assert set(exp._estimators(ctx, plan)) == {(4, None), (8, None)}
+    assert set(exp._estimators(ctx, plan)) == {(4, None, None), (8, None, None)}  # no binning
     planted = PlantedContext(planted_layers(n=200))
     ctx.capture, ctx.rng, ctx.num_classes = planted.capture, planted.rng, 3
     tables = EstimatorSweep(exp.params).run_unit(ctx, "seed=0", plan)  # a fresh instance

@@ -59,7 +59,7 @@ def test_did_you_mean_for_fields_and_literals(pm):
         load_spec_text(text, "x.yaml", pm=pm)
     problems = "\n".join(exc.value.problems)
     assert "x.yaml:5: model.act: unknown value 'rleu'; valid: relu, tanh (did you mean 'relu'?)" in problems
-    assert "experiment.reduc: unknown field; valid fields: channel_table, kind, null_draws, reduce, states " \
+    assert "experiment.reduc: unknown field; valid fields: channel_table, interval, kind, null_draws, reduce, states " \
            "(did you mean 'reduce'?)" in problems
 
 

@@ -3,6 +3,10 @@
 Every function takes an (N, C) matrix (samples x channels) on any device and works on
 all channels at once; memory is bounded by processing channels in chunks. Results are
 float64 tensors in nats on the input's device.
+
+Two binnings of a channel (``BINNINGS``): ``uniform`` (B equal-width bins between its
+min and max, or its quantile range: :func:`bin_uniform`) and ``equal_count`` (edges at
+its empirical k/B quantiles, so each bin holds about N/B samples: :func:`bin_equal_count`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import torch
 
 #: Upper bound on the number of int64/float64 cells one chunk may allocate.
 DEFAULT_CHUNK_CELLS = 1 << 25  # 32 M cells ≈ 256 MB of float64
+
+#: The binnings of a channel: equal-width bins, or equal-count (quantile) bins.
+BINNINGS = ("uniform", "equal_count")
 
 
 def _chunks(n_channels: int, cells_per_channel: int, max_cells: int):
@@ -205,6 +212,64 @@ def _bin_uniform_torch_and_range(acts: torch.Tensor, bins: int, quantile: float 
     return codes, col_min, col_max, range_lo, range_hi
 
 
+def _equal_count_chunks(acts: torch.Tensor, bins: int, max_cells: int):
+    """(column slice, (N, c) int64 codes) of :func:`bin_equal_count`, chunk by chunk, and
+    each column's float64 (min, max) first (as ``(None, (min, max))``)."""
+    if acts.ndim != 2:
+        raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    x = acts.to(torch.float64)
+    yield None, _checked_min_max(x)  # also refuses no samples, NaN and ±inf
+    n, c = x.shape
+    # a chunk holds its values, their sorted copy, the sort order and two int64 rank
+    # arrays: 5 cells a value
+    for sl in _chunks(c, 5 * n, max_cells):
+        values, order = x[:, sl].T.contiguous().sort(dim=1)  # rows: ~6x faster to sort
+        # rank = how many values of the column are strictly smaller: the sorted position
+        # where its run of equal values starts. Tied values share it, so they share a
+        # code (equal values are never split between bins; -0.0 ties with 0.0)
+        starts = torch.ones_like(values, dtype=torch.bool)
+        starts[:, 1:] = values[:, 1:] != values[:, :-1]
+        del values
+        position = torch.arange(n, device=x.device).expand_as(order)
+        first = torch.where(starts, position, 0).cummax(dim=1).values
+        below = torch.empty_like(first).scatter_(1, order, first)
+        yield sl, below.mul_(bins).div_(n, rounding_mode="floor").T
+
+
+def bin_equal_count(acts: torch.Tensor, bins: int, max_cells: int = DEFAULT_CHUNK_CELLS
+                    ) -> torch.Tensor:
+    """Equal-count (quantile) bins of each column: int64 codes in [0, bins), (N, C).
+
+    The code of a value x is floor(B · r / N), r = the number of the column's values
+    strictly below x: edge k (k = 1..B−1) is the ⌈kN/B⌉-th smallest value (numpy's
+    ``quantile(method="inverted_cdf")`` at k/B, computed in integers) and a bin is
+    (edge_k, edge_k+1]. Continuous columns put ⌊N/B⌋ or ⌈N/B⌉ values in each bin. Tied
+    values share the lowest code their block reaches and the bins that block spans stay
+    empty (duplicate edges collapse): a ReLU channel with exactly half its values 0 has
+    them all in bin 0, bins 1..⌊B/2⌋ − 1 empty and B − ⌊B/2⌋ + 1 bins occupied; a
+    constant column falls in bin 0 (MI and entropy exactly 0). One sort per column, on
+    any device; NaN or ±inf values raise ValueError."""
+    out = torch.empty(acts.shape, dtype=torch.int64, device=acts.device)
+    for sl, codes in _equal_count_chunks(acts, bins, max_cells):
+        if sl is not None:
+            out[:, sl] = codes
+    return out
+
+
+def bin_channels(acts: torch.Tensor, bins: int, quantile: float | None = None,
+                 binning: str = "uniform", max_cells: int = DEFAULT_CHUNK_CELLS
+                 ) -> torch.Tensor:
+    """(N, C) int64 codes of ``binning`` (``BINNINGS``): :func:`bin_uniform` (with
+    ``quantile``) or :func:`bin_equal_count` (which has no range to clip)."""
+    if binning == "uniform":
+        return bin_uniform(acts, bins, quantile)
+    if binning == "equal_count":
+        return bin_equal_count(acts, bins, max_cells)
+    raise ValueError(f"unknown binning {binning!r}; valid: {list(BINNINGS)}")
+
+
 def _counts(codes: torch.Tensor, n_symbols: int) -> torch.Tensor:
     """Per-column symbol counts: (C, n_symbols) float64."""
     n, c = codes.shape
@@ -270,7 +335,8 @@ class ChannelStatistics:
 
 def channel_statistics(acts: torch.Tensor, labels: torch.Tensor | None, bins: int,
                        num_classes: int = 1, quantile: float | None = None,
-                       max_cells: int = DEFAULT_CHUNK_CELLS) -> ChannelStatistics:
+                       max_cells: int = DEFAULT_CHUNK_CELLS, binning: str = "uniform"
+                       ) -> ChannelStatistics:
     """I(T_c;Y), H(T_c) and their Miller–Madow terms for every channel of (N, C)
     activations, binned as :func:`bin_uniform`, from one joint (bin, label) count per
     channel (``labels=None``: one class, for entropies only).
@@ -278,9 +344,14 @@ def channel_statistics(acts: torch.Tensor, labels: torch.Tensor | None, bins: in
     CPU: binning is fused into one counting pass of a compiled kernel (no (N, C)
     intermediate); other devices: :func:`bin_uniform` and one bincount per chunk. Count
     tables of at most ``max_cells`` cells are alive at once (channels in chunks).
+    ``binning="equal_count"``: :func:`bin_equal_count` codes, counted as
+    :func:`binned_statistics` counts a :func:`bin_site` state (so the two are equal).
     """
     if acts.ndim != 2:
         raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if binning != "uniform":
+        return binned_statistics(bin_site(acts, bins, None, binning, max_cells), labels,
+                                 num_classes, max_cells)
     n, c = acts.shape
     if labels is None:
         labels, num_classes = torch.zeros(n, dtype=torch.int64, device=acts.device), 1
@@ -288,10 +359,10 @@ def channel_statistics(acts: torch.Tensor, labels: torch.Tensor | None, bins: in
     if _use_counting_kernels(acts.device):
         from mi_probe.functional import counting
 
-        binning = _binning(acts, bins, quantile)
+        spec = _binning(acts, bins, quantile)
         y = _check_labels(labels, n, num_classes, acts.device).contiguous().numpy()
         for sl in _chunks(c, bins * num_classes, max_cells):
-            counts = counting.label_counts(binning, y, num_classes, columns=(sl.start, sl.stop),
+            counts = counting.label_counts(spec, y, num_classes, columns=(sl.start, sl.stop),
                                            threads=_threads())
             parts.append(tuple(map(torch.from_numpy, counting.label_statistics(counts))))
         return _joined(parts, acts.device)
@@ -425,9 +496,10 @@ class BinnedSite:
     plug-in quantity of it (label MI for any label vector, entropies, edge bins) is
     counted from the same codes: equal, bit for bit, to the same function of ``acts``.
 
-    ``codes`` are :func:`bin_uniform`'s, (N, C): a numpy array of the narrowest unsigned
-    type on the CPU counting path, else an int64 tensor on the activations' device.
-    ``lo`` / ``hi`` are :func:`bin_range`'s values; ``col_min`` / ``col_max`` each
+    ``codes`` are :func:`bin_uniform`'s (``binning="equal_count"``: :func:`bin_equal_count`'s),
+    (N, C): a numpy array of the narrowest unsigned type on the CPU counting path, else an
+    int64 tensor on the activations' device. ``lo`` / ``hi`` are :func:`bin_range`'s
+    values (equal-count: each column's min and max); ``col_min`` / ``col_max`` each
     column's own. The rest caches what the first answer counted.
     """
 
@@ -443,6 +515,8 @@ class BinnedSite:
     marginal: Any = None
     #: the labels=None statistics, once asked for
     entropies: ChannelStatistics | None = None
+    #: ``uniform`` or ``equal_count`` (``BINNINGS``)
+    binning: str = "uniform"
 
     @property
     def on_kernels(self) -> bool:
@@ -450,21 +524,49 @@ class BinnedSite:
         return not isinstance(self.codes, torch.Tensor)
 
 
-def bin_site(acts: torch.Tensor, bins: int, quantile: float | None = None) -> BinnedSite:
-    """Bin an (N, C) matrix once, as :func:`bin_uniform` does (same errors), keeping its
-    ranges: the prepared state of the histogram estimator."""
+def bin_site(acts: torch.Tensor, bins: int, quantile: float | None = None,
+             binning: str = "uniform", max_cells: int = DEFAULT_CHUNK_CELLS) -> BinnedSite:
+    """Bin an (N, C) matrix once, as :func:`bin_uniform` (or, with ``binning=
+    "equal_count"``, :func:`bin_equal_count`) does (same errors), keeping its ranges:
+    the prepared state of the histogram estimator."""
     if acts.ndim != 2:
         raise ValueError(f"expected an (N, C) matrix, got shape {tuple(acts.shape)}")
+    if binning == "equal_count":
+        return _bin_site_equal_count(acts, bins, max_cells)
+    if binning != "uniform":
+        raise ValueError(f"unknown binning {binning!r}; valid: {list(BINNINGS)}")
     if _use_counting_kernels(acts.device):
         from mi_probe.functional import counting
 
-        binning, np_min, np_max, np_lo, np_hi = _binning_and_range(acts, bins, quantile)
-        kernel_codes = counting.bin_codes(binning, transposed=False, narrow=True,
+        spec, np_min, np_max, np_lo, np_hi = _binning_and_range(acts, bins, quantile)
+        kernel_codes = counting.bin_codes(spec, transposed=False, narrow=True,
                                           threads=_threads())
         t_min, t_max, t_lo, t_hi = (torch.from_numpy(v) for v in (np_min, np_max, np_lo, np_hi))
         return BinnedSite(acts, bins, quantile, kernel_codes, t_min, t_max, t_lo, t_hi)
     codes, col_min, col_max, lo, hi = _bin_uniform_torch_and_range(acts, bins, quantile)
     return BinnedSite(acts, bins, quantile, codes, col_min, col_max, lo, hi)
+
+
+def _bin_site_equal_count(acts: torch.Tensor, bins: int, max_cells: int) -> BinnedSite:
+    """:func:`bin_site` with :func:`bin_equal_count` codes: narrow numpy codes for the
+    counting kernels on the CPU (filled chunk by chunk), else an int64 tensor."""
+    chunks = _equal_count_chunks(acts, bins, max_cells)
+    _, (col_min, col_max) = next(chunks)
+    codes: Any
+    if _use_counting_kernels(acts.device):
+        import numpy as np
+
+        from mi_probe.functional import counting
+
+        codes = np.empty(tuple(acts.shape), counting.code_dtype(bins))
+        for sl, part in chunks:
+            codes[:, sl] = part.numpy()
+    else:
+        codes = torch.empty(acts.shape, dtype=torch.int64, device=acts.device)
+        for sl, part in chunks:
+            codes[:, sl] = part
+    return BinnedSite(acts, bins, None, codes, col_min, col_max, col_min, col_max,
+                      binning="equal_count")
 
 
 def binned_statistics(site: BinnedSite, labels: torch.Tensor | None, num_classes: int = 1,
@@ -534,3 +636,115 @@ def clipped_fraction(acts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> 
     """Share of all values of (N, C) ``acts`` outside their column's [lo, hi]."""
     x = acts.to(torch.float64)
     return float(((x < lo) | (x > hi)).double().mean().item())
+
+
+# ------------------------------------------------- joint symbols, resamples, label facts
+
+
+def _as_tensor_codes(codes: Any) -> torch.Tensor:
+    """(N, C) codes as a tensor: a numpy array (the counting path's narrow codes) is
+    viewed without a copy; a tensor is returned as it is."""
+    return codes if isinstance(codes, torch.Tensor) else torch.from_numpy(codes)
+
+
+def _compact(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Integer ids renumbered 0..m−1 in sorted order, and m."""
+    uniques, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+    return inverse.reshape(-1), int(uniques.numel())
+
+
+def pattern_symbols(codes: Any, bins: int) -> tuple[torch.Tensor, int]:
+    """Each row's tuple of C codes in [0, bins) as one symbol: (N,) int64 ids in [0, m)
+    on the codes' device (in lexicographic order of the rows) and m, the number of
+    distinct rows.
+
+    Exact and memory-bounded for any C: blocks of columns are folded into the running
+    id in base ``bins`` (while it stays below 2^62) and the ids renumbered after each
+    block, so nothing but the N ids is held besides the codes. ``codes``: an (N, C)
+    tensor or numpy array (:attr:`BinnedSite.codes`)."""
+    x = _as_tensor_codes(codes)
+    if x.ndim != 2:
+        raise ValueError(f"expected (N, C) codes, got shape {tuple(x.shape)}")
+    n, c = x.shape
+    ids = torch.zeros(n, dtype=torch.int64, device=x.device)
+    count, start, limit = 1, 0, 1 << 62
+    while start < c:
+        span, width = count, 0
+        while start + width < c and span * bins <= limit:
+            span, width = span * bins, width + 1
+        for j in range(start, start + width):  # Horner, one in-place pass per column
+            ids.mul_(bins).add_(x[:, j])
+        ids, count = _compact(ids)
+        start += width
+    return ids, count
+
+
+def label_entropy(labels: torch.Tensor, num_classes: int) -> float:
+    """Plug-in Ĥ(Y) in nats of integer labels in [0, num_classes)."""
+    labels = _check_labels(labels, labels.shape[0], num_classes, labels.device)
+    return float(_entropy_of_counts(torch.bincount(labels, minlength=num_classes)
+                                    .to(torch.float64)).item())
+
+
+def resampled_statistics(site: BinnedSite, rows: torch.Tensor, labels: torch.Tensor,
+                         num_classes: int, max_cells: int = DEFAULT_CHUNK_CELLS
+                         ) -> ChannelStatistics:
+    """:func:`channel_statistics` of the rows ``rows`` (int64 indices, repeats allowed:
+    a bootstrap resample) of a site, on its full-data codes: the bins stay those of the
+    whole sample, only the counts change."""
+    n, c = site.acts.shape
+    labels = _check_labels(labels, n, num_classes, site.acts.device)
+    if not site.on_kernels:
+        on_device = rows.to(site.codes.device)
+        return _statistics_of_codes(site.codes[on_device], labels[on_device], site.bins,
+                                    num_classes, max_cells)
+    import numpy as np
+
+    from mi_probe.functional import counting
+
+    index = rows.cpu().numpy()
+    resampled = np.ascontiguousarray(site.codes[index])
+    y = np.ascontiguousarray(labels.cpu().numpy()[index])
+    parts = []
+    for sl in _chunks(c, site.bins * num_classes, max_cells):
+        counts = counting.label_counts_from_codes(resampled, site.bins, y, num_classes,
+                                                  columns=(sl.start, sl.stop),
+                                                  threads=_threads())
+        parts.append(tuple(map(torch.from_numpy, counting.label_statistics(counts))))
+    return _joined(parts, site.acts.device)
+
+
+def symbol_mi(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plug-in I(A;B) of two (N,) int64 symbol vectors (any values), and its
+    Miller–Madow term [(m_A − 1) + (m_B − 1) − (m_AB − 1)]/(2N): two 0-d float64 tensors.
+    Counts come from ``torch.unique``, so the symbol alphabets may be as large as N."""
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"expected two (N,) symbol vectors, got shapes {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    a, n_a = _compact(a)
+    b, n_b = _compact(b)
+    counts_a = torch.bincount(a, minlength=n_a).to(torch.float64)
+    counts_b = torch.bincount(b, minlength=n_b).to(torch.float64)
+    counts_ab = torch.unique(a * n_b + b, return_counts=True)[1].to(torch.float64)
+    h_a, h_b, h_ab = (_entropy_of_counts(t) for t in (counts_a, counts_b, counts_ab))
+    # the clamps only remove float64 rounding, as in label_mi_from_joint
+    mi = torch.minimum((h_a + h_b - h_ab).clamp(min=0.0), torch.minimum(h_a, h_b))
+    mm = ((n_a - 1) + (n_b - 1) - (counts_ab.numel() - 1)) / (2.0 * max(1, a.numel()))
+    return mi, torch.tensor(mm, dtype=torch.float64, device=mi.device)
+
+
+#: The joint histogram's default keeps this many expected samples per joint cell (N / b^d).
+JOINT_SAMPLES_PER_CELL = 10
+
+
+def joint_bins(n_samples: int, dims: int, bins: int) -> int:
+    """Bins per dimension of a d-dimensional joint histogram of N samples: the largest b
+    with b^d ≤ N / 10 (at least 10 samples per joint cell on average), clipped to
+    [2, bins]. E.g. N = 4000: d = 2 → 20 (at bins = 20), d = 4 → 4."""
+    cells = n_samples / JOINT_SAMPLES_PER_CELL
+    b = max(2, int(cells ** (1.0 / dims)))
+    while b > 2 and b ** dims > cells:  # float roots can land one above
+        b -= 1
+    while (b + 1) ** dims <= cells:     # or one below
+        b += 1
+    return max(2, min(bins, b))

@@ -52,6 +52,18 @@ def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
 LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("model", "pretrained_file", None),  # 0.2
     ("sites", "modules", []),  # issue 26: sites listed by module name
+    # issue 24: intervals, equal-count bins, joint MI, unpooled sites
+    ("experiment", "interval", None),
+    ("experiment", "binnings", None),
+    ("experiment", "reference_binning", "uniform"),
+    ("estimator", "binning", "uniform"),
+    ("estimator", "interval_draws", 200),
+    ("estimator", "interval_edges", "resampled"),
+    ("estimator", "joint_bins", None),
+    ("estimator", "max_joint_dims", 4),
+    ("estimator", "neighbors", "auto"),
+    ("estimator", "interval_folds", 10),
+    ("sites", "reduce", "mean"),
 )
 
 

@@ -1,22 +1,27 @@
-"""Built-in estimator ``histogram``: the 20-bin histogram (plug-in) estimator of the paper."""
+"""Built-in estimator ``histogram``: the 20-bin histogram (plug-in) estimator of the paper,
+with equal-count bins as an option, bootstrap intervals, a joint (multivariate) MI and
+label diagnostics of its binning."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mi_probe.plugin import EstimatorError, hookimpl, LayerMI
+from mi_probe.plugin import EstimatorError, hookimpl, Interval, LayerMI
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
 
     from mi_probe.functional import histogram as F
 
+_T = TypeVar("_T")
+
 
 class HistogramParams(BaseModel):
-    """Uniform-bin plug-in estimator on each channel's own [min, max] (or quantile range)."""
+    """Plug-in estimator on binned channels: uniform bins on each channel's own [min, max]
+    (or quantile range), or equal-count bins at its quantiles."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["histogram"] = "histogram"
@@ -30,6 +35,12 @@ class HistogramParams(BaseModel):
     range_quantile: float = Field(
         0.001, gt=0, lt=0.5, description="tail share cut off at each end by range: quantile "
         "(ignored with minmax); 0.001 clips the 0.1% lowest and 0.1% highest samples")
+    binning: Literal["uniform", "equal_count"] = Field(
+        "uniform", description="uniform = B equal-width bins over the range (the paper); "
+        "equal_count = edges at each channel's empirical k/B quantiles, so each bin holds "
+        "about N/B samples (tied values, e.g. a ReLU channel's zeros, share one bin and "
+        "leave the bins they span empty). With equal_count, H(binned T) is about log B "
+        "by construction, so I(X;T) is uninformative; range does not apply (use minmax)")
     correction: Literal["none", "miller_madow"] = Field(
         "none", description="miller_madow adds (m - 1)/(2N) to every entropy (m occupied "
         "cells), removing the first-order plug-in bias; corrected MI can be slightly negative")
@@ -40,9 +51,36 @@ class HistogramParams(BaseModel):
     pair_cells: int = Field(1 << 24, gt=0, description="max joint-count cells per block of "
                             "channel pairs in the one-hot (GPU) pair kernel (bounds its memory; "
                             "the CPU counting kernel needs only B² cells per pair)")
+    interval_draws: int = Field(200, ge=2, description="bootstrap resamples of the rows "
+                                "behind label_mi_interval and joint_mi_interval")
+    interval_edges: Literal["resampled", "fixed"] = Field(
+        "resampled", description="resampled: each bootstrap resample is binned afresh (its "
+        "own min/max or quantiles), so the interval also carries the edges' sampling error "
+        "(the sample's extremes fall inside the support and shift the bins); fixed: the "
+        "full sample's bins, only the counts resampled (valid for the binned quantity at "
+        "those edges). Measured in docs/estimators.md, 'Intervals'")
+    joint_bins: int | None = Field(
+        None, ge=2, le=4096, description="bins per dimension of joint_mi (each dimension "
+        "binned with this estimator's binning); null: the largest b with b^d <= N/10 (d = "
+        "dx + dy; on average at least 10 samples per joint cell), clipped to [2, bins]")
+    max_joint_dims: int | None = Field(4, ge=2, description="largest dx + dy joint_mi "
+                                       "accepts (null: any); the joint cells grow as b^d")
+
+    @model_validator(mode="after")
+    def _range_applies(self) -> "HistogramParams":
+        if self.binning == "equal_count" and self.range != "minmax":
+            raise ValueError(f"binning: equal_count puts each channel's edges at its own "
+                             f"quantiles, so a bin range does not apply; expected range: "
+                             f"minmax, found range: {self.range}")
+        return self
 
 #: A channel counts as near the log B cap when its entropy is at least this share of it.
 NEAR_CAP = 0.95
+
+#: What equal-count bins do to I(X;T) = H(binned T) (describe() and the report's notes).
+EQUAL_COUNT_I_XT = ("each channel's bins hold about N/B samples, so H(binned T) is about "
+                    "log B by construction (less only where tied values fill several "
+                    "bins' share) and I(X;T) does not measure the network")
 
 
 class HistogramEstimator:
@@ -52,29 +90,38 @@ class HistogramEstimator:
 
     name = "histogram"
     reductions = frozenset({"mean", "joint"})
+    #: how label_mi_interval / joint_mi_interval are made (``interfaces.Intervals``)
+    interval_method = "bootstrap"
 
     def __init__(self, params: HistogramParams):
         self.params = params
         self.bins = params.bins
-        #: None = min/max range; else the tail share clipped at each end of a channel
+        #: ``uniform`` or ``equal_count``
+        self.binning = params.binning
+        #: None = min/max range (and every equal-count binning); else the tail share
+        #: clipped at each end of a channel
         self.quantile = params.range_quantile if params.range == "quantile" else None
+        self.max_joint_dims = params.max_joint_dims
 
-    def _binned(self, binner: Any, acts: torch.Tensor) -> Any:
-        """``binner(acts, bins, quantile)`` with the estimator's typed errors."""
+    def _checked(self, acts: torch.Tensor, compute: Callable[[], _T]) -> _T:
+        """``compute()`` on (N, C) ``acts``, with the estimator's typed errors."""
         if acts.ndim != 2:
             raise EstimatorError(f"histogram estimator expects (N, C) activations, "
                                  f"got shape {tuple(acts.shape)}")
         try:
-            return binner(acts, self.bins, self.quantile)
-        except ValueError as exc:  # NaN / ±inf / no samples: the estimator's typed error
+            return compute()
+        except ValueError as exc:  # NaN / ±inf / no samples / bad labels: typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
     def _codes(self, acts: torch.Tensor) -> torch.Tensor:
-        import torch
-
         from mi_probe.functional import histogram as F
 
-        return cast(torch.Tensor, self._binned(F.bin_uniform, acts))
+        return self._checked(acts, lambda: F.bin_channels(
+            acts, self.bins, self.quantile, self.binning, self.params.chunk_cells))
+
+    def _binning_facts(self) -> dict[str, Any]:
+        """``binning`` for equal-count estimators (uniform rows keep their old columns)."""
+        return {"binning": self.binning} if self.binning != "uniform" else {}
 
     def _label_mi(self, codes: torch.Tensor, labels: torch.Tensor, n_symbols: int,
                   num_classes: int) -> torch.Tensor:
@@ -96,7 +143,7 @@ class HistogramEstimator:
                                  f"got shape {tuple(acts.shape)}")
         try:
             return F.channel_statistics(acts, labels, self.bins, num_classes, self.quantile,
-                                        self.params.chunk_cells)
+                                        self.params.chunk_cells, self.binning)
         except ValueError as exc:  # NaN / ±inf, no samples, bad labels: typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
@@ -122,15 +169,21 @@ class HistogramEstimator:
 
     def pair_mi(self, acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
         """I(A_c;B_d) for every channel pair of two (N, C) matrices: (C1, C2) float64
-        (plug-in, each channel binned on its own range; no correction applied)."""
-        from mi_probe.functional.pairwise import pair_mi
+        (plug-in, each channel binned on its own range or quantiles; no correction
+        applied)."""
+        from mi_probe.functional.pairwise import pair_mi, pair_mi_from_codes
 
         for acts in (acts_a, acts_b):
             if acts.ndim != 2:
                 raise EstimatorError(f"histogram estimator expects (N, C) activations, "
                                      f"got shape {tuple(acts.shape)}")
         try:
-            return pair_mi(acts_a, acts_b, self.bins, self.quantile, self.params.pair_cells)
+            if self.binning == "uniform":
+                return pair_mi(acts_a, acts_b, self.bins, self.quantile, self.params.pair_cells)
+            codes_a = self._codes(acts_a)
+            # the same tensor twice: the same codes, so only the pairs i <= j are counted
+            codes_b = codes_a if acts_b is acts_a else self._codes(acts_b)
+            return pair_mi_from_codes(codes_a, codes_b, self.bins, self.params.pair_cells)
         except ValueError as exc:
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
@@ -155,7 +208,8 @@ class HistogramEstimator:
         return {"n_constant": int(constant.sum().item()),
                 "frac_edge_bins": float(F.edge_fraction(codes, self.bins).mean().item()),
                 "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
-                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped}
+                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped,
+                **self._binning_facts()}
 
     # -- interfaces.Prepares: bin a site once, answer every quantity from its codes --
 
@@ -165,16 +219,19 @@ class HistogramEstimator:
         method on ``acts``. Valid until ``acts`` changes."""
         from mi_probe.functional import histogram as F
 
-        return cast(F.BinnedSite, self._binned(F.bin_site, acts))
+        return self._checked(acts, lambda: F.bin_site(
+            acts, self.bins, self.quantile, self.binning, self.params.chunk_cells))
 
     def _prepared_statistics(self, state: F.BinnedSite, labels: torch.Tensor | None,
                              num_classes: int = 1) -> F.ChannelStatistics:
         from mi_probe.functional import histogram as F
 
-        if state.bins != self.bins or state.quantile != self.quantile:
+        if (state.bins, state.quantile, state.binning) != (self.bins, self.quantile,
+                                                           self.binning):
             raise EstimatorError(f"histogram estimator: state prepared with bins="
-                                 f"{state.bins}, quantile={state.quantile}; this estimator "
-                                 f"has bins={self.bins}, quantile={self.quantile}")
+                                 f"{state.bins}, quantile={state.quantile}, binning="
+                                 f"{state.binning}; this estimator has bins={self.bins}, "
+                                 f"quantile={self.quantile}, binning={self.binning}")
         try:
             return F.binned_statistics(state, labels, num_classes, self.params.chunk_cells)
         except ValueError as exc:  # wrong label shape / range: the estimator's typed error
@@ -200,7 +257,8 @@ class HistogramEstimator:
         return {"n_constant": int((state.col_max == state.col_min).sum().item()),
                 "frac_edge_bins": float(F.binned_edge_fraction(state).mean().item()),
                 "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
-                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped}
+                "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped,
+                **self._binning_facts()}
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:
@@ -218,6 +276,160 @@ class HistogramEstimator:
         raise EstimatorError(f"histogram estimator has no layer reduction {reduce!r}; "
                              f"valid: {sorted(self.reductions)}")
 
+    # -- interfaces.DiagnosesLabels: how the binning relates to the labels --
+
+    def label_diagnostics(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int
+                          ) -> dict[str, Any]:
+        """Shares of the plug-in label entropy Ĥ(Y) that the binned channels and the
+        binned layer explain: ``h_y`` (nats); ``frac_h_y_channel_max`` / ``_mean``
+        (plug-in I(T_c;Y)/Ĥ(Y), uncorrected, over channels); ``frac_h_y_layer``
+        (I(P;Y)/Ĥ(Y), P = each row's pattern of C codes as one symbol); and
+        ``frac_unique_patterns`` (distinct patterns / N). A layer near 1 on both of the
+        last two has bins that tell the images apart, so its binned MI is saturated
+        (the binning artefact of the information-bottleneck debate). Fractions are NaN
+        when Ĥ(Y) = 0 (one class); the channel ones also with no channels."""
+        import torch
+
+        from mi_probe.functional import histogram as F
+
+        state = self.prepare(acts)
+        stats = self._prepared_statistics(state, labels, num_classes)  # checks labels
+        n = acts.shape[0]
+        y = labels.to(device=acts.device, dtype=torch.int64)
+
+        def compute() -> dict[str, Any]:
+            h_y = F.label_entropy(y, num_classes)
+            patterns, count = F.pattern_symbols(state.codes, self.bins)
+            i_py = float(F.symbol_mi(patterns, y.to(patterns.device))[0].item())
+
+            def share(value: float) -> float:
+                return value / h_y if h_y > 0 else math.nan
+
+            channels = stats.label_mi
+            return {"h_y": h_y,
+                    "frac_h_y_channel_max": (share(float(channels.max().item()))
+                                             if channels.numel() else math.nan),
+                    "frac_h_y_channel_mean": (share(float(channels.mean().item()))
+                                              if channels.numel() else math.nan),
+                    "frac_h_y_layer": share(i_py), "frac_unique_patterns": count / n}
+        return self._checked(acts, compute)
+
+    # -- interfaces.Intervals / JointMIIntervals: the basic bootstrap --
+
+    def _generator(self, seed: int) -> torch.Generator:
+        import torch
+
+        return torch.Generator().manual_seed(seed)  # CPU: the same draws on every device
+
+    def _resamples(self, n: int, seed: int) -> torch.Tensor:
+        from mi_probe.functional.intervals import resample_rows
+
+        try:
+            return resample_rows(n, self.params.interval_draws, self._generator(seed))
+        except ValueError as exc:
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
+    def _bootstrap(self, estimate: torch.Tensor, replicates: torch.Tensor, level: float
+                   ) -> Interval:
+        from mi_probe.functional.intervals import basic_bootstrap
+
+        try:
+            low, high = basic_bootstrap(estimate, replicates, level)
+        except ValueError as exc:  # a level outside (0, 1)
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+        return Interval(estimate=estimate, low=low, high=high, level=level,
+                        method=self.interval_method)
+
+    def label_mi_interval(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                          level: float, seed: int) -> tuple[Interval, Interval]:
+        """Basic-bootstrap intervals of I(T_c;Y) per channel and of their mean: the rows
+        are resampled ``interval_draws`` times with a CPU generator seeded by ``seed``;
+        each resample is binned afresh (``interval_edges: resampled``) or counted on the
+        full sample's bins (``fixed``), and every channel's label MI (with the
+        estimator's correction) estimated again. The estimates
+        are ``label_mi``'s values and their mean."""
+        import torch
+
+        from mi_probe.functional import histogram as F
+
+        state = self.prepare(acts)
+        estimate = self.label_mi_prepared(state, labels, num_classes)
+        rows = self._resamples(acts.shape[0], seed)
+        if self.params.interval_edges == "resampled":  # the whole estimator per resample
+            on = rows.to(acts.device)
+            replicates = torch.stack([self.label_mi(acts[r], labels[r], num_classes)
+                                      for r in on])
+        else:  # labels were checked by label_mi_prepared; one batched count per resample
+            replicates = torch.stack([self._label_mi_of(F.resampled_statistics(
+                state, r, labels, num_classes, self.params.chunk_cells)) for r in rows])
+        return (self._bootstrap(estimate, replicates, level),
+                self._bootstrap(estimate.mean(), replicates.mean(dim=1), level))
+
+    # -- interfaces.JointMI: product bins of continuous multivariate x and y --
+
+    def joint_bins(self, n_samples: int, dims: int) -> int:
+        """Bins per dimension of ``joint_mi`` with ``dims`` = dx + dy (``joint_bins``,
+        else the rule of :func:`mi_probe.functional.histogram.joint_bins`)."""
+        from mi_probe.functional import histogram as F
+
+        return self.params.joint_bins or F.joint_bins(n_samples, dims, self.bins)
+
+    def _joint_symbols(self, x: torch.Tensor, y: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x's and y's rows as symbols of their product bins (each dimension binned with
+        this estimator's binning into ``joint_bins`` bins)."""
+        from mi_probe.functional import histogram as F
+
+        x, y = (v.reshape(-1, 1) if v.ndim == 1 else v for v in (x, y))
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise EstimatorError(f"histogram joint_mi expects (N, dx) and (N, dy) samples "
+                                 f"with the same N, got shapes {tuple(x.shape)} and "
+                                 f"{tuple(y.shape)}")
+        dims = x.shape[1] + y.shape[1]
+        if self.max_joint_dims is not None and dims > self.max_joint_dims:
+            raise EstimatorError(f"histogram joint_mi accepts at most max_joint_dims="
+                                 f"{self.max_joint_dims} dimensions (dx + dy); found dx="
+                                 f"{x.shape[1]} + dy={y.shape[1]} = {dims}")
+        if x.shape[1] == 0 or y.shape[1] == 0:
+            raise EstimatorError(f"histogram joint_mi needs at least one dimension on each "
+                                 f"side, got dx={x.shape[1]}, dy={y.shape[1]}")
+        bins = self.joint_bins(x.shape[0], dims)
+
+        def symbols(v: torch.Tensor) -> torch.Tensor:
+            codes = F.bin_channels(v, bins, self.quantile, self.binning,
+                                   self.params.chunk_cells)
+            return F.pattern_symbols(codes, bins)[0]
+        return self._checked(x, lambda: (symbols(x), symbols(y).to(x.device)))
+
+    def _symbol_mi(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from mi_probe.functional import histogram as F
+
+        mi, mm = F.symbol_mi(a, b)
+        return mi + mm if self.corrected else mi
+
+    def joint_mi(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Plug-in I(X;Y) in nats (with the estimator's correction) of the product bins
+        of (N, dx) and (N, dy) samples, dx + dy <= ``max_joint_dims``."""
+        return float(self._symbol_mi(*self._joint_symbols(x, y)).item())
+
+    def joint_mi_interval(self, x: torch.Tensor, y: torch.Tensor, level: float, seed: int
+                          ) -> Interval:
+        """Basic-bootstrap interval of ``joint_mi`` (rows resampled, and binned, as in
+        :meth:`label_mi_interval`); 0-d tensors."""
+        import torch
+
+        a, b = self._joint_symbols(x, y)
+        estimate = self._symbol_mi(a, b)
+        rows = self._resamples(a.shape[0], seed).to(a.device)
+        if self.params.interval_edges == "resampled":
+            xs, ys = (v.reshape(-1, 1) if v.ndim == 1 else v for v in (x, y))
+            rx, ry = rows.to(xs.device), rows.to(ys.device)
+            replicates = torch.stack([self._symbol_mi(*self._joint_symbols(xs[i], ys[j]))
+                                      for i, j in zip(rx, ry)])
+        else:
+            replicates = torch.stack([self._symbol_mi(a[r], b[r]) for r in rows])
+        return self._bootstrap(estimate, replicates, level)
+
     def bias(self, n_samples: int, num_classes: int) -> float:
         from mi_probe.functional import histogram as F
 
@@ -226,12 +438,17 @@ class HistogramEstimator:
         return F.plugin_bias(self.bins, num_classes, n_samples)
 
     def describe(self) -> dict[str, Any]:
-        facts = {"estimator": "histogram", "bins": self.bins, "range": self.params.range}
+        facts: dict[str, Any] = {"estimator": "histogram", "bins": self.bins,
+                                 "range": self.params.range}
         if self.quantile is not None:
             facts["range_quantile"] = self.quantile
-        return {**facts, "correction": self.params.correction,
-                "i_xt_convention": "H(binned T): deterministic network, distinct inputs",
-                "i_xt_cap_per_channel_nats": math.log(self.bins)}
+        facts.update(self._binning_facts())
+        facts = {**facts, "correction": self.params.correction,
+                 "i_xt_convention": "H(binned T): deterministic network, distinct inputs",
+                 "i_xt_cap_per_channel_nats": math.log(self.bins)}
+        if self.binning == "equal_count":
+            facts["i_xt_note"] = EQUAL_COUNT_I_XT
+        return facts
 
     def notes(self, n_samples: int, num_classes: int, tables: Mapping[str, Any]) -> list[str]:
         """What qualifies histogram values in this run (``interfaces.ExplainsEstimates``):
@@ -268,6 +485,8 @@ class HistogramEstimator:
         notes.append(f"I(X;T) is H(binned T): at most log B = {math.log(self.bins):.3f} nats "
                      f"per channel, and at most log N = {math.log(n_samples):.3f} nats for a "
                      "joint layer symbol.")
+        if self.binning == "equal_count":
+            notes.append(f"Equal-count bins: {EQUAL_COUNT_I_XT}.")
         return notes
 
 

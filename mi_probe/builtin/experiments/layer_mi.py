@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
-    aggregate_seeds, hookimpl, Plan, prepare_site, RANDOM, RunContext, seed_units,
-    SpecError, TableSchema, TRAINED, unit_seed)
+    aggregate_seeds, DiagnosesLabels, hookimpl, Intervals, Plan, prepare_site, RANDOM,
+    RunContext, seed_units, SpecError, TableSchema, TRAINED, unit_seed)
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
 
@@ -35,6 +35,12 @@ class LayerMIParams(BaseModel):
     null_draws: int = Field(3, ge=0, description="shuffled-label null: the same estimate with "
                             "labels permuted, this many draws, reported beside every value "
                             "(i_ty_null, i_ty_null_sd); 0 turns it off")
+    interval: float | None = Field(
+        None, gt=0, lt=1, description="confidence level (e.g. 0.95) of an interval on every "
+        "label-MI value: i_ty_ci_low and i_ty_ci_high in layer_mi (the site's mean over "
+        "channels) and channel_mi, made by the estimator's own valid method (its "
+        "interval_method: bootstrap for histogram, disjoint subsamples for ksg; "
+        "docs/estimators.md, 'Intervals'); null: none. Needs reduce: mean")
 
 
 #: The tables a run writes (``interfaces.DeclaresTables``): required columns, then
@@ -42,18 +48,20 @@ class LayerMIParams(BaseModel):
 TABLE_SCHEMAS = {
     "layer_mi": TableSchema(
         ("seed", "state", "site", "depth", "rel_depth", "site_kind", "i_xt", "i_ty"),
-        ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "i_ty_excess", "channels", "reduce")),
+        ("i_ty_bias", "i_ty_null", "i_ty_null_sd", "i_ty_excess", "channels", "reduce",
+         "i_ty_ci_low", "i_ty_ci_high", "ci_level", "ci_method")),
     "channel_mi": TableSchema(
         ("seed", "state", "site", "depth", "rel_depth", "site_kind", "channel", "i_xt",
          "i_ty"),
-        ("i_ty_null", "i_ty_bias")),
+        ("i_ty_null", "i_ty_bias", "i_ty_ci_low", "i_ty_ci_high")),
     "evaluation": TableSchema(
         ("seed", "state", "accuracy", "n_samples"),
         ()),
     "diagnostics": TableSchema(
         ("seed", "state", "site", "depth", "rel_depth", "site_kind"),
         ("n_samples", "channels", "log_n", "n_constant", "frac_edge_bins", "frac_near_cap",
-         "i_xt_cap", "bin_range", "frac_clipped"), open=True),
+         "i_xt_cap", "bin_range", "frac_clipped", "h_y", "frac_h_y_channel_max",
+         "frac_h_y_channel_mean", "frac_h_y_layer", "frac_unique_patterns"), open=True),
 }
 
 
@@ -69,6 +77,16 @@ class LayerMIExperiment:
         if self.params.reduce not in reductions:
             raise SpecError(f"experiment.reduce: estimator {estimator.name!r} has no "
                             f"reduction {self.params.reduce!r}; valid: {sorted(reductions)}")
+        if self.params.interval is not None:
+            if not isinstance(estimator, Intervals):
+                raise SpecError(f"experiment.interval: estimator {estimator.name!r} has no "
+                                f"interval method (the Intervals ability, "
+                                f"docs/estimators.md); remove interval or choose an "
+                                f"estimator that has one (histogram: bootstrap; ksg: "
+                                f"disjoint subsamples)")
+            if self.params.reduce != "mean":
+                raise SpecError(f"experiment.interval is for reduce: mean (the mean over "
+                                f"channels); found reduce: {self.params.reduce!r}")
 
     def plan(self, ctx: RunContext) -> Plan:
         return seed_units(ctx)
@@ -99,9 +117,24 @@ class LayerMIExperiment:
                 # every estimator gets the estimator-free facts; one that Diagnoses adds
                 # its own (the histogram: edge bins, near-cap channels, bin range)
                 constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
+                # an estimator that DiagnosesLabels adds how its discretisation relates
+                # to the labels (the histogram: share of H(Y) its bins explain)
+                labelled = (est.label_diagnostics(acts, cap.labels, ctx.num_classes)
+                            if isinstance(est, DiagnosesLabels) else {})
                 diags.append({**site_columns(seed, state, site), "n_samples": n,
                               "channels": site.channels, "log_n": math.log(n),
-                              "n_constant": constant, **prepared.diagnostics()})
+                              "n_constant": constant, **prepared.diagnostics(), **labelled})
+                interval: dict[str, Any] = {}
+                chan_ci = None
+                if self.params.interval is not None:
+                    # the estimator's own valid method; a seed per (seed, state, site)
+                    draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.rng(
+                        seed, f"interval/{state}/{site.name}")).item())
+                    chan_ci, mean_ci = cast(Intervals, est).label_mi_interval(
+                        acts, cap.labels, ctx.num_classes, self.params.interval, draw_seed)
+                    interval = {"i_ty_ci_low": float(mean_ci.low), "i_ty_ci_high":
+                                float(mean_ci.high), "ci_level": mean_ci.level,
+                                "ci_method": mean_ci.method}
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
@@ -119,7 +152,8 @@ class LayerMIExperiment:
                                "i_ty_null_sd": (null_layer.std().item()
                                                 if null_layer is not None and len(nulls) > 1
                                                 else None),
-                               "channels": site.channels, "reduce": self.params.reduce})
+                               "channels": site.channels, "reduce": self.params.reduce,
+                               **interval})
                 if self.params.channel_table:
                     count = site.channels
                     channels.append(pl.DataFrame({
@@ -132,7 +166,10 @@ class LayerMIExperiment:
                         "i_ty": i_ty_c.cpu().numpy(),
                         "i_ty_null": (null_c.cpu().numpy() if null_c is not None
                                       else [None] * count),
-                        "i_ty_bias": [bias] * count}))
+                        "i_ty_bias": [bias] * count,
+                        **({"i_ty_ci_low": chan_ci.low.cpu().numpy(),
+                            "i_ty_ci_high": chan_ci.high.cpu().numpy()}
+                           if chan_ci is not None else {})}))
         floats = {c: pl.Float64 for c in ("i_xt", "i_ty_null", "i_ty_null_sd", "i_ty_excess")}
         tables = {"layer_mi": pl.DataFrame(layers, schema_overrides=floats),
                   "evaluation": pl.DataFrame(evals)}
