@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "run": "mi_probe.api", "load_run": "mi_probe.api", "Run": "mi_probe.api",
-    "compare": "mi_probe.api",
+    "compare": "mi_probe.api", "bench_estimators": "mi_probe.api",
     "rerender": "mi_probe._core.runner.driver",
     "RunOutcome": "mi_probe._core.runner.driver", "Engine": "mi_probe._core.runner.context",
     "load_spec": "mi_probe._core.spec",

@@ -1,5 +1,5 @@
-"""The Python API for notebooks and scripts: ``mi_probe.run``, ``mi_probe.load_run`` and
-``mi_probe.compare``.
+"""The Python API for notebooks and scripts: ``mi_probe.run``, ``mi_probe.load_run``,
+``mi_probe.compare`` and ``mi_probe.bench_estimators``.
 
     import mi_probe
     result = mi_probe.run("specs/layer_mi.yaml", out="reports/mine", seeds=[0, 1],
@@ -10,6 +10,8 @@
     result                             # in Jupyter: status, verdicts, figure names
     again = mi_probe.load_run("reports/mine")
     mi_probe.compare(["reports/relu", "reports/tanh"], out="reports/relu-vs-tanh")
+    table = mi_probe.bench_estimators(["ksg", "mine:{steps: 600}"], subset="ci", n=1000,
+                                      seeds="0-2", out="reports/bench")
 
 A run from Python is the same as ``mi-probe run``: the same spec validation, cache,
 run directory and report; the result object only reads what the run wrote.
@@ -236,3 +238,37 @@ def compare(runs: Iterable[str | Path | Run], out: str | Path, *,
 
     paths = [r.path if isinstance(r, Run) else Path(r) for r in runs]
     return compare_runs(paths, Path(out), list(labels) if labels is not None else None)
+
+
+def bench_estimators(estimators: Iterable[str | Mapping[str, Any]] = (), *,
+                     out: str | Path, tasks: Iterable[str] | None = None,
+                     subset: str | None = None, n: int = 5000,
+                     seeds: str | Iterable[int] = range(10),
+                     bmi_python: str | Path | bool | None = None,
+                     bmi_estimators: Iterable[str] | None = None,
+                     interval: float | None = None, standardize: bool = True,
+                     all_estimators: bool = False, device: str = "cpu",
+                     plugins: Iterable[Any] = (), figures: bool = True,
+                     log: Any = None) -> Any:
+    """Run (or resume) ``mi-probe bench-estimators``: each estimator with ``joint_mi``
+    (``"ksg"``, ``"mine:{steps: 600}"`` or ``{"kind": "mine", "steps": 600}``) on bmi's
+    tasks (``tasks`` by bmi's names and/or a ``subset``: all, v1, ci, 1v1, multinormal,
+    student, transformed, embeddings; default all), ``n`` samples per task and seed,
+    each sample standardised unless ``standardize=False`` (bmi's v1 protocol), with
+    intervals at level ``interval`` where an estimator has them. bmi's own estimators
+    (``bmi_estimators``, default KSG, Histogram, CCA, MINE, InfoNCE, NWJ, DV) run on the
+    same samples when bmi's Python is found (``bmi_python``, ``$MI_PROBE_BMI_PYTHON`` or
+    ``.venv-bmi``; ``False`` turns bmi off). Rows are kept in ``out`` as they finish, so
+    the same call again resumes. Returns the results table (polars) of every row of
+    ``out``; ``out`` also gets summary, tasks and figures (docs/bench_estimators.md)."""
+    from mi_probe._core.bench.runner import run_bench, setup
+    from mi_probe._core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager(list(plugins))
+    bench = setup(list(estimators), tasks=list(tasks) if tasks is not None else None,
+                  subset=subset, n=n, seeds=seeds if isinstance(seeds, str) else list(seeds),
+                  out=out, bmi_python=bmi_python,
+                  bmi_estimators=list(bmi_estimators) if bmi_estimators is not None else None,
+                  interval=interval, standardize=standardize, all_estimators=all_estimators,
+                  device=device, pm=pm)
+    return run_bench(bench, log=log or _to_stderr, figures=figures)

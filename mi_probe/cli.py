@@ -1,5 +1,5 @@
 """Command line: mi-probe run | validate | check | study | sites | plugins | schema | report
-| compare | completion.
+| compare | bench-estimators | completion.
 
 User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
 and exit non-zero (2 for spec errors).
@@ -174,6 +174,58 @@ def _parser() -> argparse.ArgumentParser:
                       help="legend name of a run, once per run in the order given "
                       "(default: what differs between the specs, e.g. act=tanh, else the "
                       "run folder names)")
+    bench = sub.add_parser(
+        "bench-estimators", help="run estimators with joint_mi on bmi's benchmark tasks "
+        "(Beyond Normal, NeurIPS 2023), beside bmi's own estimators",
+        description="Run every --estimator (one with the JointMI ability: joint_mi(x, y)) "
+        "on the tasks of bmi's benchmark at bmi's protocol (N = 5000, seeds 0-9, each "
+        "sample standardised), and, when bmi's Python is found (--bmi-python, "
+        "$MI_PROBE_BMI_PYTHON or .venv-bmi), bmi's own estimators on the same samples. "
+        "Rows are kept in OUT as they finish: the same command again resumes. Writes "
+        "results, summary and tasks tables (parquet and csv) and figures. See "
+        "docs/bench_estimators.md.")
+    bench.add_argument("--estimator", dest="estimators", action="append", default=[],
+                       metavar="KIND[:{YAML}]", help="an estimator with joint_mi and its "
+                       "parameters as a YAML mapping, e.g. ksg, 'ksg:{k: 5}', "
+                       "'mine:{steps: 600}' (repeatable)")
+    bench.add_argument("--all-estimators", action="store_true",
+                       help="also every registered estimator that has joint_mi, with its "
+                       "default parameters")
+    which = bench.add_mutually_exclusive_group()
+    which.add_argument("--tasks", metavar="NAME,...", help="bmi task names "
+                       "(comma-separated, e.g. 1v1-normal-0.75,student-identity-2-2-1) or "
+                       "subsets; default: all 40")
+    which.add_argument("--subset", choices=["all", "v1", "ci", "1v1", "embeddings",
+                                            "multinormal", "student", "transformed"],
+                       help="a named task list: all (bmi's 40), v1 (bmi's v1 workflow: 39), "
+                       "ci (4 small tasks) or one of bmi's groups")
+    bench.add_argument("--n", type=int, default=5000,
+                       help="samples per task and seed (default 5000, bmi's protocol)")
+    bench.add_argument("--seeds", default="0-9", help="sampling seeds: 0-9, 0,3,5 or "
+                       "0-4,7 (default 0-9, bmi's protocol)")
+    _complete(bench.add_argument("--out", type=Path, required=True,
+                                 help="output folder; an unfinished bench there is "
+                                 "resumed"), _DIR)
+    _complete(bench.add_argument("--bmi-python", metavar="PATH", help="the Python of an "
+                                 "environment with bmi (pip install benchmark-mi "
+                                 "jax==0.4.30 jaxlib==0.4.30), or that environment's "
+                                 "folder; default $MI_PROBE_BMI_PYTHON, else .venv-bmi if "
+                                 "present"), _FILE)
+    bench.add_argument("--no-bmi", action="store_true",
+                       help="do not run bmi even when its Python is found")
+    bench.add_argument("--bmi-estimator", dest="bmi_estimators", action="append",
+                       metavar="NAME[:{YAML}]", help="a bmi estimator (KSG, Histogram, CCA, "
+                       "KDE, MINE, InfoNCE, NWJ, DV) with bmi's keyword arguments, e.g. "
+                       "'MINE:{max_n_steps: 2000}' (repeatable; default: all but KDE, "
+                       "with bmi's v1 parameters)")
+    bench.add_argument("--interval", type=float, metavar="LEVEL", help="also a confidence "
+                       "interval at this level (e.g. 0.95) from estimators that have "
+                       "joint_mi_interval; the summary gives its coverage")
+    bench.add_argument("--no-standardize", action="store_true", help="hand the estimators "
+                       "raw samples (bmi's protocol standardises every column)")
+    bench.add_argument("--device", default="cpu", help="torch device of the samples "
+                       "(default cpu)")
+    bench.add_argument("--no-figures", action="store_true", help="tables only")
     comp = sub.add_parser("completion", help="print a shell completion script (needs the "
                           "completion extra: pip install 'mi-probe[completion]')",
                           description="Print the tab-completion script of mi-probe for "
@@ -378,6 +430,35 @@ def _cmd_compare(args, pm) -> int:
     return 0
 
 
+def _cmd_bench_estimators(args, pm) -> int:
+    from mi_probe._core.bench.runner import run_bench, setup
+    from mi_probe._core.bench.summary import summary_table
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    bench = setup(args.estimators, tasks=tasks, subset=args.subset, n=args.n,
+                  seeds=args.seeds, out=args.out,
+                  bmi_python=False if args.no_bmi else args.bmi_python,
+                  bmi_estimators=args.bmi_estimators, interval=args.interval,
+                  standardize=not args.no_standardize, all_estimators=args.all_estimators,
+                  device=args.device, pm=pm)
+    results = run_bench(bench, log=lambda m: print(m, file=sys.stderr, flush=True),
+                        figures=not args.no_figures)
+    summary = summary_table(results)
+    import polars as pl
+
+    per = (summary.group_by("estimator", maintain_order=True)
+           .agg(tasks_ok=(pl.col("status") == "ok").sum(), tasks=pl.len(),
+                mean_abs_error=pl.col("abs_error_mean").mean(),
+                coverage=pl.col("coverage").mean()))
+    for row in per.iter_rows(named=True):
+        cov = "" if row["coverage"] is None else f", interval coverage {row['coverage']:.2f}"
+        err = "-" if row["mean_abs_error"] is None else f"{row['mean_abs_error']:.3f}"
+        print(f"{row['estimator']}: {row['tasks_ok']}/{row['tasks']} tasks, mean |error| "
+              f"{err} nats{cov}", file=sys.stderr)
+    print(f"results: {args.out / 'results.parquet'}")
+    return 0
+
+
 def completion_script(shell: str) -> str:
     """The tab-completion script of ``mi-probe`` for ``shell`` (bash, zsh or tcsh),
     generated from the argument parser by shtab (the ``completion`` extra)."""
@@ -401,7 +482,8 @@ def _cmd_completion(args, pm) -> int:
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "study": _cmd_study,
             "sites": _cmd_sites,
             "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report,
-            "compare": _cmd_compare, "completion": _cmd_completion}
+            "compare": _cmd_compare, "bench-estimators": _cmd_bench_estimators,
+            "completion": _cmd_completion}
 
 #: commands that need no plugin manager (so no plugin is imported for them): compare
 #: reads specs as plain YAML

@@ -105,7 +105,7 @@ def test_bash_completion_mentions_every_subcommand(capsys):
                   if line.startswith("_shtab_mi_probe_subparsers="))
     assert listed.split("=", 1)[1].strip("()").split() == list(cli.COMMANDS)
     for command in cli.COMMANDS:  # and each has its own option list
-        assert f"_shtab_mi_probe_{command}_option_strings=" in script
+        assert f"_shtab_mi_probe_{command.replace('-', '_')}_option_strings=" in script
     # spec files complete as file names, run directories as folders
     assert "_shtab_mi_probe_run_pos_0_COMPGEN=_shtab_compgen_files" in script
     assert "_shtab_mi_probe_report_pos_0_COMPGEN=_shtab_compgen_dirs" in script
