@@ -32,16 +32,25 @@ Bounds (nats):
 
 The final value is the bound evaluated on a held-out fraction of the samples (not used
 for training), so a critic that memorised its training batches does not inflate it.
+
+:func:`joint_mi` trains one such critic on whole vectors (x, y) for I(X;Y). For an
+interval, the same trained critics are evaluated again on k disjoint folds of the
+hold-out rows (:class:`Folds`): given the critic, the hold-out bound is a mean (InfoNCE)
+or a smooth function of two means (DV) of per-row terms, so the spread of the fold
+values estimates its sampling error. It says nothing about training noise, and the
+bound itself may sit below the true MI.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as Fn
+
+from mi_probe.functional.intervals import disjoint_folds
 
 #: rows per block when the trained critics are evaluated on the hold-out set
 EVAL_ROWS = 4096
@@ -198,6 +207,11 @@ class Plan:
         return self.batches.shape[1]
 
 
+def holdout_size(n: int, cfg: TrainConfig) -> int:
+    """Rows held out of training (at least 2, leaving at least 2 to train on)."""
+    return min(max(2, int(round(n * cfg.eval_fraction))), n - 2)
+
+
 def make_plan(n: int, cfg: TrainConfig, sizes: list[int], sizes2: list[int] | None = None,
               pair_dv: bool = False) -> Plan:
     if n < MIN_SAMPLES:
@@ -206,7 +220,7 @@ def make_plan(n: int, cfg: TrainConfig, sizes: list[int], sizes2: list[int] | No
     gen = torch.Generator().manual_seed(cfg.seed)
     init = init_mlp(gen, sizes)
     init2 = init_mlp(gen, sizes2) if sizes2 is not None else None
-    n_eval = min(max(2, int(round(n * cfg.eval_fraction))), n - 2)
+    n_eval = holdout_size(n, cfg)
     perm = torch.randperm(n, generator=gen)
     eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
     n_train = n - n_eval
@@ -264,6 +278,42 @@ def _mine_loss(joint: torch.Tensor, log_marg: torch.Tensor, state: dict[str, tor
     return -(joint - torch.exp(log_marg - state["log_ma"]))
 
 
+# ------------------------------------------------------------------- hold-out folds
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Disjoint folds of the hold-out rows, on which a trained critic's bound is evaluated
+    again for an interval (the critic is trained once; only its evaluation is split).
+
+    ``rows[f]`` indexes the hold-out rows of fold f (``n_eval // k`` each, the remainder
+    left out); ``pairings[f]`` (R, size) holds R random orders of the fold's positions:
+    the product-of-marginals partners of the DV bound of pairs, drawn within the fold."""
+
+    rows: list[torch.Tensor]
+    pairings: list[torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return int(self.rows[0].numel())
+
+
+def make_folds(n_eval: int, folds: int, seed: int) -> Folds:
+    """``folds`` disjoint folds of ``n_eval`` hold-out rows from a CPU generator seeded with
+    ``seed`` (independent of the estimator's own seed, so the estimate does not move)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = disjoint_folds(n_eval, folds, gen)
+    size = int(rows[0].numel())
+    pairings = [torch.stack([torch.randperm(size, generator=gen)
+                             for _ in range(EVAL_PERMUTATIONS)]) for _ in rows]
+    return Folds(rows, pairings)
+
+
+def _fold_means(per_row: torch.Tensor, folds: Folds) -> torch.Tensor:
+    """(C, n_eval) per-row terms -> (k, C) their mean over each fold's rows."""
+    return torch.stack([per_row[:, rows.to(per_row.device)].mean(1) for rows in folds.rows])
+
+
 # -------------------------------------------------------------------- label estimate
 
 
@@ -274,10 +324,29 @@ def label_mi(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
     Critic per channel: T_c(t, ·) = MLP_c(t) in R^K (1 -> hidden -> hidden -> K), i.e.
     one output per class, which is the general critic for a one-hot Y."""
+    return _label_bound(acts, labels, num_classes, cfg, None)[0].clamp_min(0.0)
+
+
+def label_mi_folds(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   cfg: TrainConfig, folds: Folds) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`label_mi` (C,) and the unclipped bound of the same critics on each hold-out
+    fold, (k, C): DV with the fold's own class frequencies; InfoNCE as the mean over the
+    fold's rows of each row's term (against full batches of the whole hold-out set)."""
+    values, fold_values = _label_bound(acts, labels, num_classes, cfg, folds)
+    assert fold_values is not None
+    return values.clamp_min(0.0), fold_values
+
+
+def _label_bound(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 cfg: TrainConfig, folds: Folds | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unclipped bound per channel, (C,), and with ``folds`` its value per fold, (k, C)."""
     device = acts.device
     n, channels = acts.shape
+    fold_out = (torch.empty(len(folds.rows), channels, dtype=torch.float64, device=device)
+                if folds is not None else None)
     if channels == 0:
-        return torch.zeros(0, dtype=torch.float64, device=device)
+        return torch.zeros(0, dtype=torch.float64, device=device), fold_out
     k = num_classes
     plan = make_plan(n, cfg, [1, cfg.hidden, cfg.hidden, k])
     x = standardize(acts, plan.train_idx.to(device))
@@ -309,12 +378,44 @@ def label_mi(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
             if cfg.bound == "dv":
                 joint, log_marg = dv_label(scores, y_eval, log_p_eval)
                 value = joint - log_marg
+                if folds is not None and fold_out is not None:
+                    fold_out[:, lo:hi] = torch.stack(
+                        [_dv_label_fold(scores, y_eval, rows.to(device), k) for rows in folds.rows])
             else:
-                value = holdout_infonce(
-                    lambda idx: infonce_label_terms(scores[:, idx], y_eval[idx]),
-                    plan.eval_perms.to(device), plan.batch)
+                def terms(idx: torch.Tensor) -> torch.Tensor:
+                    return infonce_label_terms(scores[:, idx], y_eval[idx])
+
+                assert plan.eval_perms is not None
+                perms = plan.eval_perms.to(device)
+                value = holdout_infonce(terms, perms, plan.batch)
+                if folds is not None and fold_out is not None:
+                    fold_out[:, lo:hi] = _fold_means(holdout_infonce_rows(terms, perms, plan.batch),
+                                                     folds)
         out[lo:hi] = value.to(torch.float64)
-    return out.clamp_min(0.0)
+    return out, fold_out
+
+
+def _dv_label_fold(scores: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, k: int
+                   ) -> torch.Tensor:
+    """The DV bound of hold-out ``rows`` alone (their own class frequencies): (C,) float64."""
+    y_f = y[rows]
+    log_p = torch.bincount(y_f, minlength=k).to(torch.float32).div(len(y_f)).log()
+    joint, log_marg = dv_label(scores[:, rows], y_f, log_p)
+    return (joint - log_marg).to(torch.float64)
+
+
+def _batchings(orders: torch.Tensor, batch: int
+               ) -> Iterator[tuple[torch.Tensor, int]]:
+    """(block of hold-out rows, how many of its first rows are scored) for every batch of
+    every batching: each order is cut into batches of ``min(batch, n_eval)`` rows, the
+    last, short batch filled up from the start of the order (its filler rows unscored)."""
+    n_eval = orders.shape[1]
+    size = min(batch, n_eval)
+    n_blocks = -(-n_eval // size)
+    for order in orders:
+        padded = torch.cat([order, order[:n_blocks * size - n_eval]])
+        for block in range(n_blocks):
+            yield padded[block * size:(block + 1) * size], min(size, n_eval - block * size)
 
 
 def holdout_infonce(terms: Callable[[torch.Tensor], torch.Tensor], orders: torch.Tensor,
@@ -330,21 +431,115 @@ def holdout_infonce(terms: Callable[[torch.Tensor], torch.Tensor], orders: torch
     value is the mean over all rows and batchings. When the hold-out set fits in one
     batch, that one batch is the whole set and the order does not matter."""
     n_eval = orders.shape[1]
-    size = min(batch, n_eval)
-    if size == n_eval:
+    if min(batch, n_eval) == n_eval:
         return terms(orders[0]).to(torch.float64).mean(1)
-    n_blocks = -(-n_eval // size)
     total = None
-    for order in orders:
-        padded = torch.cat([order, order[:n_blocks * size - n_eval]])
-        for block in range(n_blocks):
-            keep = min(size, n_eval - block * size)
-            part = terms(padded[block * size:(block + 1) * size])[:, :keep].sum(1, dtype=torch.float64)
-            total = part if total is None else total + part
+    for idx, keep in _batchings(orders, batch):
+        part = terms(idx)[:, :keep].sum(1, dtype=torch.float64)
+        total = part if total is None else total + part
+    assert total is not None
     return total / (n_eval * orders.shape[0])
 
 
-# --------------------------------------------------------------------- pair estimate
+def holdout_infonce_rows(terms: Callable[[torch.Tensor], torch.Tensor], orders: torch.Tensor,
+                         batch: int) -> torch.Tensor:
+    """Each hold-out row's InfoNCE term averaged over the batchings of
+    :func:`holdout_infonce`: (C, n_eval) float64 in hold-out order. Their mean is
+    :func:`holdout_infonce`'s value up to rounding; the per-row terms are what a fold
+    interval averages."""
+    n_eval = orders.shape[1]
+    if min(batch, n_eval) == n_eval:
+        order = orders[0]
+        part = terms(order).to(torch.float64)
+        out = torch.empty_like(part)
+        out[:, order.to(part.device)] = part
+        return out
+    total: torch.Tensor | None = None
+    for idx, keep in _batchings(orders, batch):
+        part = terms(idx)[:, :keep].to(torch.float64)
+        if total is None:
+            total = torch.zeros(part.shape[0], n_eval, dtype=torch.float64, device=part.device)
+        total[:, idx[:keep].to(part.device)] += part
+    assert total is not None
+    return total / orders.shape[0]
+
+
+# --------------------------------------------------------------- pair and joint estimates
+
+
+def _pair_bound(x_tr: torch.Tensor, z_tr: torch.Tensor, x_ev: torch.Tensor, z_ev: torch.Tensor,
+                plan: Plan, cfg: TrainConfig, folds: Folds | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Critics of C pairs of variables trained at once, and their bound on the hold-out
+    rows: (C,) unclipped and, with ``folds``, (k, C) per fold.
+
+    ``x_*`` (C, n, dx), ``z_*`` (C, n, dz): standardised training (``_tr``) and hold-out
+    (``_ev``) rows. ``dv``: T(x, z) = MLP([x, z]) -> 1, product-of-marginals partners from
+    ``plan.marginal_batches`` in training and ``plan.eval_perms`` on the hold-out set (each
+    fold: its own pairings within the fold). ``infonce``: separable f(x, z) = g(x)·h(z),
+    g, h -> hidden, a B x B score matrix per step; folds average per-row terms."""
+    device = x_tr.device
+    c = x_tr.shape[0]
+    batches = plan.batches.to(device)
+    assert plan.eval_perms is not None
+    perms = plan.eval_perms.to(device)
+    fold_values: torch.Tensor | None = None
+    if cfg.bound == "dv":
+        assert plan.marginal_batches is not None
+        marg = plan.marginal_batches.to(device)
+        params = replicate(plan.init, c, device)
+        state: dict[str, torch.Tensor] = {}
+
+        def step_loss(step: int) -> torch.Tensor:
+            idx, idx2 = batches[step], marg[step]
+            xs = x_tr[:, idx]
+            t_joint = mlp(params, torch.cat([xs, z_tr[:, idx]], 2)).squeeze(2)
+            t_marg = mlp(params, torch.cat([xs, z_tr[:, idx2]], 2)).squeeze(2)
+            log_marg = _log_mean_exp(t_marg, (1,), t_marg.shape[1])
+            return _mine_loss(t_joint.mean(1), log_marg, state, cfg.ema)
+
+        _train(params, cfg, step_loss)
+
+        def held_out(xs: torch.Tensor, zs: torch.Tensor, pairings: torch.Tensor) -> torch.Tensor:
+            joint = _mlp_blocks(params, torch.cat([xs, zs], 2)).squeeze(2).mean(1)
+            t_marg = torch.cat([_mlp_blocks(params, torch.cat([xs, zs[:, p]], 2)).squeeze(2)
+                                for p in pairings], dim=1)
+            return joint - _log_mean_exp(t_marg, (1,), t_marg.shape[1])
+
+        with torch.no_grad():
+            value = held_out(x_ev, z_ev, perms)
+            if folds is not None:
+                fold_values = torch.stack([
+                    held_out(x_ev[:, rows.to(device)], z_ev[:, rows.to(device)], p.to(device))
+                    for rows, p in zip(folds.rows, folds.pairings)]).to(torch.float64)
+    else:
+        assert plan.init2 is not None
+        g_params = replicate(plan.init, c, device)
+        h_params = replicate(plan.init2, c, device)
+
+        def step_loss(step: int) -> torch.Tensor:
+            idx = batches[step]
+            return -infonce_pair(mlp(g_params, x_tr[:, idx]), mlp(h_params, z_tr[:, idx]))
+
+        _train(g_params + h_params, cfg, step_loss)
+        with torch.no_grad():
+            gx = _mlp_blocks(g_params, x_ev)
+            hz = _mlp_blocks(h_params, z_ev)
+
+            def terms(idx: torch.Tensor) -> torch.Tensor:
+                return infonce_pair_terms(gx[:, idx], hz[:, idx])
+
+            value = holdout_infonce(terms, perms, plan.batch)
+            if folds is not None:
+                fold_values = _fold_means(holdout_infonce_rows(terms, perms, plan.batch), folds)
+    return value.to(torch.float64), fold_values
+
+
+def _pair_plan(n: int, cfg: TrainConfig, dx: int, dz: int) -> Plan:
+    h = cfg.hidden
+    if cfg.bound == "dv":
+        return make_plan(n, cfg, [dx + dz, h, h, 1], pair_dv=True)
+    return make_plan(n, cfg, [dx, h, h, h], [dz, h, h, h])
 
 
 def pair_mi(a: torch.Tensor, b: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -359,56 +554,35 @@ def pair_mi(a: torch.Tensor, b: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     c2 = b.shape[1]
     if c1 * c2 == 0:
         return torch.zeros(c1, c2, dtype=torch.float64, device=device)
-    h = cfg.hidden
-    if cfg.bound == "dv":
-        plan = make_plan(n, cfg, [2, h, h, 1], pair_dv=True)
-    else:
-        plan = make_plan(n, cfg, [1, h, h, h], [1, h, h, h])
+    plan = _pair_plan(n, cfg, 1, 1)
     tr, ev = plan.train_idx.to(device), plan.eval_idx.to(device)
     xa, xb = standardize(a, tr), standardize(b.to(device), tr)
     ii = torch.arange(c1, device=device).repeat_interleave(c2)
     jj = torch.arange(c2, device=device).repeat(c1)
-    batches = plan.batches.to(device)
-    marg = plan.marginal_batches.to(device) if plan.marginal_batches is not None else None
-    perms = plan.eval_perms.to(device) if plan.eval_perms is not None else None
     pairs = c1 * c2
     out = torch.empty(pairs, dtype=torch.float64, device=device)
     for lo in range(0, pairs, cfg.max_channels_batched):
         hi = min(pairs, lo + cfg.max_channels_batched)
-        x_tr, z_tr = xa[ii[lo:hi]][:, tr], xb[jj[lo:hi]][:, tr]
-        x_ev, z_ev = xa[ii[lo:hi]][:, ev], xb[jj[lo:hi]][:, ev]
-        if cfg.bound == "dv":
-            params = replicate(plan.init, hi - lo, device)
-            state: dict[str, torch.Tensor] = {}
-
-            def step_loss(step: int) -> torch.Tensor:
-                idx, idx2 = batches[step], marg[step]
-                xs = x_tr[:, idx]
-                t_joint = mlp(params, torch.stack([xs, z_tr[:, idx]], 2)).squeeze(2)
-                t_marg = mlp(params, torch.stack([xs, z_tr[:, idx2]], 2)).squeeze(2)
-                log_marg = _log_mean_exp(t_marg, (1,), t_marg.shape[1])
-                return _mine_loss(t_joint.mean(1), log_marg, state, cfg.ema)
-
-            _train(params, cfg, step_loss)
-            with torch.no_grad():
-                joint = _mlp_blocks(params, torch.stack([x_ev, z_ev], 2)).squeeze(2).mean(1)
-                t_marg = torch.cat([_mlp_blocks(params, torch.stack([x_ev, z_ev[:, p]], 2))
-                                    .squeeze(2) for p in perms], dim=1)
-                value = joint - _log_mean_exp(t_marg, (1,), t_marg.shape[1])
-        else:
-            g_params = replicate(plan.init, hi - lo, device)
-            h_params = replicate(plan.init2, hi - lo, device)
-
-            def step_loss(step: int) -> torch.Tensor:
-                idx = batches[step]
-                return -infonce_pair(mlp(g_params, x_tr[:, idx, None]),
-                                     mlp(h_params, z_tr[:, idx, None]))
-
-            _train(g_params + h_params, cfg, step_loss)
-            with torch.no_grad():
-                gx = _mlp_blocks(g_params, x_ev[:, :, None])
-                hz = _mlp_blocks(h_params, z_ev[:, :, None])
-                value = holdout_infonce(
-                    lambda idx: infonce_pair_terms(gx[:, idx], hz[:, idx]), perms, plan.batch)
-        out[lo:hi] = value.to(torch.float64)
+        xs, zs = xa[ii[lo:hi]][:, :, None], xb[jj[lo:hi]][:, :, None]
+        out[lo:hi] = _pair_bound(xs[:, tr], zs[:, tr], xs[:, ev], zs[:, ev], plan, cfg, None)[0]
     return out.clamp_min(0.0).reshape(c1, c2)
+
+
+def joint_mi(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, folds: Folds | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Lower bound on I(X; Y) of ``x`` (N, dx) and ``y`` (N, dy), row i with row i: a 0-d
+    float64 on ``x``'s device, clipped at 0, and with ``folds`` the unclipped bound of the
+    same critic on each hold-out fold, (k,).
+
+    One critic on whole vectors, each dimension standardised on the training rows:
+    ``dv`` T(x, y) = MLP([x, y]) (dx + dy -> hidden -> hidden -> 1), trained as MINE;
+    ``infonce`` separable g(x)·h(y) (dx -> hidden -> hidden -> hidden, and dy -> ...)."""
+    device = x.device
+    n, dx = x.shape
+    dy = y.shape[1]
+    plan = _pair_plan(n, cfg, dx, dy)
+    tr, ev = plan.train_idx.to(device), plan.eval_idx.to(device)
+    xs = standardize(x, tr).T[None]   # (1, N, dx)
+    ys = standardize(y.to(device), tr).T[None]
+    value, fold_values = _pair_bound(xs[:, tr], ys[:, tr], xs[:, ev], ys[:, ev], plan, cfg, folds)
+    return value[0].clamp_min(0.0), (fold_values[:, 0] if fold_values is not None else None)

@@ -302,8 +302,16 @@ def test_errors(kind):
 def test_params():
     assert MineParams().model_dump() == {
         "hidden": 64, "steps": 300, "batch_size": 256, "lr": 1e-3, "seed": 0,
-        "eval_fraction": 0.25, "max_channels_batched": 64, "kind": "mine", "ema": 0.01}
-    assert "ema" not in InfoNCEParams().model_dump()
+        "eval_fraction": 0.25, "max_channels_batched": 64, "joint_steps": 1000,
+        "joint_lr": 3e-3, "interval_folds": 10, "kind": "mine", "ema": 0.01}
+    assert InfoNCEParams().model_dump() == {
+        "hidden": 64, "steps": 300, "batch_size": 256, "lr": 1e-3, "seed": 0,
+        "eval_fraction": 0.25, "max_channels_batched": 64, "joint_steps": 600,
+        "joint_lr": 1e-3, "interval_folds": 10, "kind": "infonce"}
+    with pytest.raises(ValidationError, match="interval_folds"):
+        MineParams(interval_folds=1)
+    with pytest.raises(ValidationError, match="joint_lr"):
+        InfoNCEParams(joint_lr=0)
     with pytest.raises(ValidationError, match="stepz"):
         MineParams(stepz=3)
     with pytest.raises(ValidationError, match="ema"):
