@@ -16,8 +16,9 @@ as ``interval_method``):
   ``I(N) = I∞ + a/N`` through the full and subsample means (the subsample-and-
   extrapolate idea of NeuralMI and of Strong et al. 1998), for estimators whose
   finite-sample bias is of order 1/N.
-* :func:`disjoint_folds` — the row sets for ``subsample_interval`` and for k-fold
-  (train on k − 1 folds, evaluate on the held-out one) intervals.
+* :func:`disjoint_folds` — the row sets for ``subsample_interval`` and for ``kfold``
+  intervals (the neural plugins: a critic trained once, its bound evaluated on k
+  disjoint folds of the held-out rows, whose spread gives the interval of the bound).
 """
 
 from __future__ import annotations

@@ -109,7 +109,22 @@ class LayerMIExperiment:
                 # every quantity of this site from one state when the estimator Prepares
                 # (the histogram bins it once), else from its per-quantity methods
                 prepared = prepare_site(est, acts)
-                i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
+                interval: dict[str, Any] = {}
+                chan_ci = None
+                if self.params.interval is not None:
+                    # the estimator's own valid method; a seed per (seed, state, site). Its
+                    # estimate is label_mi's (the Intervals contract), so a neural
+                    # estimator trains once per site, not twice
+                    draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.rng(
+                        seed, f"interval/{state}/{site.name}")).item())
+                    chan_ci, mean_ci = cast(Intervals, est).label_mi_interval(
+                        acts, cap.labels, ctx.num_classes, self.params.interval, draw_seed)
+                    interval = {"i_ty_ci_low": float(mean_ci.low), "i_ty_ci_high":
+                                float(mean_ci.high), "ci_level": mean_ci.level,
+                                "ci_method": mean_ci.method}
+                    i_ty_c = chan_ci.estimate
+                else:
+                    i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
                 i_xt_c = prepared.input_mi()
                 nulls = [prepared.label_mi(cap.labels[perm], ctx.num_classes) for perm in perms]
                 null_c = torch.stack(nulls).mean(0) if nulls else None
@@ -124,17 +139,6 @@ class LayerMIExperiment:
                 diags.append({**site_columns(seed, state, site), "n_samples": n,
                               "channels": site.channels, "log_n": math.log(n),
                               "n_constant": constant, **prepared.diagnostics(), **labelled})
-                interval: dict[str, Any] = {}
-                chan_ci = None
-                if self.params.interval is not None:
-                    # the estimator's own valid method; a seed per (seed, state, site)
-                    draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.rng(
-                        seed, f"interval/{state}/{site.name}")).item())
-                    chan_ci, mean_ci = cast(Intervals, est).label_mi_interval(
-                        acts, cap.labels, ctx.num_classes, self.params.interval, draw_seed)
-                    interval = {"i_ty_ci_low": float(mean_ci.low), "i_ty_ci_high":
-                                float(mean_ci.high), "ci_level": mean_ci.level,
-                                "ci_method": mean_ci.method}
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
