@@ -16,7 +16,7 @@ plugin_req = $(1)$(foreach e,$(PLUGIN_EXTRAS),$(if $(filter $(1)=%,$(e)),[$(pats
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ray,tensorboard,mlflow,notebook]' $(foreach p,$(PLUGIN_DIRS),-e '$(call plugin_req,$(p))')
+	$(PY) -m pip install --quiet -e '.[dev,ray,tensorboard,mlflow,notebook,store]' $(foreach p,$(PLUGIN_DIRS),-e '$(call plugin_req,$(p))')
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,5 @@
 """Command line: mi-probe run | validate | check | study | sites | plugins | schema | report
-| compare | bench-estimators | completion.
+| compare | bench-estimators | cache | completion.
 
 User mistakes (any ``MiProbeError``) print one ``error:`` message, never a traceback,
 and exit non-zero (2 for spec errors).
@@ -174,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="legend name of a run, once per run in the order given "
                       "(default: what differs between the specs, e.g. act=tanh, else the "
                       "run folder names)")
+    sub.add_parser("cache", add_help=False, help="list or prune the activation store "
+                   "(mi-probe cache list | prune ...; docs/store.md)",
+                   description="mi-probe cache list [--json] [--long] | prune --older-than "
+                   "DAYS | --max-size GB | --all [--dry-run]; --store PATH|URL, --cache-dir "
+                   "DIR").add_argument("rest", nargs=argparse.REMAINDER,
+                                       help="list [--json] [--long] | prune ... (mi-probe "
+                                       "cache list --help)")
     bench = sub.add_parser(
         "bench-estimators", help="run estimators with joint_mi on bmi's benchmark tasks "
         "(Beyond Normal, NeurIPS 2023), beside bmi's own estimators",
@@ -474,6 +481,12 @@ def completion_script(shell: str) -> str:
     return shtab.complete(_parser(), shell=shell)
 
 
+def _cmd_cache(args, pm) -> int:
+    from mi_probe._core.store.cli import cache_main
+
+    return cache_main(args.rest)
+
+
 def _cmd_completion(args, pm) -> int:
     print(completion_script(args.shell), end="")
     return 0
@@ -482,12 +495,12 @@ def _cmd_completion(args, pm) -> int:
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "check": _cmd_check, "study": _cmd_study,
             "sites": _cmd_sites,
             "plugins": _cmd_plugins, "schema": _cmd_schema, "report": _cmd_report,
-            "compare": _cmd_compare, "bench-estimators": _cmd_bench_estimators,
-            "completion": _cmd_completion}
+            "compare": _cmd_compare, "cache": _cmd_cache,
+            "bench-estimators": _cmd_bench_estimators, "completion": _cmd_completion}
 
 #: commands that need no plugin manager (so no plugin is imported for them): compare
 #: reads specs as plain YAML
-NO_PLUGINS = frozenset({"completion", "compare"})
+NO_PLUGINS = frozenset({"completion", "compare", "cache"})
 
 
 def main(argv: Sequence[str] | None = None, pm: Any = None) -> int:

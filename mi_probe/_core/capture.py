@@ -2,7 +2,10 @@
 
 Capture pools each site's output inside the hook (memory O(N·C) per site), stores a
 detached copy that no later in-place op can overwrite, and removes every hook in a
-``finally`` (also when the forward pass raises). Each site's pooled rows are copied into
+``finally`` (also when the forward pass raises). With a :class:`SiteReduction` other
+than ``mean`` (the spec's ``sites.reduce``) it keeps each site whole instead: the
+flattened C·H·W values, or a seeded random Gaussian projection of them, within a stated
+memory budget checked before anything is stored. Each site's pooled rows are copied into
 one preallocated (N, C) tensor as the batches arrive (``_Rows``), so a capture holds one
 allocation per site, not one small tensor per site and batch interleaved on the heap
 with the (much larger, short-lived) activations, and needs no second copy to join them.
@@ -10,7 +13,9 @@ with the (much larger, short-lived) activations, and needs no second copy to joi
 
 from __future__ import annotations
 
+import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -18,7 +23,7 @@ from torch import nn
 
 from mi_probe.errors import DataError, ModelError, NonFiniteActivationError, SiteError
 from mi_probe.interfaces import Captured, Intervention, Site
-from mi_probe._core.sites import get_module, pool, replace_output, site_output
+from mi_probe._core.sites import flatten, get_module, pool, replace_output, site_output
 
 
 def _first(output):
@@ -31,6 +36,121 @@ def pooled_copy(output: torch.Tensor, site: Site) -> torch.Tensor:
     if pooled.data_ptr() == output.data_ptr():
         pooled = pooled.clone()
     return pooled
+
+
+@dataclass(frozen=True)
+class SiteReduction:
+    """How capture keeps each site's output (the spec's ``sites.reduce``): ``mean``
+    (global average pool per channel: (N, C), the default), ``none`` (every value,
+    flattened channel-major by ``sites.flatten``: (N, C·H·W)) or ``project`` (that
+    flattened vector times a (D, ``dims``) matrix of N(0, 1/dims) entries: (N, dims),
+    which keeps squared norms in expectation and distances approximately, but loses
+    information where dims < D). The matrix of a site is drawn on the CPU from
+    ``seed`` and the site's name, so it is the same for every model state, model seed
+    and device. The kept values of all sites together, plus the matrices, may use at
+    most ``max_bytes``; ``dtype`` is their storage type (float32, or float16 when
+    declared)."""
+
+    mode: str = "mean"
+    dims: int | None = None
+    seed: int = 0
+    max_bytes: int = 4096 * 2**20
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def of(cls, reduce: Any) -> SiteReduction:
+        """From ``sites.reduce``: ``"mean"``, ``"none"`` or a mapping-like object with
+        ``project``, ``seed``, ``max_mb`` and ``dtype`` (``spec.SiteReduceSpec``)."""
+        if isinstance(reduce, SiteReduction):
+            return reduce
+        if reduce in (None, "mean"):
+            return cls()
+        if reduce == "none":
+            return cls(mode="none")
+        project = getattr(reduce, "project", None)
+        return cls(mode="none" if project is None else "project", dims=project,
+                   seed=int(getattr(reduce, "seed", 0)),
+                   max_bytes=int(getattr(reduce, "max_mb", 4096)) * 2**20,
+                   dtype=getattr(torch, str(getattr(reduce, "dtype", "float32"))))
+
+    @property
+    def pooled(self) -> bool:
+        return self.mode == "mean"
+
+    def describe(self) -> str:
+        if self.mode == "project":
+            return f"project to {self.dims} dims (random Gaussian, seed {self.seed})"
+        return self.mode
+
+    def projection(self, site: Site, in_dims: int, device: torch.device) -> torch.Tensor:
+        """The (in_dims, dims) float32 projection matrix of ``site``."""
+        assert self.dims is not None
+        name_key = zlib.crc32(site.name.encode())
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + name_key) % 2**63)
+        matrix = torch.randn(in_dims, self.dims, generator=gen) / self.dims ** 0.5
+        return matrix.to(device)
+
+
+#: the largest magnitude float16 holds
+_FLOAT16_MAX = 65504.0
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.4g} MiB ({nbytes:,} bytes)"
+
+
+class _Keeper:
+    """Reduces one site's batches as ``reduction`` says (not ``mean``) and charges the
+    memory of the whole capture against the budget before a site stores anything."""
+
+    def __init__(self, reduction: SiteReduction, rows_hint: int | None):
+        self.reduction, self.rows_hint = reduction, rows_hint
+        self.charged: dict[str, int] = {}
+        self.matrices: dict[str, torch.Tensor] = {}
+
+    def _charge(self, site: Site, rows: int, in_dims: int, out_dims: int) -> None:
+        red = self.reduction
+        size = torch.empty((), dtype=red.dtype).element_size()
+        need = rows * out_dims * size + (in_dims * out_dims * 4 if red.mode == "project" else 0)
+        if need <= self.charged.get(site.name, 0):
+            return
+        self.charged[site.name] = need
+        total = sum(self.charged.values())
+        if total > red.max_bytes:
+            shape = (f"{rows} samples x {out_dims} dims" + (
+                f" (projected from {in_dims}; the matrix adds {_mib(in_dims * out_dims * 4)})"
+                if red.mode == "project" else f" (C·H·W = {in_dims})"))
+            raise SiteError(
+                f"sites.reduce {red.describe()!r}: site {site.name!r} keeps {shape} in "
+                f"{str(red.dtype).removeprefix('torch.')}, {_mib(need)}; the selected sites "
+                f"so far need {_mib(total)}, over the budget of {_mib(red.max_bytes)} "
+                "(sites.reduce.max_mb); select fewer sites, project to fewer dims "
+                "({project: <dims>}), declare dtype: float16, or raise max_mb")
+
+    def __call__(self, output: torch.Tensor, site: Site) -> torch.Tensor:
+        red = self.reduction
+        flat = flatten(output, site.layout, site.tokens, site.prefix_tokens).to(torch.float32)
+        in_dims = flat.shape[1]
+        out_dims = red.dims if red.mode == "project" and red.dims is not None else in_dims
+        rows = max(self.rows_hint or 0, flat.shape[0])
+        self._charge(site, rows, in_dims, out_dims)
+        if red.mode == "project":
+            matrix = self.matrices.get(site.name)
+            if matrix is None or matrix.shape[0] != in_dims:
+                matrix = self.matrices[site.name] = red.projection(site, in_dims, flat.device)
+            flat = flat @ matrix
+        if red.dtype == torch.float16:
+            top = float(flat.abs().amax()) if flat.numel() else 0.0
+            if top > _FLOAT16_MAX:
+                raise SiteError(f"sites.reduce dtype float16: site {site.name!r} has values up "
+                                f"to {top:.3g}, beyond float16's ±{_FLOAT16_MAX:g}; use "
+                                "dtype: float32")
+        return flat.to(red.dtype)
+
+    def grow(self, site: Site, rows: int, dims: int) -> None:
+        """Charge more rows than the loader said it holds (a loader without a length)."""
+        in_dims = dims if self.reduction.mode != "project" else self.matrices[site.name].shape[0]
+        self._charge(site, rows, in_dims, dims)
 
 
 @contextmanager
@@ -67,8 +187,9 @@ def add_intervention_hooks(model: nn.Module,
 
 
 def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, Any],
-                      detach: bool = True) -> list:
-    """Append each site's pooled output per batch to ``store[site.name]``.
+                      detach: bool = True, keep: _Keeper | None = None) -> list:
+    """Append each site's pooled output per batch to ``store[site.name]`` (with ``keep``,
+    the site's output reduced by it instead of pooled).
 
     Returns the hook handles; if a site's module cannot be found, the hooks already
     registered are removed before the error propagates (nothing is left behind)."""
@@ -79,7 +200,8 @@ def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, 
             store.setdefault(site.name, [])
 
             def hook(_m, _inp, out, _site=site):
-                pooled = pooled_copy(site_output(out, _site.index), _site)
+                tensor = site_output(out, _site.index)
+                pooled = pooled_copy(tensor, _site) if keep is None else keep(tensor, _site)
                 store[_site.name].append(pooled.detach() if detach else pooled)
 
             handles.append(module.register_forward_hook(hook))
@@ -148,18 +270,41 @@ def _size_hints(loader: Iterable) -> tuple[int | None, int | None]:
     return hints[0], hints[1]
 
 
+class _KeptRows(_Rows):
+    """``_Rows`` that charges rows beyond the loader's stated size against the budget."""
+
+    __slots__ = ("keep", "site")
+
+    def __init__(self, keep: _Keeper, site: Site, rows_hint: int | None,
+                 batches_hint: int | None) -> None:
+        super().__init__(rows_hint, batches_hint)
+        self.keep, self.site = keep, site
+
+    def append(self, part: torch.Tensor) -> None:
+        if self.rows + part.shape[0] > (self.keep.rows_hint or 0):
+            self.keep.grow(self.site, self.rows + part.shape[0], part.shape[1])
+        super().append(part)
+
+
 def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: torch.device,
             interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
             progress: bool = False, desc: str = "capture",
-            generator: torch.Generator | None = None) -> Captured:
+            generator: torch.Generator | None = None, reduce: Any = "mean") -> Captured:
     """Run the evaluation set once (twice when an intervention needs calibration);
-    pooled activations of ``sites``, labels and logits, all on ``device``."""
+    pooled activations of ``sites``, labels and logits, all on ``device``.
+
+    ``reduce`` (``sites.reduce``, or a :class:`SiteReduction`): ``mean`` pools; anything
+    else keeps each site whole, (N, D) per site (see :class:`SiteReduction`)."""
     interventions = list(interventions)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     for _, intervention, _ in interventions:
         intervention.reset(generator)
     rows_hint, batches_hint = _size_hints(loader)
-    store: dict[str, _Rows] = {site.name: _Rows(rows_hint, batches_hint) for site in sites}
+    reduction = SiteReduction.of(reduce)
+    keep = None if reduction.pooled else _Keeper(reduction, rows_hint)
+    store: dict[str, _Rows] = {
+        site.name: (_Rows(rows_hint, batches_hint) if keep is None
+                    else _KeptRows(keep, site, rows_hint, batches_hint)) for site in sites}
     labels, logits = [], []
     position = [0]
     was_training = model.training
@@ -175,7 +320,7 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
             position[0] = 0
         with removing(handles):
             add_intervention_hooks(model, interventions, handles, position)
-            handles.extend(add_pooling_hooks(model, sites, store))
+            handles.extend(add_pooling_hooks(model, sites, store, keep=keep))
             batches = loader
             if progress:
                 from tqdm.auto import tqdm

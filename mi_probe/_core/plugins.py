@@ -54,6 +54,7 @@ BUILTIN_PLUGINS = (
     "mi_probe.builtin.experiments.skip_gain",
     "mi_probe.builtin.experiments.hsic_compare",
     "mi_probe.builtin.experiments.dynamics",
+    "mi_probe.builtin.experiments.unpooled_mi",
     "mi_probe.builtin.metrics.gini",
     "mi_probe.builtin.metrics.norm_entropy",
     "mi_probe.builtin.metrics.top_k_share",

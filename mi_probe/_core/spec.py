@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      create_model, field_validator, model_validator)
 
 from mi_probe._core.archs import is_custom_arch
 from mi_probe._core.checks import Check
@@ -132,6 +132,53 @@ def pretrained_tag(weights: str) -> tuple[str, str] | None:
     return arch, tag
 
 
+class SiteReduceSpec(_Strict):
+    """A site kept whole instead of average-pooled per channel (``sites.reduce``)."""
+
+    project: int | None = Field(
+        None, ge=1, description="reduce the flattened C·H·W values to this many dims by a "
+        "seeded random Gaussian projection (entries N(0, 1/dims); one matrix per site, the "
+        "same for every model state and seed); None keeps all C·H·W values")
+    seed: int = Field(0, description="seed of the projection matrices")
+    max_mb: int = Field(
+        4096, ge=1, description="memory budget (MiB) of the kept activations of all "
+        "selected sites together (N·D values each) plus the projection matrices; a "
+        "capture that would exceed it is refused, naming what it needs")
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage of the kept values: float16 halves the memory "
+        "(about 3 significant digits; values beyond ±65504 are refused)")
+
+
+#: ``sites.reduce``: how capture reduces each site's output
+SITE_REDUCE_HELP = ("how each site's output is kept: mean (global average pool per "
+                    "channel, (N, C); the default and the paper's), none (every C·H·W value, "
+                    "flattened channel-major), or {project: <dims>} (a seeded random Gaussian "
+                    "projection of the flattened values); a mapping also sets seed, max_mb "
+                    "(memory budget) and dtype (float32 | float16). Only experiments that "
+                    "measure whole layers (unpooled_mi) read unpooled sites")
+
+
+def _site_reduce(value: Any) -> Any:
+    """``sites.reduce`` as ``"mean"``, ``"none"`` or a :class:`SiteReduceSpec`."""
+    if isinstance(value, SiteReduceSpec) or value in ("mean", "none"):
+        return value
+    if isinstance(value, dict):
+        try:
+            return SiteReduceSpec.model_validate(value)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    problems.append(f"{where}: unknown field; valid fields: "
+                                    f"{', '.join(SiteReduceSpec.model_fields)}")
+                else:
+                    problems.append(f"{where}: {err['msg']}")
+            raise ValueError("; ".join(problems)) from None
+    raise ValueError(f"expected mean, none or a mapping such as {{project: 1024}}"
+                     f"{_did_you_mean(value, ['mean', 'none'])}")
+
+
 class SitesSpecBase(_Strict):
     if TYPE_CHECKING:  # added by build_spec_model (a Literal of the registered adapters)
         adapter: str
@@ -157,6 +204,12 @@ class SitesSpecBase(_Strict):
         "patch_mean", description="how a token output (ViT-like blocks) pools per sample: "
         "the mean of the patch tokens (class and register tokens left out), or the class "
         "token; never both mixed")
+    reduce: Literal["mean", "none"] | SiteReduceSpec = Field("mean", description=SITE_REDUCE_HELP)
+
+    @field_validator("reduce", mode="before")
+    @classmethod
+    def _reduce_choice(cls, value: Any) -> Any:
+        return _site_reduce(value)
 
 
 class EvalSpec(_Strict):
@@ -178,6 +231,18 @@ class ReportSpec(_Strict):
                                                          min_length=1)
 
 
+class StoreSpec(_Strict):
+    """Where plain captures of a model state are kept for reuse (docs/store.md)."""
+
+    enabled: bool = Field(default=True, description="read plain captures of a model state from the "
+                          "activation store when stored, and write new ones")
+    path: str | None = Field(default=None, min_length=1, description="folder or fsspec URL "
+                             "(s3://..., file://...) of the store; default <cache>/activations; "
+                             "MI_PROBE_STORE overrides")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec "
+                                            "options for a URL (credentials, endpoint)")
+
+
 class SpecBase(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="run name; reports go to reports/<name>/<timestamp>/")
@@ -186,6 +251,8 @@ class SpecBase(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval: EvalSpec = EvalSpec()
     report: ReportSpec = ReportSpec()
+    store: StoreSpec = Field(default=StoreSpec(), description="the activation store: where captures "
+                             "are kept for later runs (not part of a run's identity)")
     checks: list[Check] = Field([], description="declarative claims over the result "
                                 "tables (trend, compare, bound); see mi_probe/_core/checks.py")
 
@@ -194,6 +261,22 @@ class SpecBase(_Strict):
     def _unique_seeds(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
             raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+    @field_validator("experiment", check_fields=False)
+    @classmethod
+    def _reads_unpooled_sites(cls, value: Any, info: ValidationInfo) -> Any:
+        """An experiment sees unpooled sites only when its params model says it reads
+        them (``reads_unpooled_sites = True``, a class attribute): the others treat every
+        column of a site as a channel."""
+        sites = info.data.get("sites")
+        reduce = getattr(sites, "reduce", "mean")
+        if reduce != "mean" and not getattr(type(value), "reads_unpooled_sites", False):
+            shown = reduce if isinstance(reduce, str) else reduce.model_dump()
+            raise ValueError(f"sites.reduce is {shown!r} (sites kept unpooled), but experiment "
+                             f"{getattr(value, 'kind', value)!r} pools every site to "
+                             "channels; use an experiment that measures whole layers "
+                             "(kind: unpooled_mi) or remove sites.reduce (default mean)")
         return value
 
     if TYPE_CHECKING:  # the sections build_spec_model adds from the registry's plugins

@@ -2,11 +2,14 @@
 
 It builds the spec's data, estimator, experiment and regularisers, resolves the
 adapter and sites once, and delegates models to :class:`~.training.ModelStore` and
-forward passes to :class:`~.evaluation.Evaluator`.
+forward passes to :class:`~.evaluation.Evaluator`. Plain captures of a model state go
+through the activation store (:mod:`mi_probe._core.store`): read when every requested
+site is stored for the same model, data and runtime, else captured and written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -24,6 +27,9 @@ from mi_probe._core.runner.rundir import resolve_cache_dir
 from mi_probe._core.runner.training import ModelStore
 from mi_probe._core.sites import resolve_sites
 from mi_probe._core.sites.listed import spec_adapter
+from mi_probe._core.store import (ActivationStore, OUTPUTS, StoreKey, data_fingerprint,
+                                  model_fingerprint, reduction_text, resolve_store,
+                                  runtime_fingerprint, site_definition, site_reduction)
 from mi_probe._core.train import derive_seed
 
 if TYPE_CHECKING:
@@ -37,7 +43,11 @@ class Engine:
 
     def __init__(self, spec: SpecBase, pm: MiProbePluginManager, cache_dir: Path | None = None,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 dist_ctx: Any = None, validated: Validated | None = None):
+                 dist_ctx: Any = None, validated: Validated | None = None,
+                 store: ActivationStore | None | bool = True):
+        """``store``: True resolves the activation store (``MI_PROBE_STORE``, else the
+        spec's ``store`` section, else ``<cache>/activations``); False turns it off; an
+        :class:`ActivationStore` is used as given."""
         self.spec = spec
         self.pm = pm
         self.registry = pm.registry
@@ -87,6 +97,19 @@ class Engine:
             lambda: (experiment.trainings(self) if isinstance(experiment, DeclaresTrainings)
                      else None))
         self.evaluator = Evaluator(spec, self.device, self.eval_set, self.loader, self.adapter)
+        self.store: ActivationStore | None
+        if store is True:
+            section = getattr(spec, "store", None)
+            self.store, self.store_note = resolve_store(
+                self.cache_dir, enabled=getattr(section, "enabled", True),
+                location=getattr(section, "path", None),
+                storage_options=getattr(section, "storage_options", None), log=log)
+        else:
+            self.store = store or None
+            self.store_note = (f"activation store: {self.store.location}" if self.store
+                               else "activation store: off")
+        #: the data's part of the store keys (computed once); False: the data has none
+        self._store_base: StoreKey | None | bool = None
 
     # ---------------------------------------------------------------- RunContext
     @property
@@ -140,14 +163,98 @@ class Engine:
         key = (seed, state)
         if key not in self._captures:
             model = self.model(seed, state)
-            self.progress(f"seed {seed}: capturing {state} activations")
-            cap = capture_mod.capture(model, self.sites(model), self.loader(), self.device,
-                                      progress=self.show_progress, desc=f"{state} seed {seed}")
+            sites = self.sites(model)
+            reduce = self.spec.sites.reduce
+            # the keys name the reduction (sites.reduce: mean, none, a projection), so
+            # unpooled captures are stored too and never read as pooled ones
+            keys = self._store_keys(model, sites)
+            cap = self._read_store(keys, sites) if keys is not None else None
+            hit = cap is not None
+            if cap is not None:
+                self.progress(f"seed {seed}: {state} activations read from the activation "
+                              "store")
+            else:
+                self.progress(f"seed {seed}: capturing {state} activations")
+                cap = capture_mod.capture(model, sites, self.loader(), self.device,
+                                          progress=self.show_progress,
+                                          desc=f"{state} seed {seed}", reduce=reduce)
             capture_mod.check_logits(cap, self.num_classes)
+            if keys is not None and not hit:
+                self._write_store(keys, cap, {"seed": seed, "state": state})
             self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
                                                       f"{state} model, seed {seed}")
             self._captures[key] = cap
         return self._captures[key]
+
+    # ---------------------------------------------------------------- activation store
+    def _store_keys(self, model: nn.Module, sites: Sequence[Site]
+                    ) -> dict[str, StoreKey] | None:
+        """The store key of each site and of the outputs (``OUTPUTS``), or None when the
+        store is off or the model or data cannot be identified (logged once)."""
+        if self.store is None:
+            return None
+        if self._store_base is None:
+            data, preprocessing = data_fingerprint(self.eval_set)
+            if data is None:
+                self.log(f"activation store: not used for this run: the evaluation set "
+                         f"cannot be identified ({preprocessing})")
+                self._store_base = False
+            else:
+                self._store_base = StoreKey(
+                    model="", data=data, preprocessing=preprocessing, site=OUTPUTS,
+                    site_def="", reduction="",
+                    runtime=runtime_fingerprint(self.device, self.spec.eval.batch_size))
+        if not isinstance(self._store_base, StoreKey):
+            return None
+        weights = model_fingerprint(model)
+        if weights is None:  # forward hooks on the model: its outputs are not its weights'
+            return None
+        base = dataclasses.replace(self._store_base, model=weights)
+        keys = {OUTPUTS: base}
+        reduce = reduction_text(getattr(self.spec.sites, "reduce", "mean"))
+        for site in sites:
+            keys[site.name] = base.for_site(site.name, site_definition(site),
+                                            site_reduction(site, reduce))
+        return keys
+
+    def _read_store(self, keys: dict[str, StoreKey], sites: Sequence[Site]
+                    ) -> Captured | None:
+        """The capture from the store when every site and the outputs are there."""
+        assert self.store is not None
+        try:
+            found = self.store.read_many(list(keys.values()))
+        except Exception as exc:  # an unreachable store is a miss
+            self.log(f"activation store: cannot read {self.store.location} "
+                     f"({type(exc).__name__}: {exc}); capturing instead")
+            return None
+        if found is None:
+            return None
+        arrays = dict(zip(keys, found))
+        outputs = arrays[OUTPUTS]
+        acts = {site.name: arrays[site.name]["acts"].to(self.device) for site in sites}
+        logits = outputs.get("logits")
+        return Captured(acts=acts, labels=outputs["labels"].to(self.device),
+                        logits=None if logits is None else logits.to(self.device),
+                        sites=list(sites))
+
+    def _write_store(self, keys: dict[str, StoreKey], cap: Captured,
+                     info: dict[str, Any]) -> None:
+        """Write a fresh capture, one entry per site and one for labels and logits; a
+        failure is logged and the run goes on (the store is a cache)."""
+        assert self.store is not None
+        info = {**info, "arch": self.spec.model.arch, "spec": self.spec.name}
+        try:
+            writer = self.store.capture_writer(keys, OUTPUTS, info, rows_hint=len(cap.labels))
+        except Exception as exc:  # the store cannot be reached
+            self.log(f"activation store: could not write to {self.store.location} "
+                     f"({type(exc).__name__}: {exc}); the run goes on without it")
+            return
+        # handed over whole once captured; capture.py's per-batch sink (docs/store.md,
+        # "Writing as captured") makes this the rows of each batch as they come
+        for site in cap.sites:
+            writer.append(site.name, cap.acts[site.name])
+        writer.append_outputs(cap.labels, cap.logits)
+        writer.commit()
 
     def evaluate(self, model: nn.Module,
                  interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),

@@ -70,8 +70,9 @@ LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
 def spec_hash(spec: Any, exclude: frozenset[str] = frozenset()) -> str:
     """The identity of a run: the resolved spec without ``executor`` (where units run
     does not change what they compute), without ``track`` (where values are sent as
-    they come) and without the ``exclude`` fields."""
-    data = spec.model_dump(mode="json", exclude={"executor", "track", *exclude})
+    they come), without ``store`` (where captures are kept) and without the ``exclude``
+    fields."""
+    data = spec.model_dump(mode="json", exclude={"executor", "track", "store", *exclude})
     for section, field, default in LATER_FIELDS:
         part = data.get(section) if section else data
         if isinstance(part, dict) and field in part and part[field] == default:

@@ -109,6 +109,30 @@ def pool(output: torch.Tensor, layout: str, tokens: str = "patch_mean",
     raise SiteError(f"unknown layout {layout!r}")
 
 
+def flatten(output: torch.Tensor, layout: str, tokens: str = "patch_mean",
+            prefix_tokens: int = 0) -> torch.Tensor:
+    """(N, C·P) without pooling: every value :func:`pool` would average, channel-major
+    (C, then the P positions in their own order), so ``flat.view(N, C, P).mean(-1)`` is
+    the pooled site. Images: the C·H·W values; token sequences: the C·L patch tokens
+    (prefix tokens left out), or the class token's C values with ``tokens: cls``."""
+    n = output.shape[0]
+    if layout == "nchw":
+        return output.reshape(n, -1)
+    if layout == "nhwc":
+        return output.permute(0, 3, 1, 2).reshape(n, -1)
+    if layout in ("nlc", "ncl"):
+        seq = output if layout == "nlc" else output.transpose(1, 2)
+        if tokens == "cls":
+            return pool(output, layout, tokens, prefix_tokens)
+        if tokens != "patch_mean":
+            raise SiteError(f"unknown token pooling {tokens!r}; valid: "
+                            f"{', '.join(TOKEN_CHOICES)}")
+        return seq[:, prefix_tokens:].transpose(1, 2).reshape(n, -1)
+    if layout == "nc":
+        return output
+    raise SiteError(f"unknown layout {layout!r}")
+
+
 def _stream_size(shape: torch.Size, layout: str, prefix: int) -> int:
     """Spatial positions (or patch tokens) of an output: what stays equal in a stage."""
     if layout == "nchw":
