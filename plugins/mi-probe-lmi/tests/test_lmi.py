@@ -252,6 +252,7 @@ def test_the_plugins_example_spec_validates():
     from mi_probe._core.spec import load_spec
 
     pm = get_plugin_manager(["mi_probe_lmi.plugin"], autoload=False)
-    spec = load_spec(Path(__file__).parents[1] / "specs" / "unpooled_mi.yaml", pm=pm)
-    assert spec.experiment.kind == "unpooled_mi" and spec.estimator.kind == "lmi"
-    assert spec.sites.reduce.project == 1024
+    for name in ("unpooled_mi.yaml", "unpooled_r18_imagenette.yaml"):
+        spec = load_spec(Path(__file__).parents[1] / "specs" / name, pm=pm)
+        assert spec.experiment.kind == "unpooled_mi" and spec.estimator.kind == "lmi"
+        assert spec.sites.reduce.project == 1024
