@@ -21,7 +21,7 @@ anyway); the data fingerprint is computed inside ``second``'s timed call. ``plai
 over repeats: ``second / first`` (goal <= 0.05) and the write overhead (goal <= 1.10),
 twice: ``first / plain`` across two engines (on a loaded machine this carries the
 run-to-run noise of two whole forward passes), and within ``first``'s own call, ``first
-/ (first - write)`` with ``write`` the time spent in ``Engine._write_store`` (the
+/ (first - write)`` with ``write`` the time spent in the capture's ``CaptureWriter`` (the
 store's share of that capture). Threads: torch's default. Device: CPU.
 
     .venv/bin/python benchmarks/bench_store.py [--specs A.yaml,B.yaml] [--repeats 5]
@@ -53,6 +53,7 @@ from mi_probe._core.plugins import get_plugin_manager  # noqa: E402
 from mi_probe._core.runner.context import Engine  # noqa: E402
 from mi_probe._core.spec import load_spec  # noqa: E402
 from mi_probe._core.store import ActivationStore  # noqa: E402
+from mi_probe._core.store.zarrstore import CaptureWriter  # noqa: E402
 
 DEFAULT_SPECS = "specs/semantic_knockout.yaml,specs/layer_mi.yaml"
 GOAL_SECOND = 0.05
@@ -67,20 +68,23 @@ def _engine(spec, pm, store, seed: int, state: str) -> Engine:
     return eng
 
 
-#: seconds spent writing the store inside the last timed capture
+#: seconds spent writing the store inside the last timed capture: every call of the
+#: capture's writer (per-batch appends, the outputs, the commit that publishes)
 _WRITE = [0.0]
-_write_store = Engine._write_store
 
 
-def _timed_write(self, *args, **kwargs):
-    t0 = time.perf_counter()
-    try:
-        return _write_store(self, *args, **kwargs)
-    finally:
-        _WRITE[0] += time.perf_counter() - t0
+def _timing(method):
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _WRITE[0] += time.perf_counter() - t0
+    return timed
 
 
-Engine._write_store = _timed_write  # type: ignore[method-assign]
+for _name in ("append", "append_outputs", "commit"):
+    setattr(CaptureWriter, _name, _timing(getattr(CaptureWriter, _name)))
 
 
 def _timed(eng: Engine, seed: int, state: str) -> float:

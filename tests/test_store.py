@@ -548,6 +548,78 @@ def test_a_failed_write_does_not_stop_the_run_and_is_redone(engine, captures, tm
     assert len(captures) == 2 and _same(first, third)
 
 
+def test_a_capture_writes_its_rows_per_batch_as_they_are_captured(engine, captures,
+                                                                   tmp_path, monkeypatch):
+    """Engine.capture hands the store each batch's rows during the capture (40 samples
+    in batches of 16: three appends per site and for the outputs), publishing only
+    after the capture is checked."""
+    store = ActivationStore(tmp_path / "s", chunk_bytes=4 * 16 * 8)
+    seen: list[tuple[str, int, bool]] = []
+    real_append = zarrstore.CaptureWriter.append
+    real_outputs = zarrstore.CaptureWriter.append_outputs
+
+    def append(self, site, rows):
+        seen.append((site, len(rows), bool(store.entries())))
+        return real_append(self, site, rows)
+
+    def append_outputs(self, labels, logits):
+        seen.append((OUTPUTS, len(labels), logits is not None))
+        return real_outputs(self, labels, logits)
+
+    monkeypatch.setattr(zarrstore.CaptureWriter, "append", append)
+    monkeypatch.setattr(zarrstore.CaptureWriter, "append_outputs", append_outputs)
+    eng = engine(store=store)
+    cap = eng.capture(0, "random")
+    names = [site.name for site in cap.sites]
+    per_batch = [(n, rows) for rows in (16, 16, 8) for n in [*names, OUTPUTS]]
+    assert [(n, rows) for n, rows, _ in seen] == per_batch
+    assert not any(published for n, _, published in seen if n != OUTPUTS)
+    assert all(has_logits for n, _, has_logits in seen if n == OUTPUTS)
+    assert len(store.entries()) == len(names) + 1
+    assert _same(cap, engine(store=store).capture(0, "random")) and len(captures) == 1
+
+
+def test_an_interrupted_capture_leaves_no_readable_entry(engine, captures, tmp_path,
+                                                         monkeypatch):
+    store = ActivationStore(tmp_path / "s", chunk_bytes=4 * 16 * 4)  # chunks of a few rows
+    eng = engine(store=store)
+    real_loader = eng.loader
+
+    def interrupted():
+        for i, batch in enumerate(real_loader()):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(eng, "loader", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        eng.capture(0, "random")
+    assert store.entries() == [] and store.unpublished() == []  # aborted: nothing kept
+    first = engine(store=store).capture(0, "random")  # a miss: captured and written
+    assert len(captures) == 2 and len(store.entries()) == len(first.sites) + 1
+    assert _same(first, engine(store=store).capture(0, "random")) and len(captures) == 2
+
+
+def test_a_capture_without_logits_halts_and_is_never_read_as_one_with_logits(
+        engine, captures, tmp_path):
+    store = ActivationStore(tmp_path / "s")
+    eng = engine(store=store)
+    halted = eng.capture(0, "random", need_logits=False)
+    assert halted.logits is None and len(captures) == 1
+    with pytest.raises(ValueError, match="no logits"):
+        _ = halted.accuracy
+    assert eng.capture(0, "random", need_logits=False) is halted  # cached
+    again = engine(store=store).capture(0, "random", need_logits=False)
+    assert len(captures) == 1 and again.logits is None  # the labels-only entry is read
+    full = eng.capture(0, "random")  # logits needed: the cached one will not do
+    assert len(captures) == 2 and full.logits is not None
+    assert all(_bits(full.acts[k]) == _bits(halted.acts[k]) for k in full.acts)
+    assert torch.equal(full.labels, halted.labels)
+    assert _same(full, engine(store=store).capture(0, "random")) and len(captures) == 2
+    assert engine(store=store).capture(0, "random", need_logits=False).logits is not None
+    assert len(captures) == 2  # a stored capture with logits serves one without
+
+
 def test_a_second_run_of_a_spec_reads_the_store(run_cli, tiny_spec_file, captures, tmp_path):
     import polars as pl
 

@@ -9,6 +9,9 @@ memory budget checked before anything is stored. Each site's pooled rows are cop
 one preallocated (N, C) tensor as the batches arrive (``_Rows``), so a capture holds one
 allocation per site, not one small tensor per site and batch interleaved on the heap
 with the (much larger, short-lived) activations, and needs no second copy to join them.
+A ``sink`` (the activation store's ``CaptureWriter``) receives each batch's new rows as
+the batch completes; ``halt_after_sites`` stops each forward pass once every site has its
+output (no logits then).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -153,6 +156,49 @@ class _Keeper:
         self._charge(site, rows, in_dims, dims)
 
 
+class CaptureSink(Protocol):
+    """Where :func:`capture` hands each batch's rows (the store's ``CaptureWriter``)."""
+
+    def append(self, site: str, rows: torch.Tensor) -> None: ...
+
+    def append_outputs(self, labels: torch.Tensor, logits: torch.Tensor | None) -> None: ...
+
+
+class _HaltForward(Exception):
+    """Raised by the hook of the last site to fire in a batch (``halt_after_sites``):
+    the rest of the forward pass is not needed. Private: the batch loop catches it."""
+
+
+#: the order the sites fired in the first batch of the latest halting capture
+last_fire_order: list[str] = []
+
+
+class _Halter:
+    """Stops a forward pass once every site has fired in it. The sites that fire in the
+    first batch are recorded in order (``order``): the last of them is the deepest
+    requested site as the model actually runs, whatever order the site list has."""
+
+    __slots__ = ("names", "seen", "order", "first")
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self.names = {site.name for site in sites}
+        self.seen: set[str] = set()
+        self.order: list[str] = []
+        self.first = True
+
+    def start(self) -> None:
+        if self.seen:
+            self.first = False
+        self.seen = set()
+
+    def fired(self, name: str) -> None:
+        if self.first and name not in self.seen:
+            self.order.append(name)
+        self.seen.add(name)
+        if len(self.seen) == len(self.names):
+            raise _HaltForward(name)
+
+
 @contextmanager
 def removing(handles: list) -> Iterator[list]:
     """Yield ``handles`` and remove each of them on exit, whatever happens."""
@@ -187,9 +233,11 @@ def add_intervention_hooks(model: nn.Module,
 
 
 def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, Any],
-                      detach: bool = True, keep: _Keeper | None = None) -> list:
+                      detach: bool = True, keep: _Keeper | None = None,
+                      halt: _Halter | None = None) -> list:
     """Append each site's pooled output per batch to ``store[site.name]`` (with ``keep``,
-    the site's output reduced by it instead of pooled).
+    the site's output reduced by it instead of pooled). With ``halt``, each hook then
+    tells it the site fired (it raises :class:`_HaltForward` once all sites have).
 
     Returns the hook handles; if a site's module cannot be found, the hooks already
     registered are removed before the error propagates (nothing is left behind)."""
@@ -203,6 +251,8 @@ def add_pooling_hooks(model: nn.Module, sites: Sequence[Site], store: dict[str, 
                 tensor = site_output(out, _site.index)
                 pooled = pooled_copy(tensor, _site) if keep is None else keep(tensor, _site)
                 store[_site.name].append(pooled.detach() if detach else pooled)
+                if halt is not None:
+                    halt.fired(_site.name)
 
             handles.append(module.register_forward_hook(hook))
     except BaseException:
@@ -289,12 +339,26 @@ class _KeptRows(_Rows):
 def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: torch.device,
             interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
             progress: bool = False, desc: str = "capture",
-            generator: torch.Generator | None = None, reduce: Any = "mean") -> Captured:
+            generator: torch.Generator | None = None, reduce: Any = "mean",
+            sink: CaptureSink | None = None, halt_after_sites: bool = False) -> Captured:
     """Run the evaluation set once (twice when an intervention needs calibration);
     pooled activations of ``sites``, labels and logits, all on ``device``.
 
     ``reduce`` (``sites.reduce``, or a :class:`SiteReduction`): ``mean`` pools; anything
-    else keeps each site whole, (N, D) per site (see :class:`SiteReduction`)."""
+    else keeps each site whole, (N, D) per site (see :class:`SiteReduction`).
+
+    ``sink`` (the store's ``CaptureWriter``) receives each batch's new rows as soon as
+    the batch is done: ``sink.append(site_name, rows)`` per site, then
+    ``sink.append_outputs(labels, logits)``; the rows are also kept and returned, as
+    without a sink. The caller commits or aborts it (an exception here leaves it open).
+
+    ``halt_after_sites``: stop each forward pass as soon as every site has its output
+    for the batch (the hook of the last site to fire raises :class:`_HaltForward`, which
+    the batch loop catches), so the modules after the deepest site never run. The
+    result then has no logits (``logits`` None: ``accuracy`` cannot be computed), and a
+    site module that would run again after that point is not detected (it is without
+    halting: its rows would not match the samples). The order the sites fired in the
+    first batch is recorded in ``capture.last_fire_order`` (diagnostics, benchmarks)."""
     interventions = list(interventions)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     for _, intervention, _ in interventions:
@@ -320,17 +384,39 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
             position[0] = 0
         with removing(handles):
             add_intervention_hooks(model, interventions, handles, position)
-            handles.extend(add_pooling_hooks(model, sites, store, keep=keep))
+            halt = _Halter(sites) if halt_after_sites else None
+            handles.extend(add_pooling_hooks(model, sites, store, keep=keep, halt=halt))
             batches = loader
             if progress:
                 from tqdm.auto import tqdm
                 batches = tqdm(loader, desc=desc, leave=False, unit="batch")
+            written = dict.fromkeys(store, 0)  # rows of each site handed to the sink
             with torch.no_grad():
                 for x, y in batches:
-                    out = model(x.to(device, non_blocking=True))
-                    logits.append(_first(out).float())
-                    labels.append(y.to(device))
+                    if halt is None:
+                        out = model(x.to(device, non_blocking=True))
+                        full_logits = _first(out).float()
+                        logits.append(full_logits)
+                        batch_logits: torch.Tensor | None = full_logits
+                    else:
+                        halt.start()
+                        try:
+                            model(x.to(device, non_blocking=True))
+                        except _HaltForward:
+                            pass
+                        batch_logits = None
+                    batch_labels = y.to(device)
+                    labels.append(batch_labels)
                     position[0] += len(x)
+                    if sink is not None:
+                        for name, parts in store.items():
+                            if parts.buffer is not None and parts.rows > written[name]:
+                                sink.append(name, parts.buffer[written[name]:parts.rows])
+                                written[name] = parts.rows
+                        sink.append_outputs(batch_labels.long(), batch_logits)
+            if halt is not None:
+                global last_fire_order
+                last_fire_order = list(halt.order)
     finally:
         model.train(was_training)
     if not labels:
@@ -346,7 +432,8 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
                             f"{'never' if not parts.calls else f'{parts.calls} times for {len(labels)} batches'}"
                             " (a site module must run exactly once per forward pass)")
         acts[site.name] = parts.result()
-    return Captured(acts=acts, labels=torch.cat(labels).long(), logits=torch.cat(logits),
+    return Captured(acts=acts, labels=torch.cat(labels).long(),
+                    logits=torch.cat(logits) if not halt_after_sites else None,
                     sites=list(sites))
 
 

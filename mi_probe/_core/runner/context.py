@@ -27,7 +27,7 @@ from mi_probe._core.runner.rundir import resolve_cache_dir
 from mi_probe._core.runner.training import ModelStore
 from mi_probe._core.sites import resolve_sites
 from mi_probe._core.sites.listed import spec_adapter
-from mi_probe._core.store import (ActivationStore, OUTPUTS, StoreKey, data_fingerprint,
+from mi_probe._core.store import (LABELS, OUTPUTS, ActivationStore, StoreKey, data_fingerprint,
                                   model_fingerprint, reduction_text, resolve_store,
                                   runtime_fingerprint, site_definition, site_reduction)
 from mi_probe._core.train import derive_seed
@@ -35,6 +35,7 @@ from mi_probe._core.train import derive_seed
 if TYPE_CHECKING:
     from mi_probe._core.plugins import MiProbePluginManager
     from mi_probe._core.spec import SpecBase
+    from mi_probe._core.store.zarrstore import CaptureWriter
     from mi_probe._core.validation import Validated
 
 
@@ -159,32 +160,54 @@ class Engine:
                            num_workers=self.spec.model.train.num_workers,
                            pin_memory=self.device.type == "cuda")
 
-    def capture(self, seed: int, state: str) -> Captured:
+    def capture(self, seed: int, state: str, need_logits: bool = True) -> Captured:
+        """The capture of ``state`` for ``seed`` (cached per seed and state; read from
+        the activation store when stored, else captured and written batch by batch).
+
+        ``need_logits=False`` is the opt-in to early halt: the forward pass stops once
+        the deepest requested site has its output, and the capture has no logits (its
+        ``accuracy`` raises) unless they were already at hand (cached or stored). Only
+        callers that never score the model may pass it."""
         key = (seed, state)
-        if key not in self._captures:
-            model = self.model(seed, state)
-            sites = self.sites(model)
-            reduce = self.spec.sites.reduce
-            # the keys name the reduction (sites.reduce: mean, none, a projection), so
-            # unpooled captures are stored too and never read as pooled ones
-            keys = self._store_keys(model, sites)
-            cap = self._read_store(keys, sites) if keys is not None else None
-            hit = cap is not None
-            if cap is not None:
-                self.progress(f"seed {seed}: {state} activations read from the activation "
-                              "store")
-            else:
-                self.progress(f"seed {seed}: capturing {state} activations")
+        cached = self._captures.get(key)
+        if cached is not None and (cached.logits is not None or not need_logits):
+            return cached
+        model = self.model(seed, state)
+        sites = self.sites(model)
+        reduce = self.spec.sites.reduce
+        halt = not need_logits
+        # the keys name the reduction (sites.reduce: mean, none, a projection), so
+        # unpooled captures are stored too and never read as pooled ones
+        keys = self._store_keys(model, sites)
+        cap = self._read_store(keys, sites) if keys is not None else None
+        if cap is None and keys is not None and halt:  # labels without logits will do
+            cap = self._read_store(self._labels_keys(keys), sites)
+        if cap is not None:
+            self.progress(f"seed {seed}: {state} activations read from the activation "
+                          "store")
+            capture_mod.check_logits(cap, self.num_classes)
+        else:
+            self.progress(f"seed {seed}: capturing {state} activations"
+                          + (" (halting after the deepest site)" if halt else ""))
+            writer = (self._store_writer(self._labels_keys(keys) if halt else keys,
+                                         {"seed": seed, "state": state})
+                      if keys is not None else None)
+            try:
                 cap = capture_mod.capture(model, sites, self.loader(), self.device,
                                           progress=self.show_progress,
-                                          desc=f"{state} seed {seed}", reduce=reduce)
-            capture_mod.check_logits(cap, self.num_classes)
-            if keys is not None and not hit:
-                self._write_store(keys, cap, {"seed": seed, "state": state})
-            self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
-                                                      f"{state} model, seed {seed}")
-            self._captures[key] = cap
-        return self._captures[key]
+                                          desc=f"{state} seed {seed}", reduce=reduce,
+                                          sink=writer, halt_after_sites=halt)
+                capture_mod.check_logits(cap, self.num_classes)
+            except BaseException:
+                if writer is not None:
+                    writer.abort()  # an interrupted or refused capture is never read
+                raise
+            if writer is not None:
+                writer.commit()
+        self.warnings += capture_mod.check_finite(cap, self.spec.eval.on_nonfinite,
+                                                  f"{state} model, seed {seed}")
+        self._captures[key] = cap
+        return cap
 
     # ---------------------------------------------------------------- activation store
     def _store_keys(self, model: nn.Module, sites: Sequence[Site]
@@ -237,24 +260,28 @@ class Engine:
                         logits=None if logits is None else logits.to(self.device),
                         sites=list(sites))
 
-    def _write_store(self, keys: dict[str, StoreKey], cap: Captured,
-                     info: dict[str, Any]) -> None:
-        """Write a fresh capture, one entry per site and one for labels and logits; a
-        failure is logged and the run goes on (the store is a cache)."""
+    @staticmethod
+    def _labels_keys(keys: dict[str, StoreKey]) -> dict[str, StoreKey]:
+        """``keys`` with the outputs entry replaced by the labels-only one (``LABELS``):
+        what a capture without logits (early halt) writes and may read."""
+        out = dict(keys)
+        out[OUTPUTS] = dataclasses.replace(keys[OUTPUTS], site=LABELS)
+        return out
+
+    def _store_writer(self, keys: dict[str, StoreKey], info: dict[str, Any]
+                      ) -> CaptureWriter | None:
+        """The writer a fresh capture feeds batch by batch (one entry per site not yet
+        stored and one for labels and logits), or None when the store cannot be
+        reached (logged; the run goes on: the store is a cache)."""
         assert self.store is not None
         info = {**info, "arch": self.spec.model.arch, "spec": self.spec.name}
         try:
-            writer = self.store.capture_writer(keys, OUTPUTS, info, rows_hint=len(cap.labels))
+            return self.store.capture_writer(keys, OUTPUTS, info,
+                                             rows_hint=len(self.eval_set))
         except Exception as exc:  # the store cannot be reached
             self.log(f"activation store: could not write to {self.store.location} "
                      f"({type(exc).__name__}: {exc}); the run goes on without it")
-            return
-        # handed over whole once captured; capture.py's per-batch sink (docs/store.md,
-        # "Writing as captured") makes this the rows of each batch as they come
-        for site in cap.sites:
-            writer.append(site.name, cap.acts[site.name])
-        writer.append_outputs(cap.labels, cap.logits)
-        writer.commit()
+            return None
 
     def evaluate(self, model: nn.Module,
                  interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),

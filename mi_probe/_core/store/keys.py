@@ -28,6 +28,10 @@ from torch import nn
 FORMAT = 1
 #: the ``site`` of the entry holding a capture's labels and logits
 OUTPUTS = "#outputs"
+#: the ``site`` of the entry holding only the labels of a capture that halted after its
+#: deepest site (no logits): never read as an :data:`OUTPUTS` entry, so a capture that
+#: needs logits never gets one without them
+LABELS = "#labels"
 
 
 @dataclass(frozen=True)
