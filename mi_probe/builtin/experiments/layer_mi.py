@@ -40,7 +40,9 @@ class LayerMIParams(BaseModel):
         "label-MI value: i_ty_ci_low and i_ty_ci_high in layer_mi (the site's mean over "
         "channels) and channel_mi, made by the estimator's own valid method (its "
         "interval_method: bootstrap for histogram, disjoint subsamples for ksg; "
-        "docs/estimators.md, 'Intervals'); null: none. Needs reduce: mean")
+        "docs/estimators.md, 'Intervals'; the histogram's basic bootstrap removes the "
+        "plug-in bias, so with few samples per bin its interval can lie below i_ty); "
+        "null: none. Needs reduce: mean")
 
 
 #: The tables a run writes (``interfaces.DeclaresTables``): required columns, then
