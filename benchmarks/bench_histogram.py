@@ -50,6 +50,7 @@ from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramP
 from mi_probe.functional import counting  # noqa: E402
 from mi_probe.functional import histogram as FH  # noqa: E402
 from mi_probe.functional import pairwise as FP  # noqa: E402
+from provenance import cpu_model  # noqa: E402
 
 BINS = 20
 NUM_CLASSES = 10
@@ -88,14 +89,7 @@ def make_layer(n: int, c: int, labels: torch.Tensor, seed: int, factors: int = 1
 # ----------------------------------------------------------------------------- helpers
 
 def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import sklearn
     return {"torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu,

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from provenance import commit  # noqa: E402
+from provenance import commit, cpu_model  # noqa: E402
 
 from mi_probe_ksg import KSGEstimator, KSGParams  # noqa: E402
 from mi_probe_ksg import joint as J  # noqa: E402
@@ -58,14 +58,7 @@ def gaussian(n: int, dim: int, rho: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import scipy
     import sklearn
 

@@ -1,4 +1,5 @@
-"""Provenance shared by the benchmark scripts: the commit a result was measured at."""
+"""Provenance shared by the benchmark scripts: the commit a result was measured at and
+the CPU it ran on."""
 
 from __future__ import annotations
 
@@ -18,3 +19,15 @@ def commit() -> str | None:
         return head + ("+dirty" if dirty.strip() else "") if head else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""

@@ -156,10 +156,10 @@ class LMIEstimator:
         return emb
 
     # -- interfaces.JointMI ----------------------------------------------------------
-    def joint_mi(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """I(X;Y) in nats of paired rows of ``x`` (N, dx) and ``y`` (N, dy)."""
-        from mi_probe_lmi import knn
-
+    def _joint_codes(self, x: torch.Tensor, y: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The held-out codes of paired ``x`` (N, dx) and ``y`` (N, dy) after one seeded
+        fit, with the tie-breaking noise; None when a code collapsed (no information)."""
         x = _samples("x", x, self.params.max_dims)
         y = _samples("y", y, self.params.max_dims)
         if x.shape[0] != y.shape[0]:
@@ -168,9 +168,16 @@ class LMIEstimator:
         self._held_out(x.shape[0])
         emb = self._fit(x, y.to(x.device))
         if _constant(emb.zx) or _constant(emb.zy):
-            return 0.0  # a collapsed code carries no information
+            return None
         zx, zy = self._jitter(emb.zx, emb.zy)
-        return knn.ksg_joint(zx, zy, self.k)
+        return zx, zy
+
+    def joint_mi(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """I(X;Y) in nats of paired rows of ``x`` (N, dx) and ``y`` (N, dy)."""
+        from mi_probe_lmi import knn
+
+        codes = self._joint_codes(x, y)
+        return 0.0 if codes is None else knn.ksg_joint(*codes, self.k)
 
     # -- interfaces.Intervals, JointMIIntervals ---------------------------------------
     interval_method = "kfold"
@@ -186,18 +193,12 @@ class LMIEstimator:
         from mi_probe.functional.intervals import disjoint_folds, subsample_interval
         from mi_probe_lmi import knn
 
-        x = _samples("x", x, self.params.max_dims)
-        y = _samples("y", y, self.params.max_dims)
-        if x.shape[0] != y.shape[0]:
-            raise EstimatorError(f"lmi estimator: joint_mi needs paired rows, got "
-                                 f"{x.shape[0]} x rows and {y.shape[0]} y rows")
-        self._held_out(x.shape[0])
-        emb = self._fit(x, y.to(x.device))
-        zero = torch.zeros((), dtype=torch.float64)
-        if _constant(emb.zx) or _constant(emb.zy):
+        codes = self._joint_codes(x, y)
+        if codes is None:  # a collapsed code carries no information
+            zero = torch.zeros((), dtype=torch.float64)
             return Interval(estimate=zero, low=zero, high=zero, level=level,
                             method=self.interval_method)
-        zx, zy = self._jitter(emb.zx, emb.zy)
+        zx, zy = codes
         estimate = torch.tensor(knn.ksg_joint(zx, zy, self.k), dtype=torch.float64)
         n = zx.shape[0]
         try:
