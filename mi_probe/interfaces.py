@@ -237,9 +237,10 @@ class Estimator(Protocol):
 
     # Optional abilities, each a protocol below, checked with isinstance:
     # PairMI (layer_pairs), Diagnoses and DiagnosesLabels (diagnostics.parquet), Binned
-    # (cover), Prepares (one site's quantities from one shared state), Intervals and
-    # JointMIIntervals (confidence intervals), JointMI (bench-estimators), VectorLabelMI
-    # (unpooled sites).
+    # (cover), Prepares (one site's quantities from one shared state), Streams (Prepares
+    # from row chunks: sites in the activation store, never the whole matrix), Intervals
+    # and JointMIIntervals (confidence intervals), JointMI (bench-estimators),
+    # VectorLabelMI (unpooled sites).
 
 
 @runtime_checkable
@@ -283,6 +284,41 @@ class Prepares(Protocol):
 
     def diagnostics_prepared(self, state: Any) -> dict[str, Any]:
         """``diagnostics(acts)`` for an estimator that ``Diagnoses``, else ``{}``."""
+
+
+@runtime_checkable
+class Streams(Prepares, Protocol):
+    """Estimator ability: a ``Prepares`` state of one site read in row chunks (the
+    activation store keeps captures on disk in row blocks), in memory bounded by one
+    chunk plus the estimator's own tables (the histogram: its C x bins x classes
+    counts), never the (N, C) matrix.
+
+    ``chunks`` is a zero-argument callable returning a fresh iterator over the site's
+    consecutive (n_i, C) row blocks in order, from the first row on every call; each
+    answer reads them once or more. ``prepare_stream`` returns a state the ``Prepares``
+    methods accept, and each answer must equal the per-quantity method on the whole
+    matrix (the built-in histogram: bit for bit; ``pair_mi_streamed`` to float64
+    rounding). Settings that cannot stream say why in ``cannot_stream``; the caller
+    then loads the matrix and uses ``prepare``. The state is opaque, belongs to this
+    estimator and those chunks, and is used in one process."""
+
+    def cannot_stream(self) -> str | None:
+        """None when the estimator's current settings stream; else why they do not."""
+
+    def prepare_stream(self, chunks: Callable[[], Iterable[torch.Tensor]], n_rows: int,
+                       n_channels: int) -> Any:
+        """The state of one site read in chunks of ``n_channels`` columns, ``n_rows``
+        rows in all (raises as ``prepare`` would on values it refuses, and on chunks
+        that do not match those sizes)."""
+
+    def label_mi_streamed(self, state: Any, labels: Sequence[torch.Tensor],
+                          num_classes: int) -> list[torch.Tensor]:
+        """``label_mi_prepared`` for each (N,) label vector (the labels and the
+        shuffled-label nulls of ``layer_mi``), read in one pass over the chunks."""
+
+    def pair_mi_streamed(self, state_a: Any, state_b: Any) -> torch.Tensor:
+        """``pair_mi`` (``PairMI``) of two sites' matrices with the same rows, from
+        their ``prepare_stream`` states (the same state twice: a site with itself)."""
 
 
 @runtime_checkable
@@ -410,6 +446,11 @@ class Intervention(Protocol):
     through ``calibrate`` (e.g. to learn channel statistics or the values a shuffle
     draws from), then applies ``__call__``. ``start`` is the position of the batch's
     first sample in the evaluation order.
+
+    Optional attribute ``row_wise`` (default False): True declares that each image's
+    result depends on that image alone (no randomness, no calibration), so a sweep may
+    score it on a subset of images and stack several interventions into one suffix pass
+    (``RunContext.evaluate_points``); the built-in ``knockout`` and ``energy`` are.
     """
 
     name: str
@@ -425,6 +466,31 @@ class Intervention(Protocol):
     def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
                  start: int) -> torch.Tensor:
         """Return the modified output for the chosen ``channels`` (1-D index tensor)."""
+
+
+@dataclass
+class SweepPoint:
+    """One intervention to score at a site (``RunContext.evaluate_points``): its
+    ``channels``, scored on evaluation rows ``score`` (None: all), its randomness from
+    ``generator`` (None: a fixed seed)."""
+
+    intervention: Intervention
+    channels: torch.Tensor
+    score: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class PointResult:
+    """A scored sweep point: ``correct`` per row of ``rows`` (the evaluation rows used,
+    in the order they were visited); with a sequential rule, the paired interval of its
+    drop (``functional.sequential.PairedDrop``) and whether it stopped before its last
+    row."""
+
+    rows: torch.Tensor
+    correct: torch.Tensor
+    interval: Any = None
+    stopped_early: bool = False
 
 
 @runtime_checkable
@@ -485,6 +551,21 @@ class RunContext(Protocol):
         """Evaluation-set logits (and pooled ``sites``) with the interventions applied;
         ``subset`` restricts to those evaluation indices (in that order); ``generator``
         seeds the interventions' randomness (shuffle order, noise)."""
+
+    def evaluate_points(self, model: nn.Module, site: Site, points: Sequence[SweepPoint], *,
+                        sites: Sequence[Site] = (),
+                        correct_before: torch.Tensor | None = None,
+                        rule: Callable[[int], Any] | None = None,
+                        order: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> list[PointResult]:
+        """Score many interventions at one ``site`` (a sweep): each point's correctness
+        on its score rows, in order. Row-wise interventions run from the site's stored
+        output through the suffix only, on their own rows, several per pass; others as
+        one ``evaluate`` each. ``sites``: the sweep's other sites (their outputs are
+        written in the same forward pass). With ``rule`` (a point's row count ->
+        ``functional.sequential.SequentialRule``), ``correct_before`` (the untouched
+        model's correctness per evaluation row) and ``order`` (rows -> visiting order),
+        a point stops early and carries its paired interval."""
 
     def plugin(self, kind: str, name: str, **params: Any) -> Any:
         """Build the registered ``kind`` entry ``name`` (e.g. an intervention) with

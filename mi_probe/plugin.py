@@ -52,8 +52,9 @@ _HOME = {
         'DiagnosesLabels', 'Estimator', 'Executor', 'Experiment', 'ExplainsEstimates',
         'HasNotes', 'HasProducers', 'HasSkipGainHooks', 'HasSuffix', 'Intervention',
         'Interval', 'Intervals', 'JointMI', 'JointMIIntervals', 'LayerMI', 'Metric',
-        'OUTPUT_KINDS', 'PairMI', 'Plan', 'Prepares', 'RANDOM', 'Register',
-        'Regularizer', 'RunContext', 'Site', 'SiteRef', 'StageJobs', 'TRAINED',
+        'OUTPUT_KINDS', 'PairMI', 'Plan', 'PointResult', 'Prepares', 'RANDOM', 'Register',
+        'Regularizer', 'RunContext', 'Site', 'SiteRef', 'StageJobs', 'Streams',
+        'SweepPoint', 'TRAINED',
         'TableSchema', 'TrainingRequest', 'VectorLabelMI', 'as_schema'],
         "mi_probe.interfaces"),
 }
@@ -88,8 +89,10 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         Executor, Experiment, ExplainsEstimates, HasNotes, HasProducers,
         HasSkipGainHooks, HasSuffix, Intervention, Interval, Intervals, JointMI,
         JointMIIntervals, LayerMI, Metric, OUTPUT_KINDS, PairMI, Plan,
-        Prepares, RANDOM, Register, Regularizer, RunContext, Site, SiteRef,
-        StageJobs, TRAINED, TableSchema, TrainingRequest, VectorLabelMI, as_schema)
+        PointResult, Prepares, RANDOM, Register, Regularizer, RunContext, Site, SiteRef,
+        SweepPoint,
+        StageJobs, Streams, TRAINED, TableSchema, TrainingRequest, VectorLabelMI,
+        as_schema)
 
 
 def _charts() -> SimpleNamespace:
@@ -121,12 +124,13 @@ __all__ = [
     "hookimpl",
     # protocols and abilities
     "Adapter", "HasSuffix", "HasProducers", "HasSkipGainHooks", "Estimator", "PairMI",
-    "Diagnoses", "Prepares", "Binned", "ExplainsEstimates", "Regularizer", "Intervention",
-    "Metric", "DataSource", "ChecksSource", "RunContext", "Experiment", "DeclaresTrainings",
-    "HasNotes", "DeclaresTables", "ChecksSpec", "Executor", "Register",
+    "Diagnoses", "Prepares", "Streams", "Binned", "ExplainsEstimates", "Regularizer",
+    "Intervention", "Metric", "DataSource", "ChecksSource", "RunContext", "Experiment",
+    "DeclaresTrainings", "HasNotes", "DeclaresTables", "ChecksSpec", "Executor", "Register",
     # result types and constants
     "SiteRef", "Site", "DataBundle", "Captured", "LayerMI", "Plan", "TableSchema",
     "TrainingRequest", "StageJobs", "as_schema", "TRAINED", "RANDOM", "OUTPUT_KINDS",
+    "SweepPoint", "PointResult",
     # errors
     "MiProbeError", "SpecError", "PluginError", "ModelError", "CheckpointError", "SiteError",
     "DataError", "NonFiniteActivationError", "EstimatorError", "RunError",

@@ -299,12 +299,36 @@ class _Rows:
         self.buffer[self.rows:end].copy_(part)
         self.rows = end
 
+    @property
+    def total(self) -> int:
+        """Rows that arrived in all."""
+        return self.rows
+
     def result(self) -> torch.Tensor:
         if self.buffer is None:
             return torch.cat([])  # no part: the error torch.cat of no parts gives
         if self.rows == self.buffer.shape[0]:
             return self.buffer
         return self.buffer[:self.rows].clone()
+
+
+class _Window(_Rows):
+    """``_Rows`` that holds only the rows since the last :meth:`flush` (one batch): a
+    capture that hands every batch to a sink and keeps nothing (``keep_rows=False``)."""
+
+    __slots__ = ("flushed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = 0
+
+    @property
+    def total(self) -> int:
+        return self.flushed + self.rows
+
+    def flush(self) -> None:
+        self.flushed += self.rows
+        self.rows = 0
 
 
 def _size_hints(loader: Iterable) -> tuple[int | None, int | None]:
@@ -340,7 +364,8 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
             interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),
             progress: bool = False, desc: str = "capture",
             generator: torch.Generator | None = None, reduce: Any = "mean",
-            sink: CaptureSink | None = None, halt_after_sites: bool = False) -> Captured:
+            sink: CaptureSink | None = None, halt_after_sites: bool = False,
+            keep_rows: bool = True) -> Captured:
     """Run the evaluation set once (twice when an intervention needs calibration);
     pooled activations of ``sites``, labels and logits, all on ``device``.
 
@@ -358,7 +383,13 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
     result then has no logits (``logits`` None: ``accuracy`` cannot be computed), and a
     site module that would run again after that point is not detected (it is without
     halting: its rows would not match the samples). The order the sites fired in the
-    first batch is recorded in ``capture.last_fire_order`` (diagnostics, benchmarks)."""
+    first batch is recorded in ``capture.last_fire_order`` (diagnostics, benchmarks).
+
+    ``keep_rows=False`` (with a ``sink``): each batch's rows go to the sink and are then
+    dropped, so memory holds one batch, not N rows; the result's ``acts`` is empty (the
+    caller reads the sites back from the store, chunk by chunk)."""
+    if not keep_rows and sink is None:
+        raise ValueError("capture(keep_rows=False) needs a sink to hand the rows to")
     interventions = list(interventions)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     for _, intervention, _ in interventions:
@@ -367,8 +398,9 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
     reduction = SiteReduction.of(reduce)
     keep = None if reduction.pooled else _Keeper(reduction, rows_hint)
     store: dict[str, _Rows] = {
-        site.name: (_Rows(rows_hint, batches_hint) if keep is None
-                    else _KeptRows(keep, site, rows_hint, batches_hint)) for site in sites}
+        site.name: (_Window() if not keep_rows else _Rows(rows_hint, batches_hint)
+                    if keep is None else _KeptRows(keep, site, rows_hint, batches_hint))
+        for site in sites}
     labels, logits = [], []
     position = [0]
     was_training = model.training
@@ -413,6 +445,9 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
                             if parts.buffer is not None and parts.rows > written[name]:
                                 sink.append(name, parts.buffer[written[name]:parts.rows])
                                 written[name] = parts.rows
+                            if isinstance(parts, _Window):
+                                parts.flush()
+                                written[name] = 0
                         sink.append_outputs(batch_labels.long(), batch_logits)
             if halt is not None:
                 global last_fire_order
@@ -426,12 +461,13 @@ def capture(model: nn.Module, sites: Sequence[Site], loader: Iterable, device: t
     acts = {}
     for site in sites:
         parts = store[site.name]
-        if parts.rows != n:
-            raise SiteError(f"site {site.name!r} (module {site.module!r}) gave {parts.rows} "
+        if parts.total != n:
+            raise SiteError(f"site {site.name!r} (module {site.module!r}) gave {parts.total} "
                             f"pooled rows for {n} samples: its module ran "
                             f"{'never' if not parts.calls else f'{parts.calls} times for {len(labels)} batches'}"
                             " (a site module must run exactly once per forward pass)")
-        acts[site.name] = parts.result()
+        if keep_rows:
+            acts[site.name] = parts.result()
     return Captured(acts=acts, labels=torch.cat(labels).long(),
                     logits=torch.cat(logits) if not halt_after_sites else None,
                     sites=list(sites))

@@ -220,7 +220,21 @@ class EvalSpec(_Strict):
     site_cache_mb: int = Field(
         default=2048, ge=0, description="memory (MB, on the model's device) for caching one "
         "site's full evaluation-set output, so interventions there re-run only the layers "
-        "after the site; 0 always re-runs the whole network")
+        "after the site; 0 always re-runs the whole network (and never reads site "
+        "outputs from the activation store)")
+    sweep_pass_rows: int = Field(
+        default=512, ge=0, description="rows (images x interventions) of one suffix pass "
+        "when a knockout sweep stacks several interventions of a site into one pass: "
+        "max(1, sweep_pass_rows // eval.batch_size) interventions per pass. On a CPU "
+        "about 512 is fastest (benchmarks/README.md, bench_knockout_sweep.py); a GPU "
+        "gains from more. Changes speed and memory, not results")
+    stream_mb: int = Field(
+        default=2048, ge=0, description="layer_mi: a capture whose pooled activations "
+        "(N x channels of every site x 4 bytes) exceed this many MB is not held in memory: "
+        "it is written to the activation store batch by batch and estimated from it chunk "
+        "by chunk, when the estimator streams (the histogram with uniform bins; "
+        "docs/store.md, 'Streaming'). 0: always stream. Needs the store; changes memory, "
+        "not results")
     on_nonfinite: Literal["error", "skip"] = Field(
         default="error", description="a site with NaN/Inf activations stops the run (error) "
         "or is left out of the tables with a warning (skip)")

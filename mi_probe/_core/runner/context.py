@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,13 +22,14 @@ from mi_probe.errors import DataError
 from mi_probe.interfaces import (Adapter, Captured, DeclaresTrainings, Intervention, Site,
                                  TrainingRequest)
 from mi_probe._core.models import resolve_device
-from mi_probe._core.runner.evaluation import Evaluator
+from mi_probe._core.runner.evaluation import Evaluator, PointResult, SiteOutputs, SweepPoint
 from mi_probe._core.runner.rundir import resolve_cache_dir
 from mi_probe._core.runner.training import ModelStore
 from mi_probe._core.sites import resolve_sites
+from mi_probe._core.sites import get_module, site_output
 from mi_probe._core.sites.listed import spec_adapter
-from mi_probe._core.store import (LABELS, OUTPUTS, ActivationStore, StoreKey, data_fingerprint,
-                                  model_fingerprint, reduction_text, resolve_store,
+from mi_probe._core.store import (LABELS, OUTPUTS, SITE_OUTPUT, ActivationStore, StoreCorrupt,
+                                  StoredRows, StoreKey, data_fingerprint, model_fingerprint, reduction_text, resolve_store,
                                   runtime_fingerprint, site_definition, site_reduction)
 from mi_probe._core.train import derive_seed
 
@@ -37,6 +38,36 @@ if TYPE_CHECKING:
     from mi_probe._core.spec import SpecBase
     from mi_probe._core.store.zarrstore import CaptureWriter
     from mi_probe._core.validation import Validated
+
+
+@dataclasses.dataclass
+class StreamedCapture:
+    """A capture whose site activations stay in the store: ``chunks(site)`` returns a
+    fresh iterator of (rows, C) blocks on the device, in order (each pass verifies the
+    stored checksum at its end); labels and logits are in memory."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor | None
+    sites: list[Site]
+    rows: dict[str, StoredRows]
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def accuracy(self) -> float:
+        if self.logits is None:
+            raise ValueError("no logits were captured")
+        return (self.logits.argmax(1) == self.labels).float().mean().item()
+
+    def channels(self, site: str) -> int:
+        return int(self.rows[site].shape[1])
+
+    def chunks(self, site: str) -> Callable[[], Iterator[torch.Tensor]]:
+        stored, device = self.rows[site], self.device
+        return lambda: (block.to(device) for _, block in stored.chunks())
 
 
 class Engine:
@@ -97,7 +128,11 @@ class Engine:
             self.cache_dir, log, progress, self.adapter, self.probe_input,
             lambda: (experiment.trainings(self) if isinstance(experiment, DeclaresTrainings)
                      else None))
-        self.evaluator = Evaluator(spec, self.device, self.eval_set, self.loader, self.adapter)
+        self.evaluator = Evaluator(spec, self.device, self.eval_set, self.loader, self.adapter,
+                                   stored_outputs=self._stored_site_outputs)
+        #: the site output read from the store last (digest, source): a sweep asks for
+        #: one site many times in a row
+        self._site_source: tuple[str, SiteOutputs] | None = None
         self.store: ActivationStore | None
         if store is True:
             section = getattr(spec, "store", None)
@@ -209,11 +244,63 @@ class Engine:
         self._captures[key] = cap
         return cap
 
+    def stream_capture(self, seed: int, state: str) -> StreamedCapture | None:
+        """The capture of ``state`` for ``seed`` kept in the activation store and read
+        back chunk by chunk (memory bounded by a chunk, not by N): read when stored,
+        else captured with every batch written and dropped. None when there is no store
+        or the model or data cannot be keyed (the caller then uses :meth:`capture`)."""
+        model = self.model(seed, state)
+        sites = self.sites(model)
+        keys = self._store_keys(model, sites)
+        if keys is None:
+            return None
+        found = self._open_streamed(keys, sites)
+        if found is not None:
+            self.progress(f"seed {seed}: {state} activations streamed from the activation "
+                          "store")
+            return found
+        self.progress(f"seed {seed}: capturing {state} activations into the store (not "
+                      "kept in memory)")
+        writer = self._store_writer(keys, {"seed": seed, "state": state})
+        if writer is None:
+            return None
+        try:
+            cap = capture_mod.capture(model, sites, self.loader(), self.device,
+                                      progress=self.show_progress, desc=f"{state} seed {seed}",
+                                      reduce=self.spec.sites.reduce, sink=writer,
+                                      keep_rows=False)
+            capture_mod.check_logits(cap, self.num_classes)
+        except BaseException:
+            writer.abort()
+            raise
+        if not writer.commit():
+            return None
+        return self._open_streamed(keys, sites)
+
+    def _open_streamed(self, keys: dict[str, StoreKey], sites: Sequence[Site]
+                       ) -> StreamedCapture | None:
+        assert self.store is not None
+        try:
+            outputs = self.store.read(keys[OUTPUTS])
+            rows = {s.name: self.store.open_rows(keys[s.name], "acts") for s in sites}
+        except Exception as exc:  # an unreachable store is a miss
+            self.log(f"activation store: cannot read {self.store.location} "
+                     f"({type(exc).__name__}: {exc})")
+            return None
+        if outputs is None or any(r is None for r in rows.values()):
+            return None
+        logits = outputs.get("logits")
+        return StreamedCapture(labels=outputs["labels"].to(self.device),
+                               logits=None if logits is None else logits.to(self.device),
+                               sites=list(sites), rows=rows, device=self.device)  # type: ignore[arg-type]
+
     # ---------------------------------------------------------------- activation store
-    def _store_keys(self, model: nn.Module, sites: Sequence[Site]
-                    ) -> dict[str, StoreKey] | None:
+    def _store_keys(self, model: nn.Module, sites: Sequence[Site],
+                    reduction: str | None = None) -> dict[str, StoreKey] | None:
         """The store key of each site and of the outputs (``OUTPUTS``), or None when the
-        store is off or the model or data cannot be identified (logged once)."""
+        store is off or the model or data cannot be identified (logged once).
+        ``reduction``: the sites' reduction text (default: the spec's ``sites.reduce``;
+        :data:`SITE_OUTPUT` for full site outputs)."""
         if self.store is None:
             return None
         if self._store_base is None:
@@ -236,9 +323,85 @@ class Engine:
         keys = {OUTPUTS: base}
         reduce = reduction_text(getattr(self.spec.sites, "reduce", "mean"))
         for site in sites:
-            keys[site.name] = base.for_site(site.name, site_definition(site),
-                                            site_reduction(site, reduce))
+            keys[site.name] = base.for_site(
+                site.name, site_definition(site),
+                reduction if reduction is not None else site_reduction(site, reduce))
         return keys
+
+    def _stored_site_outputs(self, model: nn.Module, site: Site, sites: Sequence[Site]
+                             ) -> SiteOutputs | None:
+        """``site``'s full output from the store; on a miss one forward pass writes the
+        full outputs of ``site`` and every site of ``sites`` (a sweep names them all, so
+        its later sites cost no pass). Read whole when it fits ``eval.site_cache_mb``,
+        else by chunks. None when the store is off or cannot be written."""
+        wanted = [site, *[s for s in sites if s.name != site.name]]
+        keys = self._store_keys(model, wanted, SITE_OUTPUT)
+        if keys is None:
+            return None
+        digest = keys[site.name].digest
+        if self._site_source is not None and self._site_source[0] == digest:
+            return self._site_source[1]
+        source = self._open_site_output(keys, site)
+        if source is None:
+            missing = [s for s in wanted if not self.store.contains(keys[s.name])]  # type: ignore[union-attr]
+            self.progress(f"writing the full outputs of {len(missing)} site(s) to the "
+                          "activation store (one forward pass)")
+            if not self._write_site_outputs(model, missing, keys):
+                return None
+            source = self._open_site_output(keys, site)
+        if source is not None:
+            self._site_source = (digest, source)
+        return source
+
+    def _open_site_output(self, keys: dict[str, StoreKey], site: Site) -> SiteOutputs | None:
+        assert self.store is not None
+        try:
+            stored = self.store.open_rows(keys[site.name], "acts")
+            outputs = self.store.read(keys[OUTPUTS]) if stored is not None else None
+        except Exception as exc:  # an unreachable store is a miss
+            self.log(f"activation store: cannot read {self.store.location} "
+                     f"({type(exc).__name__}: {exc})")
+            return None
+        if stored is None or outputs is None or len(stored) != outputs["labels"].numel():
+            return None
+        labels = outputs["labels"].to(self.device)
+        if stored.nbytes <= self.spec.eval.site_cache_mb * 2**20:
+            try:
+                return SiteOutputs(labels, self.device, tensor=stored.read().to(self.device))
+            except StoreCorrupt as exc:
+                self.log(str(exc))
+                return None
+        return SiteOutputs(labels, self.device, stored=stored)
+
+    def _write_site_outputs(self, model: nn.Module, sites: Sequence[Site],
+                            keys: dict[str, StoreKey]) -> bool:
+        """One forward pass over the evaluation set writing each site's full output
+        (and the labels and logits) to the store, batch by batch; nothing is kept in
+        memory. False when the store could not be written (logged)."""
+        writer = self._store_writer({**{s.name: keys[s.name] for s in sites},
+                                     OUTPUTS: keys[OUTPUTS]}, {"full_outputs": True})
+        if writer is None:
+            return False
+
+        def hook(_m: Any, _inp: Any, out: Any, _site: Site) -> None:
+            # a copy: an in-place layer after the site may change the tensor later
+            writer.append(_site.name, site_output(out, _site.index).detach().clone())
+
+        handles = [get_module(model, s.module).register_forward_hook(
+            lambda m, i, o, _s=s: hook(m, i, o, _s)) for s in sites]
+        was_training = model.training
+        model.eval()
+        try:
+            with capture_mod.removing(handles), torch.no_grad():
+                for x, y in self.loader():
+                    logits = model(x.to(self.device, non_blocking=True))
+                    writer.append_outputs(y.long(), logits.float())
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            model.train(was_training)
+        return writer.commit()
 
     def _read_store(self, keys: dict[str, StoreKey], sites: Sequence[Site]
                     ) -> Captured | None:
@@ -288,6 +451,13 @@ class Engine:
                  subset: torch.Tensor | None = None, sites: Sequence[Site] = (),
                  generator: torch.Generator | None = None) -> Captured:
         return self.evaluator.evaluate(model, interventions, subset, sites, generator)
+
+    def evaluate_points(self, model: nn.Module, site: Site, points: Sequence[SweepPoint], *,
+                        sites: Sequence[Site] = (), correct_before: torch.Tensor | None = None,
+                        rule: Any = None, order: Any = None) -> list[PointResult]:
+        return self.evaluator.evaluate_points(model, site, points, sites=sites,
+                                              correct_before=correct_before, rule=rule,
+                                              order=order)
 
     def validate_plugin_params(self, kind: str, params: Any) -> Any:
         """Params of a plugin entry, validated by its model (``Registry.validate_params``)."""

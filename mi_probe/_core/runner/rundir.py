@@ -64,6 +64,10 @@ LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("estimator", "neighbors", "auto"),
     ("estimator", "interval_folds", 10),
     ("sites", "reduce", "mean"),
+    # issue 25: knockouts at the suffix floor
+    ("eval", "sweep_pass_rows", 512),
+    ("eval", "stream_mb", 2048),
+    ("experiment", "sequential", None),
 )
 
 

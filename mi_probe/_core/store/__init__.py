@@ -10,16 +10,16 @@ setting, else ``<cache>/activations``); :mod:`.cli` is ``mi-probe cache``.
 from __future__ import annotations
 
 from mi_probe._core.store.cli import cache_main
-from mi_probe._core.store.keys import (FORMAT, LABELS, OUTPUTS, StoreKey,
+from mi_probe._core.store.keys import (FORMAT, LABELS, OUTPUTS, SITE_OUTPUT, StoreKey,
                                        data_fingerprint, model_fingerprint, reduction_text,
                                        runtime_fingerprint, site_definition, site_reduction)
 from mi_probe._core.store.location import STORE_ENV, default_location, resolve_store
 from mi_probe._core.store.zarrstore import (ActivationStore, EntryInfo, EntryWriter,
-                                            zarr_available)
+                                            StoreCorrupt, StoredRows, zarr_available)
 
 __all__ = ["ActivationStore", "EntryInfo", "EntryWriter", "FORMAT", "LABELS", "OUTPUTS",
-           "STORE_ENV",
-           "StoreKey", "cache_main", "data_fingerprint", "default_location",
+           "SITE_OUTPUT", "STORE_ENV",
+           "StoreCorrupt", "StoreKey", "StoredRows", "cache_main", "data_fingerprint", "default_location",
            "model_fingerprint", "reduction_text", "resolve_store", "runtime_fingerprint",
            "site_definition",
            "site_reduction", "zarr_available"]

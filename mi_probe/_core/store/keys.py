@@ -32,6 +32,10 @@ OUTPUTS = "#outputs"
 #: deepest site (no logits): never read as an :data:`OUTPUTS` entry, so a capture that
 #: needs logits never gets one without them
 LABELS = "#labels"
+#: the reduction of a site's full output in its own layout (N, ...), as the module
+#: returned it: what suffix evaluation starts from (knockout sweeps). No value of the
+#: spec's ``sites.reduce`` has this text, so such an entry is never read as a capture
+SITE_OUTPUT = "output"
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,34 @@ class ActivationStore:
 
         return dict(await asyncio.gather(*(one(n, m) for n, m in marker["arrays"].items())))
 
+    def open_rows(self, key: StoreKey, name: str) -> "StoredRows | None":
+        """Array ``name`` of ``key``'s entry, for reading by rows without loading it
+        whole (None when there is no complete entry). Nothing is read yet; every row
+        block read is checked against the marker's shape and dtype, and a full pass in
+        order (:meth:`StoredRows.chunks`) against its checksum."""
+        if zarr_available() is not None:
+            return None
+        marker = self.marker(key.digest)
+        if marker is None or marker.get("key") != key.fields():
+            return None
+        meta = marker.get("arrays", {}).get(name)
+        if meta is None:
+            return None
+        import zarr
+
+        try:
+            store = self._zarr_store(self._path(ENTRIES, key.digest, str(marker["writer"])),
+                                     read_only=True)
+            array = zarr.open_array(store=store, path=name, mode="r")
+        except Exception as exc:  # unreadable: a miss
+            self.log(f"activation store: entry {key.digest} at {self.location} is "
+                     f"unreadable ({type(exc).__name__}: {exc})")
+            return None
+        if list(array.shape) != list(meta["shape"]) or str(array.dtype) != meta["dtype"]:
+            return None
+        self._touch([key.digest])
+        return StoredRows(array, meta, f"{key.digest}/{name}")
+
     def _touch(self, digests: Sequence[str]) -> None:
         data = json.dumps({"time": time.time()}).encode()
         try:
@@ -610,6 +638,61 @@ class _ArrayWriter:
     def meta(self) -> dict[str, Any]:
         return {"shape": [self.rows, *self.tail], "dtype": str(self.dtype),
                 "chunk_rows": self.chunk_rows, "checksum": self.hash.hexdigest()}
+
+
+class StoredRows:
+    """One stored array read by rows: ``rows(start, end)`` for a block, ``chunks()`` for
+    a pass over every row in the store's own chunks (what streaming estimators and
+    suffix evaluation consume: memory is bounded by a chunk, not by N). A pass that
+    reaches the end verifies the array's checksum and raises :class:`StoreCorrupt` on a
+    mismatch, so a caller never keeps numbers computed from a damaged entry."""
+
+    def __init__(self, array: Any, meta: Mapping[str, Any], label: str) -> None:
+        self.array = array
+        self.meta = dict(meta)
+        self.label = label
+        self.shape = tuple(int(s) for s in meta["shape"])
+        self.dtype = np.dtype(meta["dtype"])
+        self.chunk_rows = int(meta.get("chunk_rows") or array.chunks[0])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Rows ``[start, end)`` as a CPU tensor."""
+        values = np.ascontiguousarray(self.array[start:end])
+        if values.dtype != self.dtype or values.shape[1:] != self.shape[1:]:
+            raise StoreCorrupt(f"activation store: {self.label} returned "
+                               f"{values.dtype}{values.shape}, its marker says "
+                               f"{self.dtype}{self.shape}")
+        return torch.from_numpy(values)
+
+    def chunks(self, rows: int | None = None) -> Iterable[tuple[int, torch.Tensor]]:
+        """(start, block) over every row in order, ``rows`` at a time (default: the
+        stored chunk); the checksum is verified after the last block."""
+        step = max(1, int(rows or self.chunk_rows))
+        digest = hashlib.blake2b(digest_size=16)
+        for start in range(0, self.shape[0], step):
+            block = self.rows(start, min(start + step, self.shape[0]))
+            digest.update(_buffer(block.numpy()))
+            yield start, block
+        if digest.hexdigest() != self.meta["checksum"]:
+            raise StoreCorrupt(f"activation store: {self.label} does not match its "
+                               "checksum (a damaged entry); prune it with `mi-probe cache "
+                               "prune` and run again")
+
+    def read(self) -> torch.Tensor:
+        """Every row (checked against the checksum)."""
+        parts = [block for _, block in self.chunks()]
+        return torch.cat(parts) if parts else torch.from_numpy(np.empty(self.shape, self.dtype))
+
+
+class StoreCorrupt(RunError):
+    """A stored array read by rows did not match its marker."""
 
 
 def _sync(coroutine: Any) -> Any:

@@ -5,7 +5,7 @@ label diagnostics of its binning."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # annotations only; imported where used, so as not to load to
     import torch
 
     from mi_probe.functional import histogram as F
+    from mi_probe.functional import streaming as S
 
 _T = TypeVar("_T")
 
@@ -222,43 +223,118 @@ class HistogramEstimator:
         return self._checked(acts, lambda: F.bin_site(
             acts, self.bins, self.quantile, self.binning, self.params.chunk_cells))
 
-    def _prepared_statistics(self, state: F.BinnedSite, labels: torch.Tensor | None,
-                             num_classes: int = 1) -> F.ChannelStatistics:
-        from mi_probe.functional import histogram as F
-
+    def _check_state(self, state: F.BinnedSite | S.StreamedSite) -> None:
         if (state.bins, state.quantile, state.binning) != (self.bins, self.quantile,
                                                            self.binning):
             raise EstimatorError(f"histogram estimator: state prepared with bins="
                                  f"{state.bins}, quantile={state.quantile}, binning="
                                  f"{state.binning}; this estimator has bins={self.bins}, "
                                  f"quantile={self.quantile}, binning={self.binning}")
+
+    def _prepared_statistics(self, state: F.BinnedSite | S.StreamedSite,
+                             labels: torch.Tensor | None, num_classes: int = 1
+                             ) -> F.ChannelStatistics:
+        from mi_probe.functional import histogram as F
+        from mi_probe.functional import streaming as S
+
+        self._check_state(state)
         try:
+            if isinstance(state, S.StreamedSite):
+                return (S.streamed_entropies(state) if labels is None else
+                        S.streamed_statistics(state, [labels], num_classes)[0])
             return F.binned_statistics(state, labels, num_classes, self.params.chunk_cells)
         except ValueError as exc:  # wrong label shape / range: the estimator's typed error
             raise EstimatorError(f"histogram estimator: {exc}") from exc
 
-    def label_mi_prepared(self, state: F.BinnedSite, labels: torch.Tensor,
+    @staticmethod
+    def _n_rows(state: F.BinnedSite | S.StreamedSite) -> int:
+        from mi_probe.functional import streaming as S
+
+        return state.n_rows if isinstance(state, S.StreamedSite) else state.acts.shape[0]
+
+    def label_mi_prepared(self, state: F.BinnedSite | S.StreamedSite, labels: torch.Tensor,
                           num_classes: int) -> torch.Tensor:
-        """``label_mi(state.acts, labels, num_classes)``, counted from the prepared codes."""
+        """``label_mi(state.acts, labels, num_classes)``, counted from the prepared codes
+        (a streamed state: one pass over its chunks)."""
         return self._label_mi_of(self._prepared_statistics(state, labels, num_classes))
 
-    def input_mi_prepared(self, state: F.BinnedSite) -> torch.Tensor:
+    def input_mi_prepared(self, state: F.BinnedSite | S.StreamedSite) -> torch.Tensor:
         """``input_mi(state.acts)``, from the prepared codes (counted once per state)."""
-        return self._input_mi_of(self._prepared_statistics(state, None), state.acts.shape[0])
+        return self._input_mi_of(self._prepared_statistics(state, None), self._n_rows(state))
 
-    def diagnostics_prepared(self, state: F.BinnedSite) -> dict[str, Any]:
+    def diagnostics_prepared(self, state: F.BinnedSite | S.StreamedSite) -> dict[str, Any]:
         """``diagnostics(state.acts)``, from the prepared ranges and bin counts."""
         from mi_probe.functional import histogram as F
+        from mi_probe.functional import streaming as S
 
         h = self._prepared_statistics(state, None).entropy
         cap = math.log(self.bins)
-        clipped = (0.0 if self.quantile is None
-                   else F.clipped_fraction(state.acts, state.lo, state.hi))
+        if isinstance(state, S.StreamedSite):  # bin counts and clipped values: counted
+            edges, clipped = S.edge_fraction(state), S.clipped_fraction(state)
+        else:
+            edges = F.binned_edge_fraction(state)
+            clipped = (0.0 if self.quantile is None
+                       else F.clipped_fraction(state.acts, state.lo, state.hi))
         return {"n_constant": int((state.col_max == state.col_min).sum().item()),
-                "frac_edge_bins": float(F.binned_edge_fraction(state).mean().item()),
+                "frac_edge_bins": float(edges.mean().item()),
                 "frac_near_cap": float((h >= NEAR_CAP * cap).double().mean().item()),
                 "i_xt_cap": cap, "bin_range": self.params.range, "frac_clipped": clipped,
                 **self._binning_facts()}
+
+    # -- interfaces.Streams: one site's quantities from its row chunks (the store) --
+
+    def cannot_stream(self) -> str | None:
+        """None: every setting streams (min/max and quantile ranges by exact order
+        statistics, uniform and equal-count bins, either correction)."""
+        return None
+
+    def prepare_stream(self, chunks: Callable[[], Iterable[torch.Tensor]], n_rows: int,
+                       n_channels: int) -> S.StreamedSite:
+        """The state of one site read as consecutive (n_i, ``n_channels``) row chunks,
+        ``n_rows`` in all: its ranges (one pass; a quantile range or equal-count bins 4
+        more passes for float32 data, 8 for float64), never the (N, C) matrix. The
+        ``*_prepared`` methods answer from it as from :meth:`prepare` of the whole
+        matrix, bit for bit, each count one pass over the chunks."""
+        from mi_probe.functional import streaming as S
+
+        try:
+            return S.stream_site(chunks, n_rows, n_channels, self.bins, self.quantile,
+                                 self.binning, self.params.chunk_cells)
+        except ValueError as exc:  # NaN / ±inf, no rows, chunks that do not add up
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+
+    def label_mi_streamed(self, state: F.BinnedSite | S.StreamedSite,
+                          labels: Sequence[torch.Tensor], num_classes: int
+                          ) -> list[torch.Tensor]:
+        """``label_mi_prepared`` for each label vector (e.g. the labels and their
+        shuffled-label nulls), a streamed state counting them all in one pass."""
+        from mi_probe.functional import streaming as S
+
+        if not isinstance(state, S.StreamedSite):
+            return [self.label_mi_prepared(state, y, num_classes) for y in labels]
+        self._check_state(state)
+        try:
+            stats = S.streamed_statistics(state, list(labels), num_classes)
+        except ValueError as exc:  # wrong label shape / range: the estimator's typed error
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
+        return [self._label_mi_of(s) for s in stats]
+
+    def pair_mi_streamed(self, state_a: S.StreamedSite, state_b: S.StreamedSite
+                         ) -> torch.Tensor:
+        """``pair_mi`` of two streamed sites' matrices (the same state twice: a site
+        with itself, only pairs c <= d counted), one pass per block of channel pairs
+        whose joint counts fit ``pair_cells``; equal to it to float64 rounding."""
+        from mi_probe.functional import streaming as S
+
+        for state in (state_a, state_b):
+            if not isinstance(state, S.StreamedSite):
+                raise EstimatorError(f"histogram estimator: pair_mi_streamed expects states "
+                                     f"of prepare_stream, got {type(state).__name__}")
+            self._check_state(state)
+        try:
+            return S.streamed_pair_mi(state_a, state_b, self.params.pair_cells)
+        except ValueError as exc:
+            raise EstimatorError(f"histogram estimator: {exc}") from exc
 
     def layer_mi(self, acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  reduce: str) -> LayerMI:

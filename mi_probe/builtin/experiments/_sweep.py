@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
 import polars as pl
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     channel_masses, ChannelMassParams, check_mass_levels, mean_over_draws, Plan, RunContext,
-    seed_units, split_halves, TableSchema, TRAINED, unit_seed)
+    seed_units, SpecError, split_halves, SweepPoint, TableSchema, TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -61,6 +61,24 @@ def selection_columns(channels: torch.Tensor, n_channels: int, top: torch.Tensor
             "top_bottom_overlap": set_overlap(top, bottom)}
 
 
+class SequentialParams(BaseModel):
+    """The paired sequential stopping rule of a knockout sweep point."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: float = Field(gt=0, lt=2, description="stop once the drop's interval is "
+                         "narrower than this (accuracy units: 0.05 = 5 points)")
+    level: float = Field(0.95, gt=0, lt=1, description="confidence level of the interval, "
+                         "Bonferroni-corrected over the looks a point can have")
+    min_images: int = Field(100, ge=1, description="never stop before this many images")
+
+    def rule(self, block: int) -> Any:
+        """The rule for a point of ``n`` score rows, looking after every ``block``."""
+        from mi_probe.functional.sequential import SequentialRule
+
+        return lambda n: SequentialRule(width=self.width, level=self.level,
+                                        min_images=self.min_images, block=block, n_total=n)
+
+
 class SweepParams(FitParams):
     model_config = ConfigDict(extra="forbid")
     state: Literal["trained", "random"] = Field(TRAINED, description="model state intervened on")
@@ -72,7 +90,27 @@ class SweepParams(FitParams):
     if TYPE_CHECKING:  # each experiment's subclass declares its ``kind: Literal[...]``
         kind: str
 
+    sequential: SequentialParams | None = Field(
+        None, description="stop each knockout once the interval of its paired accuracy "
+        "drop is narrower than `width`, visiting its images in a seeded random order "
+        "(rows then carry n_images, drop_ci_low, drop_ci_high, stopped_early); null: "
+        "every image (docs/interventions.md, 'Sequential knockouts')")
+
     _q_range = field_validator("q")(check_mass_levels)
+
+
+def _shuffler(ctx: RunContext, seed: int, site: str) -> Any:
+    """A seeded random order of a set of rows (the same set, the same order)."""
+    import torch
+
+    def order(rows: torch.Tensor) -> torch.Tensor:
+        import zlib
+
+        key = zlib.crc32(rows.cpu().long().numpy().tobytes())
+        gen = ctx.rng(seed, f"sequential/{site}/{key}")
+        return rows[torch.randperm(rows.numel(), generator=gen)]
+
+    return order
 
 
 def _variants(params: Any) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
@@ -91,7 +129,7 @@ SWEEP_COLUMNS = TableSchema(
     ("seed", "state", "site", "depth", "rel_depth", "site_kind", "q", "selection", "variant",
      "n_channels", "accuracy", "baseline_accuracy", "drop"),
     ("fit", "part", "alpha", "draw", "frac_channels", "top_bottom_overlap", "mass",
-     "mass_kind"))
+     "mass_kind", "n_images", "drop_ci_low", "drop_ci_high", "ci_level", "stopped_early"))
 SITE_MASS_COLUMNS = TableSchema(
     ("seed", "state", "site", "depth", "rel_depth", "site_kind"),
     ("fit", "part", "mass_kind", "signal_channels", "signal_p", "has_signal", "total_mass"))
@@ -110,6 +148,14 @@ class InterventionSweep:
     def plan(self, ctx: RunContext) -> Plan:
         return seed_units(ctx)
 
+    def check_spec(self, spec: Any, estimator: Any) -> None:
+        """Sequential stopping needs interventions that act on each image alone."""
+        if self.params.sequential is not None and self.params.kind != "knockout":
+            raise SpecError(f"experiment.sequential: {self.params.kind} draws random values "
+                            "per batch, so its drop on a subset of images is not its drop "
+                            "on those images within the whole set; sequential stopping is "
+                            "for knockout (plain and energy). Remove sequential")
+
     def run_unit(self, ctx: RunContext, unit: str, plan: Plan) -> dict[str, pl.DataFrame]:
         import torch
 
@@ -121,12 +167,14 @@ class InterventionSweep:
         model = ctx.model(seed, state)
         cap = ctx.capture(seed, state)
         # captures and evaluations of the engine always keep the logits
-        correct0 = cast(torch.Tensor, cap.logits).argmax(1) == cap.labels
+        correct0 = (cast(torch.Tensor, cap.logits).argmax(1) == cap.labels).cpu()
         plans = fit_plans(ctx, self.params, seed, cap.labels)
+        sequential = self.params.sequential
         rows, mass_rows = [], []
         for site in cap.sites:
             acts = cap.acts[site.name]
             ctx.progress(f"seed {seed}: {self.name} at {site.name}")
+            points, described = [], []
             for fit, part, choose, score in plans:
                 tag = "" if choose is None else f"/half{part}"
                 masses = channel_masses(ctx, rows_at(acts, choose), rows_at(cap.labels, choose),
@@ -142,7 +190,6 @@ class InterventionSweep:
                     continue
                 v = masses.values
                 p = mass(v)
-                baseline = mean_of(rows_at(correct0, score))
                 for q in self.params.q:
                     top = mass_set(v, q)
                     if top.numel() == 0:
@@ -156,19 +203,38 @@ class InterventionSweep:
                             channels = select(v, q, selection, gen, size=top.numel())
                             for label, iv_name, iv_params, extra in _variants(self.params):
                                 iv = ctx.plugin("interventions", iv_name, **iv_params)
-                                result = ctx.evaluate(model, [(site, iv, channels)],
-                                                      generator=ctx.rng(seed, f"apply/{site.name}/"
-                                                                        f"{q}/{selection}/{draw}/{label}{tag}"))
-                                correct = cast(torch.Tensor, result.logits).argmax(1) == result.labels
-                                acc = mean_of(rows_at(correct, score))
-                                rows.append({**site_columns(seed, state, site), **fit_cols, "q": q,
-                                             "selection": selection, "variant": label, **extra,
-                                             "draw": draw, **sizes,
-                                             "n_channels": int(channels.numel()),
-                                             "mass": float(p[channels].sum()),
-                                             "mass_kind": masses.kind, "accuracy": acc,
-                                             "baseline_accuracy": baseline,
-                                             "drop": baseline - acc})
+                                apply = ctx.rng(seed, f"apply/{site.name}/{q}/{selection}/"
+                                                f"{draw}/{label}{tag}")
+                                points.append(SweepPoint(iv, channels, score, apply))
+                                described.append({
+                                    **site_columns(seed, state, site), **fit_cols, "q": q,
+                                    "selection": selection, "variant": label, **extra,
+                                    "draw": draw, **sizes, "n_channels": int(channels.numel()),
+                                    "mass": float(p[channels].sum()),
+                                    "mass_kind": masses.kind})
+            if not points:
+                continue
+            rule = order = None
+            if sequential is not None:
+                rule = sequential.rule(ctx.spec.eval.batch_size)
+                # one seeded order of each fit's score rows, shared by its points
+                order = _shuffler(ctx, seed, site.name)
+            # every point of the site at once: scored on its own rows, stacked into
+            # shared suffix passes where the intervention acts on each image alone
+            results = ctx.evaluate_points(model, site, points, sites=cap.sites,  # type: ignore[attr-defined]
+                                          correct_before=correct0, rule=rule, order=order)
+            for row, result in zip(described, results):
+                baseline = mean_of(correct0[result.rows])
+                acc = mean_of(result.correct)
+                extra_cols: dict[str, Any] = {"n_images": int(result.rows.numel())}
+                if result.interval is not None:
+                    assert sequential is not None
+                    extra_cols.update(drop_ci_low=result.interval.low,
+                                      drop_ci_high=result.interval.high,
+                                      ci_level=sequential.level,
+                                      stopped_early=result.stopped_early)
+                rows.append({**row, "accuracy": acc, "baseline_accuracy": baseline,
+                             "drop": baseline - acc, **extra_cols})
         out = {f"{self.name}_site_masses": pl.DataFrame(mass_rows)}
         if rows:  # none when no site beats the null: the site-masses table says so
             out[self.name] = pl.DataFrame(rows)

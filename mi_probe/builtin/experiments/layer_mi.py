@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     aggregate_seeds, DiagnosesLabels, hookimpl, Intervals, Plan, prepare_site, RANDOM,
-    RunContext, seed_units, SpecError, TableSchema, TRAINED, unit_seed)
+    RunContext, seed_units, SpecError, Streams, TableSchema, TRAINED, unit_seed)
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
 
@@ -100,51 +100,61 @@ class LayerMIExperiment:
         est = ctx.estimator
         layers, channels, evals, diags = [], [], [], []
         for state in self.params.states:
-            cap = ctx.capture(seed, state)
+            streamed = self._streamed_capture(ctx, seed, state)
+            cap = streamed if streamed is not None else ctx.capture(seed, state)
             n = int(cap.labels.numel())
             bias = est.bias(n, ctx.num_classes)
             evals.append({"seed": seed, "state": state, "accuracy": cap.accuracy, "n_samples": n})
             perms = [torch.randperm(n, generator=ctx.rng(seed, f"null/{state}/{d}")).to(
                 cap.labels.device) for d in range(self.params.null_draws)]
             for site in cap.sites:
-                acts = cap.acts[site.name]
-                # every quantity of this site from one state when the estimator Prepares
-                # (the histogram bins it once), else from its per-quantity methods
-                prepared = prepare_site(est, acts)
                 interval: dict[str, Any] = {}
                 chan_ci = None
-                if self.params.interval is not None:
-                    # the estimator's own valid method; a seed per (seed, state, site). Its
-                    # estimate is label_mi's (the Intervals contract), so a neural
-                    # estimator trains once per site, not twice
-                    draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.rng(
-                        seed, f"interval/{state}/{site.name}")).item())
-                    chan_ci, mean_ci = cast(Intervals, est).label_mi_interval(
-                        acts, cap.labels, ctx.num_classes, self.params.interval, draw_seed)
-                    interval = {"i_ty_ci_low": float(mean_ci.low), "i_ty_ci_high":
-                                float(mean_ci.high), "ci_level": mean_ci.level,
-                                "ci_method": mean_ci.method}
-                    i_ty_c = chan_ci.estimate
+                if streamed is not None:
+                    acts = None
+                    i_ty_c, i_xt_c, nulls, constant, site_diags = self._site_streamed(
+                        ctx, streamed, site, perms)
                 else:
-                    i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
-                i_xt_c = prepared.input_mi()
-                nulls = [prepared.label_mi(cap.labels[perm], ctx.num_classes) for perm in perms]
+                    acts = cap.acts[site.name]
+                    # every quantity of this site from one state when the estimator
+                    # Prepares (the histogram bins it once), else from its per-quantity
+                    # methods
+                    prepared = prepare_site(est, acts)
+                    if self.params.interval is not None:
+                        # the estimator's own valid method; a seed per (seed, state,
+                        # site). Its estimate is label_mi's (the Intervals contract), so a
+                        # neural estimator trains once per site, not twice
+                        draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.rng(
+                            seed, f"interval/{state}/{site.name}")).item())
+                        chan_ci, mean_ci = cast(Intervals, est).label_mi_interval(
+                            acts, cap.labels, ctx.num_classes, self.params.interval, draw_seed)
+                        interval = {"i_ty_ci_low": float(mean_ci.low), "i_ty_ci_high":
+                                    float(mean_ci.high), "ci_level": mean_ci.level,
+                                    "ci_method": mean_ci.method}
+                        i_ty_c = chan_ci.estimate
+                    else:
+                        i_ty_c = prepared.label_mi(cap.labels, ctx.num_classes)
+                    i_xt_c = prepared.input_mi()
+                    nulls = [prepared.label_mi(cap.labels[perm], ctx.num_classes)
+                             for perm in perms]
+                    # every estimator gets the estimator-free facts; one that Diagnoses
+                    # adds its own (the histogram: edge bins, near-cap channels, range)
+                    constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
+                    # an estimator that DiagnosesLabels adds how its discretisation
+                    # relates to the labels (the histogram: share of H(Y) its bins explain)
+                    labelled = (est.label_diagnostics(acts, cap.labels, ctx.num_classes)
+                                if isinstance(est, DiagnosesLabels) else {})
+                    site_diags = {**prepared.diagnostics(), **labelled}
                 null_c = torch.stack(nulls).mean(0) if nulls else None
                 null_layer = torch.stack([v.mean() for v in nulls]) if nulls else None
-                # every estimator gets the estimator-free facts; one that Diagnoses adds
-                # its own (the histogram: edge bins, near-cap channels, bin range)
-                constant = int((acts.amax(dim=0) == acts.amin(dim=0)).sum().item())
-                # an estimator that DiagnosesLabels adds how its discretisation relates
-                # to the labels (the histogram: share of H(Y) its bins explain)
-                labelled = (est.label_diagnostics(acts, cap.labels, ctx.num_classes)
-                            if isinstance(est, DiagnosesLabels) else {})
                 diags.append({**site_columns(seed, state, site), "n_samples": n,
                               "channels": site.channels, "log_n": math.log(n),
-                              "n_constant": constant, **prepared.diagnostics(), **labelled})
+                              "n_constant": constant, **site_diags})
                 if self.params.reduce == "mean":
                     i_ty = i_ty_c.mean().item()
                     i_xt = i_xt_c.mean().item() if i_xt_c is not None else None
                 else:
+                    assert acts is not None  # a joint layer value is never streamed
                     layer = est.layer_mi(acts, cap.labels, ctx.num_classes, self.params.reduce)
                     i_xt, i_ty = layer.i_xt, layer.i_ty
                 base = site_columns(seed, state, site)
@@ -186,6 +196,51 @@ class LayerMIExperiment:
                 [c.with_columns(pl.col("i_xt").cast(pl.Float64),
                                 pl.col("i_ty_null").cast(pl.Float64)) for c in channels])
         return tables
+
+    def _streamed_capture(self, ctx: RunContext, seed: int, state: str) -> Any:
+        """The capture of ``state`` left in the activation store, read chunk by chunk,
+        when it is larger than ``eval.stream_mb`` and every quantity asked streams (an
+        estimator that ``Streams``, the mean over channels, no interval); else None (the
+        capture is held in memory, as always)."""
+        est = ctx.estimator
+        stream = getattr(ctx, "stream_capture", None)
+        if (stream is None or not isinstance(est, Streams) or est.cannot_stream() is not None
+                or self.params.reduce != "mean" or self.params.interval is not None):
+            return None
+        model = ctx.model(seed, state)
+        rows = len(getattr(ctx, "eval_set", ()))
+        pooled = rows * sum(site.channels for site in ctx.sites(model)) * 4
+        if pooled <= ctx.spec.eval.stream_mb * 2**20 and ctx.spec.eval.stream_mb > 0:
+            return None
+        found = stream(seed, state)
+        if found is None:
+            ctx.progress(f"seed {seed}: {state} activations ({pooled / 2**20:,.0f} MB pooled) "
+                         "held in memory: no activation store to stream them from")
+        return found
+
+    def _site_streamed(self, ctx: RunContext, cap: Any, site: Any, perms: list[Any]
+                       ) -> tuple[Any, Any, list[Any], int, dict[str, Any]]:
+        """One site's per-channel label MI, input MI, nulls, constant channels and
+        diagnostics from the store's chunks: the labels and every null counted in one
+        pass. The pattern diagnostics of ``DiagnosesLabels`` need the whole matrix and
+        are left out (docs/store.md, 'Streaming')."""
+        import torch
+
+        est = cast(Streams, ctx.estimator)
+        chunks = cap.chunks(site.name)
+        state = est.prepare_stream(chunks, cap.n, cap.channels(site.name))
+        labels = [cap.labels, *[cap.labels[perm] for perm in perms]]
+        found = est.label_mi_streamed(state, labels, ctx.num_classes)
+        i_xt_c = est.input_mi_prepared(state)
+        low, high = getattr(state, "col_min", None), getattr(state, "col_max", None)
+        if low is None or high is None:  # an estimator whose state has no ranges: a pass
+            lows, highs = [], []
+            for block in chunks():
+                lows.append(block.amin(dim=0))
+                highs.append(block.amax(dim=0))
+            low, high = torch.stack(lows).amin(dim=0), torch.stack(highs).amax(dim=0)
+        constant = int((low == high).sum().item())
+        return found[0], i_xt_c, list(found[1:]), constant, est.diagnostics_prepared(state)
 
     def finalize(self, ctx: RunContext | None, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
         values = ["i_xt", "i_ty"] + (["i_ty_null"] if tables["layer_mi"]["i_ty_null"].drop_nulls().len()

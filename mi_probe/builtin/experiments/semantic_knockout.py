@@ -16,7 +16,7 @@ from mi_probe.plugin import (
     channel_masses, check_mass_levels, hookimpl, mean_over_draws, Plan, RunContext, seed_units,
     SpecError, TableSchema, TRAINED, unit_seed)
 from mi_probe.builtin.experiments._sweep import (FitParams, mean_of, rows_at, fit_plans,
-                                                  selection_columns)
+                                                  selection_columns, SweepPoint)
 
 
 class SemanticKnockoutParams(FitParams):
@@ -84,6 +84,9 @@ class SemanticKnockout:
         for site in cap.sites:
             acts = cap.acts[site.name]
             ctx.progress(f"seed {seed}: semantic knockouts at {site.name}")
+            # every knockout of the site is scored in one call (stacked suffix passes);
+            # ``pending`` holds what each row needs besides its correctness
+            points, pending = [], []
             for k in classes:
                 in_k = labels == k
                 if not in_k.any():
@@ -119,21 +122,24 @@ class SemanticKnockout:
                                 gen = ctx.rng(seed, f"semantic/{site.name}/{k}/{q}/{draw}{tag}")
                                 channels = select(v, q, selection, gen, size=top.numel())
                                 iv = ctx.plugin("interventions", iv_name)
-                                result = ctx.evaluate(model, [(site, iv, channels)])
-                                logits = cast(torch.Tensor, result.logits)
-                                correct = rows_at(logits.argmax(1) == result.labels, score)
-                                class_acc = mean_of(correct[score_k])
-                                rows.append({
+                                points.append(SweepPoint(iv, channels, score))
+                                pending.append((score_k.cpu(), score_other.cpu(), base_k,
+                                                other_before, {
                                     **site_columns(seed, state, site), **fit_cols, "class": k,
                                     "class_name": ctx.class_names[k], "q": q,
                                     "selection": selection, "draw": draw, **sizes,
                                     "n_channels": int(channels.numel()),
                                     "class_mass": float(p[channels].sum()),
-                                    "mass_kind": masses.kind,
-                                    "class_accuracy": class_acc,
-                                    "baseline_class_accuracy": base_k,
-                                    "drop": base_k - class_acc,
-                                    "other_classes_change": mean_of(correct[score_other]) - other_before})
+                                    "mass_kind": masses.kind}))
+            if not points:
+                continue
+            results = ctx.evaluate_points(model, site, points, sites=cap.sites)  # type: ignore[attr-defined]
+            for (score_k, score_other, base_k, other_before, row), result in zip(pending, results):
+                correct = result.correct  # on the point's score rows, in their order
+                class_acc = mean_of(correct[score_k])
+                rows.append({**row, "class_accuracy": class_acc,
+                             "baseline_class_accuracy": base_k, "drop": base_k - class_acc,
+                             "other_classes_change": mean_of(correct[score_other]) - other_before})
         out = {"semantic_knockout_site_masses": pl.DataFrame(mass_rows)}
         if rows:  # none when no (site, class) beats the null: the site-masses table says so
             out["semantic_knockout"] = pl.DataFrame(rows)

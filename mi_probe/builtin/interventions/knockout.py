@@ -20,6 +20,9 @@ class KnockoutParams(_Params):
 class Knockout(_Base):
     name = "knockout"
     variant = "plain"
+    #: each image's result depends on that image alone (no randomness, no calibration):
+    #: a sweep may score only the images it needs and stack several knockouts in a pass
+    row_wise = True
 
     def __call__(self, output: torch.Tensor, site: Site, channels: torch.Tensor,
                  start: int) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""layer_mi streamed from the activation store (issue 25, item 2, through the engine):
+a capture over ``eval.stream_mb`` is written batch by batch and never held whole, then
+estimated chunk by chunk; its tables equal the in-memory run's exactly, a second run
+reads the store without running the network, and settings that cannot stream keep the
+in-memory path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mi_probe._core import capture as capture_mod
+from mi_probe._core.store import ActivationStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPEC = """\
+name: stream
+seeds: [0]
+data: {kind: synthetic, n_classes: 3, n_train: 8, n_val: 301, image_size: 16, noise: 0.5}
+model: {arch: test_resnet, weights: random}
+sites: {include: ["*"]}
+estimator: ESTIMATOR
+experiment: EXPERIMENT
+eval: {batch_size: 50, stream_mb: STREAM}
+"""
+
+
+@pytest.fixture(scope="module")
+def pm():
+    os.environ.setdefault("MI_PROBE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    from mi_probe._core.plugins import get_plugin_manager
+
+    return get_plugin_manager(autoload=False)
+
+
+def _run(tmp_path, pm, stream_mb, store, estimator="{kind: histogram, bins: 8}",
+         experiment="{kind: layer_mi, states: [random]}"):
+    from mi_probe._core.runner.context import Engine
+    from mi_probe._core.spec import load_spec_text
+
+    text = (SPEC.replace("STREAM", str(stream_mb)).replace("ESTIMATOR", estimator)
+            .replace("EXPERIMENT", experiment))
+    eng = Engine(load_spec_text(text, "stream.yaml", pm=pm), pm, cache_dir=tmp_path / "cache",
+                 log=lambda m: None, progress=False, store=store)
+    messages: list[str] = []
+    eng.progress = messages.append  # type: ignore[method-assign]
+    return eng.experiment.run_unit(eng, "seed=0", None), messages
+
+
+@pytest.mark.parametrize("estimator", [
+    "{kind: histogram, bins: 8}",
+    "{kind: histogram, bins: 12, range: quantile, range_quantile: 0.02, correction: miller_madow}",
+    "{kind: histogram, bins: 6, binning: equal_count}"])
+def test_streamed_layer_mi_equals_in_memory(tmp_path, pm, estimator, monkeypatch):
+    memory, said = _run(tmp_path, pm, 1_000_000, False, estimator)
+    assert said == ["seed 0: capturing random activations"]
+    store = ActivationStore(tmp_path / "acts")
+    kept = []
+    real = capture_mod.capture
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        kept.append((kwargs.get("keep_rows", True), len(out.acts)))
+        return out
+
+    monkeypatch.setattr(capture_mod, "capture", spy)
+    streamed, said = _run(tmp_path, pm, 0, store, estimator)
+    assert said == ["seed 0: capturing random activations into the store (not kept in memory)"]
+    assert kept == [(False, 0)]  # written batch by batch, nothing held
+    again, said = _run(tmp_path, pm, 0, store, estimator)
+    assert said == ["seed 0: random activations streamed from the activation store"]
+    assert len(kept) == 1  # the second run never captured
+    for table in ("layer_mi", "channel_mi", "evaluation"):
+        assert streamed[table].equals(memory[table]), table
+        assert again[table].equals(memory[table]), table
+    # diagnostics: the same, less the pattern columns that need the whole matrix
+    common = [c for c in memory["diagnostics"].columns if c in streamed["diagnostics"].columns]
+    assert streamed["diagnostics"].equals(memory["diagnostics"].select(common))
+    assert {"frac_h_y_layer", "frac_unique_patterns"} - set(streamed["diagnostics"].columns) == {
+        "frac_h_y_layer", "frac_unique_patterns"}
+
+
+def test_a_capture_under_the_limit_stays_in_memory(tmp_path, pm):
+    store = ActivationStore(tmp_path / "acts")
+    _, said = _run(tmp_path, pm, 2048, store)
+    assert said == ["seed 0: capturing random activations"]
+
+
+@pytest.mark.parametrize("experiment", [
+    "{kind: layer_mi, states: [random], reduce: joint}",
+    "{kind: layer_mi, states: [random], interval: 0.9}"])
+def test_quantities_that_need_the_whole_matrix_are_not_streamed(tmp_path, pm, experiment):
+    store = ActivationStore(tmp_path / "acts")
+    _, said = _run(tmp_path, pm, 0, store, experiment=experiment)
+    assert said == ["seed 0: capturing random activations"]
+
+
+def test_without_a_store_the_capture_is_held_and_the_run_says_so(tmp_path, pm, monkeypatch):
+    monkeypatch.setenv("MI_PROBE_STORE", "off")
+    tables, said = _run(tmp_path, pm, 0, True)
+    assert said[0].startswith("seed 0: random activations (")
+    assert "held in memory: no activation store" in said[0]
+    assert tables["layer_mi"].height > 0
+
+
+def test_capture_without_keeping_rows_needs_a_sink():
+    with pytest.raises(ValueError, match="keep_rows=False\\) needs a sink"):
+        capture_mod.capture(torch.nn.Identity(), [], [], torch.device("cpu"), keep_rows=False)
+
+
+def test_a_damaged_entry_fails_its_checksum_when_streamed(tmp_path, pm):
+    from mi_probe._core.store import StoreCorrupt
+
+    store = ActivationStore(tmp_path / "acts")
+    _run(tmp_path, pm, 0, store)
+    entry = next(e for e in store.entries() if e.key["site"] != "#outputs")
+    marker = store.marker(entry.digest)
+    marker["arrays"]["acts"]["checksum"] = "0" * 32
+    from mi_probe._core.store.keys import StoreKey
+
+    key = StoreKey(**entry.key)
+    (tmp_path / "acts" / "entries" / entry.digest / "ready.json").write_text(
+        __import__("json").dumps(marker))
+    rows = store.open_rows(key, "acts")
+    with pytest.raises(StoreCorrupt, match="does not match its checksum"):
+        for _ in rows.chunks():
+            pass
