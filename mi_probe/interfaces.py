@@ -541,8 +541,10 @@ class RunContext(Protocol):
     def sites(self, model: nn.Module) -> list[Site]:
         """The spec's sites of ``model`` in forward order."""
 
-    def capture(self, seed: int, state: str) -> Captured:
-        """Pooled evaluation-set activations of every site (cached per seed and state)."""
+    def capture(self, seed: int, state: str, need_logits: bool = True) -> Captured:
+        """Pooled evaluation-set activations of every site (cached per seed and state).
+        ``need_logits=False``: the caller never scores the model, so the forward pass
+        may stop after the deepest site (early halt; ``logits`` may then be None)."""
 
     def evaluate(self, model: nn.Module,
                  interventions: Iterable[tuple[Site, Intervention, torch.Tensor]] = (),

@@ -122,7 +122,7 @@ class PlantedContext:
         labels = torch.arange(n) % num_classes
         self.cap = Captured(acts=acts, labels=labels, sites=sites)
 
-    def capture(self, seed, state):
+    def capture(self, seed, state, need_logits=True):
         return self.cap
 
     def rng(self, seed, purpose):

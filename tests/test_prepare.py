@@ -331,7 +331,7 @@ class _Ctx:
     def __init__(self, estimator, captures):
         self.estimator, self.captures, self.num_classes = estimator, captures, K
 
-    def capture(self, seed, state):
+    def capture(self, seed, state, need_logits=True):
         return self.captures[state]
 
     def rng(self, seed, purpose):

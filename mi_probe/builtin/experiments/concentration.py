@@ -90,7 +90,8 @@ class ConcentrationExperiment:
         corrected_kind = params.mass if params.mass != "raw" else "null_subtracted"
         rows, channels = [], []
         for state in params.states:
-            cap = ctx.capture(seed, state)
+            # no accuracy here: the forward pass may halt after the deepest site
+            cap = ctx.capture(seed, state, need_logits=False)
             for site in cap.sites:
                 acts = cap.acts[site.name]
                 purpose = f"{state}/{site.name}"

@@ -182,7 +182,8 @@ class EstimatorSweep:
         ref_key = (self.params.reference_bins, plan.settings["reference_range"],
                    plan.settings.get("reference_binning"), self.params.reference_fraction)
         for state in self.params.states:
-            cap = ctx.capture(seed, state)
+            # no accuracy here: the forward pass may halt after the deepest site
+            cap = ctx.capture(seed, state, need_logits=False)
             n = int(cap.labels.numel())
             # keyed by (bins, range, binning, fraction)
             channel_values: dict[tuple, dict[str, torch.Tensor]] = {}

@@ -99,7 +99,8 @@ class LayerPairs:
         bins = est.describe().get("bins")
         rows = []
         for state in self.params.states:
-            cap = ctx.capture(seed, state)
+            # no accuracy here: the forward pass may halt after the deepest site
+            cap = ctx.capture(seed, state, need_logits=False)
             n = int(cap.labels.numel())
             # first-order plug-in bias of one pair's MI: (B-1)^2 / 2N for fully used bins
             bias = plugin_bias(bins, bins, n) if isinstance(bins, int) else None
