@@ -312,3 +312,28 @@ def test_sequential_interval_covers_the_full_set_drop_on_planted_outcomes():
         assert interval.width < 0.1 or end == n
     assert covered / 400 >= 0.9
     assert max(used) < n and sum(used) / len(used) < 0.7 * n
+
+
+def test_site_outputs_over_the_store_budget_are_not_written(folder, pm, tmp_path, monkeypatch):
+    """eval.site_store_mb: 0 stores no full site output; the sweep falls back to the
+    in-memory cache and its drops are unchanged; the write pass is not repeated."""
+    from mi_probe._core.store import ActivationStore
+
+    store = ActivationStore(tmp_path / "acts")
+    reference = _engine(folder, pm, False)
+    expected = reference.experiment.run_unit(reference, "seed=0", None)["knockout"]
+    eng = _engine(folder, pm, store)
+    monkeypatch.setattr(eng.spec.eval, "site_store_mb", 0)
+    logged: list[str] = []
+    eng.log = logged.append
+    calls, _ = _forward_calls(eng)
+    got = eng.experiment.run_unit(eng, "seed=0", None)["knockout"]
+    assert not [e for e in store.entries() if e.key["reduction"] == "output"]
+    assert len([m for m in logged if "exceed eval.site_store_mb" in m]) == 1
+    sites = got["site"].n_unique()
+    # at most the pooled capture's pass, ONE write pass (every site refused: not
+    # repeated per site) and the in-memory cache's pass per site
+    assert len(calls) <= (2 + sites) * math.ceil(53 / 10)
+    keys = ["fit", "part", "site", "q", "selection", "draw", "variant"]
+    cols = [*keys, "accuracy", "baseline_accuracy", "drop"]
+    assert got.select(cols).sort(keys).equals(expected.select(cols).sort(keys))

@@ -222,6 +222,11 @@ class EvalSpec(_Strict):
         "site's full evaluation-set output, so interventions there re-run only the layers "
         "after the site; 0 always re-runs the whole network (and never reads site "
         "outputs from the activation store)")
+    site_store_mb: int = Field(
+        default=8192, ge=0, description="largest full site output (MB over the evaluation "
+        "set) a knockout sweep writes to the activation store; a larger one is held in "
+        "memory under site_cache_mb, else its interventions run whole forward passes; 0 "
+        "stores none")
     sweep_pass_rows: int = Field(
         default=512, ge=0, description="rows (images x interventions) of one suffix pass "
         "when a knockout sweep stacks several interventions of a site into one pass: "

@@ -133,6 +133,9 @@ class Engine:
         #: the site output read from the store last (digest, source): a sweep asks for
         #: one site many times in a row
         self._site_source: tuple[str, SiteOutputs] | None = None
+        #: site-output entries this engine will not write (over eval.site_store_mb, or
+        #: the store could not be written): asked again, they are a miss at once
+        self._not_stored: set[str] = set()
         self.store: ActivationStore | None
         if store is True:
             section = getattr(spec, "store", None)
@@ -341,14 +344,21 @@ class Engine:
         digest = keys[site.name].digest
         if self._site_source is not None and self._site_source[0] == digest:
             return self._site_source[1]
+        if digest in self._not_stored:  # over eval.site_store_mb, or the write failed
+            return None
         source = self._open_site_output(keys, site)
         if source is None:
-            missing = [s for s in wanted if not self.store.contains(keys[s.name])]  # type: ignore[union-attr]
+            missing = [s for s in wanted if not self.store.contains(keys[s.name])  # type: ignore[union-attr]
+                       and keys[s.name].digest not in self._not_stored]
             self.progress(f"writing the full outputs of {len(missing)} site(s) to the "
                           "activation store (one forward pass)")
-            if not self._write_site_outputs(model, missing, keys):
-                return None
-            source = self._open_site_output(keys, site)
+            written = self._write_site_outputs(model, missing, keys)
+            source = self._open_site_output(keys, site) if written else None
+            if not written:
+                self._not_stored.update(keys[s.name].digest for s in missing)
+            else:  # the sites the write pass left out (too big): never asked again
+                self._not_stored.update(keys[s.name].digest for s in missing
+                                        if not self.store.contains(keys[s.name]))  # type: ignore[union-attr]
         if source is not None:
             self._site_source = (digest, source)
         return source
@@ -383,9 +393,23 @@ class Engine:
         if writer is None:
             return False
 
+        budget = self.spec.eval.site_store_mb * 2**20
+        rows = len(self.eval_set)  # type: ignore[arg-type]  # map-style datasets are Sized
+        too_big: list[str] = []
+
         def hook(_m: Any, _inp: Any, out: Any, _site: Site) -> None:
+            tensor = site_output(out, _site.index)
+            if _site.name not in writer.writers:
+                return
+            if tensor[0].numel() * tensor.element_size() * rows > budget:
+                # a site output over eval.site_store_mb is not written (a resnet50 layer1
+                # output over ImageNet's 50,000 images is 160 GB); the sweep then holds
+                # it in memory under eval.site_cache_mb or runs whole forward passes
+                writer.writers.pop(_site.name).abort()
+                too_big.append(_site.name)
+                return
             # a copy: an in-place layer after the site may change the tensor later
-            writer.append(_site.name, site_output(out, _site.index).detach().clone())
+            writer.append(_site.name, tensor.detach().clone())
 
         handles = [get_module(model, s.module).register_forward_hook(
             lambda m, i, o, _s=s: hook(m, i, o, _s)) for s in sites]
@@ -401,6 +425,10 @@ class Engine:
             raise
         finally:
             model.train(was_training)
+        if too_big:
+            self.log(f"activation store: full outputs of {', '.join(too_big)} exceed "
+                     f"eval.site_store_mb ({self.spec.eval.site_store_mb} MB for {rows} "
+                     "images); not stored")
         return writer.commit()
 
     def _read_store(self, keys: dict[str, StoreKey], sites: Sequence[Site]

@@ -66,6 +66,7 @@ LATER_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("sites", "reduce", "mean"),
     # issue 25: knockouts at the suffix floor
     ("eval", "sweep_pass_rows", 512),
+    ("eval", "site_store_mb", 8192),
     ("eval", "stream_mb", 2048),
     ("experiment", "sequential", None),
 )
