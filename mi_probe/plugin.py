@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 _HOME = {
     **dict.fromkeys([
         'ChannelMassParams', 'ChannelMasses', 'PreparedSite', 'channel_label_mi',
-        'channel_masses', 'check_mass_levels', 'mean_over_draws', 'prepare_site',
-        'seed_units', 'site_masses', 'site_row', 'split_halves', 'unit_seed'],
+        'channel_masses', 'channel_masses_streamed', 'check_mass_levels',
+        'mean_over_draws', 'prepare_site', 'seed_units', 'site_masses', 'site_row',
+        'split_halves', 'streamed_capture', 'streams', 'unit_seed'],
         "mi_probe._core.analysis"),
     **dict.fromkeys([
         'ImageFileDataset', 'TensorImageDataset', 'UpsampledGrayDataset',
@@ -63,8 +64,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     charts: SimpleNamespace
     from mi_probe._core.analysis import (  # noqa: F401
         ChannelMassParams, ChannelMasses, PreparedSite, channel_label_mi,
-        channel_masses, check_mass_levels, mean_over_draws, prepare_site,
-        seed_units, site_masses, site_row, split_halves, unit_seed)
+        channel_masses, channel_masses_streamed, check_mass_levels, mean_over_draws,
+        prepare_site, seed_units, site_masses, site_row, split_halves, streamed_capture,
+        streams, unit_seed)
     from mi_probe._core.data import (  # noqa: F401
         ImageFileDataset, TensorImageDataset, UpsampledGrayDataset,
         check_fits_in_memory, load_rgb, tensor_train_transform)
@@ -138,6 +140,8 @@ __all__ = [
     "seed_units", "unit_seed", "derive_seed", "site_row", "split_halves", "mean_over_draws",
     "ChannelMassParams", "ChannelMasses", "channel_masses", "site_masses", "channel_label_mi",
     "check_mass_levels", "PreparedSite", "prepare_site",
+    # captures kept in the activation store and estimated chunk by chunk
+    "streamed_capture", "streams", "channel_masses_streamed",
     # tables and charts
     "SITE_COLUMNS", "aggregate_seeds", "mean_t_interval", "charts",
     # sites

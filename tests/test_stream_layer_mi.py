@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import polars as pl
 import pytest
 import torch
 
@@ -58,15 +59,7 @@ def test_streamed_layer_mi_equals_in_memory(tmp_path, pm, estimator, monkeypatch
     memory, said = _run(tmp_path, pm, 1_000_000, False, estimator)
     assert said == ["seed 0: capturing random activations"]
     store = ActivationStore(tmp_path / "acts")
-    kept = []
-    real = capture_mod.capture
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        kept.append((kwargs.get("keep_rows", True), len(out.acts)))
-        return out
-
-    monkeypatch.setattr(capture_mod, "capture", spy)
+    kept = _spy_captures(monkeypatch)
     streamed, said = _run(tmp_path, pm, 0, store, estimator)
     assert said == ["seed 0: capturing random activations into the store (not kept in memory)"]
     assert kept == [(False, 0)]  # written batch by batch, nothing held
@@ -128,3 +121,83 @@ def test_a_damaged_entry_fails_its_checksum_when_streamed(tmp_path, pm):
     with pytest.raises(StoreCorrupt, match="does not match its checksum"):
         for _ in rows.chunks():
             pass
+
+
+def _spy_captures(monkeypatch) -> list[tuple[bool, int]]:
+    """Record (keep_rows, sites held) of every capture the engine runs."""
+    kept: list[tuple[bool, int]] = []
+    real = capture_mod.capture
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        kept.append((kwargs.get("keep_rows", True), len(out.acts)))
+        return out
+
+    monkeypatch.setattr(capture_mod, "capture", spy)
+    return kept
+
+
+@pytest.mark.parametrize("mass", ["raw", "null_subtracted", "miller_madow"])
+def test_streamed_concentration_equals_in_memory(tmp_path, pm, mass, monkeypatch):
+    """Channel masses of every kind (the labels and every null draw counted in one
+    pass; Miller–Madow by a second streamed estimator) give the in-memory tables."""
+    experiment = f"{{kind: concentration, states: [random], mass: {mass}, top_k: [0.25]}}"
+    estimator = "{kind: histogram, bins: 6, range: quantile, range_quantile: 0.05}"
+    memory, said = _run(tmp_path, pm, 1_000_000, False, estimator, experiment)
+    assert said == ["seed 0: capturing random activations (halting after the deepest site)"]
+    kept = _spy_captures(monkeypatch)
+    streamed, said = _run(tmp_path, pm, 0, ActivationStore(tmp_path / "acts"), estimator,
+                          experiment)
+    assert said == ["seed 0: capturing random activations into the store (not kept in memory)"]
+    assert kept == [(False, 0)]
+    for table in ("concentration", "channel_mass"):
+        assert streamed[table].equals(memory[table]), table
+    assert memory["channel_mass"]["i_ty"].sum() > 0  # a real comparison, not of zeros
+
+
+def test_streamed_layer_pairs_reads_only_the_chosen_channels(tmp_path, pm, monkeypatch):
+    """With a null, each site's max_channels subset is read from the store (never the
+    whole capture) and every value, null included, equals the in-memory run's."""
+    experiment = "{kind: layer_pairs, states: [random], max_channels: 3, null_draws: 2}"
+    memory, _ = _run(tmp_path, pm, 1_000_000, False, experiment=experiment)
+    kept = _spy_captures(monkeypatch)
+    streamed, said = _run(tmp_path, pm, 0, ActivationStore(tmp_path / "acts"),
+                          experiment=experiment)
+    assert said[0] == ("seed 0: capturing random activations into the store (not kept in "
+                       "memory)")
+    assert kept == [(False, 0)]
+    assert streamed["layer_pairs"].equals(memory["layer_pairs"])
+    assert memory["layer_pairs"]["mi_null"].null_count() == 0
+    assert (memory["layer_pairs"]["n_pairs"] <= 9).all()  # the subset was taken
+
+
+def test_layer_pairs_without_a_null_counts_pairs_chunk_by_chunk(tmp_path, pm, monkeypatch):
+    """null_draws: 0 with a streaming estimator: pair MI from the estimator's streamed
+    states (``pair_mi_streamed``), never ``pair_mi`` on a matrix; equal to the
+    in-memory values to float64 rounding."""
+    from mi_probe.builtin.estimators.histogram import HistogramEstimator
+
+    experiment = "{kind: layer_pairs, states: [random], max_channels: 4, null_draws: 0}"
+    memory, _ = _run(tmp_path, pm, 1_000_000, False, experiment=experiment)
+    calls: list[str] = []
+    real_pair, real_streamed = HistogramEstimator.pair_mi, HistogramEstimator.pair_mi_streamed
+
+    def pair(self, a, b):
+        calls.append("pair_mi")
+        return real_pair(self, a, b)
+
+    def streamed_pair(self, a, b):
+        calls.append("pair_mi_streamed")
+        return real_streamed(self, a, b)
+
+    monkeypatch.setattr(HistogramEstimator, "pair_mi", pair)
+    monkeypatch.setattr(HistogramEstimator, "pair_mi_streamed", streamed_pair)
+    streamed, _ = _run(tmp_path, pm, 0, ActivationStore(tmp_path / "acts"),
+                       experiment=experiment)
+    sites = memory["layer_pairs"].filter(pl.col("distance") == 0).height
+    assert calls == ["pair_mi_streamed"] * (sites * (sites + 1) // 2)
+    keys = ["site", "site_b"]
+    joined = memory["layer_pairs"].join(streamed["layer_pairs"], on=keys, suffix="_s")
+    assert joined.height == memory["layer_pairs"].height
+    assert (joined["mi"] - joined["mi_s"]).abs().max() < 1e-12
+    assert joined["mi"].min() > 0

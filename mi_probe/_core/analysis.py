@@ -198,6 +198,77 @@ def channel_masses(ctx: RunContext, acts: torch.Tensor, labels: torch.Tensor,
     return ChannelMasses(kind, raw, values, signal)
 
 
+def streams(estimator: Any) -> bool:
+    """True when ``estimator`` has the ``Streams`` ability and its settings stream."""
+    from mi_probe.interfaces import Streams
+
+    return isinstance(estimator, Streams) and estimator.cannot_stream() is None
+
+
+def streamed_capture(ctx: RunContext, seed: int, state: str) -> Any:
+    """The capture of ``state`` kept in the activation store and read back chunk by
+    chunk (a ``StreamedCapture``: ``labels``, ``sites``, ``n``, ``channels(site)``,
+    ``chunks(site)``), when its pooled activations are larger than ``eval.stream_mb``
+    (0: always) and the run has a store; else None, and the caller holds the capture in
+    memory as always. The caller decides first whether what it computes can stream."""
+    stream = getattr(ctx, "stream_capture", None)
+    if stream is None:
+        return None
+    model = ctx.model(seed, state)
+    rows = len(getattr(ctx, "eval_set", ()))
+    pooled = rows * sum(site.channels for site in ctx.sites(model)) * 4
+    limit = ctx.spec.eval.stream_mb
+    if pooled <= limit * 2**20 and limit > 0:
+        return None
+    found = stream(seed, state)
+    if found is None:
+        ctx.progress(f"seed {seed}: {state} activations ({pooled / 2**20:,.0f} MB pooled) "
+                     "held in memory: no activation store to stream them from")
+    return found
+
+
+def channel_masses_streamed(ctx: RunContext, chunks: Any, n_channels: int,
+                            labels: torch.Tensor, num_classes: int, kind: str, *, seed: int,
+                            purpose: str, null_draws: int = 5) -> ChannelMasses:
+    """:func:`channel_masses` of a site read as row chunks (``chunks``: a zero-argument
+    callable of fresh (n_i, C) block iterators, the ``Streams`` contract): the labels and
+    every null draw counted in one pass, never the (N, C) matrix. The null's label
+    permutations are drawn exactly as in :func:`channel_masses`, so a streaming
+    estimator gives the same masses. ``ctx.estimator`` must stream (:func:`streams`)."""
+    import torch
+
+    from mi_probe.functional import masses as M
+    from mi_probe.interfaces import Streams
+
+    if kind not in M.MASS_KINDS:
+        raise SpecError(f"unknown channel mass {kind!r}; valid: {list(M.MASS_KINDS)}")
+    est = cast(Streams, ctx.estimator)
+    if not streams(est):
+        raise ValueError(f"channel_masses_streamed: estimator {ctx.estimator.name!r} does "
+                         "not stream")
+    n = int(labels.shape[0])
+    draws = [] if kind == "raw" else [
+        labels[torch.randperm(n, generator=ctx.rng(seed, f"mass-null/{purpose}/{d}"))
+               .to(labels.device)] for d in range(null_draws)]
+    state = est.prepare_stream(chunks, n, n_channels)
+    found = est.label_mi_streamed(state, [labels, *draws], num_classes)
+    raw = found[0].to(torch.float64)
+    if kind == "raw":
+        return ChannelMasses(kind, raw, M.clipped(raw))
+    null = torch.stack(found[1:]).to(torch.float64)
+    signal = M.signal_test(raw, null)
+    if kind == "null_subtracted":
+        values = M.null_subtracted(raw, null)
+    else:
+        corrected = _miller_madow_estimator(ctx)
+        corrected_state = corrected.prepare_stream(chunks, n, n_channels)
+        values = M.clipped(corrected.label_mi_streamed(corrected_state, [labels],
+                                                       num_classes)[0])
+    if not signal.has_signal:
+        values = torch.zeros_like(values)
+    return ChannelMasses(kind, raw, values, signal)
+
+
 def site_masses(ctx: RunContext, cap: Captured, params: ChannelMassParams, seed: int,
                 state: str) -> dict[str, ChannelMasses]:
     """Per-site label masses of a captured model under the spec's mass choice."""

@@ -13,8 +13,9 @@ from pydantic import ConfigDict, Field
 
 from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
-    aggregate_seeds, channel_masses, ChannelMassParams, hookimpl, Plan, RANDOM, RunContext,
-    seed_units, SITE_COLUMNS, SpecError, TableSchema, TRAINED, unit_seed)
+    aggregate_seeds, channel_masses, channel_masses_streamed, ChannelMassParams, hookimpl,
+    Plan, RANDOM, RunContext, seed_units, SITE_COLUMNS, SpecError, streamed_capture, streams,
+    TableSchema, TRAINED, unit_seed)
 
 METRIC_COLUMNS = ["gini", "top_k_share", "norm_entropy"]
 
@@ -90,14 +91,24 @@ class ConcentrationExperiment:
         corrected_kind = params.mass if params.mass != "raw" else "null_subtracted"
         rows, channels = [], []
         for state in params.states:
-            # no accuracy here: the forward pass may halt after the deepest site
-            cap = ctx.capture(seed, state, need_logits=False)
+            # a capture over eval.stream_mb stays in the store and is read chunk by
+            # chunk when the estimator streams; else it is held, and since no accuracy
+            # is reported the forward pass may halt after the deepest site
+            streamed = streamed_capture(ctx, seed, state) if streams(ctx.estimator) else None
+            cap = streamed if streamed is not None else ctx.capture(seed, state,
+                                                                    need_logits=False)
             for site in cap.sites:
-                acts = cap.acts[site.name]
                 purpose = f"{state}/{site.name}"
-                corrected = channel_masses(ctx, acts, cap.labels, ctx.num_classes,
-                                           corrected_kind, seed=seed, purpose=purpose,
-                                           null_draws=params.mass_null_draws)
+                if streamed is not None:
+                    corrected = channel_masses_streamed(
+                        ctx, streamed.chunks(site.name), site.channels, cap.labels,
+                        ctx.num_classes, corrected_kind, seed=seed, purpose=purpose,
+                        null_draws=params.mass_null_draws)
+                else:
+                    corrected = channel_masses(ctx, cap.acts[site.name], cap.labels,
+                                               ctx.num_classes, corrected_kind, seed=seed,
+                                               purpose=purpose,
+                                               null_draws=params.mass_null_draws)
                 raw = corrected.raw
                 # corrected kinds always carry their signal test (only raw has none)
                 signal = cast(SignalTest, corrected.signal)

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mi_probe.builtin.experiments._depth import site_columns, with_rel_depth
 from mi_probe.plugin import (
     aggregate_seeds, DiagnosesLabels, hookimpl, Intervals, Plan, prepare_site, RANDOM,
-    RunContext, seed_units, SpecError, Streams, TableSchema, TRAINED, unit_seed)
+    RunContext, seed_units, SpecError, streamed_capture, streams, Streams, TableSchema,
+    TRAINED, unit_seed)
 
 SITE_KEYS = ["state", "site", "depth", "site_kind"]
 
@@ -198,25 +199,13 @@ class LayerMIExperiment:
         return tables
 
     def _streamed_capture(self, ctx: RunContext, seed: int, state: str) -> Any:
-        """The capture of ``state`` left in the activation store, read chunk by chunk,
-        when it is larger than ``eval.stream_mb`` and every quantity asked streams (an
-        estimator that ``Streams``, the mean over channels, no interval); else None (the
-        capture is held in memory, as always)."""
-        est = ctx.estimator
-        stream = getattr(ctx, "stream_capture", None)
-        if (stream is None or not isinstance(est, Streams) or est.cannot_stream() is not None
-                or self.params.reduce != "mean" or self.params.interval is not None):
+        """The capture of ``state`` streamed from the activation store (``streamed_capture``)
+        when every quantity asked streams (an estimator that ``Streams``, the mean over
+        channels, no interval); else None (the capture is held in memory, as always)."""
+        if (not streams(ctx.estimator) or self.params.reduce != "mean"
+                or self.params.interval is not None):
             return None
-        model = ctx.model(seed, state)
-        rows = len(getattr(ctx, "eval_set", ()))
-        pooled = rows * sum(site.channels for site in ctx.sites(model)) * 4
-        if pooled <= ctx.spec.eval.stream_mb * 2**20 and ctx.spec.eval.stream_mb > 0:
-            return None
-        found = stream(seed, state)
-        if found is None:
-            ctx.progress(f"seed {seed}: {state} activations ({pooled / 2**20:,.0f} MB pooled) "
-                         "held in memory: no activation store to stream them from")
-        return found
+        return streamed_capture(ctx, seed, state)
 
     def _site_streamed(self, ctx: RunContext, cap: Any, site: Any, perms: list[Any]
                        ) -> tuple[Any, Any, list[Any], int, dict[str, Any]]:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.builtin.experiments._depth import selected_rank, site_columns, with_rel_depth
 from mi_probe.plugin import (
-    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, SpecError, TableSchema,
-    TRAINED, unit_seed)
+    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, SpecError, streamed_capture,
+    streams, Streams, TableSchema, TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -99,19 +99,33 @@ class LayerPairs:
         bins = est.describe().get("bins")
         rows = []
         for state in self.params.states:
-            # no accuracy here: the forward pass may halt after the deepest site
-            cap = ctx.capture(seed, state, need_logits=False)
+            # a capture over eval.stream_mb stays in the activation store: only each
+            # site's chosen channels are read from it, or, without a null and with an
+            # estimator that streams, none are held (pair MI counted chunk by chunk).
+            # Held in memory it may halt after the deepest site (no accuracy here)
+            streamed = streamed_capture(ctx, seed, state)
+            cap = streamed if streamed is not None else ctx.capture(seed, state,
+                                                                    need_logits=False)
             n = int(cap.labels.numel())
             # first-order plug-in bias of one pair's MI: (B-1)^2 / 2N for fully used bins
             bias = plugin_bias(bins, bins, n) if isinstance(bins, int) else None
-            chosen = {}
+            columns = {site.name: self._columns(ctx, seed, site) for site in cap.sites}
+            chosen: dict[str, Any] = {}
+            stream_pairs = (streamed is not None and self.params.null_draws == 0
+                            and streams(est))
             for site in cap.sites:
-                acts = cap.acts[site.name]
-                limit = self.params.max_channels
-                if limit is not None and site.channels > limit:
-                    keep = torch.randperm(site.channels, generator=ctx.rng(seed, f"pairs/{site.name}"))
-                    acts = acts[:, keep[:limit].sort().values.to(acts.device)]
-                chosen[site.name] = acts
+                cols = columns[site.name]
+                if streamed is None:
+                    acts = cap.acts[site.name]
+                    chosen[site.name] = acts if cols is None else acts[:, cols.to(acts.device)]
+                    continue
+                chunks = _column_chunks(streamed.chunks(site.name), cols)
+                width = site.channels if cols is None else int(cols.numel())
+                if stream_pairs:  # the estimator's streamed state, never the matrix
+                    chosen[site.name] = cast(Streams, est).prepare_stream(chunks, n, width)
+                else:  # the chosen channels only: N x max_channels, not N x C
+                    chosen[site.name] = torch.cat(list(chunks()))
+
             ctx.progress(f"seed {seed}: {state} layer pairs over {len(cap.sites)} sites")
             # distance counts selected sites apart (adjacent selected sites: 1), as it did
             # when depth numbered the selected sites; depth is now the model's own index
@@ -120,11 +134,13 @@ class LayerPairs:
                 for b in cap.sites[i:]:
                     same = a.name == b.name
                     acts_a, acts_b = chosen[a.name], chosen[b.name]
-                    value, n_pairs = mean_pair_mi(pair_est.pair_mi(acts_a, acts_b), same)
+                    value, n_pairs = mean_pair_mi(
+                        cast(Streams, est).pair_mi_streamed(acts_a, acts_b) if stream_pairs
+                        else pair_est.pair_mi(acts_a, acts_b), same)
                     # null: a's rows permuted, so every pair keeps its marginals but loses
                     # the pairing of samples; its mean pair MI is the floor of the estimate
                     nulls = []
-                    for d in range(self.params.null_draws):
+                    for d in range(self.params.null_draws):  # never streamed (see above)
                         perm = torch.randperm(n, generator=ctx.rng(
                             seed, f"pairs-null/{state}/{a.name}/{b.name}/{d}")).to(acts_a.device)
                         nulls.append(mean_pair_mi(pair_est.pair_mi(acts_a[perm], acts_b), same)[0])
@@ -147,6 +163,17 @@ class LayerPairs:
         return {"layer_pairs": frame.with_columns(pair_rank=pl.when(off).then(
             pl.when(off).then(pl.col("mi")).otherwise(None)
             .rank("dense", descending=True).over(["seed", "state"])))}
+
+    def _columns(self, ctx: RunContext, seed: int, site: Any) -> torch.Tensor | None:
+        """The sorted random subset of ``max_channels`` channels of ``site`` (the same
+        for both states and every pair), or None for all of them."""
+        import torch
+
+        limit = self.params.max_channels
+        if limit is None or site.channels <= limit:
+            return None
+        keep = torch.randperm(site.channels, generator=ctx.rng(seed, f"pairs/{site.name}"))
+        return keep[:limit].sort().values
 
     def finalize(self, ctx, tables):
         from mi_probe.plugin import aggregate_seeds
@@ -217,6 +244,13 @@ class LayerPairs:
                     subtitle=["Each state minus its own floor: the floors differ with the "
                               "channels' marginals.", *PAIRS_CANNOT])
         return figs
+
+
+def _column_chunks(chunks: Any, cols: torch.Tensor | None) -> Any:
+    """A ``Streams`` chunk source of the columns ``cols`` of ``chunks`` (all: None)."""
+    if cols is None:
+        return chunks
+    return lambda: (block[:, cols.to(block.device)] for block in chunks())
 
 
 def _has_null(frame: pl.DataFrame) -> bool:
