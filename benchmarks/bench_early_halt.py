@@ -11,6 +11,12 @@ full. Each repeat times the full pass and every halted site in rotating order
 (interleaved); per site the ratio ``halted / full`` of that repeat, then
 ``(halted / full) / prefix FLOP share`` (goal <= 1.1), median [min-max] over repeats.
 
+A third side, the floor: the same prefix as a plain ``nn.Sequential`` (stem, max-pool,
+the stages up to the site's, then the spatial mean), run over the same loader with no
+hooks and no capture. ``halted / prefix`` is what halting itself costs above the floor;
+``(prefix / full) / FLOP share`` is how much more CPU time than FLOPs the prefix takes
+on this machine, which no halting can remove.
+
     .venv/bin/python benchmarks/bench_early_halt.py [--images 512] [--repeats 7]
         [--threads 1] [--out benchmarks/results/early_halt.json]
         [--md /work/logs/frag_early_halt.md]
@@ -39,6 +45,15 @@ from mi_probe._core.sites import resolve_sites, select_adapter  # noqa: E402
 
 CPU = torch.device("cpu")
 SITES = ["layer1.1.post_add", "layer2.1.post_add", "layer3.1.post_add"]
+
+
+def plain_prefix(model: torch.nn.Module, site: str) -> torch.nn.Module:
+    """timm resnet18 up to the end of the stage that ``site`` closes, then the spatial
+    mean (the pooled reduction), as ordinary modules: no hooks, nothing captured."""
+    stage = int(site.split(".")[0].removeprefix("layer"))
+    layers = [model.conv1, model.bn1, model.act1, model.maxpool,
+              *[getattr(model, f"layer{i}") for i in range(1, stage + 1)]]
+    return torch.nn.Sequential(*layers).eval()
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -82,25 +97,44 @@ def main() -> None:
         capture(model, site_list, loader, CPU, halt_after_sites=halt)
         return time.perf_counter() - t0
 
+    prefixes = {name: plain_prefix(model, name) for name in SITES}
+
+    @torch.no_grad()
+    def timed_prefix(name: str) -> float:
+        t0 = time.perf_counter()
+        for images, _ in loader:
+            prefixes[name](images).mean((2, 3))
+        return time.perf_counter() - t0
+
     # warm up (allocator, oneDNN kernels)
     timed(sites[SITES[0]], False)
     for name in SITES:
         timed(sites[name], True)
-    runs: dict[str, list[float]] = {"full": [], **{n: [] for n in SITES}}
-    labels = ["full", *SITES]
+        timed_prefix(name)
+    runs: dict[str, list[float]] = {"full": [], **{n: [] for n in SITES},
+                                    **{f"plain {n}": [] for n in SITES}}
+    labels = list(runs)
     for r in range(args.repeats):
         order = labels[r % len(labels):] + labels[:r % len(labels)]  # rotate
         for label in order:
+            if label.startswith("plain "):
+                runs[label].append(timed_prefix(label.removeprefix("plain ")))
+                continue
             site_list = sites[SITES[-1]] if label == "full" else sites[label]
             runs[label].append(timed(site_list, label != "full"))
     results = {}
     for name in SITES:
         ratios = [h / f for h, f in zip(runs[name], runs["full"])]
+        plain = runs[f"plain {name}"]
         results[name] = {
             "prefix_flop_share": share[name],
             "halted_s": _summary(runs[name]),
             "time_ratio": _summary(ratios),
             "ratio_over_flop_share": _summary([q / share[name] for q in ratios]),
+            "plain_prefix_s": _summary(plain),
+            "halted_over_plain_prefix": _summary([h / p for h, p in zip(runs[name], plain)]),
+            "plain_prefix_ratio_over_flop_share": _summary(
+                [p / f / share[name] for p, f in zip(plain, runs["full"])]),
         }
     out = {
         "benchmark": "early_halt", "model": "resnet18 (random weights)",
@@ -122,15 +156,20 @@ def main() -> None:
         f"{out['load_avg'][0]:.1f}.",
         "",
         "| halt after | prefix FLOP share | halted / full time "
-        "| (halted / full) / FLOP share (goal ≤ 1.1) |",
-        "|---|---|---|---|",
+        "| (halted / full) / FLOP share (goal ≤ 1.1) | halted / plain prefix "
+        "| (plain prefix / full) / FLOP share |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def cell(v: dict[str, float]) -> str:
+        return f"{v['median']:.3f} [{v['min']:.3f}–{v['max']:.3f}]"
+
     for name in SITES:
         res = results[name]
-        t, q = res["time_ratio"], res["ratio_over_flop_share"]
-        lines.append(f"| `{name}` | {res['prefix_flop_share']:.3f} | {t['median']:.3f} "
-                     f"[{t['min']:.3f}–{t['max']:.3f}] | {q['median']:.3f} "
-                     f"[{q['min']:.3f}–{q['max']:.3f}] |")
+        lines.append(f"| `{name}` | {res['prefix_flop_share']:.3f} | {cell(res['time_ratio'])} "
+                     f"| {cell(res['ratio_over_flop_share'])} "
+                     f"| {cell(res['halted_over_plain_prefix'])} "
+                     f"| {cell(res['plain_prefix_ratio_over_flop_share'])} |")
     lines += ["", "Command: `.venv/bin/python benchmarks/bench_early_halt.py` "
               f"(result: `{args.out}`).", ""]
     text = "\n".join(lines)
