@@ -392,17 +392,19 @@ def _cmd_plugins(args, pm) -> int:
 
 
 def _cmd_study(args, pm) -> int:
-    from mi_probe._core.study import run_study, update_readme, write_reproduction
+    from mi_probe._core.study import (check_figures_dir, run_study, update_readme,
+                                      write_reproduction)
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    failures = []
-    if not args.report_only:
-        failures = run_study(args.folder, args.out, pm, only=args.only,
-                             cache_dir=args.cache_dir, profile=args.profile, log=log)
     # a profile's smoke runs never overwrite the real document or the README's findings
     smoke = args.profile is not None
     doc_path = args.doc or (args.out / "reproduction.md" if smoke else DEFAULT_STUDY_DOC)
     figures = args.figures or doc_path.parent / doc_path.stem
+    check_figures_dir(figures, args.out, args.folder)  # before hours of runs, not after
+    failures = []
+    if not args.report_only:
+        failures = run_study(args.folder, args.out, pm, only=args.only,
+                             cache_dir=args.cache_dir, profile=args.profile, log=log)
     doc = write_reproduction(args.folder, args.out, doc_path, figures, pm, args.profile)
     if not smoke and update_readme(args.readme, doc_path, args.folder, args.out, pm):
         print(f"findings refreshed in {args.readme}")

@@ -114,6 +114,58 @@ checks:
         "study_a"]) == 1
 
 
+def test_a_figures_folder_that_holds_the_runs_is_refused_before_any_run(pm, tmp_path, capsys):
+    """``--doc X.md --out X`` once made the figures folder (named after the document) the
+    run directories, and the study deleted them when it replaced its figures."""
+    from conftest import TINY_SPEC
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(TINY_SPEC.replace("name: tiny", "name: study_a"))
+    runs = tmp_path / "st"
+    (runs / "study_old").mkdir(parents=True)
+    (runs / "study_old" / "run.json").write_text("{}")
+    code = cli.main(["study", str(folder), "--out", str(runs), "--doc",
+                     str(tmp_path / "st.md")], pm=pm)
+    err = capsys.readouterr().err
+    assert code != 0 and "overlaps the run directories (--out)" in err, err
+    assert (runs / "study_old" / "run.json").is_file()  # nothing deleted
+    assert not (runs / "study_a").exists()  # and nothing run
+
+
+def test_figures_folders_the_study_may_and_may_not_replace(tmp_path):
+    from mi_probe._core.study import FIGURES_MARKER, check_figures_dir
+    from mi_probe.errors import SpecError
+
+    runs, specs = tmp_path / "runs", tmp_path / "specs"
+    (runs / "study_a" / "figures").mkdir(parents=True)
+    (runs / "study_a" / "run.json").write_text("{}")
+    specs.mkdir()
+    for figures, where in ((runs, "the run directories"), (tmp_path, "the run directories"),
+                           (runs / "study_a" / "figures", "the run directories"),
+                           (specs, "the spec folder"), (specs / "figs", "the spec folder")):
+        with pytest.raises(SpecError, match=f"overlaps {where}"):
+            check_figures_dir(figures, runs, specs)
+    # a user's folder with other files than images is never cleared
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "draft.tex").write_text("mine")
+    (mine / "plot.png").write_bytes(b"png")
+    with pytest.raises(SpecError, match=r"not written by mi-probe study \(it holds draft.tex\)"):
+        check_figures_dir(mine, runs, specs)
+    # a study's folder (marker), an images-only folder (written before the marker), a
+    # new folder and a figures folder beside the runs (the smoke profile's) are fine
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / FIGURES_MARKER).write_text("")
+    (ours / "notes.txt").write_text("replaced with the folder")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"png")
+    for figures in (ours, images, tmp_path / "new", runs / "reproduction"):
+        check_figures_dir(figures, runs, specs)
+
+
 def test_study_specs_state_claims_and_share_one_model_block():
     """Every study spec states claims; the ResNet-18 specs share one model (cache key)."""
     from pathlib import Path

@@ -591,17 +591,59 @@ def _state(record: SpecRecord) -> str:
     return "not run yet" if record.status == "not run" else record.status
 
 
+#: The file that marks a folder as the figures of a study document (replaced whole on
+#: the next run); a folder without it is cleared only when it holds nothing but images.
+FIGURES_MARKER = ".mi-probe-study-figures"
+_IMAGE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp"}
+
+
+def check_figures_dir(figures_dir: Path, out: Path, folder: Path) -> None:
+    """Refuse a figures folder that the study would destroy data by replacing: one that
+    is, holds or lies inside the run directories (``out``) or the spec folder, or an
+    existing folder that a study did not write (it holds other files than images and
+    has no :data:`FIGURES_MARKER`). Called before any run, so no run time is lost."""
+    figures, runs, specs = (Path(p).resolve() for p in (figures_dir, out, folder))
+    inside_a_run = figures.is_relative_to(runs) and any(
+        (parent / "run.json").exists() for parent in figures.parents
+        if parent.is_relative_to(runs) and parent != runs)
+    for other, what, inside in ((runs, "the run directories (--out)", inside_a_run),
+                                (specs, "the spec folder", figures.is_relative_to(specs))):
+        if figures == other or other.is_relative_to(figures) or inside:
+            raise SpecError(
+                f"the figures folder {figures_dir} overlaps {what} {other}: the study "
+                f"replaces the figures folder whole, which would delete them. Pass "
+                f"--figures <another folder> or a --doc path whose name differs")
+    if not figures.exists():
+        return
+    if not figures.is_dir():
+        raise SpecError(f"the figures folder {figures_dir} exists and is not a folder")
+    if (figures / FIGURES_MARKER).is_file():
+        return
+    foreign = sorted(p.name for p in figures.iterdir()
+                     if not (p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SpecError(
+            f"the figures folder {figures_dir} exists and was not written by mi-probe "
+            f"study (it holds {shown}); the study replaces that folder whole. Pass "
+            f"--figures <a new or empty folder>, or remove it yourself")
+
+
 def write_reproduction(folder: Path, out: Path, doc: Path, figures_dir: Path, pm: Any,
                        profile: str | None = None) -> Path:
     """Write ``doc`` (and the figures under ``figures_dir``) from the runs in ``out``."""
     from mi_probe._core.runner.rundir import git_commit, versions
     from mi_probe._core.files import atomic_write_text
 
+    check_figures_dir(figures_dir, out, folder)
     records, explained = study_records(folder, out, pm, profile)
     explanations = [_explain(r, records) for r in explained]
-    if figures_dir.exists():
+    if figures_dir.exists():  # ours (check_figures_dir): cleared, so no stale figure stays
         shutil.rmtree(figures_dir)
     figures_dir.mkdir(parents=True)
+    (figures_dir / FIGURES_MARKER).write_text(
+        "Figures of a document written by mi-probe study; the next run replaces this "
+        "folder whole.\n")
     rel = os.path.relpath(figures_dir, doc.parent)
     everything = records + explained
     total = sum(r.seconds for r in everything)
