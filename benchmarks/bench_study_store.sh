@@ -14,15 +14,18 @@ SPECS=("${@:-r18_layer_mi r18_concentration vgg_layer_mi vgg_concentration}")
 ONLY=()
 for s in ${SPECS[@]}; do ONLY+=(--only "$s"); done
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 run() {  # label, store
     local t0 t1
     t0=$(date +%s.%N)
-    MI_PROBE_STORE=$2 .venv/bin/mi-probe study specs/study --out "$WORK/$1" "${ONLY[@]}" \
-        --doc "$WORK/docs/$1.md" > "$WORK/$1.log" 2>&1
+    # --doc elsewhere: the README's findings are left alone
+    if ! MI_PROBE_STORE=$2 .venv/bin/mi-probe study specs/study --out "$WORK/$1" "${ONLY[@]}" \
+        --doc "$WORK/docs/$1.md" > "$WORK/$1.log" 2>&1; then
+        tail -20 "$WORK/$1.log"; echo "failed; everything is under $WORK" >&2; exit 1
+    fi
     t1=$(date +%s.%N)
     python3 -c "import json; l = json.load(open('$WORK/$1/ledger.json')); print(f'$1: {$t1 - $t0:.1f} s', {k: round(v[-1]['seconds'], 1) for k, v in l.items()})"
 }
 run store_off off
 run empty_store "$WORK/store"
 run warm_store "$WORK/store"
+rm -rf "$WORK"

@@ -113,9 +113,11 @@ def _parser() -> argparse.ArgumentParser:
                                  "it)"), _DIR)
     study.add_argument("--only", action="append", default=[], metavar="NAME",
                        help="run only this spec (name or file stem; repeatable)")
-    _complete(study.add_argument("--readme", type=Path, default=Path("README.md"),
+    _complete(study.add_argument("--readme", type=Path,
                                  help="also refresh the findings between the study markers "
-                                 "of this file (skipped when it has none)"), _FILE)
+                                 "of this file (skipped when it has none; default "
+                                 "README.md when the document is the default one, else "
+                                 "none)"), _FILE)
     study.add_argument("--report-only", action="store_true",
                        help="only regenerate the document from the existing runs")
     _complete(study.add_argument("--cache-dir", type=Path, help="trained-model cache (as for "
@@ -406,8 +408,11 @@ def _cmd_study(args, pm) -> int:
         failures = run_study(args.folder, args.out, pm, only=args.only,
                              cache_dir=args.cache_dir, profile=args.profile, log=log)
     doc = write_reproduction(args.folder, args.out, doc_path, figures, pm, args.profile)
-    if not smoke and update_readme(args.readme, doc_path, args.folder, args.out, pm):
-        print(f"findings refreshed in {args.readme}")
+    # the README quotes the project's document only: a study written elsewhere leaves it
+    readme = args.readme or (Path("README.md") if args.doc is None else None)
+    if not smoke and readme is not None and update_readme(readme, doc_path, args.folder,
+                                                          args.out, pm):
+        print(f"findings refreshed in {readme}")
     print(f"reproduction: {doc}")
     if failures:  # the document is written from what finished; the failures are named
         print(f"error: {len(failures)} study spec(s) failed:\n  " + "\n  ".join(failures),

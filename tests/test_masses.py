@@ -178,3 +178,39 @@ def test_paper_specs_use_the_papers_raw_masses():
             assert experiment.get("mass") == "raw", path.name
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("kind", ["raw", "null_subtracted", "miller_madow"])
+@pytest.mark.parametrize("quantile", [None, 0.02])
+def test_streamed_masses_equal_the_whole_matrix(kind, quantile):
+    """channel_masses_streamed on row chunks (37 rows, not dividing N) gives exactly the
+    masses, nulls and signal test of channel_masses on the whole matrix."""
+    from mi_probe._core.analysis import channel_masses_streamed
+
+    acts, labels = _layer(1.0)
+    acts, labels = acts[:1000, :64], labels[:1000]
+    ranges = {"range": "quantile", "range_quantile": quantile} if quantile else {}
+    ctx = _Ctx(HistogramEstimator(HistogramParams(bins=12, **ranges)))
+    whole = channel_masses(ctx, acts, labels, K, kind, seed=3, purpose="site", null_draws=4)
+    chunks = lambda: iter(acts.split(37))  # noqa: E731
+    streamed = channel_masses_streamed(ctx, chunks, acts.shape[1], labels, K, kind, seed=3,
+                                       purpose="site", null_draws=4)
+    assert streamed.kind == whole.kind == kind
+    assert torch.equal(streamed.raw, whole.raw) and torch.equal(streamed.values, whole.values)
+    assert (streamed.signal is None) == (whole.signal is None) == (kind == "raw")
+    if kind != "raw":
+        assert streamed.signal == whole.signal and whole.signal.has_signal
+    assert whole.values.sum() > 0
+
+
+def test_streamed_masses_need_an_estimator_that_streams():
+    from mi_probe._core.analysis import channel_masses_streamed
+    from mi_probe.errors import EstimatorError
+
+    class Plain:  # label MI only: no Streams ability
+        name = "plain"
+
+    acts, labels = _layer(1.0)
+    with pytest.raises(EstimatorError, match="estimator 'plain' does not stream"):
+        channel_masses_streamed(_Ctx(Plain()), lambda: iter([acts]), acts.shape[1], labels,
+                                K, "raw", seed=0, purpose="x")

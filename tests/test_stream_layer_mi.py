@@ -38,16 +38,24 @@ def pm():
 
 
 def _run(tmp_path, pm, stream_mb, store, estimator="{kind: histogram, bins: 8}",
-         experiment="{kind: layer_mi, states: [random]}"):
+         experiment="{kind: layer_mi, states: [random]}", on_nonfinite="error",
+         poison=False, engines=None):
+    """One unit of the spec; ``poison``: NaN in a layer3 weight of the random model;
+    ``engines``: a list the engine is appended to."""
     from mi_probe._core.runner.context import Engine
     from mi_probe._core.spec import load_spec_text
 
-    text = (SPEC.replace("STREAM", str(stream_mb)).replace("ESTIMATOR", estimator)
-            .replace("EXPERIMENT", experiment))
+    text = (SPEC.replace("STREAM", f"{stream_mb}, on_nonfinite: {on_nonfinite}")
+            .replace("ESTIMATOR", estimator).replace("EXPERIMENT", experiment))
     eng = Engine(load_spec_text(text, "stream.yaml", pm=pm), pm, cache_dir=tmp_path / "cache",
                  log=lambda m: None, progress=False, store=store)
+    if poison:
+        with torch.no_grad():
+            eng.model(0, "random").layer3[0].conv1.weight[0].fill_(float("nan"))
     messages: list[str] = []
     eng.progress = messages.append  # type: ignore[method-assign]
+    if engines is not None:
+        engines.append(eng)
     return eng.experiment.run_unit(eng, "seed=0", None), messages
 
 
@@ -201,3 +209,29 @@ def test_layer_pairs_without_a_null_counts_pairs_chunk_by_chunk(tmp_path, pm, mo
     assert joined.height == memory["layer_pairs"].height
     assert (joined["mi"] - joined["mi_s"]).abs().max() < 1e-12
     assert joined["mi"].min() > 0
+
+
+@pytest.mark.parametrize("experiment", ["{kind: layer_mi, states: [random]}",
+                                        "{kind: concentration, states: [random], mass: raw}"])
+def test_streamed_sites_with_nan_follow_eval_on_nonfinite(tmp_path, pm, experiment):
+    """A streamed capture is checked as a held one: NaN raises naming the site, or with
+    on_nonfinite: skip the site is left out and the tables equal the in-memory run's."""
+    from mi_probe.errors import NonFiniteActivationError
+
+    store = ActivationStore(tmp_path / "acts")
+    with pytest.raises(NonFiniteActivationError,
+                       match=r"site 'layer3\.0\.\w+' \(random model, seed 0\) has \d+ "
+                             r"non-finite pooled values"):
+        _run(tmp_path, pm, 0, store, experiment=experiment, poison=True)
+    engines: list = []
+    memory, _ = _run(tmp_path, pm, 1_000_000, False, experiment=experiment,
+                     on_nonfinite="skip", poison=True, engines=engines)
+    streamed, said = _run(tmp_path, pm, 0, store, experiment=experiment,
+                          on_nonfinite="skip", poison=True, engines=engines)
+    assert "streamed from the activation store" in said[0]  # the entry the error run wrote
+    table = "layer_mi" if "layer_mi" in experiment else "concentration"
+    assert streamed[table].equals(memory[table])
+    kept = set(memory[table]["site"])
+    assert kept and not any(site.startswith("layer3.0.") for site in kept)
+    warned = [eng.warnings for eng in engines]
+    assert warned[0] == warned[1] and any("left out of the tables" in w for w in warned[1])

@@ -92,9 +92,15 @@ checks:
 """)
     (folder / "b_not_run.yaml").write_text(TINY_SPEC.replace("name: tiny", "name: study_b"))
     doc, figures = tmp_path / "docs" / "reproduction.md", tmp_path / "docs" / "reproduction"
+    from mi_probe._core.study import README_BEGIN, README_END
+
+    readme = tmp_path / "README.md"  # the project's README, in the working folder
+    readme.write_text(f"# x\n{README_BEGIN}\nold findings\n{README_END}\n")
     code = cli.main(["study", str(folder), "--out", str(tmp_path / "runs"), "--doc", str(doc),
                      "--figures", str(figures), "--only", "study_a"], pm=pm)
     assert code == 0, capsys.readouterr().err
+    # a document named by --doc is not the project's: the README is left alone
+    assert "old findings" in readme.read_text()
     text = doc.read_text()
     # the verdict rules themselves are tested above; here the row's form
     assert re.search(r"\| label MI is positive \| test_resnet \| mean i_ty per seed: [0-9.]+ "
@@ -108,8 +114,11 @@ checks:
     assert [e["status"] for e in ledger["study_a"]] == ["complete"]
     # --report-only rewrites the document without running anything
     doc.unlink()
-    assert cli.main(["study", str(folder), "--out", str(tmp_path / "runs"), "--doc", str(doc),
+    assert cli.main(["study", str(folder), "--out", str(tmp_path / "runs"),
                      "--figures", str(figures), "--report-only"], pm=pm) == 0
+    # the default document (docs/reproduction.md here) refreshes the README's findings
+    assert "old findings" not in readme.read_text()
+    assert "(docs/reproduction.md)" in readme.read_text()
     assert doc.is_file() and len(json.loads((tmp_path / "runs" / "ledger.json").read_text())[
         "study_a"]) == 1
 
@@ -140,29 +149,44 @@ def test_figures_folders_the_study_may_and_may_not_replace(tmp_path):
     runs, specs = tmp_path / "runs", tmp_path / "specs"
     (runs / "study_a" / "figures").mkdir(parents=True)
     (runs / "study_a" / "run.json").write_text("{}")
-    specs.mkdir()
+    (specs / "explain").mkdir(parents=True)
+    (specs / "a.yaml").write_text("name: study_a\n")
+    (specs / "b.yaml").write_text("name: study_b\n")
+    (specs / "explain" / "a--more.yaml").write_text("name: study_explain_a--more\n")
     for figures, where in ((runs, "the run directories"), (tmp_path, "the run directories"),
                            (runs / "study_a" / "figures", "the run directories"),
-                           (specs, "the spec folder"), (specs / "figs", "the spec folder")):
+                           (runs / "study_b" / "figs", "the run directories"),  # not run yet
+                           (specs, "the spec folder"), (specs / "explain" / "f", "the spec folder")):
         with pytest.raises(SpecError, match=f"overlaps {where}"):
             check_figures_dir(figures, runs, specs)
-    # a user's folder with other files than images is never cleared
-    mine = tmp_path / "paper"
-    mine.mkdir()
-    (mine / "draft.tex").write_text("mine")
-    (mine / "plot.png").write_bytes(b"png")
-    with pytest.raises(SpecError, match=r"not written by mi-probe study \(it holds draft.tex\)"):
-        check_figures_dir(mine, runs, specs)
-    # a study's folder (marker), an images-only folder (written before the marker), a
-    # new folder and a figures folder beside the runs (the smoke profile's) are fine
+    # a user's folder is never cleared: other files, or images the study did not name
+    for name, files, named in (("paper", ("draft.tex", "study_a-x.png"), "draft.tex"),
+                               ("photos", ("holiday.jpg",), "holiday.jpg"),
+                               ("plots", ("plot.png",), "plot.png")):
+        mine = tmp_path / name
+        mine.mkdir()
+        for file in files:
+            (mine / file).write_bytes(b"x")
+        with pytest.raises(SpecError, match=rf"not written by mi-probe study \(it holds "
+                                            rf"{re.escape(named)}\)"):
+            check_figures_dir(mine, runs, specs)
+    # a link is refused, whatever it points to (the study would rmtree through it)
     ours = tmp_path / "ours"
     ours.mkdir()
     (ours / FIGURES_MARKER).write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(ours)
+    with pytest.raises(SpecError, match="is a symbolic link"):
+        check_figures_dir(link, runs, specs)
+    # a study's folder (marker), one holding only the study's figure files (written
+    # before the marker existed), a new folder, one beside the runs (the smoke profile's)
+    # and one in the spec folder but outside explain/ are fine
     (ours / "notes.txt").write_text("replaced with the folder")
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "a.png").write_bytes(b"png")
-    for figures in (ours, images, tmp_path / "new", runs / "reproduction"):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "study_a-layer_i_ty.png").write_bytes(b"png")
+    (old / "study_explain_a--more-plane.png").write_bytes(b"png")
+    for figures in (ours, old, tmp_path / "new", runs / "reproduction", specs / "figures"):
         check_figures_dir(figures, runs, specs)
 
 

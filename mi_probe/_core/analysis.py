@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import polars as pl
 from pydantic import BaseModel, Field
 
-from mi_probe.errors import SpecError
+from mi_probe.errors import EstimatorError, SpecError
 from mi_probe.interfaces import (Captured, Diagnoses, Estimator, Plan, Prepares,
                                  RunContext, Site)
 
@@ -244,8 +244,9 @@ def channel_masses_streamed(ctx: RunContext, chunks: Any, n_channels: int,
         raise SpecError(f"unknown channel mass {kind!r}; valid: {list(M.MASS_KINDS)}")
     est = cast(Streams, ctx.estimator)
     if not streams(est):
-        raise ValueError(f"channel_masses_streamed: estimator {ctx.estimator.name!r} does "
-                         "not stream")
+        raise EstimatorError(f"channel_masses_streamed: estimator {ctx.estimator.name!r} "
+                             f"does not stream with these settings; use channel_masses on "
+                             f"the whole matrix")
     n = int(labels.shape[0])
     draws = [] if kind == "raw" else [
         labels[torch.randperm(n, generator=ctx.rng(seed, f"mass-null/{purpose}/{d}"))

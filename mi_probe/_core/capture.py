@@ -484,6 +484,17 @@ def check_logits(captured: Captured, num_classes: int) -> None:
                          "encoder); use a classifier")
 
 
+def nonfinite_warning(site: str, bad: int, total: int, on_nonfinite: str, where: str) -> str:
+    """The warning for a site with ``bad`` non-finite values of ``total`` under
+    ``eval.on_nonfinite: skip``; raises NonFiniteActivationError under ``error``."""
+    message = (f"site {site!r} ({where}) has {bad} non-finite pooled values "
+               f"of {total} (NaN/Inf activations: diverged or broken model)")
+    if on_nonfinite == "error":
+        raise NonFiniteActivationError(message + "; set eval.on_nonfinite: skip to leave "
+                                       "such sites out")
+    return message + "; left out of the tables"
+
+
 def check_finite(captured: Captured, on_nonfinite: str, where: str) -> list[str]:
     """Drop (``skip``) or refuse (``error``) sites holding NaN/Inf; returns warnings."""
     warnings = []
@@ -494,12 +505,7 @@ def check_finite(captured: Captured, on_nonfinite: str, where: str) -> list[str]
         if bad == 0:
             kept.append(site)
             continue
-        message = (f"site {site.name!r} ({where}) has {bad} non-finite pooled values "
-                   f"of {acts.numel()} (NaN/Inf activations: diverged or broken model)")
-        if on_nonfinite == "error":
-            raise NonFiniteActivationError(message + "; set eval.on_nonfinite: skip to leave "
-                                           "such sites out")
-        warnings.append(message + "; left out of the tables")
+        warnings.append(nonfinite_warning(site.name, bad, acts.numel(), on_nonfinite, where))
         del captured.acts[site.name]
     captured.sites = kept
     return warnings

@@ -592,22 +592,48 @@ def _state(record: SpecRecord) -> str:
 
 
 #: The file that marks a folder as the figures of a study document (replaced whole on
-#: the next run); a folder without it is cleared only when it holds nothing but images.
+#: the next run); a folder without it is cleared only when it holds nothing but the
+#: study's own figure files, ``<run name>-<figure>.png``.
 FIGURES_MARKER = ".mi-probe-study-figures"
-_IMAGE_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp"}
+
+
+def _run_names(folder: Path) -> list[str]:
+    """The run directory names (spec names; the file stem when a spec has none) of the
+    study's specs and explanation specs, read without validating them."""
+    import yaml
+
+    paths = [*spec_files(folder), *(path for path, _ in explanation_files(folder))]
+    names = []
+    for path in paths:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):  # the run reports a broken spec itself
+            data = None
+        name = data.get("name") if isinstance(data, dict) else None
+        names.append(str(name) if name else path.stem)
+    return names
 
 
 def check_figures_dir(figures_dir: Path, out: Path, folder: Path) -> None:
-    """Refuse a figures folder that the study would destroy data by replacing: one that
-    is, holds or lies inside the run directories (``out``) or the spec folder, or an
-    existing folder that a study did not write (it holds other files than images and
-    has no :data:`FIGURES_MARKER`). Called before any run, so no run time is lost."""
+    """Refuse a figures folder whose replacement (the study deletes it whole) would
+    delete anything but the study's own figures: a symbolic link; the run directories
+    (``out``), a folder holding them, or one inside a run directory; the spec folder, a
+    folder holding it, or one inside its ``explain/``; an existing folder that a study
+    did not write (no :data:`FIGURES_MARKER`, and other files than the study's
+    ``<run name>-<figure>.png``). Called before any run, so no run time is lost."""
+    if figures_dir.is_symlink():
+        raise SpecError(f"the figures folder {figures_dir} is a symbolic link; the study "
+                        f"replaces that folder whole and does not follow links. Pass "
+                        f"--figures <a real folder>")
     figures, runs, specs = (Path(p).resolve() for p in (figures_dir, out, folder))
-    inside_a_run = figures.is_relative_to(runs) and any(
-        (parent / "run.json").exists() for parent in figures.parents
-        if parent.is_relative_to(runs) and parent != runs)
-    for other, what, inside in ((runs, "the run directories (--out)", inside_a_run),
-                                (specs, "the spec folder", figures.is_relative_to(specs))):
+    names = _run_names(folder)
+    in_a_run = figures.is_relative_to(runs) and figures != runs and (
+        figures.relative_to(runs).parts[0] in names
+        or any((parent / "run.json").exists() for parent in figures.parents
+               if parent.is_relative_to(runs) and parent != runs))
+    in_explain = figures.is_relative_to(specs / EXPLAIN_FOLDER)
+    for other, what, inside in ((runs, "the run directories (--out)", in_a_run),
+                                (specs, "the spec folder", in_explain)):
         if figures == other or other.is_relative_to(figures) or inside:
             raise SpecError(
                 f"the figures folder {figures_dir} overlaps {what} {other}: the study "
@@ -619,8 +645,9 @@ def check_figures_dir(figures_dir: Path, out: Path, folder: Path) -> None:
         raise SpecError(f"the figures folder {figures_dir} exists and is not a folder")
     if (figures / FIGURES_MARKER).is_file():
         return
-    foreign = sorted(p.name for p in figures.iterdir()
-                     if not (p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES))
+    foreign = sorted(p.name for p in figures.iterdir() if not (
+        p.is_file() and p.suffix == ".png"
+        and any(p.name.startswith(f"{name}-") for name in names)))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise SpecError(

@@ -261,7 +261,7 @@ class Engine:
         if found is not None:
             self.progress(f"seed {seed}: {state} activations streamed from the activation "
                           "store")
-            return found
+            return self._check_streamed_finite(found, seed, state)
         self.progress(f"seed {seed}: capturing {state} activations into the store (not "
                       "kept in memory)")
         writer = self._store_writer(keys, {"seed": seed, "state": state})
@@ -278,7 +278,30 @@ class Engine:
             raise
         if not writer.commit():
             return None
-        return self._open_streamed(keys, sites)
+        found = self._open_streamed(keys, sites)
+        return None if found is None else self._check_streamed_finite(found, seed, state)
+
+    def _check_streamed_finite(self, cap: StreamedCapture, seed: int, state: str
+                               ) -> StreamedCapture:
+        """``eval.on_nonfinite`` on a streamed capture, as ``capture.check_finite`` on a
+        held one: one pass over each site's chunks (which also verifies its checksum);
+        a site with NaN/Inf raises, or is left out with the same warning."""
+        import torch
+
+        kept = []
+        for site in cap.sites:
+            bad = total = 0
+            for block in cap.chunks(site.name)():
+                bad += int((~torch.isfinite(block)).sum().item())
+                total += block.numel()
+            if bad == 0:
+                kept.append(site)
+                continue
+            self.warnings.append(capture_mod.nonfinite_warning(
+                site.name, bad, total, self.spec.eval.on_nonfinite,
+                f"{state} model, seed {seed}"))
+        cap.sites = kept
+        return cap
 
     def _open_streamed(self, keys: dict[str, StoreKey], sites: Sequence[Site]
                        ) -> StreamedCapture | None:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mi_probe.builtin.experiments._depth import selected_rank, site_columns, with_rel_depth
 from mi_probe.plugin import (
-    hookimpl, PairMI, Plan, RANDOM, RunContext, seed_units, SpecError, streamed_capture,
-    streams, Streams, TableSchema, TRAINED, unit_seed)
+    hookimpl, PairMI, Plan, RANDOM, RunContext, RunError, seed_units, SpecError,
+    streamed_capture, streams, Streams, TableSchema, TRAINED, unit_seed)
 
 if TYPE_CHECKING:  # annotations only; imported where used, so as not to load torch
     import torch
@@ -124,7 +124,7 @@ class LayerPairs:
                 if stream_pairs:  # the estimator's streamed state, never the matrix
                     chosen[site.name] = cast(Streams, est).prepare_stream(chunks, n, width)
                 else:  # the chosen channels only: N x max_channels, not N x C
-                    chosen[site.name] = torch.cat(list(chunks()))
+                    chosen[site.name] = _gather(chunks, n, width)
 
             ctx.progress(f"seed {seed}: {state} layer pairs over {len(cap.sites)} sites")
             # distance counts selected sites apart (adjacent selected sites: 1), as it did
@@ -251,6 +251,24 @@ def _column_chunks(chunks: Any, cols: torch.Tensor | None) -> Any:
     if cols is None:
         return chunks
     return lambda: (block[:, cols.to(block.device)] for block in chunks())
+
+
+def _gather(chunks: Any, n: int, width: int) -> torch.Tensor:
+    """The (n, width) matrix of a chunk source, filled chunk by chunk (one buffer, not
+    the chunks and their concatenation)."""
+    import torch
+
+    out: torch.Tensor | None = None
+    start = 0
+    for block in chunks():
+        if out is None:
+            out = torch.empty(n, width, dtype=block.dtype, device=block.device)
+        out[start:start + block.shape[0]] = block
+        start += block.shape[0]
+    if out is None or start != n:
+        raise RunError(f"layer_pairs: the activation store gave {start} rows of a site, "
+                       f"expected {n}")
+    return out
 
 
 def _has_null(frame: pl.DataFrame) -> bool:
