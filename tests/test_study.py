@@ -123,6 +123,31 @@ checks:
         "study_a"]) == 1
 
 
+def test_run_first_orders_the_study_and_refuses_unknown_names(pm, tmp_path, monkeypatch):
+    """The manifest's run_first runs named specs before the others (the rest in file
+    order), so that the widest capture fills the activation store first."""
+    from conftest import TINY_SPEC
+
+    from mi_probe._core import study
+    from mi_probe._core.runner import driver
+    from mi_probe.errors import SpecError
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for stem in ("a", "b", "c"):
+        (folder / f"{stem}.yaml").write_text(TINY_SPEC.replace("name: tiny",
+                                                               f"name: study_{stem}"))
+    order: list[str] = []
+    monkeypatch.setattr(driver, "run", lambda spec, pm, **kw: order.append(spec.name))
+    (folder / "_study.yaml").write_text("run_first: [c, study_b]\n")
+    assert study.run_study(folder, tmp_path / "runs", pm, log=lambda m: None) == []
+    assert order == ["study_c", "study_b", "study_a"]
+    (folder / "_study.yaml").write_text("run_first: [d]\n")
+    with pytest.raises(SpecError, match=r"run_first names d, which is no spec of .*valid: "
+                                        r"\['a', 'b', 'c'\]"):
+        study.run_study(folder, tmp_path / "runs", pm, log=lambda m: None)
+
+
 def test_a_figures_folder_that_holds_the_runs_is_refused_before_any_run(pm, tmp_path, capsys):
     """``--doc X.md --out X`` once made the figures folder (named after the document) the
     run directories, and the study deleted them when it replaced its figures."""

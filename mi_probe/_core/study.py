@@ -67,6 +67,10 @@ class StudyManifest(BaseModel):
                                 "head the README's findings")
     quotes: str = Field("", description="where the claims' quoted sentences come from")
     coverage: list[CoverageRow] = Field([], description="every result statement of the paper")
+    run_first: list[str] = Field(
+        [], description="specs (names or file stems) run before the others, in this order, "
+        "the rest in file order: a spec whose capture holds every site and the logits, run "
+        "first, lets the activation store serve the later specs on the same model")
 
 
 def load_manifest(folder: Path) -> StudyManifest:
@@ -189,6 +193,23 @@ def run_currency(spec: Any, run_dir: Path, pm: Any) -> str:
     return "claims changed" if results_hash(ran) == results_hash(spec) else "stale"
 
 
+def _run_order(specs: list[tuple[Path, Any]], first: Sequence[str], folder: Path
+               ) -> list[tuple[Path, Any]]:
+    """``specs`` with those named in the manifest's ``run_first`` (name or file stem)
+    moved to the front in that order; an unknown name is refused."""
+    def rank(entry: tuple[Path, Any]) -> int:
+        path, spec = entry
+        hits = [i for i, name in enumerate(first) if name in (spec.name, path.stem)]
+        return hits[0] if hits else len(first)
+
+    known = {n for path, spec in specs for n in (spec.name, path.stem)}
+    unknown = [name for name in first if name not in known]
+    if unknown:
+        raise SpecError(f"{folder / MANIFEST}: run_first names {', '.join(unknown)}, which "
+                        f"is no spec of {folder}; valid: {sorted(p.stem for p, _ in specs)}")
+    return sorted(specs, key=rank)  # stable: the rest keep their file order
+
+
 def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
               cache_dir: Path | None = None, profile: str | None = None,
               log: Callable[[str], None] = print) -> list[str]:
@@ -211,6 +232,7 @@ def run_study(folder: Path, out: Path, pm: Any, *, only: Sequence[str] = (),
         if unknown:
             raise SpecError(f"--only {', '.join(unknown)}: no such spec in {folder}; valid: "
                             f"{sorted(path.stem for path, _ in specs)}")
+    specs = _run_order(specs, load_manifest(folder).run_first, folder)
     out.mkdir(parents=True, exist_ok=True)
     failures = []
     for path, spec in specs:
