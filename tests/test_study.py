@@ -301,9 +301,18 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
         .replace("epochs: 2", "epochs: 3") + "description: three epochs instead of two\n"
         + EXPLAINED)
     doc, figures = tmp_path / "docs" / "reproduction.md", tmp_path / "docs" / "reproduction"
+    from mi_probe._core.study import README_BEGIN, README_END
+
+    (folder / "_study.yaml").write_text('headline: ["label MI is negative"]\n')
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_BEGIN}\n{README_END}\n")
     argv = ["study", str(folder), "--out", str(tmp_path / "runs"), "--doc", str(doc),
-            "--figures", str(figures), "--readme", str(tmp_path / "none.md")]
+            "--figures", str(figures), "--readme", str(readme)]
     assert cli.main(argv, pm=pm) == 0, capsys.readouterr().err
+    # the README's headline claim, with what the one-factor runs found (1 of 2 seeds)
+    assert re.search(r"- \*\*does not hold\*\* \(Holm-adjusted: .*\): label MI is negative "
+                     r"\(.*\)\n  - with one factor changed: inconclusive with 3_epochs "
+                     r"\(1 seed\)\n", readme.read_text()), readme.read_text()
     ledger = json.loads((tmp_path / "runs" / "ledger.json").read_text())
     assert sorted(ledger) == ["study_base", "study_base--3_epochs"]
     text = doc.read_text()
@@ -314,6 +323,10 @@ def test_an_explanation_spec_is_compared_with_its_baseline_seed_by_seed(pm, tmp_
     section = text.split("## Testing explanations", 1)[1]
     assert "### study_base--3_epochs" in section and "three epochs instead of two" in section
     assert "- spec: `" in section and "baseline: `" in section and "base.yaml`" in section
+    # the settings table, then per claim in words (one seed: inconclusive by rule)
+    assert "### Which settings make the claims of `base.yaml` hold" in section
+    assert ("- *label MI is negative* (baseline: does not hold): inconclusive with "
+            "3_epochs (1 seed).") in section, section
     assert ("| baseline, the same seeds [0] | moved by the change | baseline, all seeds "
             "[0, 1] |") in section
     row = re.search(r"\| label MI is negative \| mean i_ty per seed: ([0-9.e-]+) \(no interval\), "

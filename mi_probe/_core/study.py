@@ -864,7 +864,31 @@ def _settings_summary(explanations: Sequence[ExplanationResult]) -> list[str]:
             lines.append(f"| {change} ({ex.record.status}) | {len(ex.record.setting['seeds'])} | "
                          + " | ".join(_verdict_cell(by_name.get(n)) for n in names) + " |")
         lines.append("")
+        # the same, in words: per claim, the settings under which it holds and fails
+        for claim in base.claims:
+            found = _settings_verdicts(group, claim.name)
+            if found:
+                lines.append(f"- *{claim.name}* (baseline: {claim.verdict}): {found}.")
+        lines.append("")
     return lines
+
+
+def _settings_verdicts(group: Sequence[ExplanationResult], name: str) -> str:
+    """``"holds with a, b (3 seeds); does not hold with c"``: the one-factor changes
+    (the part of each explanation's file name after ``--``, with its seed count where it
+    differs from the baseline's) under which the claim ``name`` reaches each verdict;
+    empty when no explanation re-tests it."""
+    found: dict[str, list[str]] = {}
+    for ex in group:
+        seeds = len(ex.record.setting["seeds"])
+        fewer = (f" ({seeds} seed{'s' * (seeds != 1)})" if ex.base is not None
+                 and seeds != len(ex.base.setting["seeds"]) else "")
+        for claim, _, _ in ex.rows:
+            if claim.name == name:
+                found.setdefault(claim.verdict, []).append(
+                    ex.record.path.stem.partition("--")[2] + fewer)
+    return "; ".join(f"{verdict} with {', '.join(found[verdict])}"
+                     for verdict in (HOLDS, FAILS, INCONCLUSIVE) if verdict in found)
 
 
 def _verdict_cell(claim: ClaimResult | None) -> str:
@@ -926,7 +950,8 @@ def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any,
     text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         return False
-    records, _ = study_records(folder, out, pm, profile)
+    records, explained = study_records(folder, out, pm, profile)
+    explanations = [_explain(r, records) for r in explained]
     rel = os.path.relpath(doc, readme.parent)
     claims = [(r, c) for r in records for c in r.claims]
     counts = {v: sum(c.verdict == v for _, c in claims) for v in (HOLDS, FAILS, INCONCLUSIVE)}
@@ -945,6 +970,10 @@ def update_readme(readme: Path, doc: Path, folder: Path, out: Path, pm: Any,
         for record, claim in found:
             rows.append(f"- **{claim.verdict}** (Holm-adjusted: {claim.adjusted or claim.verdict}"
                         f"; {record.arch}): {claim.name} ({_measured(claim)})")
+            tested = _settings_verdicts([ex for ex in explanations if ex.base is record
+                                         and ex.record.status == "complete"], claim.name)
+            if tested:
+                rows.append(f"  - with one factor changed: {tested}")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     atomic_write_text(readme, head + README_BEGIN + "\n" + "\n".join(rows) + "\n"
