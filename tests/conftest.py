@@ -133,3 +133,43 @@ def cli_run_writes(tmp_path, monkeypatch, pm, capsys, shared_cache):
         return run
 
     return check
+
+
+#: Edge cases of an (N, C) activation matrix that estimators must answer bit for bit
+#: the same on every path (tests/test_prepare.py, tests/test_streaming.py).
+EDGE_CASES = ("all_ties", "all_constant", "one_sample", "one_channel", "no_channels",
+              "float64", "float16", "bfloat16", "huge_range", "negative_zero")
+
+
+def edge_case_layer(case: str, classes: int, n: int = 200, c: int = 6):
+    """(activations, labels) of one ``EDGE_CASES`` case, seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(n, c, generator=g)
+    if case == "all_ties":
+        x = torch.randint(0, 4, (n, c), generator=g).float()
+    elif case == "all_constant":
+        x = torch.full((n, c), -2.5)
+    elif case == "one_sample":
+        x, labels = x[:1], labels[:1]
+    elif case == "one_channel":
+        x = x[:, :1]
+    elif case == "no_channels":
+        x = x[:, :0]
+    elif case == "float64":
+        x = x.double()
+    elif case == "float16":
+        x = x.half()
+    elif case == "bfloat16":
+        x = x.bfloat16()
+    elif case == "huge_range":  # max − min overflows a double: halved columns
+        x = x.double()
+        x[0, :2], x[1, :2] = -1.7e308, 1.7e308
+    elif case == "negative_zero":
+        x = torch.where(x > 0, x, torch.tensor(-0.0))
+        x[:, 0] = torch.where(torch.arange(n) % 2 == 0, 0.0, -0.0)
+    elif case not in EDGE_CASES:
+        raise ValueError(f"unknown edge case {case!r}")
+    return x, labels

@@ -19,6 +19,7 @@ import struct
 import polars as pl
 import pytest
 import torch
+from conftest import edge_case_layer
 
 from mi_probe._core.analysis import PreparedSite, channel_masses, prepare_site
 from mi_probe.builtin.estimators.histogram import HistogramEstimator, HistogramParams
@@ -124,30 +125,7 @@ def test_the_order_of_questions_does_not_matter(order, params):
                                   "no_channels", "float64", "float16", "huge_range",
                                   "negative_zero"])
 def test_edge_cases_are_bit_identical(case):
-    g = torch.Generator().manual_seed(1)
-    n, c = 200, 6
-    labels = torch.randint(0, K, (n,), generator=g)
-    acts = torch.randn(n, c, generator=g)
-    if case == "all_ties":
-        acts = torch.randint(0, 4, (n, c), generator=g).float()
-    elif case == "all_constant":
-        acts = torch.full((n, c), -2.5)
-    elif case == "one_sample":
-        acts, labels = acts[:1], labels[:1]
-    elif case == "one_channel":
-        acts = acts[:, :1]
-    elif case == "no_channels":
-        acts = acts[:, :0]
-    elif case == "float64":
-        acts = acts.double()
-    elif case == "float16":
-        acts = acts.half()
-    elif case == "huge_range":  # max − min overflows a double: halved columns
-        acts = acts.double()
-        acts[0, :2], acts[1, :2] = -1.7e308, 1.7e308
-    elif case == "negative_zero":
-        acts = torch.where(acts > 0, acts, torch.tensor(-0.0))
-        acts[:, 0] = torch.where(torch.arange(n) % 2 == 0, 0.0, -0.0)
+    acts, labels = edge_case_layer(case, K)
     for params in ESTIMATORS:
         assert_prepared_equals_per_quantity(est(**params), acts, labels)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import torch
+from conftest import EDGE_CASES, edge_case_layer
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -150,40 +151,16 @@ def test_the_torch_path_is_bit_identical_too(settings, monkeypatch):
     assert_streamed_equals_whole(est(**settings, chunk_cells=50), x, labels, 10, 64)
 
 
-@pytest.mark.parametrize("case", ["all_ties", "all_constant", "one_sample", "one_channel",
-                                  "no_channels", "float64", "float16", "bfloat16",
-                                  "huge_range", "negative_zero"])
+@pytest.mark.parametrize("case", EDGE_CASES)
 @pytest.mark.parametrize("settings", [dict(bins=10), dict(bins=10, range="quantile",
                                                           range_quantile=0.05),
                                       dict(bins=30, binning="equal_count",
                                            correction="miller_madow")], ids=ids)
 def test_edge_cases_are_bit_identical(case, settings):
-    g = torch.Generator().manual_seed(1)
-    n, c = 200, 6
-    labels = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randn(n, c, generator=g)
-    if case == "all_ties":
-        x = torch.randint(0, 4, (n, c), generator=g).float()
-    elif case == "all_constant":
-        x = torch.full((n, c), -2.5)
-    elif case == "one_sample":
-        x, labels = x[:1], labels[:1]
-    elif case == "one_channel":
-        x = x[:, :1]
-    elif case == "no_channels":
-        x = x[:, :0]
-    elif case == "float64":  # 64-bit order-statistic keys: 8 passes
-        x = x.double() * 1e-3
-    elif case == "float16":
-        x = x.half()
-    elif case == "bfloat16":
-        x = x.bfloat16()
-    elif case == "huge_range":  # max − min overflows a double: halved columns
-        x = x.double()
-        x[0, :2], x[1, :2] = -1.7e308, 1.7e308
-    elif case == "negative_zero":
-        x = torch.where(x > 0, x, torch.tensor(-0.0))
-        x[:, 0] = torch.where(torch.arange(n) % 2 == 0, 0.0, -0.0)
+    x, labels = edge_case_layer(case, 3)
+    n = x.shape[0]
+    if case == "float64":  # 64-bit order-statistic keys: 8 passes
+        x = x * 1e-3
     e = est(**settings)
     if x.shape[1] == 0:  # no channels: no pairs; the rest as on the matrix
         state = e.prepare_stream(row_chunks(x, 33), n, 0)
